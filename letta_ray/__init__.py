@@ -1,0 +1,1 @@
+"""letta_ray: stateful LLM agents with self-edited memory, on Ray."""

@@ -1,0 +1,128 @@
+"""The protocols the agent step talks to, and the bundle it receives.
+
+The step does no I/O of its own: the LLM, recall, archival memory, other agents and
+the clock all arrive here. Production wires them to litellm and the store actors; tests
+wire them to fakes and to the embedded engines in a temp dir.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, Field
+
+from letta_ray.messages import Message, Role, ToolCall
+from letta_ray.schemas import LLMConfig, Passage
+
+
+class LLMResponse(BaseModel):
+    """One assistant turn as the provider returned it."""
+
+    content: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    model: str | None = None
+
+
+@runtime_checkable
+class LLM(Protocol):
+    """Chat completion with tools, and a token counter for the same model."""
+
+    async def complete(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        config: LLMConfig,
+        *,
+        tool_choice: str | dict[str, Any] | None = None,
+    ) -> LLMResponse: ...
+
+    def count_tokens(
+        self, messages: list[dict[str, Any]], config: LLMConfig, tools: list[dict[str, Any]] | None = None
+    ) -> int: ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into vectors of a fixed dimension."""
+
+    @property
+    def dim(self) -> int: ...
+
+    async def embed(self, texts: list[str]) -> list[list[float]]: ...
+
+
+TagMatchMode = Literal["any", "all"]
+
+
+@runtime_checkable
+class Archive(Protocol):
+    """Archival memory of agents: passages with embeddings, searchable."""
+
+    async def insert(self, agent_id: str, text: str, tags: list[str] | None = None) -> Passage: ...
+
+    async def search(
+        self,
+        agent_id: str,
+        query: str | None,
+        *,
+        tags: list[str] | None = None,
+        tag_match_mode: TagMatchMode = "any",
+        top_k: int = 5,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[Passage]: ...
+
+    async def count(self, agent_id: str) -> int: ...
+
+
+@runtime_checkable
+class Recall(Protocol):
+    """The whole message history of agents, searchable by text, role and date."""
+
+    async def search_messages(
+        self,
+        agent_id: str,
+        query: str | None,
+        *,
+        roles: list[Role] | None = None,
+        limit: int = 10,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[Message]: ...
+
+    async def count_messages(self, agent_id: str) -> int: ...
+
+
+class Messenger(Protocol):
+    """Delivers messages to other agents (multi-agent tools)."""
+
+    async def send_and_wait(self, sender_id: str, target_id: str, text: str) -> str: ...
+
+    async def send_async(self, sender_id: str, target_id: str, text: str) -> str: ...
+
+    async def broadcast(
+        self, sender_id: str, text: str, match_all: list[str], match_some: list[str]
+    ) -> list[str]: ...
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class StepDeps:
+    """What one agent step may touch besides its own state."""
+
+    llm: LLM
+    archive: Archive | None = None
+    recall: Recall | None = None
+    messenger: Messenger | None = None
+    clock: Callable[[], datetime] = system_clock
+    extra: dict[str, Any] = field(default_factory=dict)

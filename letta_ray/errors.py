@@ -1,0 +1,73 @@
+"""Typed exceptions raised by letta_ray.
+
+Errors the *model* caused never raise: they go back to it as a failed tool result.
+Everything here is an error of the program or of its caller.
+"""
+
+from __future__ import annotations
+
+
+class LettaRayError(Exception):
+    """Base class of every error letta_ray raises on purpose."""
+
+
+class NotFoundError(LettaRayError, LookupError):
+    """An agent, block, tool, passage or group that does not exist."""
+
+    def __init__(self, kind: str, key: str) -> None:
+        super().__init__(f"{kind} {key!r} not found")
+        self.kind = kind
+        self.key = key
+
+
+class ConflictError(LettaRayError):
+    """The request contradicts what is stored (a duplicate name, say)."""
+
+
+class InvalidInputError(LettaRayError, ValueError):
+    """A caller passed something malformed: a bad config, an unknown label, a bad limit."""
+
+
+class BlockLimitError(InvalidInputError):
+    """A block value longer than the block's character limit."""
+
+    def __init__(self, label: str, length: int, limit: int) -> None:
+        super().__init__(
+            f"block {label!r} value is {length} characters, over its limit of {limit}"
+        )
+        self.label = label
+        self.length = length
+        self.limit = limit
+
+
+class ReadOnlyBlockError(InvalidInputError):
+    """A write to a block marked read-only."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(f"block {label!r} is read-only")
+        self.label = label
+
+
+class LLMError(LettaRayError):
+    """The LLM provider failed (after retries, where the failure was transient)."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, retryable: bool = False):
+        super().__init__(message)
+        self.status_code = status_code
+        self.retryable = retryable
+
+
+class ContextOverflowError(LettaRayError):
+    """The context cannot fit the window even after summarising everything evictable."""
+
+
+class ToolDefinitionError(InvalidInputError):
+    """A tool whose source or signature cannot become a tool schema."""
+
+
+class StorageError(LettaRayError):
+    """A store failed to read or write."""
+
+
+class AgentBusyTimeout(LettaRayError, TimeoutError):
+    """Waiting on another agent took longer than allowed."""

@@ -1,0 +1,259 @@
+"""Messages: the stored form (``Message``) and the typed events a caller sees.
+
+A stored ``Message`` is what goes into the context window and into recall. The events
+(``assistant_message``, ``tool_call_message``, ...) are Letta's ``LettaMessage`` views
+of stored messages, named and shaped like Letta's so the HTTP layer returns them as-is.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from letta_ray.schemas import new_id, utcnow
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+StopReasonType = Literal[
+    "end_turn",
+    "error",
+    "llm_api_error",
+    "invalid_tool_call",
+    "max_steps",
+    "no_tool_call",
+    "tool_rule",
+    "cancelled",
+    "requires_approval",
+    "context_window_overflow",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ToolCall(_Model):
+    """One function call requested by the model."""
+
+    id: str = Field(default_factory=lambda: new_id("call"))
+    name: str
+    arguments: str = Field(default="{}", description="JSON text, exactly as the model wrote it")
+
+
+class Message(_Model):
+    """One message of an agent's history, in the form the LLM sees it."""
+
+    id: str = Field(default_factory=lambda: new_id("message"))
+    agent_id: str
+    role: Role
+    content: str | None = None
+    reasoning: str | None = Field(default=None, description="provider reasoning, if any")
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    tool_status: Literal["success", "error"] | None = None
+    name: str | None = Field(default=None, description="the tool name, on tool messages")
+    sender_id: str | None = Field(default=None, description="the agent that sent this, if any")
+    created_at: datetime = Field(default_factory=utcnow)
+    step_id: str | None = None
+    run_id: str | None = None
+    group_id: str | None = None
+    otid: str | None = None
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI chat format, which litellm accepts for every provider."""
+        out: dict[str, Any] = {"role": self.role}
+        if self.role == "tool":
+            out["tool_call_id"] = self.tool_call_id
+            out["content"] = self.content or ""
+            return out
+        if self.role == "assistant" and self.tool_calls:
+            out["content"] = self.content
+            out["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in self.tool_calls
+            ]
+            return out
+        out["content"] = self.content or ""
+        return out
+
+
+class MessageCreate(_Model):
+    """What a caller sends to an agent (Letta's ``MessageCreate``)."""
+
+    role: Literal["user", "system"] = "user"
+    content: str | list[dict[str, Any]]
+    name: str | None = None
+    sender_id: str | None = None
+    otid: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(str(part.get("text", "")) for part in self.content if isinstance(part, dict))
+
+
+# --------------------------------------------------------------------------- events
+
+
+class _Event(_Model):
+    id: str
+    date: datetime
+    name: str | None = None
+    otid: str | None = None
+    sender_id: str | None = None
+    step_id: str | None = None
+    run_id: str | None = None
+    is_err: bool | None = None
+    seq_id: int | None = None
+
+
+class SystemMessage(_Event):
+    message_type: Literal["system_message"] = "system_message"
+    content: str
+
+
+class UserMessage(_Event):
+    message_type: Literal["user_message"] = "user_message"
+    content: str
+
+
+class ReasoningMessage(_Event):
+    message_type: Literal["reasoning_message"] = "reasoning_message"
+    source: Literal["reasoner_model", "non_reasoner_model"] = "non_reasoner_model"
+    reasoning: str
+    signature: str | None = None
+
+
+class ToolCallEvent(_Model):
+    name: str
+    arguments: str
+    tool_call_id: str
+
+
+class ToolCallMessage(_Event):
+    message_type: Literal["tool_call_message"] = "tool_call_message"
+    tool_call: ToolCallEvent
+
+
+class ToolReturnMessage(_Event):
+    message_type: Literal["tool_return_message"] = "tool_return_message"
+    tool_return: str
+    status: Literal["success", "error"]
+    tool_call_id: str
+    stdout: list[str] | None = None
+    stderr: list[str] | None = None
+
+
+class AssistantMessage(_Event):
+    message_type: Literal["assistant_message"] = "assistant_message"
+    content: str
+
+
+LettaMessage = Annotated[
+    SystemMessage
+    | UserMessage
+    | ReasoningMessage
+    | ToolCallMessage
+    | ToolReturnMessage
+    | AssistantMessage,
+    Field(discriminator="message_type"),
+]
+LETTA_MESSAGE_ADAPTER: TypeAdapter[LettaMessage] = TypeAdapter(LettaMessage)
+
+
+class StopReason(_Model):
+    message_type: Literal["stop_reason"] = "stop_reason"
+    stop_reason: StopReasonType
+    detail: str | None = Field(default=None, description="why, when it was not a clean end")
+
+
+class UsageStatistics(_Model):
+    message_type: Literal["usage_statistics"] = "usage_statistics"
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+    step_count: int = 0
+    run_ids: list[str] | None = None
+
+    def add(self, prompt: int, completion: int) -> None:
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.total_tokens += prompt + completion
+
+
+class LettaResponse(_Model):
+    """What one send returns: the new messages as events, why it stopped, and usage."""
+
+    messages: list[LettaMessage]
+    stop_reason: StopReason
+    usage: UsageStatistics
+
+    def assistant_text(self) -> str:
+        """The text of every assistant message, joined: what a chat UI would show."""
+        return "\n".join(m.content for m in self.messages if isinstance(m, AssistantMessage))
+
+
+def _send_message_text(call: ToolCall) -> str | None:
+    try:
+        args = json.loads(call.arguments or "{}")
+    except json.JSONDecodeError:
+        return None
+    if isinstance(args, dict) and isinstance(args.get("message"), str):
+        return args["message"]
+    return None
+
+
+def to_events(message: Message, *, uses_send_message: bool = True) -> list[LettaMessage]:
+    """The Letta events a stored message shows as, in order."""
+    common = {
+        "id": message.id,
+        "date": message.created_at,
+        "otid": message.otid,
+        "sender_id": message.sender_id,
+        "step_id": message.step_id,
+        "run_id": message.run_id,
+    }
+    if message.role == "system":
+        return [SystemMessage(content=message.content or "", **common)]
+    if message.role == "user":
+        return [UserMessage(content=message.content or "", name=message.name, **common)]
+    if message.role == "tool":
+        if message.name == "send_message" and uses_send_message:
+            return []  # shown as the assistant_message of its call instead
+        return [
+            ToolReturnMessage(
+                tool_return=message.content or "",
+                status=message.tool_status or "success",
+                tool_call_id=message.tool_call_id or "",
+                name=message.name,
+                is_err=message.tool_status == "error",
+                **common,
+            )
+        ]
+    events: list[LettaMessage] = []
+    if message.reasoning:
+        events.append(ReasoningMessage(reasoning=message.reasoning, source="reasoner_model", **common))
+    if message.content:
+        if uses_send_message or message.tool_calls:
+            events.append(ReasoningMessage(reasoning=message.content, **common))
+        else:
+            events.append(AssistantMessage(content=message.content, **common))
+    for call in message.tool_calls:
+        text = _send_message_text(call) if uses_send_message and call.name == "send_message" else None
+        if text is not None:
+            events.append(AssistantMessage(content=text, **common))
+        else:
+            events.append(
+                ToolCallMessage(
+                    tool_call=ToolCallEvent(name=call.name, arguments=call.arguments, tool_call_id=call.id),
+                    **common,
+                )
+            )
+    return events

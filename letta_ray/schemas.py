@@ -1,0 +1,265 @@
+"""Entities of the agent model: agents, blocks, passages, tools, tool rules, configs.
+
+These pydantic models are the single source of truth: the DuckDB and LanceDB layouts
+and the HTTP shapes are derived from them. Field names follow Letta's so that agent
+files and Letta clients map onto them directly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from letta_ray.errors import BlockLimitError, InvalidInputError
+
+DEFAULT_BLOCK_LIMIT = 20_000
+DEFAULT_CONTEXT_WINDOW = 32_000
+
+
+def new_id(prefix: str) -> str:
+    """A Letta-style id: ``<prefix>-<uuid4>``."""
+    return f"{prefix}-{uuid.uuid4()}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", validate_assignment=False)
+
+
+# --------------------------------------------------------------------------- configs
+
+
+class LLMConfig(_Model):
+    """Which model an agent thinks with, as a litellm model string."""
+
+    model: str = Field(description="litellm model string, e.g. 'openai/gpt-4o-mini'")
+    model_endpoint: str | None = Field(
+        default=None, description="base URL of an OpenAI-compatible server, if not the default"
+    )
+    context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, ge=256)
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    api_key_env: str | None = Field(
+        default=None, description="name of the environment variable holding the API key"
+    )
+    handle: str | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_empty(cls, value: str) -> str:
+        if not value or not value.strip():
+            raise ValueError("model must be a non-empty litellm model string")
+        return value.strip()
+
+    @classmethod
+    def from_handle(cls, handle: str, **overrides: Any) -> LLMConfig:
+        """Build a config from a 'provider/model' handle as Letta and litellm write them."""
+        return cls(model=handle, handle=handle, **overrides)
+
+
+class EmbeddingConfig(_Model):
+    """Which embedder turns archival passages into vectors."""
+
+    embedding_model: str = Field(
+        default="hash", description="'hash', 'local/all-MiniLM-L6-v2' or a litellm model string"
+    )
+    embedding_endpoint: str | None = None
+    embedding_dim: int = Field(default=384, ge=8, le=8192)
+    embedding_chunk_size: int = 300
+    handle: str | None = None
+
+
+# --------------------------------------------------------------------------- memory
+
+
+class Block(_Model):
+    """A labelled piece of core memory, rendered into the system prompt."""
+
+    id: str = Field(default_factory=lambda: new_id("block"))
+    label: str = Field(min_length=1, max_length=200)
+    value: str = ""
+    limit: int = Field(default=DEFAULT_BLOCK_LIMIT, ge=1)
+    description: str | None = None
+    read_only: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @field_validator("label")
+    @classmethod
+    def _label_is_identifier(cls, value: str) -> str:
+        if any(ch.isspace() for ch in value) or "<" in value or ">" in value:
+            raise ValueError(f"block label {value!r} must not contain spaces or angle brackets")
+        return value
+
+    @model_validator(mode="after")
+    def _value_within_limit(self) -> Block:
+        if len(self.value) > self.limit:
+            raise BlockLimitError(self.label, len(self.value), self.limit)
+        return self
+
+    def with_value(self, value: str) -> Block:
+        """A copy holding ``value``; raises BlockLimitError past the limit."""
+        if len(value) > self.limit:
+            raise BlockLimitError(self.label, len(value), self.limit)
+        return self.model_copy(update={"value": value, "updated_at": utcnow()})
+
+
+class CreateBlock(_Model):
+    """What a caller gives to make a block (Letta's ``memory_blocks`` entries)."""
+
+    label: str
+    value: str = ""
+    limit: int | None = None
+    description: str | None = None
+    read_only: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def to_block(self) -> Block:
+        return Block(
+            label=self.label,
+            value=self.value,
+            limit=self.limit if self.limit is not None else max(DEFAULT_BLOCK_LIMIT, len(self.value)),
+            description=self.description,
+            read_only=self.read_only,
+            metadata=self.metadata,
+        )
+
+
+class Passage(_Model):
+    """One archival memory: text with tags, a timestamp and an embedding."""
+
+    id: str = Field(default_factory=lambda: new_id("passage"))
+    agent_id: str
+    text: str
+    tags: list[str] = Field(default_factory=list)
+    created_at: datetime = Field(default_factory=utcnow)
+    embedding: list[float] | None = None
+    score: float | None = Field(default=None, description="relevance, set on search results")
+
+
+# --------------------------------------------------------------------------- tools
+
+
+class Tool(_Model):
+    """A function the model can call: its name, description, JSON schema and source."""
+
+    id: str = Field(default_factory=lambda: new_id("tool"))
+    name: str
+    description: str | None = None
+    json_schema: dict[str, Any]
+    source_code: str | None = None
+    source_type: Literal["python"] = "python"
+    tool_type: str = "custom"
+    tags: list[str] = Field(default_factory=list)
+    return_char_limit: int = 50_000
+
+
+class _ToolRuleBase(_Model):
+    tool_name: str
+
+
+class ContinueToolRule(_ToolRuleBase):
+    """After this tool the agent always takes another step."""
+
+    type: Literal["continue_loop"] = "continue_loop"
+
+
+class TerminalToolRule(_ToolRuleBase):
+    """This tool ends the turn."""
+
+    type: Literal["exit_loop"] = "exit_loop"
+
+
+class InitToolRule(_ToolRuleBase):
+    """This tool must be the first call of a turn."""
+
+    type: Literal["run_first"] = "run_first"
+
+
+class ChildToolRule(_ToolRuleBase):
+    """After this tool only ``children`` may be called."""
+
+    type: Literal["constrain_child_tools"] = "constrain_child_tools"
+    children: list[str]
+
+
+class MaxCountPerStepToolRule(_ToolRuleBase):
+    """This tool may be called at most ``max_count_limit`` times in a turn."""
+
+    type: Literal["max_count_per_step"] = "max_count_per_step"
+    max_count_limit: int = Field(ge=1)
+
+
+class RequiredBeforeExitToolRule(_ToolRuleBase):
+    """The turn may not end until this tool was called."""
+
+    type: Literal["required_before_exit"] = "required_before_exit"
+
+
+ToolRule = Annotated[
+    ContinueToolRule
+    | TerminalToolRule
+    | InitToolRule
+    | ChildToolRule
+    | MaxCountPerStepToolRule
+    | RequiredBeforeExitToolRule,
+    Field(discriminator="type"),
+]
+
+
+# --------------------------------------------------------------------------- agent
+
+AgentType = Literal["memgpt_v2_agent", "letta_v1_agent", "memgpt_agent", "sleeptime_agent"]
+
+
+class AgentState(_Model):
+    """Everything that defines an agent except its message history.
+
+    The in-context messages are referenced by id; the hosting runtime keeps the
+    Message objects themselves beside this state.
+    """
+
+    id: str = Field(default_factory=lambda: new_id("agent"))
+    name: str = Field(min_length=1, max_length=200)
+    agent_type: AgentType = "memgpt_v2_agent"
+    system: str
+    blocks: list[Block] = Field(default_factory=list)
+    tools: list[str] = Field(default_factory=list, description="names of attached tools")
+    tool_rules: list[ToolRule] = Field(default_factory=list)
+    llm_config: LLMConfig
+    embedding_config: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    tags: list[str] = Field(default_factory=list)
+    description: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    message_ids: list[str] = Field(default_factory=list, description="in-context message ids")
+    summary: str | None = None
+    max_steps: int = Field(default=50, ge=1)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="after")
+    def _labels_unique(self) -> AgentState:
+        labels = [b.label for b in self.blocks]
+        dupes = sorted({lbl for lbl in labels if labels.count(lbl) > 1})
+        if dupes:
+            raise InvalidInputError(f"duplicate block labels: {', '.join(dupes)}")
+        return self
+
+    @property
+    def uses_send_message(self) -> bool:
+        """memgpt-style turns end with send_message; letta_v1 turns end with plain text."""
+        return self.agent_type != "letta_v1_agent"
+
+    def block(self, label: str) -> Block | None:
+        return next((b for b in self.blocks if b.label == label), None)
+
+    def replace_block(self, block: Block) -> AgentState:
+        """A copy with ``block`` replacing the block of the same label."""
+        blocks = [block if b.label == block.label else b for b in self.blocks]
+        return self.model_copy(update={"blocks": blocks, "updated_at": utcnow()})
