@@ -71,3 +71,12 @@ class StorageError(LettaRayError):
 
 class AgentBusyTimeout(LettaRayError, TimeoutError):
     """Waiting on another agent took longer than allowed."""
+
+
+class ToolError(Exception):
+    """Raised inside a tool when the *model* did something wrong.
+
+    The message is written for the model: it goes back as a failed tool result and
+    the loop goes on. It deliberately does not derive from LettaRayError, because it
+    never reaches a caller.
+    """

@@ -241,7 +241,9 @@ def to_events(message: Message, *, uses_send_message: bool = True) -> list[Letta
     if message.reasoning:
         events.append(ReasoningMessage(reasoning=message.reasoning, source="reasoner_model", **common))
     if message.content:
-        if uses_send_message or message.tool_calls:
+        # Text beside tool calls is the model thinking aloud; text alone is a reply (in a
+        # send_message agent that is a protocol slip, but the user should still see it).
+        if message.tool_calls:
             events.append(ReasoningMessage(reasoning=message.content, **common))
         else:
             events.append(AssistantMessage(content=message.content, **common))

@@ -1,0 +1,313 @@
+"""The agent step: one function that runs a turn of the MemGPT loop.
+
+``step`` takes the agent's state, its in-context messages, what arrived, and the
+dependencies; it compiles the context, calls the LLM, runs tools, chains steps while
+the model asks to, and returns everything new. It holds no state and does no I/O of its
+own: the caller (an actor, a test) keeps the state and persists what comes back.
+
+Both of Letta's turn styles run here: ``memgpt_v2_agent`` (replies via send_message,
+other tools continue only on request_heartbeat) and ``letta_v1_agent`` (plain text ends
+the turn, any tool call continues).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from letta_ray.base_tools import TERMINAL_TOOLS
+from letta_ray.context import (
+    SUMMARY_TARGET,
+    CompiledContext,
+    choose_cut,
+    compile_context,
+    needs_summary,
+    summarise,
+)
+from letta_ray.deps import LLMResponse, StepDeps
+from letta_ray.errors import LLMError
+from letta_ray.memory import Memory, MemoryStats
+from letta_ray.messages import (
+    LettaMessage,
+    LettaResponse,
+    Message,
+    MessageCreate,
+    StopReason,
+    StopReasonType,
+    UsageStatistics,
+    to_events,
+)
+from letta_ray.schemas import AgentState, Block, new_id
+from letta_ray.tool_rules import ToolRuleSolver
+from letta_ray.tools import ToolContext, ToolOutcome, Toolset, openai_schema, run_tool
+
+EventSink = Callable[[LettaMessage], Awaitable[None]]
+
+# Stop after this many consecutive calls to tools that don't exist or aren't allowed.
+MAX_INVALID_TOOL_CALLS = 3
+
+
+@dataclass
+class StepResult:
+    """Everything a turn produced. The caller persists ``new_messages`` and ``state``."""
+
+    state: AgentState
+    context: list[Message]
+    new_messages: list[Message]
+    events: list[LettaMessage]
+    stop_reason: StopReason
+    usage: UsageStatistics
+    edited_blocks: list[Block] = field(default_factory=list)
+    evicted_ids: list[str] = field(default_factory=list)
+
+    def response(self) -> LettaResponse:
+        return LettaResponse(messages=self.events, stop_reason=self.stop_reason, usage=self.usage)
+
+
+def tool_result_text(outcome: ToolOutcome, when: str) -> str:
+    """The JSON a tool result carries back to the model, as Letta writes it."""
+    return json.dumps(
+        {"status": "OK" if outcome.ok else "Failed", "message": outcome.message, "time": when},
+        ensure_ascii=False,
+    )
+
+
+class _Turn:
+    """The mutable bookkeeping of one turn; ``step`` below is its only user."""
+
+    def __init__(self, state: AgentState, context: list[Message], deps: StepDeps, toolset: Toolset,
+                 stats: MemoryStats, run_id: str | None, on_event: EventSink | None) -> None:
+        self.state = state
+        self.context = list(context)
+        self.deps = deps
+        self.toolset = toolset
+        self.stats = stats
+        self.run_id = run_id
+        self.on_event = on_event
+        self.memory = Memory(state.blocks)
+        self.solver = ToolRuleSolver(list(state.tool_rules))
+        self.usage = UsageStatistics(run_ids=[run_id] if run_id else None)
+        self.new_messages: list[Message] = []
+        self.events: list[LettaMessage] = []
+        self.evicted_ids: list[str] = []
+        self.tool_state: dict[str, object] = {}
+
+    async def add(self, message: Message) -> None:
+        self.context.append(message)
+        self.new_messages.append(message)
+        for event in to_events(message, uses_send_message=self.state.uses_send_message):
+            self.events.append(event)
+            if self.on_event is not None:
+                await self.on_event(event)
+
+    def now_text(self) -> str:
+        return self.deps.clock().strftime("%Y-%m-%d %I:%M:%S %p %Z%z")
+
+    def tool_schemas(self) -> list[dict[str, object]]:
+        attached = [n for n in self.state.tools if n in self.toolset]
+        schemas = []
+        for name in self.solver.allowed(attached):
+            tf = self.toolset.get(name)
+            assert tf is not None
+            heartbeat = (
+                self.state.uses_send_message
+                and name not in TERMINAL_TOOLS
+                and not self.solver.is_terminal(name)
+            )
+            schemas.append(openai_schema(tf.tool, with_heartbeat=heartbeat))
+        return schemas
+
+    def compile(self, schemas: list[dict[str, object]]) -> CompiledContext:
+        stats = MemoryStats(
+            recall_messages=self.stats.recall_messages,
+            archival_passages=self.stats.archival_passages + int(self.tool_state.get("archival_inserted", 0)),
+            last_modified=self.memory.last_modified(),
+        )
+        return compile_context(self.state, self.memory.blocks, self.context, stats, schemas, self.deps.llm)
+
+    async def evict_and_summarise(self, compiled: CompiledContext) -> bool:
+        """Summarise the oldest messages out of context; False when nothing can go."""
+        config = self.state.llm_config
+        counts = [self.deps.llm.count_tokens([m.to_openai()], config) for m in self.context]
+        budget = int(SUMMARY_TARGET * config.context_window) - compiled.system_tokens
+        cut = choose_cut(self.context, counts, max(budget, 0))
+        if cut == 0:
+            return False
+        evicted, self.context = self.context[:cut], self.context[cut:]
+        summary, prompt, completion = await summarise(self.deps.llm, config, self.state.summary, evicted)
+        self.usage.add(prompt, completion)
+        evicted_total = int(self.state.metadata.get("evicted_messages", 0)) + len(evicted)
+        self.state = self.state.model_copy(
+            update={"summary": summary, "metadata": {**self.state.metadata, "evicted_messages": evicted_total}}
+        )
+        self.evicted_ids.extend(m.id for m in evicted)
+        return True
+
+    def stop(self, reason: StopReasonType, detail: str | None = None) -> StopReason:
+        return StopReason(stop_reason=reason, detail=detail)
+
+
+async def step(
+    state: AgentState,
+    context: list[Message],
+    inbound: list[MessageCreate | Message],
+    deps: StepDeps,
+    *,
+    toolset: Toolset,
+    stats: MemoryStats | None = None,
+    max_steps: int | None = None,
+    cancel: asyncio.Event | None = None,
+    on_event: EventSink | None = None,
+    run_id: str | None = None,
+) -> StepResult:
+    """Run one turn: take ``inbound``, loop LLM calls and tools until the turn ends."""
+    if stats is None:
+        stats = await gather_stats(state, deps)
+    turn = _Turn(state, context, deps, toolset, stats, run_id, on_event)
+    for item in inbound:
+        await turn.add(_inbound_message(item, state.id, run_id))
+    stop = await _loop(turn, max_steps or state.max_steps, cancel)
+    edited = [b for b in turn.memory.blocks if b.label in turn.memory.edited]
+    final_state = turn.state.model_copy(
+        update={"blocks": turn.memory.blocks, "message_ids": [m.id for m in turn.context]}
+    )
+    if edited:
+        final_state.updated_at = max(b.updated_at for b in edited)
+    return StepResult(
+        state=final_state,
+        context=turn.context,
+        new_messages=turn.new_messages,
+        events=turn.events,
+        stop_reason=stop,
+        usage=turn.usage,
+        edited_blocks=edited,
+        evicted_ids=turn.evicted_ids,
+    )
+
+
+async def gather_stats(state: AgentState, deps: StepDeps) -> MemoryStats:
+    """Recall and archival counts for the memory metadata, from the stores if present."""
+    recall = await deps.recall.count_messages(state.id) if deps.recall else 0
+    archival = await deps.archive.count(state.id) if deps.archive else 0
+    return MemoryStats(recall_messages=recall, archival_passages=archival)
+
+
+def _inbound_message(item: MessageCreate | Message, agent_id: str, run_id: str | None) -> Message:
+    if isinstance(item, Message):
+        return item.model_copy(update={"agent_id": agent_id, "run_id": item.run_id or run_id})
+    return Message(agent_id=agent_id, role=item.role, content=item.text(), name=item.name,
+                   sender_id=item.sender_id, otid=item.otid, run_id=run_id)
+
+
+async def _loop(turn: _Turn, max_steps: int, cancel: asyncio.Event | None) -> StopReason:
+    config = turn.state.llm_config
+    steps = 0
+    invalid_streak = 0
+    retried_overflow = False
+    while True:
+        if cancel is not None and cancel.is_set():
+            return turn.stop("cancelled")
+        if steps >= max_steps:
+            return turn.stop("max_steps", f"the turn reached its limit of {max_steps} steps")
+        schemas = turn.tool_schemas()
+        compiled = turn.compile(schemas)
+        if compiled.system_tokens > config.context_window:
+            return turn.stop(
+                "context_window_overflow",
+                f"the system prompt and memory blocks alone take {compiled.system_tokens} tokens, "
+                f"more than the context window of {config.context_window}",
+            )
+        if needs_summary(compiled, config):
+            try:
+                await turn.evict_and_summarise(compiled)
+            except LLMError as exc:
+                return turn.stop("llm_api_error", f"summarising the context failed: {exc}")
+            compiled = turn.compile(schemas)
+            if compiled.tokens > config.context_window:
+                return turn.stop(
+                    "context_window_overflow",
+                    f"the context takes {compiled.tokens} tokens after summarising, more than the "
+                    f"context window of {config.context_window}",
+                )
+        required = turn.solver.required_tool()
+        tool_choice = {"type": "function", "function": {"name": required}} if required else None
+        steps += 1
+        try:
+            response = await turn.deps.llm.complete(compiled.messages, schemas, config, tool_choice=tool_choice)
+        except LLMError as exc:
+            if getattr(exc, "context_window_exceeded", False) and not retried_overflow:
+                # The provider counts differently from us: summarise harder and try again.
+                retried_overflow = True
+                steps -= 1
+                if await turn.evict_and_summarise(compiled):
+                    continue
+            return turn.stop("llm_api_error", str(exc))
+        turn.usage.add(response.prompt_tokens, response.completion_tokens)
+        turn.usage.step_count += 1
+        outcome = await _handle_response(turn, response)
+        if outcome == "invalid":
+            invalid_streak += 1
+            if invalid_streak >= MAX_INVALID_TOOL_CALLS:
+                return turn.stop("invalid_tool_call", "the model kept calling tools that do not exist")
+            continue
+        invalid_streak = 0
+        if outcome == "continue":
+            continue
+        missing = turn.solver.missing_before_exit()
+        if missing and steps < max_steps:
+            await turn.add(Message(agent_id=turn.state.id, role="user", run_id=turn.run_id, content=(
+                f"[system] Before ending your turn you must call: {', '.join(missing)}.")))
+            continue
+        return turn.stop(outcome)
+
+
+async def _handle_response(turn: _Turn, response: LLMResponse) -> str:
+    """Record the assistant turn and run its tools; say how the loop goes on.
+
+    Returns "continue", "invalid" (only unusable calls), or a stop reason.
+    """
+    state = turn.state
+    step_id = new_id("step")
+    await turn.add(Message(agent_id=state.id, role="assistant", content=response.content,
+                           reasoning=response.reasoning, tool_calls=response.tool_calls,
+                           step_id=step_id, run_id=turn.run_id))
+    if not response.tool_calls:
+        return "no_tool_call" if state.uses_send_message else "end_turn"
+    allowed = set(turn.solver.allowed([n for n in state.tools if n in turn.toolset]))
+    ctx = ToolContext(agent=state, memory=turn.memory, deps=turn.deps, state=turn.tool_state)
+    keep_going = False
+    ended: str | None = None
+    valid_calls = 0
+    for call in response.tool_calls:
+        tf = turn.toolset.get(call.name) if call.name in state.tools else None
+        if tf is None:
+            known = ", ".join(sorted(allowed)) or "none"
+            outcome = ToolOutcome(False, f"There is no tool named {call.name!r}. Tools you can call: {known}.")
+        elif call.name not in allowed:
+            outcome = ToolOutcome(False, f"{call.name} cannot be called now because of the tool rules; "
+                                         f"you may call: {', '.join(sorted(allowed)) or 'none'}.")
+        else:
+            valid_calls += 1
+            turn.solver.record(call.name)
+            outcome = await run_tool(tf, call.arguments, ctx)
+        await turn.add(Message(agent_id=state.id, role="tool", content=tool_result_text(outcome, turn.now_text()),
+                               tool_call_id=call.id, name=call.name,
+                               tool_status="success" if outcome.ok else "error",
+                               step_id=step_id, run_id=turn.run_id))
+        if not outcome.ok:
+            keep_going = True  # let the model see its mistake and fix it
+        elif call.name in TERMINAL_TOOLS and state.uses_send_message:
+            ended = "end_turn"
+        elif turn.solver.is_terminal(call.name):
+            ended = ended or "tool_rule"
+        elif turn.solver.forces_continue(call.name) or not state.uses_send_message:
+            keep_going = True
+        else:
+            keep_going = keep_going or outcome.request_heartbeat
+    if ended:
+        return ended
+    if valid_calls == 0:
+        return "invalid"
+    return "continue" if keep_going else "end_turn"

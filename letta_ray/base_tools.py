@@ -1,0 +1,268 @@
+"""The built-in tools every agent can have: replying, editing memory, searching memory.
+
+Each docstring is the description the model reads, so it is written for the model.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time
+from typing import Literal
+
+from letta_ray.errors import ToolError
+from letta_ray.tools import ToolContext, ToolFunction, Toolset, build_tool
+
+
+def send_message(message: str) -> str:
+    """Send a message to the user. This is how you reply; it ends your turn.
+
+    Args:
+        message: The message text the user will read. Markdown is allowed.
+    """
+    if not message.strip():
+        raise ToolError("message is empty; write what the user should read.")
+    return "Sent message successfully."
+
+
+def core_memory_append(ctx: ToolContext, label: str, content: str) -> str | None:
+    """Append text to the end of one of your memory blocks.
+
+    Args:
+        label: The label of the memory block to append to, e.g. "human" or "persona".
+        content: The text to append. It is added on a new line.
+    """
+    ctx.memory.append(label, content)
+    return None
+
+
+def core_memory_replace(ctx: ToolContext, label: str, old_content: str, new_content: str) -> str | None:
+    """Replace text in one of your memory blocks. Every occurrence of old_content is replaced.
+
+    Args:
+        label: The label of the memory block to edit.
+        old_content: The exact text to find in the block.
+        new_content: The text to put in its place. Use an empty string to delete old_content.
+    """
+    ctx.memory.replace_all(label, old_content, new_content)
+    return None
+
+
+def memory_replace(ctx: ToolContext, label: str, old_str: str, new_str: str) -> str:
+    """Replace one exact, unique piece of text in a memory block.
+
+    old_str must appear exactly once in the block; copy it verbatim and leave out the
+    line-number prefixes ("3→ ") shown in your memory view.
+
+    Args:
+        label: The label of the memory block to edit.
+        old_str: The exact text to replace; it must occur exactly once.
+        new_str: The replacement text. Use an empty string to delete old_str.
+    """
+    block = ctx.memory.replace_unique(label, old_str, new_str)
+    return f"The memory block {label!r} was edited; it now holds {len(block.value)} characters."
+
+
+def memory_insert(ctx: ToolContext, label: str, new_str: str, insert_line: int = -1) -> str:
+    """Insert text into a memory block at a given line.
+
+    Args:
+        label: The label of the memory block to edit.
+        new_str: The text to insert (may span several lines).
+        insert_line: The line after which to insert: 0 puts it at the top, -1 (the default)
+            at the end.
+    """
+    block = ctx.memory.insert(label, new_str, insert_line)
+    return f"The memory block {label!r} was edited; it now holds {len(block.value)} characters."
+
+
+def memory_rethink(ctx: ToolContext, label: str, new_memory: str) -> str:
+    """Rewrite a whole memory block, e.g. to reorganise or condense it.
+
+    Args:
+        label: The label of the memory block to rewrite.
+        new_memory: The complete new content of the block. It replaces everything.
+    """
+    block = ctx.memory.rethink(label, new_memory)
+    return f"The memory block {label!r} was rewritten; it now holds {len(block.value)} characters."
+
+
+async def archival_memory_insert(ctx: ToolContext, content: str, tags: list[str] | None = None) -> str:
+    """Store a passage in your archival memory, a long-term store you search later.
+
+    Store self-contained facts, not fragments of chat. Tags make passages easier to find.
+
+    Args:
+        content: The text to store.
+        tags: Optional tags to file the passage under, e.g. ["family", "travel"].
+    """
+    if not content.strip():
+        raise ToolError("content is empty; nothing was stored.")
+    archive = ctx.deps.archive
+    if archive is None:
+        raise ToolError("Archival memory is not available to this agent.")
+    passage = await archive.insert(ctx.agent_id, content, tags or [])
+    ctx.state["archival_inserted"] = ctx.state.get("archival_inserted", 0) + 1
+    return f"Stored in archival memory as {passage.id}."
+
+
+def _parse_when(value: str | None, arg: str, *, end_of_day: bool = False) -> datetime | None:
+    if value is None or value == "":
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ToolError(f"{arg} {value!r} is not an ISO date or datetime like 2024-05-01 or "
+                        f"2024-05-01T14:30:00.") from exc
+    if end_of_day and len(value.strip()) == 10:
+        parsed = datetime.combine(parsed.date(), time.max)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+async def archival_memory_search(
+    ctx: ToolContext,
+    query: str,
+    tags: list[str] | None = None,
+    tag_match_mode: Literal["any", "all"] = "any",
+    top_k: int | None = None,
+    start_datetime: str | None = None,
+    end_datetime: str | None = None,
+) -> str:
+    """Search your archival memory by meaning and keywords.
+
+    Args:
+        query: What you are looking for, in words.
+        tags: Only return passages with these tags.
+        tag_match_mode: "any" to match passages with at least one of the tags, "all" to
+            require every tag.
+        top_k: How many passages to return at most (default 5).
+        start_datetime: Only passages stored at or after this ISO date/datetime.
+        end_datetime: Only passages stored at or before this ISO date/datetime.
+    """
+    archive = ctx.deps.archive
+    if archive is None:
+        raise ToolError("Archival memory is not available to this agent.")
+    if top_k is not None and not 1 <= top_k <= 100:
+        raise ToolError("top_k must be between 1 and 100.")
+    passages = await archive.search(
+        ctx.agent_id,
+        query,
+        tags=tags,
+        tag_match_mode=tag_match_mode,
+        top_k=top_k or 5,
+        start=_parse_when(start_datetime, "start_datetime"),
+        end=_parse_when(end_datetime, "end_datetime", end_of_day=True),
+    )
+    if not passages:
+        return "No archival memories matched."
+    return "\n".join(
+        f"[{p.created_at:%Y-%m-%d %H:%M}] ({', '.join(p.tags) or 'no tags'}) {p.text}" for p in passages
+    )
+
+
+async def conversation_search(
+    ctx: ToolContext,
+    query: str,
+    roles: list[Literal["user", "assistant", "tool"]] | None = None,
+    limit: int | None = None,
+    start_date: str | None = None,
+    end_date: str | None = None,
+) -> str:
+    """Search the whole history of your conversation, including messages no longer in view.
+
+    Args:
+        query: Words to look for.
+        roles: Only messages from these roles ("user", "assistant", "tool").
+        limit: How many messages to return at most (default 10).
+        start_date: Only messages on or after this ISO date/datetime.
+        end_date: Only messages on or before this ISO date/datetime.
+    """
+    recall = ctx.deps.recall
+    if recall is None:
+        raise ToolError("Conversation history search is not available to this agent.")
+    if limit is not None and not 1 <= limit <= 100:
+        raise ToolError("limit must be between 1 and 100.")
+    found = await recall.search_messages(
+        ctx.agent_id,
+        query,
+        roles=list(roles) if roles else None,
+        limit=limit or 10,
+        start=_parse_when(start_date, "start_date"),
+        end=_parse_when(end_date, "end_date", end_of_day=True),
+    )
+    if not found:
+        return "No messages matched."
+    lines = []
+    for m in found:
+        text = m.content or " ".join(f"{c.name}({c.arguments})" for c in m.tool_calls)
+        lines.append(f"[{m.created_at:%Y-%m-%d %H:%M}] {m.role}: {text}")
+    return "\n".join(lines)
+
+
+BASE_TOOL_FUNCTIONS = [
+    send_message,
+    core_memory_append,
+    core_memory_replace,
+    memory_replace,
+    memory_insert,
+    memory_rethink,
+    archival_memory_insert,
+    archival_memory_search,
+    conversation_search,
+]
+
+BASE_TOOLS: dict[str, ToolFunction] = {
+    fn.__name__: build_tool(fn, tool_type="letta_core", tags=["letta_core"]) for fn in BASE_TOOL_FUNCTIONS
+}
+
+# Tools that end a turn, and tools that never take request_heartbeat.
+TERMINAL_TOOLS = frozenset({"send_message"})
+
+DEFAULT_TOOLS: dict[str, list[str]] = {
+    "memgpt_v2_agent": ["send_message", "memory_replace", "memory_insert", "archival_memory_insert",
+                        "archival_memory_search", "conversation_search"],
+    "memgpt_agent": ["send_message", "core_memory_append", "core_memory_replace",
+                     "archival_memory_insert", "archival_memory_search", "conversation_search"],
+    "letta_v1_agent": ["memory_replace", "memory_insert", "archival_memory_insert",
+                       "archival_memory_search", "conversation_search"],
+    "sleeptime_agent": ["memory_replace", "memory_insert", "memory_rethink"],
+}
+
+
+def base_toolset(names: list[str] | None = None) -> Toolset:
+    """A toolset of built-in tools by name (all of them when ``names`` is None)."""
+    chosen = names if names is not None else list(BASE_TOOLS)
+    return Toolset([BASE_TOOLS[n] for n in chosen if n in BASE_TOOLS])
+
+
+DEFAULT_SYSTEM_PROMPTS: dict[str, str] = {
+    "memgpt_v2_agent": (
+        "You are a helpful assistant with a persistent memory, running on letta_ray.\n"
+        "You talk with a user by calling the send_message function: text you write outside it "
+        "is your private reasoning and the user never sees it. send_message ends your turn.\n"
+        "Every other function takes request_heartbeat: set it to true when you need another "
+        "step afterwards (to call another function or to reply).\n"
+        "Your memory has tiers. Core memory (the blocks below) is always in view; keep what "
+        "matters about the user and yourself there, editing it with memory_replace and "
+        "memory_insert. Older conversation is in recall memory (conversation_search). "
+        "Archival memory is your long-term store (archival_memory_insert / "
+        "archival_memory_search).\n"
+        "When you learn something lasting about the user, record it in core memory right away."
+    ),
+    "letta_v1_agent": (
+        "You are a helpful assistant with a persistent memory, running on letta_ray.\n"
+        "Reply to the user in plain text; a reply without a function call ends your turn. "
+        "Call functions whenever you need them, and keep calling them until the task is done.\n"
+        "Core memory (the blocks below) is always in view; keep what matters about the user and "
+        "yourself there, editing it with memory_replace and memory_insert. Older conversation is "
+        "in recall memory (conversation_search); archival memory is your long-term store "
+        "(archival_memory_insert / archival_memory_search)."
+    ),
+    "sleeptime_agent": (
+        "You are the sleep-time memory agent of another agent. You read the transcript of its "
+        "recent conversation and reorganise the memory blocks you share with it: record new "
+        "facts, merge duplicates, remove what is stale, keep each block within its limit. Use "
+        "memory_replace, memory_insert and memory_rethink; call memory_finish_edits when done."
+    ),
+}
+DEFAULT_SYSTEM_PROMPTS["memgpt_agent"] = DEFAULT_SYSTEM_PROMPTS["memgpt_v2_agent"]

@@ -1,0 +1,128 @@
+"""The context window: compiling it, measuring it, and summarising when it is full."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from letta_ray.deps import LLM
+from letta_ray.memory import MemoryStats, compile_system_prompt
+from letta_ray.messages import Message
+from letta_ray.schemas import AgentState, Block, LLMConfig
+
+# Summarise when the context passes this share of the window...
+SUMMARY_TRIGGER = 0.9
+# ...and evict until what is left (system, summary, kept messages) is under this share.
+SUMMARY_TARGET = 0.5
+# The summariser's input is capped at this share of the window.
+SUMMARISER_INPUT_SHARE = 0.7
+
+SUMMARISER_PROMPT = (
+    "You maintain the running summary of a conversation between an AI agent and others. "
+    "Older messages are leaving the agent's view. Write a new summary that merges the previous "
+    "summary (if any) with the messages below: who said what, facts learned, decisions, open "
+    "questions, and what the agent was doing. Be concrete and brief (at most 200 words). "
+    "Write only the summary."
+)
+
+
+def summary_message_text(summary: str, evicted_total: int) -> str:
+    return (
+        f"[Summary of {evicted_total} earlier messages that are no longer in view; search them "
+        f"with conversation_search]\n{summary}"
+    )
+
+
+@dataclass
+class CompiledContext:
+    """The messages sent to the LLM, and how many tokens they take with the tools."""
+
+    messages: list[dict[str, Any]]
+    system_tokens: int
+    tokens: int
+
+
+def compile_context(
+    state: AgentState,
+    blocks: list[Block],
+    context: list[Message],
+    stats: MemoryStats,
+    tools: list[dict[str, Any]],
+    llm: LLM,
+) -> CompiledContext:
+    """System prompt with memory, then the summary, then the in-context messages."""
+    system = compile_system_prompt(state.system, blocks, stats)
+    head: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    if state.summary:
+        evicted = int(state.metadata.get("evicted_messages", 0))
+        head.append({"role": "user", "content": summary_message_text(state.summary, evicted)})
+    system_tokens = llm.count_tokens(head, state.llm_config, tools)
+    body = [m.to_openai() for m in context]
+    body_tokens = sum(llm.count_tokens([m], state.llm_config) for m in body) if body else 0
+    return CompiledContext(head + body, system_tokens, system_tokens + body_tokens)
+
+
+def needs_summary(compiled: CompiledContext, config: LLMConfig) -> bool:
+    return compiled.tokens > SUMMARY_TRIGGER * config.context_window
+
+
+def choose_cut(context: list[Message], token_counts: list[int], budget: int) -> int:
+    """How many of the oldest messages to evict so the rest fit in ``budget`` tokens.
+
+    The cut never separates a tool call from its return (the kept part never starts with
+    a tool message), prefers to start the kept part at a user message, and always keeps
+    the newest message. Returns 0 when nothing can be evicted.
+    """
+    n = len(context)
+    if n <= 1:
+        return 0
+    kept = 0
+    earliest = n - 1  # the newest message is always kept
+    for i in range(n - 1, 0, -1):
+        if kept + token_counts[i] > budget:
+            break
+        kept += token_counts[i]
+        earliest = i
+    # Smallest eviction >= the budget's that lands on a clean boundary: a user message
+    # first, any non-tool message otherwise.
+    for predicate in (lambda m: m.role == "user", lambda m: m.role != "tool"):
+        for cut in range(earliest, n):
+            if predicate(context[cut]):
+                return cut
+    return 0
+
+
+def transcript(messages: list[Message], char_budget: int) -> str:
+    """Plain-text rendering of messages for the summariser, cut to ``char_budget``."""
+    lines = []
+    for m in messages:
+        if m.role == "tool":
+            text = f"[{m.name} returned] {m.content or ''}"
+        elif m.tool_calls:
+            calls = "; ".join(f"{c.name}({c.arguments})" for c in m.tool_calls)
+            text = f"{m.content or ''} [calls {calls}]".strip()
+        else:
+            text = m.content or ""
+        who = m.role if not m.sender_id else f"{m.role} (from {m.sender_id})"
+        lines.append(f"{who}: {text}")
+    out = "\n".join(lines)
+    if len(out) > char_budget:
+        # Keep the newest text: the summary must reflect where the conversation got to.
+        out = "...\n" + out[-char_budget:]
+    return out
+
+
+async def summarise(
+    llm: LLM, config: LLMConfig, previous: str | None, evicted: list[Message]
+) -> tuple[str, int, int]:
+    """A new running summary; returns (summary, prompt_tokens, completion_tokens)."""
+    char_budget = int(config.context_window * SUMMARISER_INPUT_SHARE * 3)  # ~3+ chars per token
+    body = transcript(evicted, char_budget)
+    user = f"Previous summary:\n{previous}\n\nMessages:\n{body}" if previous else f"Messages:\n{body}"
+    response = await llm.complete(
+        [{"role": "system", "content": SUMMARISER_PROMPT}, {"role": "user", "content": user}], [], config
+    )
+    text = (response.content or "").strip()
+    if not text:
+        text = previous or "(the summariser returned nothing)"
+    return text, response.prompt_tokens, response.completion_tokens
