@@ -1,0 +1,389 @@
+"""MetadataStore against a real DuckDB file in a temp dir."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from letta_ray.errors import ConflictError, NotFoundError
+from letta_ray.messages import Message, ToolCall
+from letta_ray.schemas import AgentState, Block, ChildToolRule, LLMConfig, Tool
+from letta_ray.storage.metadata import MetadataStore
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[MetadataStore]:
+    with MetadataStore(tmp_path / "meta.duckdb") as s:
+        yield s
+
+
+def make_agent(name: str = "ada", *, tags: list[str] | None = None, blocks: list[Block] | None = None,
+               created_at: datetime | None = None) -> AgentState:
+    return AgentState(
+        name=name,
+        system="You are a helpful agent.",
+        blocks=blocks if blocks is not None else [Block(label="persona", value="I am " + name)],
+        llm_config=LLMConfig(model="openai/gpt-4o-mini"),
+        tags=tags or [],
+        created_at=created_at or datetime.now(UTC),
+    )
+
+
+def make_messages(agent_id: str, texts: list[str], *, start: datetime = T0) -> list[Message]:
+    return [
+        Message(agent_id=agent_id, role="user" if i % 2 == 0 else "assistant", content=text,
+                created_at=start + timedelta(seconds=i))
+        for i, text in enumerate(texts)
+    ]
+
+
+# ---------------------------------------------------------------------- agents
+
+
+def test_agent_round_trips_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "meta.duckdb"
+    agent = make_agent(tags=["a", "b"]).model_copy(update={
+        "tools": ["send_message", "conversation_search"],
+        "tool_rules": [ChildToolRule(tool_name="conversation_search", children=["send_message"])],
+        "metadata": {"k": [1, 2, {"x": None}]},
+        "message_ids": ["message-1", "message-2"],
+        "summary": "they met",
+        "blocks": [Block(label="persona", value="p"), Block(label="human", value="h", read_only=True)],
+    })
+    with MetadataStore(path) as store:
+        store.upsert_agent(agent)
+    with MetadataStore(path) as store:
+        assert store.get_agent(agent.id) == agent
+        assert store.get_agent_by_name("ada") == agent
+        assert [b.label for b in store.get_agent(agent.id).blocks] == ["persona", "human"]
+        assert store.count_agents() == 1
+
+
+def test_timestamps_come_back_aware_utc(store: MetadataStore) -> None:
+    plus_two = datetime(2025, 3, 1, 16, 0, tzinfo=timezone(timedelta(hours=2)))
+    agent = make_agent(created_at=plus_two)
+    store.upsert_agent(agent)
+    got = store.get_agent(agent.id).created_at
+    assert got == plus_two and got.utcoffset() == timedelta(0)
+
+
+def test_shared_block_edit_is_seen_by_every_attached_agent(store: MetadataStore) -> None:
+    shared = Block(label="shared", value="v1")
+    a = make_agent("a", blocks=[Block(label="persona", value="a"), shared])
+    b = make_agent("b", blocks=[shared])
+    store.upsert_agent(a)
+    store.upsert_agent(b)
+    assert store.agents_of_block(shared.id) == sorted([a.id, b.id])
+
+    store.upsert_block(shared.with_value("v2"))
+    assert store.get_agent(a.id).block("shared").value == "v2"  # type: ignore[union-attr]
+    assert store.get_agent(b.id).block("shared").value == "v2"  # type: ignore[union-attr]
+
+    # a still holds the v1 copy: writing its state back must not undo the newer edit
+    store.upsert_agent(a.model_copy(update={"summary": "later"}))
+    assert store.get_agent(b.id).block("shared").value == "v2"  # type: ignore[union-attr]
+    assert store.get_agent(a.id).summary == "later"
+
+
+def test_attach_and_detach_block(store: MetadataStore) -> None:
+    agent = make_agent()
+    store.upsert_agent(agent)
+    extra = Block(label="notes", value="n")
+    store.upsert_block(extra)
+    store.attach_block(agent.id, extra.id)
+    store.attach_block(agent.id, extra.id)  # idempotent
+    assert [b.label for b in store.get_agent(agent.id).blocks] == ["persona", "notes"]
+
+    clash = Block(label="notes", value="other")
+    store.upsert_block(clash)
+    with pytest.raises(ConflictError):
+        store.attach_block(agent.id, clash.id)
+
+    store.detach_block(agent.id, extra.id)
+    assert [b.label for b in store.get_agent(agent.id).blocks] == ["persona"]
+    assert store.get_block(extra.id) == extra  # detaching keeps the block
+    assert {b.id for b in store.list_blocks(label="notes")} == {extra.id, clash.id}
+
+    store.attach_block(agent.id, extra.id)
+    store.delete_block(extra.id)
+    assert [b.label for b in store.get_agent(agent.id).blocks] == ["persona"]
+
+
+def test_list_agents_filters_by_tags_and_paginates(store: MetadataStore) -> None:
+    agents = [
+        make_agent(f"agent{i}", tags=tags, created_at=T0 + timedelta(minutes=i))
+        for i, tags in enumerate([["x"], ["x", "y"], ["y"], [], ["x", "y", "z"]])
+    ]
+    for agent in reversed(agents):
+        store.upsert_agent(agent)
+    ids = [a.id for a in agents]
+
+    assert [a.id for a in store.list_agents()] == ids
+    assert [a.id for a in store.list_agents(tags=["x"])] == [ids[0], ids[1], ids[4]]
+    assert [a.id for a in store.list_agents(tags=["x", "y"])] == [ids[0], ids[1], ids[2], ids[4]]
+    assert [a.id for a in store.list_agents(tags=["x", "y"], match_all_tags=True)] == [ids[1], ids[4]]
+    assert [a.id for a in store.list_agents(name="agent2")] == [ids[2]]
+
+    page1 = store.list_agents(limit=2)
+    page2 = store.list_agents(limit=2, after=page1[-1].id)
+    page3 = store.list_agents(limit=2, after=page2[-1].id)
+    assert [a.id for a in page1 + page2 + page3] == ids
+    assert [a.id for a in store.list_agents(before=ids[3])] == ids[:3]
+    assert [a.id for a in store.list_agents(after=ids[0], before=ids[3])] == ids[1:3]
+    assert [a.id for a in store.list_agents(order="desc", limit=2)] == [ids[4], ids[3]]
+    assert store.get_agent(ids[1]).blocks[0].value == "I am agent1"
+
+
+def test_delete_agent_removes_messages_and_unshared_blocks(store: MetadataStore) -> None:
+    shared = Block(label="shared", value="s")
+    own = Block(label="own", value="o")
+    a = make_agent("a", blocks=[own, shared])
+    b = make_agent("b", blocks=[shared])
+    store.upsert_agent(a)
+    store.upsert_agent(b)
+    store.append_messages(make_messages(a.id, ["hi", "hello"]))
+    store.append_messages(make_messages(b.id, ["yo"]))
+
+    store.delete_agent(a.id)
+
+    with pytest.raises(NotFoundError):
+        store.get_agent(a.id)
+    assert store.count_messages(a.id) == 0
+    assert store.count_messages(b.id) == 1
+    with pytest.raises(NotFoundError):
+        store.get_block(own.id)
+    assert store.get_block(shared.id) == shared
+    assert store.agents_of_block(shared.id) == [b.id]
+    assert store.get_agent(b.id).blocks == [shared]
+
+
+def test_unknown_ids_raise_not_found(store: MetadataStore) -> None:
+    for call in (
+        lambda: store.get_agent("agent-nope"),
+        lambda: store.get_agent_by_name("nobody"),
+        lambda: store.delete_agent("agent-nope"),
+        lambda: store.get_block("block-nope"),
+        lambda: store.attach_block("agent-nope", "block-nope"),
+        lambda: store.get_tool("tool-nope"),
+        lambda: store.get_tool_by_name("nope"),
+        lambda: store.get_group("group-nope"),
+        lambda: store.get_run("run-nope"),
+        lambda: store.get_messages(["message-nope"]),
+        lambda: store.list_messages("agent-x", after="message-nope"),
+        lambda: store.list_agents(after="agent-nope"),
+    ):
+        with pytest.raises(NotFoundError):
+            call()
+    with pytest.raises(NotFoundError) as info:
+        store.get_agent("agent-nope")
+    assert (info.value.kind, info.value.key) == ("agent", "agent-nope")
+
+
+# ---------------------------------------------------------------------- messages
+
+
+def test_messages_paginate_before_after_desc(store: MetadataStore) -> None:
+    msgs = make_messages("agent-1", [f"m{i}" for i in range(10)])
+    store.append_messages(msgs[:4])
+    store.append_messages(msgs[4:])
+    store.append_messages(make_messages("agent-2", ["other"]))
+    ids = [m.id for m in msgs]
+
+    assert store.list_messages("agent-1", limit=None) == msgs
+    assert store.count_messages("agent-1") == 10
+    assert [m.id for m in store.list_messages("agent-1", limit=3)] == ids[:3]
+    assert [m.id for m in store.list_messages("agent-1", limit=3, after=ids[2])] == ids[3:6]
+    assert [m.id for m in store.list_messages("agent-1", limit=3, order="desc")] == ids[:-4:-1]
+    assert [m.id for m in store.list_messages("agent-1", limit=3, order="desc", before=ids[5])] == [
+        ids[4], ids[3], ids[2]
+    ]
+    assert [m.id for m in store.list_messages("agent-1", after=ids[1], before=ids[4])] == ids[2:4]
+    assert [m.id for m in store.get_messages([ids[7], ids[1], ids[3]])] == [ids[7], ids[1], ids[3]]
+
+
+def test_same_timestamp_keeps_insertion_order(store: MetadataStore) -> None:
+    msgs = [Message(agent_id="agent-1", role="user", content=str(i), created_at=T0) for i in range(5)]
+    store.append_messages(msgs[:2])
+    store.append_messages(msgs[2:])
+    assert store.list_messages("agent-1") == msgs
+    assert [m.id for m in store.list_messages("agent-1", after=msgs[1].id)] == [m.id for m in msgs[2:]]
+
+
+def test_duplicate_message_id_is_a_conflict(store: MetadataStore) -> None:
+    msgs = make_messages("agent-1", ["a", "b"])
+    store.append_messages(msgs)
+    with pytest.raises(ConflictError):
+        store.append_messages([*make_messages("agent-1", ["c"]), msgs[0]])
+    assert store.count_messages("agent-1") == 2  # the failed batch left nothing behind
+
+
+def test_roles_and_dates_filter(store: MetadataStore) -> None:
+    msgs = make_messages("agent-1", [f"apple {i}" for i in range(10)])
+    store.append_messages(msgs)
+
+    users = store.list_messages("agent-1", roles=["user"])
+    assert [m.id for m in users] == [m.id for m in msgs[::2]]
+    window = store.list_messages("agent-1", start=T0 + timedelta(seconds=3), end=T0 + timedelta(seconds=5))
+    assert [m.id for m in window] == [m.id for m in msgs[3:6]]
+
+    for _ in range(2):  # once scanning the tail, once through the index
+        found = store.search_messages("agent-1", "apple", roles=["assistant"],
+                                      start=T0 + timedelta(seconds=4), end=T0 + timedelta(seconds=8))
+        assert {m.id for m in found} == {msgs[5].id, msgs[7].id}
+        store.rebuild_search_index()
+
+
+def test_search_finds_a_word_from_500_messages_ago(tmp_path: Path) -> None:
+    path = tmp_path / "meta.duckdb"
+    texts = [f"filler message number {i} about the weather" for i in range(600)]
+    texts[100] = "My cat is called Zanzibar and she likes tuna"  # 500 messages before the end
+    texts[550] = "We booked the Quetzalcoatl tour for friday"
+    msgs = make_messages("agent-1", texts)
+    with MetadataStore(path, fts_rebuild_threshold=250) as store:
+        for i in range(0, 400, 100):
+            store.append_messages(msgs[i : i + 100])
+        store.append_messages(make_messages("agent-2", ["Zanzibar is an island"]))
+        assert store.search_index_watermark == 0
+
+        # the tail is over the threshold, so this search rebuilds the index first
+        hits = store.search_messages("agent-1", "zanzibar")
+        assert [m.id for m in hits] == [msgs[100].id]
+        indexed = store.search_index_watermark
+        assert indexed == 401
+
+        for i in range(400, 600, 100):
+            store.append_messages(msgs[i : i + 100])
+        hits = store.search_messages("agent-1", "ZANZIBAR tour quetzalcoatl")
+        assert store.search_index_watermark == indexed  # 200 new rows: under the threshold
+        assert [m.id for m in hits] == [msgs[100].id, msgs[550].id]  # indexed first, then tail
+
+        # stemming comes from the index: "cats" finds "cat"
+        assert [m.id for m in store.search_messages("agent-1", "cats")] == [msgs[100].id]
+
+    with MetadataStore(path, fts_rebuild_threshold=250) as store:  # the index survives reopening
+        assert store.search_index_watermark == indexed
+        assert [m.id for m in store.search_messages("agent-1", "zanzibar")] == [msgs[100].id]
+        store.rebuild_search_index()
+        assert store.search_index_watermark == 601
+        assert [m.id for m in store.search_messages("agent-1", "quetzalcoatl")] == [msgs[550].id]
+
+
+def test_search_covers_tool_call_arguments_and_empty_query(store: MetadataStore) -> None:
+    call = ToolCall(name="send_message", arguments='{"message": "Meet at the lighthouse"}')
+    msgs = [
+        *make_messages("agent-1", ["hello", "how are you"]),
+        Message(agent_id="agent-1", role="assistant", tool_calls=[call], created_at=T0 + timedelta(minutes=1)),
+        Message(agent_id="agent-1", role="tool", name="send_message", tool_call_id=call.id,
+                content='{"status": "OK", "message": "None", "time": "now"}',
+                created_at=T0 + timedelta(minutes=2)),
+    ]
+    store.append_messages(msgs)
+    for _ in range(2):  # once scanning the tail, once through the index
+        assert [m.id for m in store.search_messages("agent-1", "lighthouse")] == [msgs[2].id]
+        assert store.search_messages("agent-1", "status") == []  # JSON keys are not text
+        store.rebuild_search_index()
+    assert [m.id for m in store.search_messages("agent-1", None, limit=2)] == [msgs[3].id, msgs[2].id]
+    assert [m.id for m in store.search_messages("agent-1", "", roles=["user"])] == [msgs[0].id]
+
+
+def test_bulk_insert_of_10k_messages_is_fast(store: MetadataStore) -> None:
+    msgs = make_messages("agent-1", [f"message {i} with some words in it" for i in range(10_000)])
+    started = time.perf_counter()
+    store.append_messages(msgs)
+    elapsed = time.perf_counter() - started
+    assert store.count_messages("agent-1") == 10_000
+    assert elapsed < 10, f"10k messages took {elapsed:.1f}s: is the insert row-at-a-time again?"
+
+
+def test_concurrent_appends_from_threads(store: MetadataStore) -> None:
+    def worker(n: int) -> None:
+        for k in range(10):
+            store.append_messages(make_messages(f"agent-{n}", [f"{n}-{k}-{j}" for j in range(20)]))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [store.count_messages(f"agent-{n}") for n in range(4)] == [200] * 4
+
+
+def test_transaction_commits_together_or_not_at_all(store: MetadataStore) -> None:
+    agent = make_agent()
+    with pytest.raises(RuntimeError), store.transaction():
+        store.upsert_agent(agent)
+        store.append_messages(make_messages(agent.id, ["x"]))
+        raise RuntimeError("boom")
+    assert store.count_agents() == 0 and store.count_messages(agent.id) == 0
+
+    with store.transaction():
+        store.upsert_agent(agent)
+        store.append_messages(make_messages(agent.id, ["x"]))
+    assert store.count_agents() == 1 and store.count_messages(agent.id) == 1
+
+
+# ---------------------------------------------------------------------- tools, groups, runs
+
+
+def test_tools_are_unique_by_name(store: MetadataStore) -> None:
+    schema = {"name": "roll", "parameters": {"type": "object", "properties": {}}}
+    first = store.upsert_tool(Tool(name="roll", description="v1", json_schema=schema))
+    second = store.upsert_tool(Tool(name="roll", description="v2", json_schema=schema))
+    assert second.id == first.id
+    assert store.get_tool_by_name("roll").description == "v2"
+    assert store.get_tool(first.id) == second
+
+    other = store.upsert_tool(Tool(name="flip", json_schema=schema))
+    with pytest.raises(ConflictError):
+        store.upsert_tool(other.model_copy(update={"name": "roll"}))
+    assert [t.name for t in store.list_tools()] == ["flip", "roll"]
+    assert [t.name for t in store.list_tools(after=other.id)] == ["roll"]
+    store.delete_tool(other.id)
+    assert [t.name for t in store.list_tools()] == ["roll"]
+
+
+def test_groups_and_runs_as_docs(store: MetadataStore) -> None:
+    store.upsert_group("group-1", {"manager_type": "round_robin", "agent_ids": ["a", "b"]})
+    store.upsert_group("group-1", {"manager_type": "round_robin", "agent_ids": ["a"]})
+    assert store.get_group("group-1") == {"manager_type": "round_robin", "agent_ids": ["a"], "id": "group-1"}
+    assert [g["id"] for g in store.list_groups()] == ["group-1"]
+    store.delete_group("group-1")
+    assert store.list_groups() == []
+
+    store.upsert_run("run-1", {"agent_id": "a", "status": "running", "created_at": T0})
+    store.upsert_run("run-2", {"agent_id": "a", "status": "completed", "created_at": T0 + timedelta(1)})
+    store.upsert_run("run-3", {"agent_id": "b", "status": "running"})
+    store.upsert_run("run-1", {"agent_id": "a", "status": "completed"})  # keeps its created_at
+    assert [r["id"] for r in store.list_runs("a")] == ["run-2", "run-1"]
+    assert store.get_run("run-1")["status"] == "completed"
+    assert datetime.fromisoformat(store.get_run("run-1")["created_at"]) == T0
+    assert [r["id"] for r in store.list_runs(status="running")] == ["run-3"]
+
+
+# ---------------------------------------------------------------------- export
+
+
+def test_export_parquet_writes_readable_files(store: MetadataStore, tmp_path: Path) -> None:
+    agent = make_agent()
+    store.upsert_agent(agent)
+    store.append_messages(make_messages(agent.id, ["a", "b", "c"]))
+    store.upsert_tool(Tool(name="roll", json_schema={"name": "roll"}))
+    store.upsert_run("run-1", {"agent_id": agent.id, "status": "completed"})
+
+    paths = store.export_parquet(tmp_path / "export")
+
+    counts = {name: pq.read_table(path).num_rows for name, path in paths.items()}
+    assert counts == {"agents": 1, "blocks": 1, "agent_blocks": 1, "messages": 3, "tools": 1,
+                      "groups": 0, "runs": 1}
+    messages = pq.read_table(paths["messages"])
+    assert messages.column("agent_id").to_pylist() == [agent.id] * 3
+    doc = messages.column("doc").to_pylist()[0]
+    assert Message.model_validate_json(doc).content == "a"
