@@ -103,6 +103,17 @@ class Block(_Model):
             raise BlockLimitError(self.label, len(self.value), self.limit)
         return self
 
+    def updated(self, **changes: Any) -> Block:
+        """A validated copy with ``changes``; BlockLimitError / InvalidInputError if they don't fit."""
+        merged = {**self.model_dump(), **changes, "updated_at": utcnow()}
+        value, limit = merged.get("value") or "", merged.get("limit")
+        if isinstance(limit, int) and len(value) > limit:
+            raise BlockLimitError(self.label, len(value), limit)
+        try:
+            return Block.model_validate(merged)
+        except ValueError as exc:
+            raise InvalidInputError(f"invalid change to block {self.label!r}: {exc}") from exc
+
     def with_value(self, value: str) -> Block:
         """A copy holding ``value``; raises BlockLimitError past the limit."""
         if len(value) > self.limit:

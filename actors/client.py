@@ -1,0 +1,449 @@
+"""The Python driver API: ``letta_ray.connect()``, ``Client`` and ``AgentHandle``.
+
+Every operation is written once, as a coroutine (``*_async``); the plain method runs
+it on a private event-loop thread, so the sync API works from scripts, notebooks and
+threads alike. Callers hold handles and never see hosts: when a host dies under a
+call, the directory re-places the agent and the call is retried once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+from collections.abc import Coroutine, Iterator, Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from letta_ray.base_tools import BASE_TOOLS, DEFAULT_SYSTEM_PROMPTS, DEFAULT_TOOLS
+from letta_ray.deps import TagMatchMode
+from letta_ray.errors import InvalidInputError, NotFoundError
+from letta_ray.messages import LettaResponse, Message, MessageCreate
+from letta_ray.schemas import (
+    AgentState,
+    AgentType,
+    Block,
+    CreateBlock,
+    EmbeddingConfig,
+    LLMConfig,
+    Passage,
+    Tool,
+    ToolRule,
+)
+from letta_ray.settings import Settings
+from letta_ray.tools import build_tool, tool_from_source
+
+from ._proxy import await_ref
+from .runtime import Deployment, init_ray, start_deployment, stop_deployment
+
+T = TypeVar("T")
+_HOST_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
+
+
+class _LoopThread:
+    """One background event loop that runs the client's coroutines for sync callers."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="letta-ray-client", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+def connect(address: str | None = None, *, home: str | None = None, settings: Settings | None = None,
+            llm: Any = None, **overrides: Any) -> Client:
+    """Connect to letta_ray: an embedded local Ray by default, or ``address`` of a cluster.
+
+    ``home`` is the data directory (default ``$LETTA_RAY_HOME`` or ``~/.letta_ray``).
+    ``llm`` replaces the LLM of every agent host (for tests and simulations with a fake).
+    """
+    values = dict(overrides)
+    if address is not None:
+        values["ray_address"] = address
+    if home is not None:
+        values["home"] = home
+    settings = settings.model_copy(update=values) if settings else Settings(**values)
+    started = init_ray(settings)
+    return Client(start_deployment(settings, llm=llm), owns_ray=started)
+
+
+class Client:
+    """A connection to one letta_ray deployment (one data directory)."""
+
+    def __init__(self, deployment: Deployment, *, owns_ray: bool = False) -> None:
+        self.deployment = deployment
+        self.settings = deployment.settings
+        self._owns_ray = owns_ray
+        self._loop = _LoopThread()
+        self._closed = False
+        self._where: dict[str, tuple[str, Any]] = {}
+        atexit.register(self._atexit)
+
+    # ---------------------------------------------------------------- plumbing
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise RuntimeError("this letta_ray client is closed")
+        return self._loop.run(coro)
+
+    async def _store(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await await_ref(self.deployment.store.read.remote(method, *args, **kwargs))
+
+    async def _store_write(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await await_ref(self.deployment.store.write.remote(method, *args, **kwargs))
+
+    async def _archive(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return await await_ref(getattr(self.deployment.archive, method).remote(*args, **kwargs))
+
+    async def _locate(self, agent_id: str) -> tuple[str, Any]:
+        where = self._where.get(agent_id)
+        if where is None:
+            where = await await_ref(self.deployment.directory.locate.remote(agent_id))
+            self._where[agent_id] = where
+        return where
+
+    async def call_agent(self, agent_id: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` on the host of ``agent_id``, re-placing the agent if its host died."""
+        for attempt in range(3):
+            host_id, host = await self._locate(agent_id)
+            try:
+                return await await_ref(getattr(host, method).remote(agent_id, *args, **kwargs),
+                                       self.settings.call_timeout_s)
+            except _HOST_GONE:
+                self._where.pop(agent_id, None)
+                if attempt == 2:
+                    raise
+                self._where[agent_id] = await await_ref(
+                    self.deployment.directory.host_failed.remote(host_id, agent_id))
+        raise AssertionError("unreachable")
+
+    # ---------------------------------------------------------------- agents
+
+    def build_agent_state(
+        self,
+        name: str,
+        *,
+        model: str | None = None,
+        llm_config: LLMConfig | dict[str, Any] | None = None,
+        model_endpoint: str | None = None,
+        context_window: int | None = None,
+        agent_type: AgentType = "memgpt_v2_agent",
+        system: str | None = None,
+        memory_blocks: list[CreateBlock | dict[str, Any] | Block] | None = None,
+        tools: list[str] | None = None,
+        include_base_tools: bool = True,
+        tool_rules: list[ToolRule] | None = None,
+        tags: list[str] | None = None,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        embedding_config: EmbeddingConfig | None = None,
+        max_steps: int = 50,
+    ) -> AgentState:
+        """Validate a new agent's definition and resolve its model; raises InvalidInputError."""
+        config = self._llm_config(model, llm_config, model_endpoint, context_window)
+        blocks: list[Block] = []
+        for spec in memory_blocks or []:
+            if isinstance(spec, Block):
+                blocks.append(spec)
+                continue
+            try:
+                create = spec if isinstance(spec, CreateBlock) else CreateBlock.model_validate(spec)
+                blocks.append(create.to_block())
+            except ValueError as exc:
+                raise InvalidInputError(f"invalid memory block {spec!r}: {exc}") from exc
+        names = list(DEFAULT_TOOLS.get(agent_type, [])) if include_base_tools else []
+        names += [t for t in tools or [] if t not in names]
+        try:
+            return AgentState(
+                name=name, agent_type=agent_type, system=system or DEFAULT_SYSTEM_PROMPTS[agent_type],
+                blocks=blocks, tools=names, tool_rules=tool_rules or [], llm_config=config,
+                embedding_config=embedding_config or EmbeddingConfig(
+                    embedding_model=self.settings.embedding_model, embedding_dim=self.settings.embedding_dim),
+                tags=tags or [], description=description, metadata=metadata or {}, max_steps=max_steps)
+        except InvalidInputError:
+            raise
+        except ValueError as exc:
+            raise InvalidInputError(f"invalid agent {name!r}: {exc}") from exc
+
+    def _llm_config(self, model: str | None, llm_config: LLMConfig | dict[str, Any] | None,
+                    model_endpoint: str | None, context_window: int | None) -> LLMConfig:
+        if llm_config is not None:
+            try:
+                config = llm_config if isinstance(llm_config, LLMConfig) else LLMConfig.model_validate(llm_config)
+            except ValueError as exc:
+                raise InvalidInputError(f"invalid llm_config: {exc}") from exc
+            return config
+        if model is None:
+            model, why = self.settings.resolve_default_model()
+            if model is None:
+                raise InvalidInputError(f"no model given and {why}")
+        try:
+            return LLMConfig(model=model, model_endpoint=model_endpoint or self.settings.default_model_endpoint,
+                             context_window=context_window or self.settings.default_context_window)
+        except ValueError as exc:
+            raise InvalidInputError(f"invalid model settings: {exc}") from exc
+
+    async def _check_tools(self, states: list[AgentState]) -> None:
+        wanted = {t for s in states for t in s.tools if t not in BASE_TOOLS}
+        for name in wanted:
+            await self._store("get_tool_by_name", name)  # NotFoundError names the missing tool
+
+    async def create_agent_async(self, name: str, **kwargs: Any) -> AgentHandle:
+        [handle] = await self.create_agents_async([self.build_agent_state(name, **kwargs)])
+        return handle
+
+    def create_agent(self, name: str, **kwargs: Any) -> AgentHandle:
+        """Create an agent; see ``build_agent_state`` for the arguments."""
+        return self._run(self.create_agent_async(name, **kwargs))
+
+    async def create_agents_async(self, states: list[AgentState]) -> list[AgentHandle]:
+        """Create many agents at once: one placement call and one write per host."""
+        if not states:
+            return []
+        await self._check_tools(states)
+        placed = await await_ref(self.deployment.directory.place.remote([s.id for s in states]))
+        by_host: dict[str, tuple[Any, list[AgentState]]] = {}
+        for state, (host_id, host) in zip(states, placed, strict=True):
+            by_host.setdefault(host_id, (host, []))[1].append(state)
+            self._where[state.id] = (host_id, host)
+        await asyncio.gather(*(await_ref(host.create_agents.remote(group)) for host, group in by_host.values()))
+        return [AgentHandle(self, s.id, s.name) for s in states]
+
+    def create_agents(self, states: list[AgentState]) -> list[AgentHandle]:
+        return self._run(self.create_agents_async(states))
+
+    async def get_agent_async(self, id_or_name: str) -> AgentHandle:
+        if id_or_name.startswith("agent-"):
+            try:
+                state = await self._store("get_agent", id_or_name)
+                return AgentHandle(self, state.id, state.name)
+            except NotFoundError:
+                pass
+        state = await self._store("get_agent_by_name", id_or_name)
+        return AgentHandle(self, state.id, state.name)
+
+    def get_agent(self, id_or_name: str) -> AgentHandle:
+        """An agent by id or name; raises NotFoundError."""
+        return self._run(self.get_agent_async(id_or_name))
+
+    async def list_agents_async(self, *, name: str | None = None, tags: list[str] | None = None,
+                                match_all_tags: bool = False, limit: int | None = 50, after: str | None = None,
+                                before: str | None = None) -> list[AgentState]:
+        return await self._store("list_agents", name=name, tags=tags, match_all_tags=match_all_tags,
+                                 limit=limit, after=after, before=before)
+
+    def list_agents(self, **kwargs: Any) -> list[AgentState]:
+        """Stored agents, oldest first, filtered by name or tags, paged by id."""
+        return self._run(self.list_agents_async(**kwargs))
+
+    async def delete_agent_async(self, agent_id: str) -> None:
+        await self._store("get_agent", agent_id)  # NotFoundError for an unknown id
+        try:
+            await self.call_agent(agent_id, "drop")
+        except NotFoundError:
+            pass
+        await self._store_write("delete_agent", agent_id)
+        await self._archive("delete_agent", agent_id)
+        await await_ref(self.deployment.directory.forget.remote(agent_id))
+        self._where.pop(agent_id, None)
+
+    def delete_agent(self, agent_id: str) -> None:
+        """Delete an agent with its messages and passages (shared blocks stay for the others)."""
+        self._run(self.delete_agent_async(agent_id))
+
+    # ---------------------------------------------------------------- tools
+
+    async def create_tool_async(self, source: Any, *, name: str | None = None, tags: list[str] | None = None) -> Tool:
+        tf = tool_from_source(source, name=name, tags=tags) if isinstance(source, str) else build_tool(source)
+        if tf.tool.source_code is None:
+            raise InvalidInputError(f"cannot read the source of {tf.name}; pass its source code as a string")
+        if tf.name in BASE_TOOLS:
+            raise InvalidInputError(f"{tf.name!r} is a built-in tool name; choose another")
+        return await self._store_write("upsert_tool", tf.tool)
+
+    def create_tool(self, source: Any, *, name: str | None = None, tags: list[str] | None = None) -> Tool:
+        """Register a tool from a function or from Python source (the docstring is its schema)."""
+        return self._run(self.create_tool_async(source, name=name, tags=tags))
+
+    def list_tools(self, limit: int | None = 50) -> list[Tool]:
+        return self._run(self._store("list_tools", limit=limit))
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def export_parquet(self, out_dir: str | None = None) -> dict[str, Any]:
+        """Snapshot the metadata tables to Parquet (default: ``<home>/export``)."""
+        return self._run(self._store("export_parquet", out_dir or str(self.settings.export_path)))
+
+    def close(self, *, shutdown: bool | None = None) -> None:
+        """Disconnect. With an embedded Ray (or ``shutdown=True``) the actors stop too."""
+        if self._closed:
+            return
+        stop = self.settings.embedded if shutdown is None else shutdown
+        if stop:
+            stop_deployment(self.deployment)
+        self._closed = True
+        self._loop.stop()
+        if self._owns_ray and stop:
+            ray.shutdown()
+
+    def _atexit(self) -> None:
+        if not self._closed and self._owns_ray:
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AgentHandle:
+    """One agent, wherever it is hosted. Cheap to create; holds only the id."""
+
+    def __init__(self, client: Client, agent_id: str, name: str) -> None:
+        self.client = client
+        self.id = agent_id
+        self.name = name
+        self.blocks = BlocksView(self)
+        self.archival = ArchivalView(self)
+
+    def __repr__(self) -> str:
+        return f"AgentHandle(id={self.id!r}, name={self.name!r})"
+
+    async def send_async(self, message: str | MessageCreate | list[MessageCreate | Message | dict[str, Any]], *,
+                         max_steps: int | None = None, run_id: str | None = None) -> LettaResponse:
+        return await self.client.call_agent(self.id, "send", _as_messages(message), max_steps=max_steps,
+                                            run_id=run_id)
+
+    def send(self, message: str | MessageCreate | list[Any], *, max_steps: int | None = None) -> LettaResponse:
+        """Send a message and run the agent's turn: typed events, stop reason and usage."""
+        return self.client._run(self.send_async(message, max_steps=max_steps))
+
+    async def state_async(self) -> AgentState:
+        return await self.client.call_agent(self.id, "get_state")
+
+    def state(self) -> AgentState:
+        return self.client._run(self.state_async())
+
+    async def messages_async(self, *, limit: int = 50, before: str | None = None, after: str | None = None,
+                             order: str = "asc") -> list[Message]:
+        return await self.client._store("list_messages", self.id, limit=limit, before=before, after=after,
+                                        order=order)
+
+    def messages(self, *, limit: int = 50, before: str | None = None, after: str | None = None,
+                 order: str = "asc") -> list[Message]:
+        """The agent's stored history, paged by message id."""
+        return self.client._run(self.messages_async(limit=limit, before=before, after=after, order=order))
+
+    def context(self) -> list[Message]:
+        """The messages currently in the agent's context window."""
+        return self.client._run(self.client.call_agent(self.id, "context"))
+
+    def modify(self, **changes: Any) -> AgentState:
+        return self.client._run(self.client.call_agent(self.id, "modify", changes))
+
+    def attach_tool(self, name: str) -> AgentState:
+        async def attach() -> AgentState:
+            if name not in BASE_TOOLS:
+                await self.client._store("get_tool_by_name", name)
+            state = await self.state_async()
+            tools = state.tools if name in state.tools else [*state.tools, name]
+            return await self.client.call_agent(self.id, "modify", {"tools": tools})
+        return self.client._run(attach())
+
+
+class BlocksView(Mapping[str, Block]):
+    """``agent.blocks["human"].value`` reads the live block; ``update`` edits it."""
+
+    def __init__(self, agent: AgentHandle) -> None:
+        self._agent = agent
+
+    def _blocks(self) -> list[Block]:
+        return self._agent.state().blocks
+
+    def __getitem__(self, label: str) -> Block:
+        for block in self._blocks():
+            if block.label == label:
+                return block
+        raise KeyError(label)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([b.label for b in self._blocks()])
+
+    def __len__(self) -> int:
+        return len(self._blocks())
+
+    async def update_async(self, label: str, value: str | None = None, **changes: Any) -> Block:
+        return await self._agent.client.call_agent(self._agent.id, "update_block", label, value=value, **changes)
+
+    def update(self, label: str, value: str | None = None, **changes: Any) -> Block:
+        """Set a block's value (or limit, description, read_only); BlockLimitError past its limit."""
+        return self._agent.client._run(self.update_async(label, value, **changes))
+
+
+class ArchivalView:
+    """The agent's archival memory."""
+
+    def __init__(self, agent: AgentHandle) -> None:
+        self._agent = agent
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._agent.client._run(self._agent.client._archive(method, self._agent.id, *args, **kwargs))
+
+    def insert(self, text: str, tags: list[str] | None = None) -> Passage:
+        if not text.strip():
+            raise InvalidInputError("passage text is empty")
+        return self._call("insert", text, tags)
+
+    def search(self, query: str | None, *, top_k: int = 5, tags: list[str] | None = None,
+               tag_match_mode: TagMatchMode = "any", start: datetime | None = None,
+               end: datetime | None = None) -> list[Passage]:
+        return self._call("search", query, top_k=top_k, tags=tags, tag_match_mode=tag_match_mode,
+                          start=start, end=end)
+
+    def list(self, *, limit: int = 100, after: str | None = None) -> list[Passage]:
+        return self._call("list", limit=limit, after=after)
+
+    def count(self) -> int:
+        return self._call("count")
+
+    def delete(self, passage_id: str) -> None:
+        self._agent.client._run(self._agent.client._archive("delete", passage_id, agent_id=self._agent.id))
+
+
+def _as_messages(message: Any) -> list[MessageCreate | Message]:
+    if isinstance(message, str):
+        return [MessageCreate(content=message)]
+    if isinstance(message, MessageCreate | Message):
+        return [message]
+    if isinstance(message, list):
+        out: list[MessageCreate | Message] = []
+        for item in message:
+            if isinstance(item, MessageCreate | Message):
+                out.append(item)
+            elif isinstance(item, dict):
+                try:
+                    out.append(MessageCreate.model_validate(item))
+                except ValueError as exc:
+                    raise InvalidInputError(f"invalid message {item!r}: {exc}") from exc
+            elif isinstance(item, str):
+                out.append(MessageCreate(content=item))
+            else:
+                raise InvalidInputError(f"cannot send {type(item).__name__} as a message")
+        if not out:
+            raise InvalidInputError("no message to send")
+        return out
+    raise InvalidInputError(f"cannot send {type(message).__name__} as a message")

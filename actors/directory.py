@@ -1,0 +1,116 @@
+"""The directory: which host runs which agent, hosts made on demand, re-placement on death.
+
+Placement is a policy. ``packed`` spreads agents over up to ``max_hosts`` hosts (the
+CPU count by default), each holding at most ``agents_per_host``; ``dedicated`` gives
+every agent a host of its own. A host that dies loses only what it had not yet
+acknowledged: its agents are placed again on live hosts and reload from the stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from letta_ray.errors import NotFoundError
+
+log = logging.getLogger(__name__)
+
+HostFactory = Callable[[str], Any]
+"""Makes a host from its id and returns its handle (a Ray actor handle, or a local proxy)."""
+
+
+class Directory:
+    """Maps agent ids to hosts. ``ping`` checks whether a host handle still answers."""
+
+    def __init__(self, make_host: HostFactory, *, placement: str = "packed", agents_per_host: int = 5_000,
+                 max_hosts: int | None = None, exists: Callable[[str], Any] | None = None,
+                 ping: Callable[[Any], Any] | None = None) -> None:
+        self._make_host = make_host
+        self.placement = placement
+        self.agents_per_host = agents_per_host
+        self.max_hosts = max_hosts or max(1, os.cpu_count() or 1)
+        self._exists = exists
+        self._ping = ping
+        self.hosts: dict[str, Any] = {}
+        self.load: dict[str, int] = {}
+        self.where: dict[str, str] = {}
+        self._ids = itertools.count()
+        self._lock = asyncio.Lock()
+
+    def _new_host(self) -> str:
+        host_id = f"host-{next(self._ids)}"
+        self.hosts[host_id] = self._make_host(host_id)
+        self.load[host_id] = 0
+        return host_id
+
+    def _choose(self) -> str:
+        if self.placement == "dedicated":
+            return self._new_host()
+        open_hosts = [h for h in self.hosts if self.load[h] < self.agents_per_host]
+        if len(self.hosts) < self.max_hosts or not open_hosts:
+            # Up to max_hosts, a new host beats piling onto an existing one: hosts are
+            # where turns run in parallel.
+            if not open_hosts or len(self.hosts) < self.max_hosts:
+                return self._new_host()
+        return min(open_hosts, key=lambda h: self.load[h])
+
+    def _assign(self, agent_id: str) -> tuple[str, Any]:
+        host_id = self.where.get(agent_id)
+        if host_id is None or host_id not in self.hosts:
+            host_id = self._choose()
+            self.where[agent_id] = host_id
+            self.load[host_id] += 1
+        return host_id, self.hosts[host_id]
+
+    async def place(self, agent_ids: list[str]) -> list[tuple[str, Any]]:
+        """Hosts for new agents (one per id, in order)."""
+        async with self._lock:
+            return [self._assign(a) for a in agent_ids]
+
+    async def locate(self, agent_id: str) -> tuple[str, Any]:
+        """The host of an existing agent, placing it if no live host has it yet."""
+        host_id = self.where.get(agent_id)
+        if host_id is not None and host_id in self.hosts:
+            return host_id, self.hosts[host_id]
+        if self._exists is not None and not await self._exists(agent_id):
+            raise NotFoundError("agent", agent_id)
+        async with self._lock:
+            return self._assign(agent_id)
+
+    async def host_failed(self, host_id: str, agent_id: str) -> tuple[str, Any]:
+        """A call to ``host_id`` failed: if it is really gone, re-place its agents."""
+        async with self._lock:
+            handle = self.hosts.get(host_id)
+            if handle is not None and not await self._alive(handle):
+                log.warning("host %s is gone; re-placing its %d agents", host_id, self.load.get(host_id, 0))
+                del self.hosts[host_id]
+                self.load.pop(host_id, None)
+                for orphan in [a for a, h in self.where.items() if h == host_id]:
+                    del self.where[orphan]
+            return self._assign(agent_id)
+
+    async def _alive(self, handle: Any) -> bool:
+        if self._ping is None:
+            return True
+        try:
+            await asyncio.wait_for(self._ping(handle), timeout=10.0)
+            return True
+        except Exception:
+            return False
+
+    async def forget(self, agent_id: str) -> None:
+        async with self._lock:
+            host_id = self.where.pop(agent_id, None)
+            if host_id in self.load:
+                self.load[host_id] -= 1
+
+    async def all_hosts(self) -> dict[str, Any]:
+        return dict(self.hosts)
+
+    async def describe(self) -> dict[str, Any]:
+        return {"placement": self.placement, "agents_per_host": self.agents_per_host, "max_hosts": self.max_hosts,
+                "hosts": dict(self.load), "agents": len(self.where)}

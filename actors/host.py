@@ -1,0 +1,220 @@
+"""AgentHost: an async actor hosting many agents, each a logical actor of its own.
+
+Each hosted agent has its own mailbox (an asyncio lock, which is FIFO): its turns run
+one after another, never interleaved and never lost, while different agents' turns
+run concurrently (LLM calls are I/O). An agent's in-context memory lives only here; it
+is loaded from the stores the first time the agent is touched on this host, and every
+turn is persisted before its reply is returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from letta_ray.agent import step
+from letta_ray.base_tools import BASE_TOOLS
+from letta_ray.deps import LLM, StepDeps
+from letta_ray.errors import InvalidInputError, NotFoundError
+from letta_ray.memory import MemoryStats
+from letta_ray.messages import LettaResponse, Message, MessageCreate
+from letta_ray.schemas import AgentState, Block, utcnow
+from letta_ray.tools import ToolFunction, Toolset, tool_from_source
+
+# Fields of an agent a caller may change after creation.
+MODIFIABLE = frozenset({"name", "system", "tags", "description", "metadata", "llm_config", "embedding_config",
+                        "tools", "tool_rules", "max_steps", "agent_type"})
+
+
+@dataclass
+class _Hosted:
+    state: AgentState
+    context: list[Message]
+    stats: MemoryStats
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_used: float = field(default_factory=time.monotonic)
+    turns: int = 0
+
+
+class AgentHost:
+    """Hosts agents; ``store`` and ``archive`` are awaitable proxies (actors or local objects)."""
+
+    def __init__(self, host_id: str, store: Any, archive: Any, llm: LLM | None = None) -> None:
+        self.host_id = host_id
+        self.store = store
+        self.archive = archive
+        self._llm = llm
+        self.agents: dict[str, _Hosted] = {}
+        self._loading: dict[str, asyncio.Task[_Hosted]] = {}
+        self._custom_tools: dict[str, tuple[str, ToolFunction]] = {}
+
+    @property
+    def llm(self) -> LLM:
+        if self._llm is None:
+            from letta_ray.llm import LiteLLM  # litellm is heavy: import on first use
+
+            self._llm = LiteLLM()
+        return self._llm
+
+    # ---------------------------------------------------------------- lifecycle of agents
+
+    async def create_agents(self, states: list[AgentState], initial: list[list[Message]] | None = None) -> list[str]:
+        """Persist new agents (with optional initial messages) and host them."""
+        initial = initial or [[] for _ in states]
+        calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        for state, messages in zip(states, initial, strict=True):
+            if messages:
+                calls.append(("append_messages", (messages,), {}))
+            calls.append(("upsert_agent", (state,), {}))
+        await self.store.write_many(calls)
+        for state, messages in zip(states, initial, strict=True):
+            self.agents[state.id] = _Hosted(state, list(messages), MemoryStats(recall_messages=len(messages)))
+        return [s.id for s in states]
+
+    async def _load(self, agent_id: str) -> _Hosted:
+        state: AgentState = await self.store.get_agent(agent_id)
+        context: list[Message] = await self.store.read("get_messages", state.message_ids) if state.message_ids else []
+        recall = await self.store.count_messages(agent_id)
+        archival = await self.archive.count(agent_id) if self.archive is not None else 0
+        return _Hosted(state, context, MemoryStats(recall_messages=recall, archival_passages=archival))
+
+    async def _get(self, agent_id: str) -> _Hosted:
+        hosted = self.agents.get(agent_id)
+        if hosted is not None:
+            return hosted
+        task = self._loading.get(agent_id)
+        if task is None:  # one load per agent even when many calls arrive at once
+            task = asyncio.ensure_future(self._load(agent_id))
+            self._loading[agent_id] = task
+        try:
+            hosted = await task
+        finally:
+            self._loading.pop(agent_id, None)
+        return self.agents.setdefault(agent_id, hosted)
+
+    async def drop(self, agent_id: str) -> bool:
+        """Stop hosting an agent (after a delete, or to move it); waits for its turn to end."""
+        hosted = self.agents.get(agent_id)
+        if hosted is None:
+            return False
+        async with hosted.lock:
+            self.agents.pop(agent_id, None)
+        return True
+
+    # ---------------------------------------------------------------- turns
+
+    async def send(self, agent_id: str, messages: list[MessageCreate | Message], *, max_steps: int | None = None,
+                   run_id: str | None = None) -> LettaResponse:
+        """Run one turn of the agent on ``messages``; returns once it is persisted."""
+        if not messages:
+            raise InvalidInputError("send needs at least one message")
+        hosted = await self._get(agent_id)
+        async with hosted.lock:
+            if agent_id not in self.agents:  # deleted while we waited our turn
+                raise NotFoundError("agent", agent_id)
+            toolset = await self._toolset(hosted.state)
+            deps = StepDeps(llm=self.llm, archive=self.archive, recall=self.store)
+            result = await step(hosted.state, hosted.context, messages, deps, toolset=toolset,
+                                stats=hosted.stats, max_steps=max_steps, run_id=run_id)
+            await self.store.commit_step(result.state, result.new_messages)
+            hosted.state = result.state
+            hosted.context = result.context
+            hosted.stats.recall_messages += len(result.new_messages)
+            hosted.stats.archival_passages += sum(
+                1 for m in result.new_messages
+                if m.role == "tool" and m.name == "archival_memory_insert" and m.tool_status == "success"
+            )
+            hosted.turns += 1
+            hosted.last_used = time.monotonic()
+            return result.response()
+
+    async def _toolset(self, state: AgentState) -> Toolset:
+        tools: list[ToolFunction] = []
+        for name in state.tools:
+            if name in BASE_TOOLS:
+                tools.append(BASE_TOOLS[name])
+                continue
+            cached = self._custom_tools.get(name)
+            try:
+                tool = await self.store.read("get_tool_by_name", name)
+            except NotFoundError:
+                continue  # detached or deleted since: the model simply doesn't see it
+            if cached is None or cached[0] != (tool.source_code or ""):
+                cached = (tool.source_code or "", tool_from_source(tool.source_code or "", name=name))
+                self._custom_tools[name] = cached
+            tools.append(cached[1])
+        return Toolset(tools)
+
+    # ---------------------------------------------------------------- state
+
+    async def get_state(self, agent_id: str) -> AgentState:
+        return (await self._get(agent_id)).state
+
+    async def context(self, agent_id: str) -> list[Message]:
+        return list((await self._get(agent_id)).context)
+
+    async def update_block(self, agent_id: str, label: str, *, value: str | None = None, limit: int | None = None,
+                           description: str | None = None, read_only: bool | None = None) -> Block:
+        """Edit a block through the API (not the model): typed errors, waits for the agent's turn."""
+        hosted = await self._get(agent_id)
+        async with hosted.lock:
+            block = hosted.state.block(label)
+            if block is None:
+                raise NotFoundError("block", label)
+            changes: dict[str, Any] = {k: v for k, v in (("value", value), ("limit", limit),
+                                       ("description", description), ("read_only", read_only)) if v is not None}
+            updated = block.updated(**changes)
+            state = hosted.state.replace_block(updated)
+            await self.store.write("upsert_agent", state)
+            hosted.state = state
+            return updated
+
+    async def refresh_block(self, block: Block) -> int:
+        """A shared block changed elsewhere: take the newer copy in every agent hosting it."""
+        touched = 0
+        for hosted in self.agents.values():
+            current = next((b for b in hosted.state.blocks if b.id == block.id), None)
+            if current is not None and current.updated_at <= block.updated_at:
+                hosted.state = hosted.state.replace_block(block)
+                touched += 1
+        return touched
+
+    async def modify(self, agent_id: str, changes: dict[str, Any]) -> AgentState:
+        unknown = sorted(set(changes) - MODIFIABLE)
+        if unknown:
+            raise InvalidInputError(f"cannot modify {unknown}; modifiable fields: {sorted(MODIFIABLE)}")
+        hosted = await self._get(agent_id)
+        async with hosted.lock:
+            merged = {**hosted.state.model_dump(), **changes, "updated_at": utcnow()}
+            try:
+                state = AgentState.model_validate(merged)
+            except ValueError as exc:
+                raise InvalidInputError(f"invalid agent change: {exc}") from exc
+            await self.store.write("upsert_agent", state)
+            hosted.state = state
+            return state
+
+    async def reset_messages(self, agent_id: str) -> AgentState:
+        """Clear the in-context buffer (history stays in recall)."""
+        hosted = await self._get(agent_id)
+        async with hosted.lock:
+            state = hosted.state.model_copy(update={"message_ids": [], "summary": None})
+            await self.store.write("upsert_agent", state)
+            hosted.state, hosted.context = state, []
+            return state
+
+    # ---------------------------------------------------------------- introspection
+
+    async def hosted(self) -> list[str]:
+        return list(self.agents)
+
+    async def info(self) -> dict[str, Any]:
+        import os
+
+        return {"host_id": self.host_id, "pid": os.getpid(), "agents": len(self.agents),
+                "busy": sum(1 for h in self.agents.values() if h.lock.locked())}
+
+    async def ping(self) -> str:
+        return self.host_id

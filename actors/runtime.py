@@ -1,0 +1,166 @@
+"""Starting (or joining) Ray and the named actors that make up one letta_ray deployment.
+
+All actors of one data directory share a name prefix derived from the directory, so
+several deployments (or test sessions) can live in one Ray cluster without meeting,
+and a second driver, the HTTP server and the CLI all find the same actors by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from letta_ray.errors import InvalidInputError
+from letta_ray.schemas import EmbeddingConfig
+from letta_ray.settings import Settings
+
+from ._proxy import ActorProxy, await_ref, get_or_create
+from .directory import Directory
+from .host import AgentHost
+from .stores import ArchiveActor, EmbedderActor, MetadataStoreActor
+
+log = logging.getLogger(__name__)
+
+# Set for every process we start: Ray's local listeners stay on 127.0.0.1 only with the
+# first, and litellm tries the network on first use without the second.
+RUNTIME_ENV_VARS = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+# Actors wait on I/O, not CPU: they reserve no CPU so they never block scheduling.
+_ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 10_000}
+
+
+def init_ray(settings: Settings) -> bool:
+    """Start an embedded Ray on 127.0.0.1, or join ``settings.ray_address``.
+
+    Returns True if this call started Ray. Does nothing if Ray is already up in this
+    process (a test session, a Serve replica).
+    """
+    for key, value in RUNTIME_ENV_VARS.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return False
+    if settings.embedded:
+        ray.init(
+            address="local",
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            num_cpus=settings.num_cpus,
+            namespace=settings.namespace,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            configure_logging=True,
+        )
+    else:
+        ray.init(address=settings.ray_address, namespace=settings.namespace, logging_level=logging.WARNING,
+                 runtime_env={"env_vars": dict(RUNTIME_ENV_VARS)})
+    return True
+
+
+def deployment_prefix(settings: Settings) -> str:
+    digest = hashlib.sha1(str(settings.home.resolve()).encode()).hexdigest()[:10]
+    return f"letta_ray-{digest}"
+
+
+class _HostMaker:
+    """Creates AgentHost actors; a picklable callable the directory actor holds."""
+
+    def __init__(self, prefix: str, namespace: str, store: Any, archive: Any, llm: Any = None) -> None:
+        self.prefix = prefix
+        self.namespace = namespace
+        self.store = store
+        self.archive = archive
+        self.llm = llm
+
+    def __call__(self, host_id: str) -> Any:
+        remote = ray.remote(AgentHost).options(
+            name=f"{self.prefix}-{host_id}", namespace=self.namespace, lifetime="detached",
+            scheduling_strategy="SPREAD", max_restarts=0, **_ACTOR_OPTIONS)
+        return remote.remote(host_id, ActorProxy(self.store), ActorProxy(self.archive), self.llm)
+
+
+async def _ping(handle: Any) -> Any:
+    return await await_ref(handle.ping.remote())
+
+
+class _AgentExists:
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    async def __call__(self, agent_id: str) -> bool:
+        from letta_ray.errors import NotFoundError
+
+        try:
+            await await_ref(self.store.read.remote("get_agent", agent_id))
+        except NotFoundError:
+            return False
+        return True
+
+
+@dataclass
+class Deployment:
+    """Handles of the named actors of one data directory."""
+
+    settings: Settings
+    prefix: str
+    store: Any
+    archive: Any
+    embedder: Any
+    directory: Any
+
+    def actor_names(self) -> list[str]:
+        return [f"{self.prefix}-{n}" for n in ("store", "embedder", "archive", "directory")]
+
+
+def start_deployment(settings: Settings, *, llm: Any = None) -> Deployment:
+    """Find or create the store, embedder, archive and directory actors for ``settings.home``.
+
+    ``llm`` overrides the LLM of every host (tests pass a fake); by default hosts use
+    litellm with each agent's own config.
+    """
+    if settings.embedding_model != "hash" and settings.embedding_dim <= 0:
+        raise InvalidInputError("embedding_dim must be positive")
+    settings.home.mkdir(parents=True, exist_ok=True)
+    prefix = deployment_prefix(settings)
+    ns = settings.namespace
+    detached = {"lifetime": "detached", **_ACTOR_OPTIONS}
+    store = get_or_create(MetadataStoreActor, f"{prefix}-store", ns, str(settings.meta_path),
+                          settings.store_batch_ms, **detached)
+    embedding = EmbeddingConfig(embedding_model=settings.embedding_model, embedding_dim=settings.embedding_dim)
+    embedder = get_or_create(EmbedderActor, f"{prefix}-embedder", ns, embedding, **detached)
+    archive = get_or_create(ArchiveActor, f"{prefix}-archive", ns, str(settings.archive_path),
+                            ActorProxy(embedder), settings.embedding_dim, **detached)
+    maker = _HostMaker(prefix, ns, store, archive, llm)
+    directory = get_or_create(
+        Directory, f"{prefix}-directory", ns, maker,
+        placement=settings.placement, agents_per_host=settings.agents_per_host, max_hosts=settings.max_hosts,
+        exists=_AgentExists(store), ping=_ping, **detached)
+    # Surface a broken store (a locked file, a bad path) now, with its real error.
+    ray.get([store.ping.remote(), archive.ping.remote(), directory.describe.remote()])
+    return Deployment(settings, prefix, store, archive, embedder, directory)
+
+
+def stop_deployment(deployment: Deployment) -> None:
+    """Kill the deployment's actors (hosts included) after closing the store cleanly."""
+    try:
+        hosts = ray.get(deployment.directory.all_hosts.remote(), timeout=30)
+    except Exception:
+        hosts = {}
+    try:
+        ray.get(deployment.store.close.remote(), timeout=60)
+    except Exception:
+        log.warning("metadata store did not close cleanly", exc_info=True)
+    for handle in [*hosts.values(), deployment.directory, deployment.archive, deployment.embedder,
+                   deployment.store]:
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception:
+            pass

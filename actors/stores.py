@@ -1,0 +1,280 @@
+"""Store actors: the one process that owns each store, batching writes.
+
+DuckDB lets one process open a file read-write and no other process open it at all,
+so ``MetadataStoreActor`` owns ``meta.duckdb`` and every reader and writer goes
+through it. Writes arriving within a few milliseconds of each other commit in one
+transaction (group commit); each caller is answered only after that commit, so an
+acknowledged write is durable. ``ArchiveActor`` does the same for LanceDB appends and
+optimises the table now and then; ``EmbedderActor`` loads the embedding model once and
+batches concurrent requests.
+
+Each is a plain class, unit-tested directly; ``ray.remote`` wraps it where it is created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from letta_ray.deps import Embedder, TagMatchMode
+from letta_ray.embeddings import make_embedder
+from letta_ray.messages import Message, Role
+from letta_ray.schemas import AgentState, EmbeddingConfig, Passage
+from letta_ray.storage.archive import ArchivalStore
+from letta_ray.storage.metadata import MetadataStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class _GroupCommitter:
+    """Runs write callables in batches on one thread, one transaction per batch."""
+
+    def __init__(self, run_batch: Callable[[list[Callable[[], Any]]], list[tuple[bool, Any]]],
+                 window_s: float, max_batch: int = 512) -> None:
+        self._run_batch = run_batch
+        self._window_s = window_s
+        self._max_batch = max_batch
+        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-commit")
+        self._flusher: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.writes = 0
+
+    async def submit(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((fn, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            if self._window_s > 0 and len(self._pending) < self._max_batch:
+                await asyncio.sleep(self._window_s)
+            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_batch, [fn for fn, _ in batch])
+            except BaseException as exc:  # the batch runner itself failed: fail everyone in it
+                results = [(False, exc)] * len(batch)
+            self.batches += 1
+            self.writes += len(batch)
+            for (_, future), (ok, value) in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+class MetadataStoreActor:
+    """Owner of ``meta.duckdb``: reads in threads, writes group-committed."""
+
+    def __init__(self, path: str | Path, batch_ms: float = 2.0) -> None:
+        self.store = MetadataStore(path)
+        self._writes = _GroupCommitter(self._commit, batch_ms / 1000.0)
+
+    def _commit(self, fns: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+        try:
+            with self.store.transaction():
+                return [(True, fn()) for fn in fns]
+        except Exception as exc:
+            if len(fns) == 1:
+                return [(False, exc)]
+            # Something in the batch failed and rolled the whole batch back: run each
+            # write on its own so that one bad write fails alone.
+        results: list[tuple[bool, Any]] = []
+        for fn in fns:
+            try:
+                with self.store.transaction():
+                    results.append((True, fn()))
+            except Exception as exc:
+                results.append((False, exc))
+        return results
+
+    async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # ---------------------------------------------------------------- writes
+
+    async def commit_step(self, state: AgentState, messages: list[Message]) -> None:
+        """Persist one turn: the new messages and the agent state, together."""
+        def write() -> None:
+            if messages:
+                self.store.append_messages(messages)
+            self.store.upsert_agent(state)
+        await self._writes.submit(write)
+
+    async def write(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Any MetadataStore write method, group-committed."""
+        fn = getattr(self.store, method)
+        return await self._writes.submit(lambda: fn(*args, **kwargs))
+
+    async def write_many(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        """Several writes committed together, answered once all are durable."""
+        def write() -> list[Any]:
+            return [getattr(self.store, m)(*a, **k) for m, a, k in calls]
+        return await self._writes.submit(write)
+
+    # ---------------------------------------------------------------- reads
+
+    async def read(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Any MetadataStore read method, run in a worker thread."""
+        return await self._read(getattr(self.store, method), *args, **kwargs)
+
+    async def get_agent(self, agent_id: str) -> AgentState:
+        return await self._read(self.store.get_agent, agent_id)
+
+    async def search_messages(self, agent_id: str, query: str | None, *, roles: list[Role] | None = None,
+                              limit: int = 10, start: datetime | None = None,
+                              end: datetime | None = None) -> list[Message]:
+        return await self._read(self.store.search_messages, agent_id, query, roles=roles, limit=limit,
+                                start=start, end=end)
+
+    async def count_messages(self, agent_id: str) -> int:
+        return await self._read(self.store.count_messages, agent_id)
+
+    async def stats(self) -> dict[str, int]:
+        return {"batches": self._writes.batches, "writes": self._writes.writes}
+
+    async def ping(self) -> str:
+        return "ok"
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._writes.close)
+        self.store.close()
+
+
+class EmbedderActor:
+    """Loads an embedding model once; concurrent requests are encoded in one batch."""
+
+    def __init__(self, config: EmbeddingConfig, batch_ms: float = 2.0, max_batch: int = 256) -> None:
+        self.embedder: Embedder = make_embedder(config)
+        self._window_s = batch_ms / 1000.0
+        self._max_batch = max_batch
+        self._pending: list[tuple[list[str], asyncio.Future[list[list[float]]]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def dim(self) -> int:
+        return self.embedder.dim
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        future: asyncio.Future[list[list[float]]] = asyncio.get_running_loop().create_future()
+        self._pending.append((texts, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            if self._window_s > 0:
+                await asyncio.sleep(self._window_s)
+            batch: list[tuple[list[str], asyncio.Future[list[list[float]]]]] = []
+            size = 0
+            while self._pending and (not batch or size + len(self._pending[0][0]) <= self._max_batch):
+                item = self._pending.pop(0)
+                batch.append(item)
+                size += len(item[0])
+            texts = [t for chunk, _ in batch for t in chunk]
+            try:
+                vectors = await self.embedder.embed(texts)
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            offset = 0
+            for chunk, future in batch:
+                if not future.done():
+                    future.set_result(vectors[offset: offset + len(chunk)])
+                offset += len(chunk)
+
+
+class ArchiveActor:
+    """Owner of the LanceDB archive: batched appends, searches, periodic optimize()."""
+
+    def __init__(self, path: str | Path, embedder: Any, dim: int, batch_ms: float = 5.0,
+                 optimize_every: int = 2_000) -> None:
+        """``embedder`` is anything with ``await embedder.embed(texts)`` (a proxy to EmbedderActor)."""
+        self.store = ArchivalStore(path, dim)
+        self.embedder = embedder
+        self._optimize_every = optimize_every
+        self._since_optimize = 0
+        self._optimizing: asyncio.Task[None] | None = None
+        self._writes = _GroupCommitter(self._append, batch_ms / 1000.0)
+
+    def _append(self, fns: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+        passages: list[Passage] = []
+        for fn in fns:
+            passages.extend(fn())
+        self.store.insert(passages)  # one LanceDB version for the whole batch
+        return [(True, None)] * len(fns)
+
+    async def insert(self, agent_id: str, text: str, tags: list[str] | None = None) -> Passage:
+        [passage] = await self.insert_many(agent_id, [text], tags)
+        return passage
+
+    async def insert_many(self, agent_id: str, texts: list[str], tags: list[str] | None = None) -> list[Passage]:
+        vectors = await self.embedder.embed(texts)
+        passages = [Passage(agent_id=agent_id, text=t, tags=list(tags or []), embedding=v)
+                    for t, v in zip(texts, vectors, strict=True)]
+        await self._writes.submit(lambda: passages)
+        self._since_optimize += len(passages)
+        if self._since_optimize >= self._optimize_every and (self._optimizing is None or self._optimizing.done()):
+            self._since_optimize = 0
+            self._optimizing = asyncio.create_task(self._optimize())
+        return [p.model_copy(update={"embedding": None}) for p in passages]
+
+    async def _optimize(self) -> None:
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(self.store.optimize)
+        except Exception:  # optimisation is housekeeping; a failure must not fail writes
+            log.exception("archive optimize failed")
+        else:
+            log.info("archive optimized in %.2fs", time.perf_counter() - started)
+
+    async def optimize(self) -> None:
+        await self._optimize()
+
+    async def search(self, agent_id: str, query: str | None, *, tags: list[str] | None = None,
+                     tag_match_mode: TagMatchMode = "any", top_k: int = 5, start: datetime | None = None,
+                     end: datetime | None = None) -> list[Passage]:
+        vector = None
+        if query is not None and query.strip():
+            [vector] = await self.embedder.embed([query])
+        else:
+            query = None
+        return await asyncio.to_thread(self.store.search, agent_id, query_text=query, query_vector=vector,
+                                       tags=tags, tag_match_mode=tag_match_mode, top_k=top_k, start=start, end=end)
+
+    async def count(self, agent_id: str) -> int:
+        return await asyncio.to_thread(self.store.count, agent_id)
+
+    async def list(self, agent_id: str, *, limit: int = 100, after: str | None = None,
+                   ascending: bool = True) -> list[Passage]:
+        return await asyncio.to_thread(self.store.list, agent_id, limit=limit, after=after, ascending=ascending)
+
+    async def get(self, passage_id: str, agent_id: str | None = None) -> Passage:
+        return await asyncio.to_thread(self.store.get, passage_id, agent_id=agent_id)
+
+    async def delete(self, passage_id: str, agent_id: str | None = None) -> None:
+        await asyncio.to_thread(self.store.delete, passage_id, agent_id=agent_id)
+
+    async def delete_agent(self, agent_id: str) -> int:
+        return await asyncio.to_thread(self.store.delete_agent, agent_id)
+
+    async def ping(self) -> str:
+        return "ok"

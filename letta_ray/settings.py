@@ -1,0 +1,79 @@
+"""One settings object, read at the entry points (CLI, connect, serve) and passed down."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Provider keys we look for, in order, when no default model is configured.
+PROVIDER_KEYS: list[tuple[str, str]] = [
+    ("OPENAI_API_KEY", "openai/gpt-4o-mini"),
+    ("ANTHROPIC_API_KEY", "anthropic/claude-3-5-haiku-latest"),
+    ("GEMINI_API_KEY", "gemini/gemini-2.0-flash"),
+    ("GROQ_API_KEY", "groq/llama-3.1-8b-instant"),
+    ("MISTRAL_API_KEY", "mistral/mistral-small-latest"),
+]
+
+
+class Settings(BaseSettings):
+    """letta_ray configuration. Every field can be set as ``LETTA_RAY_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="LETTA_RAY_", env_file=None, extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".letta_ray",
+                       description="data directory: meta.duckdb, archive/, export/")
+    ray_address: str | None = Field(default=None, description="None or 'local' starts an embedded Ray; "
+                                    "'auto' or 'ray://host:port' joins a cluster")
+    namespace: str = "letta_ray"
+    default_model: str | None = Field(default=None, description="litellm model string for new agents")
+    default_model_endpoint: str | None = None
+    default_context_window: int = 32_000
+    embedding_model: str = Field(default="hash", description="'hash', 'local' or a litellm embedding model")
+    embedding_dim: int = 384
+    placement: Literal["packed", "dedicated"] = "packed"
+    agents_per_host: int = Field(default=5_000, ge=1)
+    max_hosts: int | None = Field(default=None, description="hosts for packed placement; default: CPU count")
+    num_cpus: int | None = Field(default=None, description="CPUs for an embedded Ray (default: all)")
+    store_batch_ms: float = Field(default=2.0, ge=0, description="group-commit window of the metadata store")
+    call_timeout_s: float = Field(default=300.0, gt=0, description="timeout of one agent call")
+    agent_call_timeout_s: float = Field(default=120.0, gt=0, description="timeout of agent-to-agent waits")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8283
+    api_token: str | None = Field(default=None, description="bearer token the HTTP API requires, if set")
+
+    @field_validator("home", mode="before")
+    @classmethod
+    def _expand_home(cls, value: object) -> object:
+        if isinstance(value, str):
+            return Path(os.path.expanduser(value))
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        return self.ray_address in (None, "", "local")
+
+    @property
+    def meta_path(self) -> Path:
+        return self.home / "meta.duckdb"
+
+    @property
+    def archive_path(self) -> Path:
+        return self.home / "archive"
+
+    @property
+    def export_path(self) -> Path:
+        return self.home / "export"
+
+    def resolve_default_model(self) -> tuple[str | None, str]:
+        """The model new agents get when none is named, and a sentence saying why."""
+        if self.default_model:
+            return self.default_model, f"using the configured default model {self.default_model}"
+        for env, model in PROVIDER_KEYS:
+            if os.environ.get(env):
+                return model, f"{env} is set: using {model}"
+        return None, ("no provider key found (set OPENAI_API_KEY, ANTHROPIC_API_KEY, ... or "
+                      "LETTA_RAY_DEFAULT_MODEL, or pass model=... / --model)")

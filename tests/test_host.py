@@ -1,0 +1,164 @@
+"""AgentHost and the store actors as plain classes: no Ray, real DuckDB and LanceDB."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from letta_ray.actors._proxy import LocalProxy
+from letta_ray.actors.directory import Directory
+from letta_ray.actors.host import AgentHost
+from letta_ray.actors.stores import ArchiveActor, EmbedderActor, MetadataStoreActor
+
+from letta_ray.base_tools import DEFAULT_SYSTEM_PROMPTS, DEFAULT_TOOLS
+from letta_ray.errors import BlockLimitError, NotFoundError
+from letta_ray.messages import MessageCreate
+from letta_ray.schemas import AgentState, Block, EmbeddingConfig, LLMConfig
+from letta_ray.testing import FunctionLLM, last_user_text, send_message, tool_call
+
+
+def agent_state(name: str = "sam") -> AgentState:
+    return AgentState(
+        name=name, system=DEFAULT_SYSTEM_PROMPTS["memgpt_v2_agent"], tools=DEFAULT_TOOLS["memgpt_v2_agent"],
+        blocks=[Block(label="human", value="Name: Ada", limit=100)],
+        llm_config=LLMConfig(model="openai/fake"))
+
+
+def remembering_llm(delay: float = 0.0) -> FunctionLLM:
+    """Stores 'remember X' in the human block, answers everything else by echo."""
+
+    async def fn(messages: list[dict[str, Any]], info: Any) -> Any:
+        if delay:
+            await asyncio.sleep(delay)
+        last = messages[-1]
+        text = last_user_text(messages)
+        if last["role"] == "user" and text.startswith("remember "):
+            return tool_call("memory_insert", label="human", new_str=text.removeprefix("remember "),
+                             request_heartbeat=True)
+        return send_message(f"echo: {text}")
+
+    return FunctionLLM(fn)
+
+
+@pytest.fixture
+async def stores(tmp_path: Path):
+    meta = MetadataStoreActor(tmp_path / "meta.duckdb", batch_ms=1.0)
+    embedder = EmbedderActor(EmbeddingConfig(embedding_model="hash", embedding_dim=64))
+    archive = ArchiveActor(tmp_path / "archive", LocalProxy(embedder), dim=64)
+    yield LocalProxy(meta), LocalProxy(archive), meta
+    await meta.close()
+
+
+async def test_turns_of_one_agent_run_one_after_another(stores: Any) -> None:
+    store, archive, _ = stores
+    host = AgentHost("h", store, archive, llm=remembering_llm(delay=0.02))
+    state = agent_state()
+    await host.create_agents([state])
+    replies = await asyncio.gather(*(host.send(state.id, [MessageCreate(content=f"m{i}")]) for i in range(8)))
+
+    assert [r.assistant_text() for r in replies] == [f"echo: m{i}" for i in range(8)]
+    stored = await store.read("list_messages", state.id, limit=100)
+    users = [m.content for m in stored if m.role == "user"]
+    assert users == [f"m{i}" for i in range(8)]  # none lost, in arrival order
+    # each turn saw the previous turns in its context
+    assert len((await host.get_state(state.id)).message_ids) == 8 * 3  # user, assistant, tool return
+
+
+async def test_different_agents_run_concurrently(stores: Any) -> None:
+    store, archive, _ = stores
+    host = AgentHost("h", store, archive, llm=remembering_llm(delay=0.2))
+    states = [agent_state(f"a{i}") for i in range(5)]
+    await host.create_agents(states)
+    started = asyncio.get_running_loop().time()
+    await asyncio.gather(*(host.send(s.id, [MessageCreate(content="hi")]) for s in states))
+    elapsed = asyncio.get_running_loop().time() - started
+    assert elapsed < 0.2 * 5 * 0.6  # well under the serial time of 1 s
+
+
+async def test_a_fresh_host_rehydrates_an_agent_from_the_stores(stores: Any) -> None:
+    store, archive, _ = stores
+    first = AgentHost("h1", store, archive, llm=remembering_llm())
+    state = agent_state()
+    await first.create_agents([state])
+    await first.send(state.id, [MessageCreate(content="remember likes tea")])
+    await archive.insert(state.id, "Ada visited Porto", ["travel"])
+
+    second = AgentHost("h2", store, archive, llm=remembering_llm())
+    loaded = await second.get_state(state.id)
+    assert loaded.block("human").value == "Name: Ada\nlikes tea"
+    context = await second.context(state.id)
+    assert [m.content for m in context if m.role == "user"] == ["remember likes tea"]
+    reply = await second.send(state.id, [MessageCreate(content="hello again")])
+    assert reply.assistant_text() == "echo: hello again"
+    prompt = second.llm.history[-1].messages[0]["content"]  # type: ignore[attr-defined]
+    assert "1 passages are in archival memory" in prompt
+    assert "likes tea" in prompt
+
+
+async def test_unknown_agent_and_bad_block_edits_raise_typed_errors(stores: Any) -> None:
+    store, archive, _ = stores
+    host = AgentHost("h", store, archive, llm=remembering_llm())
+    with pytest.raises(NotFoundError):
+        await host.send("agent-missing", [MessageCreate(content="hi")])
+    state = agent_state()
+    await host.create_agents([state])
+    with pytest.raises(BlockLimitError, match="over its limit of 100"):
+        await host.update_block(state.id, "human", value="x" * 101)
+    with pytest.raises(NotFoundError):
+        await host.update_block(state.id, "nope", value="x")
+    assert (await host.get_state(state.id)).block("human").value == "Name: Ada"
+    updated = await host.update_block(state.id, "human", value="Name: Bo")
+    assert updated.value == "Name: Bo"
+    assert (await store.get_agent(state.id)).block("human").value == "Name: Bo"
+
+
+async def test_group_commit_batches_concurrent_writes(stores: Any) -> None:
+    store, _, _meta = stores
+    states = [agent_state(f"g{i}") for i in range(50)]
+    await asyncio.gather(*(store.write("upsert_agent", s) for s in states))
+    assert await store.read("count_agents") == 50
+    stats = await store.stats()
+    assert stats["writes"] == 50 and stats["batches"] < 50
+
+
+async def test_one_bad_write_in_a_batch_fails_alone(stores: Any) -> None:
+    store, _, _ = stores
+    good = [agent_state(f"ok{i}") for i in range(3)]
+    results = await asyncio.gather(
+        *(store.write("upsert_agent", s) for s in good),
+        store.write("get_agent", "agent-missing"),  # raises inside the batch
+        return_exceptions=True,
+    )
+    assert isinstance(results[-1], NotFoundError)
+    assert results[:3] == [None, None, None]
+    assert await store.read("count_agents") == 3
+
+
+async def test_directory_packs_agents_and_replaces_a_dead_host() -> None:
+    made: list[str] = []
+    dead: set[str] = set()
+
+    def make_host(host_id: str) -> str:
+        made.append(host_id)
+        return host_id
+
+    async def ping(handle: str) -> None:
+        if handle in dead:
+            raise RuntimeError("gone")
+
+    directory = Directory(make_host, placement="packed", agents_per_host=3, max_hosts=2, ping=ping)
+    placed = await directory.place([f"a{i}" for i in range(6)])
+    assert sorted({h for h, _ in placed}) == ["host-0", "host-1"]
+    assert (await directory.describe())["hosts"] == {"host-0": 3, "host-1": 3}
+    # full: the next agent opens a third host rather than overfilling
+    [(third, _)] = await directory.place(["a6"])
+    assert third == "host-2"
+    victim = placed[0][0]
+    dead.add(victim)
+    new_host, _ = await directory.host_failed(victim, "a0")
+    assert new_host != victim and victim not in await directory.all_hosts()
+    dedicated = Directory(make_host, placement="dedicated")
+    hosts = {h for h, _ in await dedicated.place(["x", "y", "z"])}
+    assert len(hosts) == 3
