@@ -1,0 +1,132 @@
+"""Shared bench helpers: percentiles and the raw-litellm baseline against a fake server.
+
+``measure_raw_litellm`` calls ``litellm.acompletion`` directly (no letta_ray layer), so
+other benches can print how much of their latency is litellm + HTTP itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+SEND_MESSAGE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "send_message",
+        "description": "Sends a message to the human user.",
+        "parameters": {
+            "type": "object",
+            "properties": {"message": {"type": "string", "description": "Message contents."}},
+            "required": ["message"],
+        },
+    },
+}
+
+
+@contextmanager
+def spawned_fake_server(latency_s: float = 0.0) -> Iterator[str]:
+    """A FakeOpenAIServer in a child process (so it does not share our GIL); yields its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "letta_ray._fake_openai", "--latency-s", str(latency_s)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http://127.0.0.1:"):
+            raise RuntimeError(f"fake server process failed to start (printed {url!r})")
+        yield url
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) by nearest rank."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def summarize(latencies_s: list[float], wall_s: float) -> dict[str, float]:
+    return {
+        "n": len(latencies_s),
+        "median_ms": statistics.median(latencies_s) * 1000,
+        "p99_ms": percentile(latencies_s, 99) * 1000,
+        "calls_per_s": len(latencies_s) / wall_s if wall_s else float("nan"),
+    }
+
+
+BENCH_MESSAGES = [
+    {"role": "system", "content": "You are a helpful agent with memory."},
+    {"role": "user", "content": "hello there"},
+]
+
+
+async def measure_calls(call: Callable[[], Awaitable[Any]], n: int, concurrency: int) -> dict[str, Any]:
+    """Run ``call`` ``n`` times from ``concurrency`` concurrent callers; latency and throughput."""
+    latencies: list[float] = []
+    remaining = n
+
+    async def caller() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            start = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - start)
+
+    wall = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    wall = time.perf_counter() - wall
+    return {**summarize(latencies, wall), "concurrency": concurrency}
+
+
+async def measure_raw_litellm(server_url: str, n: int, concurrency: int) -> dict[str, Any]:
+    """``n`` plain ``litellm.acompletion`` calls to an OpenAI-compatible server.
+
+    ``concurrency`` callers share the ``n`` calls; returns n, median_ms, p99_ms,
+    calls_per_s and concurrency.
+    """
+    import litellm
+
+    litellm.suppress_debug_info = True
+
+    def call() -> Awaitable[Any]:
+        return litellm.acompletion(
+            model="fake-model",
+            custom_llm_provider="openai",
+            api_base=server_url,
+            api_key="sk-fake",
+            messages=BENCH_MESSAGES,
+            tools=[SEND_MESSAGE_TOOL],
+            num_retries=0,
+            max_retries=0,
+        )
+
+    return await measure_calls(call, n, concurrency)
+
+
+def format_result(label: str, result: dict[str, Any]) -> str:
+    return (
+        f"{label:<28} n={result['n']:<5} median={result['median_ms']:7.2f} ms  "
+        f"p99={result['p99_ms']:7.2f} ms  {result['calls_per_s']:8.1f} calls/s"
+    )

@@ -1,0 +1,478 @@
+"""The LLM boundary: chat completions, token counts and embeddings through litellm.
+
+The only module of letta_ray that imports litellm. Importing it costs ~4 s, so it is
+imported on first use (``LiteLLM()`` does it at construction, before any event loop
+step depends on it) rather than when this module is imported.
+
+Retries live here and only here: litellm's and the OpenAI client's own retries are
+switched off, and transient failures (timeouts, connection errors, 408/409/429, 5xx)
+are retried with exponential backoff and jitter. Everything else, and a transient
+failure that outlasts the retries, raises ``LLMError``; an over-long prompt raises its
+subclass ``ContextWindowExceededError`` so the agent step can summarise and try again.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before litellm is ever imported: use the bundled model cost map, not the network.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import asyncio
+import functools
+import hashlib
+import json
+import logging
+import math
+import random
+import re
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from types import ModuleType
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+from letta_ray.deps import LLMResponse
+from letta_ray.errors import LLMError
+from letta_ray.messages import ToolCall
+from letta_ray.schemas import LLMConfig, new_id
+
+__all__ = ["ContextWindowExceededError", "LiteLLM", "TokenCounter", "aembed", "count_tokens"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# What the OpenAI client itself treats as worth retrying.
+_TRANSIENT_STATUS = frozenset({408, 409, 429})
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_LOOPBACK_DUMMY_KEY = "sk-letta-ray-loopback"  # an OpenAI client refuses to start without one
+
+
+class ContextWindowExceededError(LLMError):
+    """The prompt does not fit the model's context window (HTTP 400, never retried)."""
+
+    context_window_exceeded = True
+
+
+# --------------------------------------------------------------------------- litellm
+
+_litellm: ModuleType | None = None
+_import_lock = threading.Lock()
+
+
+def _lib() -> ModuleType:
+    """litellm, imported and quietened once."""
+    global _litellm
+    if _litellm is None:
+        with _import_lock:
+            if _litellm is None:
+                # pydantic warns about litellm's ReadOnly TypedDicts whenever litellm
+                # lazily loads another submodule; noise, and not ours to fix.
+                warnings.filterwarnings(
+                    "ignore", message=r".*`ReadOnly` qualifier", category=UserWarning, module=r"pydantic\."
+                )
+                import litellm
+
+                litellm.suppress_debug_info = True
+                litellm.set_verbose = False
+                # Tokenizers that would be downloaded from Hugging Face (llama, cohere)
+                # would block the caller on the network; tiktoken is close enough for
+                # deciding when to summarise.
+                litellm.disable_hf_tokenizer_download = True
+                for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
+                    logging.getLogger(name).setLevel(logging.WARNING)
+                _litellm = litellm
+    return _litellm
+
+
+@functools.cache
+def _known_providers() -> frozenset[str]:
+    return frozenset(str(getattr(p, "value", p)) for p in _lib().provider_list)
+
+
+def _is_loopback(url: str | None) -> bool:
+    if not url:
+        return False
+    host = urlparse(url if "://" in url else f"http://{url}").hostname or ""
+    return host in _LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def _route(model: str, api_base: str | None, api_key: str | None) -> dict[str, Any]:
+    """Provider and key arguments for a model string and an optional endpoint.
+
+    A model without a provider prefix litellm knows, served by ``api_base``, is taken
+    to be an OpenAI-compatible server (vLLM, llama.cpp, LM Studio, a proxy, the fake).
+    """
+    kwargs: dict[str, Any] = {}
+    if api_base:
+        kwargs["api_base"] = api_base
+        prefix = model.split("/", 1)[0] if "/" in model else None
+        if prefix not in _known_providers():
+            kwargs["custom_llm_provider"] = "openai"
+    if api_key is None and _is_loopback(api_base):
+        api_key = _LOOPBACK_DUMMY_KEY
+    if api_key is not None:
+        kwargs["api_key"] = api_key
+    return kwargs
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _status_of(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _is_provider_error(exc: BaseException) -> bool:
+    """A failure of the provider or the network, as opposed to a bug of the program."""
+    import httpx
+    import openai
+
+    return isinstance(exc, openai.OpenAIError | httpx.HTTPError | TimeoutError | ConnectionError) or (
+        type(exc).__module__.startswith("litellm")
+    )
+
+
+# For servers whose overflow message litellm does not map (llama.cpp, some proxies).
+_CONTEXT_OVERFLOW_HINT = re.compile(
+    r"context[ _](length|window|size)|maximum context|prompt is too long|too many tokens", re.IGNORECASE
+)
+
+
+def _is_context_window_error(exc: BaseException) -> bool:
+    if isinstance(exc, _lib().ContextWindowExceededError):
+        return True
+    return _status_of(exc) in (400, 413) and bool(_CONTEXT_OVERFLOW_HINT.search(str(exc)))
+
+
+def _is_transient(exc: BaseException) -> bool:
+    lib = _lib()
+    if _is_context_window_error(exc):
+        return False
+    transient_types = (
+        lib.Timeout,
+        lib.APIConnectionError,
+        lib.RateLimitError,
+        lib.InternalServerError,
+        lib.ServiceUnavailableError,
+        lib.BadGatewayError,
+        TimeoutError,  # asyncio.TimeoutError too
+        ConnectionError,
+    )
+    if isinstance(exc, transient_types):
+        return True
+    status = _status_of(exc)
+    return status is not None and (status in _TRANSIENT_STATUS or status >= 500)
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds the provider asked us to wait (``Retry-After``), if it said."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or getattr(exc, "litellm_response_headers", None)
+    if not headers:
+        return None
+    try:
+        value = headers.get("retry-after")
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+# litellm stacks class names in front of the provider's text:
+# "litellm.BadRequestError: ContextWindowExceededError: OpenAIException - <text>".
+_WRAPPER_PREFIX = re.compile(r"^(?:(?:litellm\.)?\w*(?:Error|Exception)\s*(?::|-)\s*)+")
+
+
+def _provider_message(exc: BaseException) -> str:
+    message = str(getattr(exc, "message", None) or exc).strip()
+    return _WRAPPER_PREFIX.sub("", message) or message or type(exc).__name__
+
+
+def _to_llm_error(exc: BaseException, what: str, attempts: int) -> LLMError:
+    status = _status_of(exc)
+    detail = _provider_message(exc)
+    if _is_context_window_error(exc):
+        return ContextWindowExceededError(
+            f"{what}: the prompt exceeds the model's context window: {detail}",
+            status_code=status or 400,
+            retryable=False,
+        )
+    transient = _is_transient(exc)
+    tried = f" after {attempts} attempts" if attempts > 1 else ""
+    code = f" (HTTP {status})" if status else ""
+    return LLMError(f"{what} failed{tried}{code}: {detail}", status_code=status, retryable=transient)
+
+
+async def _with_retries(
+    call: Callable[[], Awaitable[T]],
+    what: str,
+    *,
+    max_retries: int,
+    base_delay: float,
+    max_delay: float,
+) -> T:
+    """Run ``call``, retrying transient failures with exponential backoff and jitter."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await call()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, LLMError) or not _is_provider_error(exc):
+                raise  # a bug (or a test's guard) must not pass for a provider failure
+            if attempt > max_retries or not _is_transient(exc):
+                raise _to_llm_error(exc, what, attempt) from exc
+            backoff = min(max_delay, base_delay * 2 ** (attempt - 1))
+            delay = backoff / 2 + random.uniform(0, backoff / 2)  # "equal jitter"
+            hinted = _retry_after(exc)
+            if hinted is not None:
+                delay = min(max_delay, max(delay, hinted))
+            logger.warning(
+                "%s: transient error (%s), retry %d/%d in %.2fs",
+                what,
+                type(exc).__name__,
+                attempt,
+                max_retries,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+class TokenCounter:
+    """Token counts with litellm's tokenizers, memoised per message.
+
+    The prompt of an agent changes by a message or two between steps, so each message's
+    count is cached (LRU, keyed by model and a hash of the message JSON) and a context
+    is counted as the sum of its messages plus the request overhead.
+    """
+
+    def __init__(self, maxsize: int = 65_536) -> None:
+        self.maxsize = maxsize
+        self._cache: OrderedDict[tuple[str, bytes], int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def count(
+        self,
+        messages: list[dict[str, Any]],
+        model: str,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> int:
+        total = self._cached(model, b"base", None)
+        for message in messages:
+            total += self._cached(model, b"m", message)
+        if tools:
+            total += self._cached(model, b"t", tools)
+        return total
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def _cached(self, model: str, kind: bytes, obj: Any) -> int:
+        text = json.dumps(obj, default=str, separators=(",", ":"))
+        key = (model, hashlib.blake2b(kind + text.encode(), digest_size=16).digest())
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        value = self._measure(model, kind, obj, text)
+        with self._lock:
+            self._cache[key] = value
+            if len(self._cache) > self.maxsize:
+                self._cache.popitem(last=False)
+        return value
+
+    def _measure(self, model: str, kind: bytes, obj: Any, text: str) -> int:
+        """Tokens ``obj`` adds to a request: litellm's count minus the empty request's."""
+        try:
+            counter = _lib().token_counter
+            if kind == b"base":
+                return counter(model=model, messages=[])
+            base = self._cached(model, b"base", None)
+            if kind == b"t":
+                return max(0, counter(model=model, messages=[], tools=obj) - base)
+            return max(1, counter(model=model, messages=[obj]) - base)
+        except Exception as exc:  # litellm cannot count for this model or message
+            logger.debug("token_counter failed for %s (%s); estimating", model, exc)
+            return 3 if kind == b"base" else math.ceil(len(text) / 4)
+
+
+_token_counter = TokenCounter()
+
+
+def count_tokens(messages: list[dict[str, Any]], config: LLMConfig, tools: list[dict[str, Any]] | None = None) -> int:
+    """Tokens the prompt of ``messages`` (and ``tools``) takes for ``config.model``."""
+    return _token_counter.count(messages, config.model, tools)
+
+
+# --------------------------------------------------------------------------- completions
+
+
+def _parse(response: Any, model: str) -> LLMResponse:
+    choices = getattr(response, "choices", None) or []
+    if not choices:
+        raise LLMError(f"LLM call to {model!r} returned no choices", retryable=False)
+    choice = choices[0]
+    message = choice.message
+    tool_calls = [
+        ToolCall(
+            id=call.id or new_id("call"),
+            name=call.function.name,
+            # Some providers send "" for a call without arguments; "{}" means the same.
+            arguments=call.function.arguments or "{}",
+        )
+        for call in (getattr(message, "tool_calls", None) or [])
+    ]
+    usage = getattr(response, "usage", None)
+    return LLMResponse(
+        content=message.content or None,
+        reasoning=getattr(message, "reasoning_content", None) or None,
+        tool_calls=tool_calls,
+        prompt_tokens=(getattr(usage, "prompt_tokens", None) or 0) if usage else 0,
+        completion_tokens=(getattr(usage, "completion_tokens", None) or 0) if usage else 0,
+        finish_reason=getattr(choice, "finish_reason", None),
+        model=getattr(response, "model", None) or model,
+    )
+
+
+class LiteLLM:
+    """The production ``LLM``: any provider litellm knows, by model string.
+
+    ``max_retries`` transient failures are retried (so up to ``max_retries + 1``
+    attempts), waiting about ``base_delay * 2**n`` seconds (jittered, capped at
+    ``max_delay``, at least what a ``Retry-After`` header asks for).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_retries: int = 3,
+        base_delay: float = 0.5,
+        max_delay: float = 30.0,
+        timeout: float = 120.0,
+        token_counter: TokenCounter | None = None,
+    ) -> None:
+        self.max_retries = max_retries
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.timeout = timeout
+        self.tokens = token_counter or _token_counter
+        # Pay for importing litellm (~4 s) and loading tiktoken (~0.4 s) here, not
+        # inside the first agent step of an event loop.
+        self.tokens.count([], "gpt-4o-mini")
+
+    def request_kwargs(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        config: LLMConfig,
+        tool_choice: str | dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The keyword arguments ``complete`` passes to ``litellm.acompletion``."""
+        kwargs: dict[str, Any] = {
+            "model": config.model,
+            "messages": messages,
+            "temperature": config.temperature,
+            "timeout": self.timeout,
+            "num_retries": 0,  # ours are the only retries
+            "max_retries": 0,
+            "drop_params": True,  # e.g. temperature on reasoning models
+        }
+        if tools:
+            kwargs["tools"] = tools
+            if tool_choice is not None:
+                kwargs["tool_choice"] = tool_choice
+        if config.max_tokens is not None:
+            kwargs["max_tokens"] = config.max_tokens
+        kwargs.update(_route(config.model, config.model_endpoint, _api_key(config)))
+        return kwargs
+
+    async def complete(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        config: LLMConfig,
+        *,
+        tool_choice: str | dict[str, Any] | None = None,
+    ) -> LLMResponse:
+        kwargs = self.request_kwargs(messages, tools, config, tool_choice)
+        lib = _lib()
+        response = await _with_retries(
+            lambda: lib.acompletion(**kwargs),
+            f"LLM call to {config.model!r}",
+            max_retries=self.max_retries,
+            base_delay=self.base_delay,
+            max_delay=self.max_delay,
+        )
+        return _parse(response, config.model)
+
+    def count_tokens(
+        self, messages: list[dict[str, Any]], config: LLMConfig, tools: list[dict[str, Any]] | None = None
+    ) -> int:
+        return self.tokens.count(messages, config.model, tools)
+
+
+def _api_key(config: LLMConfig) -> str | None:
+    if not config.api_key_env:
+        return None
+    try:
+        return os.environ[config.api_key_env]
+    except KeyError:
+        raise LLMError(
+            f"LLM call to {config.model!r}: environment variable {config.api_key_env!r} "
+            "(the config's api_key_env) is not set",
+            retryable=False,
+        ) from None
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+async def aembed(
+    model: str,
+    texts: list[str],
+    *,
+    api_base: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 60.0,
+    max_retries: int = 3,
+    base_delay: float = 0.5,
+) -> list[list[float]]:
+    """Embed ``texts`` with a litellm embedding model; one vector per text, in order."""
+    if not texts:
+        return []
+    lib = _lib()
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "input": list(texts),
+        "timeout": timeout,
+        "num_retries": 0,
+        "max_retries": 0,
+        **_route(model, api_base, api_key),
+    }
+    response = await _with_retries(
+        lambda: lib.aembedding(**kwargs),
+        f"embedding call to {model!r}",
+        max_retries=max_retries,
+        base_delay=base_delay,
+        max_delay=30.0,
+    )
+    items = sorted(response.data, key=lambda item: _field(item, "index") or 0)
+    vectors = [list(map(float, _field(item, "embedding"))) for item in items]
+    if len(vectors) != len(texts):
+        raise LLMError(f"embedding call to {model!r} returned {len(vectors)} vectors for {len(texts)} texts")
+    return vectors
+
+
+def _field(item: Any, name: str) -> Any:
+    return item[name] if isinstance(item, dict) else getattr(item, name)

@@ -1,0 +1,246 @@
+"""The litellm boundary, through the real litellm path against FakeOpenAIServer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from letta_ray.deps import LLM, LLMResponse
+from letta_ray.errors import LLMError
+from letta_ray.llm import ContextWindowExceededError, LiteLLM, TokenCounter, aembed, count_tokens
+from letta_ray.messages import ToolCall
+from letta_ray.schemas import LLMConfig
+from letta_ray.testing import FakeOpenAIServer, forbid_real_llm_calls, reply
+
+SEND_MESSAGE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "send_message",
+        "description": "Sends a message to the human user.",
+        "parameters": {
+            "type": "object",
+            "properties": {"message": {"type": "string"}},
+            "required": ["message"],
+        },
+    },
+}
+HELLO = [
+    {"role": "system", "content": "You are a helpful agent."},
+    {"role": "user", "content": "hello"},
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_real_llm(monkeypatch: pytest.MonkeyPatch) -> None:
+    forbid_real_llm_calls(monkeypatch)
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(embedding_dim=24) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def llm() -> LiteLLM:
+    return LiteLLM(max_retries=3, base_delay=0.001)
+
+
+# --------------------------------------------------------------------------- completions
+
+
+async def test_tool_call_round_trip(server: FakeOpenAIServer, llm: LiteLLM):
+    assert isinstance(llm, LLM)
+    response = await llm.complete(HELLO, [SEND_MESSAGE_TOOL], server.llm_config())
+
+    assert [call.name for call in response.tool_calls] == ["send_message"]
+    assert json.loads(response.tool_calls[0].arguments) == {"message": "You said: hello"}
+    assert response.tool_calls[0].id
+    assert response.finish_reason == "tool_calls"
+    assert response.prompt_tokens > 0 and response.completion_tokens > 0
+    sent = server.requests[-1]["body"]
+    assert sent["messages"] == HELLO
+    assert sent["tools"][0]["function"]["name"] == "send_message"
+
+
+async def test_plain_text_with_reasoning():
+    with FakeOpenAIServer([reply("Hi there!", reasoning="The user greeted me.")]) as server:
+        response = await LiteLLM().complete(HELLO, [], server.llm_config())
+    assert response.content == "Hi there!"
+    assert response.reasoning == "The user greeted me."
+    assert response.tool_calls == []
+    assert response.finish_reason == "stop"
+    assert "tools" not in server.requests[-1]["body"]
+
+
+async def test_tool_arguments_come_back_exactly_as_the_model_wrote_them(llm: LiteLLM):
+    broken = '{"message": "unterminated'
+    call = ToolCall(id="call-1", name="send_message", arguments=broken)
+    with FakeOpenAIServer([LLMResponse(tool_calls=[call])]) as server:
+        response = await llm.complete(HELLO, [SEND_MESSAGE_TOOL], server.llm_config())
+    assert response.tool_calls == [call]
+
+
+async def test_config_reaches_the_provider(server: FakeOpenAIServer, llm: LiteLLM, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("LETTA_RAY_TEST_KEY", "sk-test-123")
+    config = server.llm_config(temperature=0.2, max_tokens=77, api_key_env="LETTA_RAY_TEST_KEY")
+    await llm.complete(HELLO, [SEND_MESSAGE_TOOL], config, tool_choice="required")
+    request = server.requests[-1]
+    assert request["body"]["model"] == "fake-model"
+    assert request["body"]["temperature"] == 0.2
+    assert request["body"]["max_tokens"] == 77
+    assert request["body"]["tool_choice"] == "required"
+    assert request["headers"]["authorization"] == "Bearer sk-test-123"
+
+
+async def test_missing_api_key_env_is_an_llm_error_before_any_request(server: FakeOpenAIServer, llm: LiteLLM):
+    config = server.llm_config(api_key_env="LETTA_RAY_TEST_KEY_THAT_IS_NOT_SET")
+    with pytest.raises(LLMError, match="LETTA_RAY_TEST_KEY_THAT_IS_NOT_SET"):
+        await llm.complete(HELLO, [], config)
+    assert server.request_count == 0
+
+
+async def test_known_provider_prefix_is_kept_with_an_endpoint(server: FakeOpenAIServer, llm: LiteLLM):
+    response = await llm.complete(HELLO, [], server.llm_config(model="openai/fake-model"))
+    assert response.content == "You said: hello"
+    assert server.requests[-1]["body"]["model"] == "fake-model"
+
+
+# --------------------------------------------------------------------------- retries
+
+
+async def test_rate_limits_are_retried_until_success(server: FakeOpenAIServer, llm: LiteLLM):
+    server.fail_next(2, status=429)
+    response = await llm.complete(HELLO, [SEND_MESSAGE_TOOL], server.llm_config())
+    assert response.tool_calls[0].name == "send_message"
+    assert server.request_count == 3
+
+
+async def test_bad_request_is_not_retried(server: FakeOpenAIServer, llm: LiteLLM):
+    server.fail_next(1, status=400, message="tools[0] is malformed")
+    with pytest.raises(LLMError) as caught:
+        await llm.complete(HELLO, [], server.llm_config())
+    error = caught.value
+    assert (error.status_code, error.retryable) == (400, False)
+    assert "'fake-model'" in str(error) and "tools[0] is malformed" in str(error)
+    assert not isinstance(error, ContextWindowExceededError)
+    assert server.request_count == 1
+
+
+async def test_persistent_server_error_gives_up_after_max_retries(server: FakeOpenAIServer):
+    server.fail_next(100, status=503)
+    with pytest.raises(LLMError) as caught:
+        await LiteLLM(max_retries=2, base_delay=0.001).complete(HELLO, [], server.llm_config())
+    assert (caught.value.status_code, caught.value.retryable) == (503, True)
+    assert "after 3 attempts" in str(caught.value)
+    assert server.request_count == 3
+
+
+@pytest.mark.parametrize(
+    ("failure", "text"),
+    [
+        ({"code": "context_length_exceeded"}, "maximum context length"),  # OpenAI's, mapped by litellm
+        ({"message": "the request exceeds the available context size"}, "available context size"),  # llama.cpp
+    ],
+)
+async def test_context_window_exceeded_is_a_distinct_unretried_llm_error(
+    server: FakeOpenAIServer, llm: LiteLLM, failure: dict[str, str], text: str
+):
+    server.fail_next(1, status=400, **failure)
+    with pytest.raises(ContextWindowExceededError) as caught:
+        await llm.complete(HELLO, [], server.llm_config())
+    error = caught.value
+    assert isinstance(error, LLMError) and error.context_window_exceeded
+    assert (error.status_code, error.retryable) == (400, False)
+    assert text in str(error) and "'fake-model'" in str(error)
+    assert server.request_count == 1
+
+
+async def test_many_concurrent_calls_all_succeed(server: FakeOpenAIServer, llm: LiteLLM):
+    config = server.llm_config()
+    results = await asyncio.gather(
+        *(llm.complete([{"role": "user", "content": f"n{i}"}], [SEND_MESSAGE_TOOL], config) for i in range(200))
+    )
+    said = {json.loads(r.tool_calls[0].arguments)["message"] for r in results}
+    assert said == {f"You said: n{i}" for i in range(200)}
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def _context(n: int) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "You are Letta. " * 50}]
+    for i in range(n - 1):
+        messages.append({"role": "user", "content": f"message {i}: " + "lorem ipsum dolor " * 10})
+    return messages
+
+
+def test_count_tokens_is_close_to_litellm_and_grows_with_the_context():
+    import litellm
+
+    config = LLMConfig(model="openai/gpt-4o-mini")
+    messages = _context(20)
+    counted = count_tokens(messages, config, [SEND_MESSAGE_TOOL])
+    direct = litellm.token_counter(model=config.model, messages=messages, tools=[SEND_MESSAGE_TOOL])
+    assert isinstance(counted, int) and counted > 0
+    assert counted == pytest.approx(direct, rel=0.02)
+    assert count_tokens(messages[:10], config) < count_tokens(messages, config) < counted
+
+
+def test_count_tokens_memoises_per_message(monkeypatch: pytest.MonkeyPatch):
+    import litellm
+
+    calls = 0
+    original = litellm.token_counter
+
+    def counting(*args: Any, **kwargs: Any) -> int:
+        nonlocal calls
+        calls += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(litellm, "token_counter", counting)
+    counter = TokenCounter()
+    messages = _context(50)
+    first = counter.count(messages, "gpt-4o-mini", [SEND_MESSAGE_TOOL])
+    cold_calls = calls
+    assert counter.count(messages, "gpt-4o-mini", [SEND_MESSAGE_TOOL]) == first
+    assert calls == cold_calls  # nothing re-tokenised
+    counter.count([*messages, {"role": "user", "content": "one more"}], "gpt-4o-mini", [SEND_MESSAGE_TOOL])
+    assert calls == cold_calls + 1  # only the new message
+
+
+def test_count_tokens_falls_back_to_an_estimate(monkeypatch: pytest.MonkeyPatch):
+    import litellm
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise ValueError("no tokenizer for this model")
+
+    monkeypatch.setattr(litellm, "token_counter", broken)
+    counted = TokenCounter().count([{"role": "user", "content": "x" * 400}], "mystery-model")
+    assert 100 <= counted <= 120
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+async def test_aembed_returns_one_vector_per_text_of_the_server_dimension(server: FakeOpenAIServer):
+    vectors = await aembed("text-embedding-3-small", ["the cat sat", "a dog ran", "the cat sat"], api_base=server.url)
+    assert [len(v) for v in vectors] == [24, 24, 24]
+    assert vectors[0] == vectors[2] != vectors[1]
+    assert await aembed("text-embedding-3-small", [], api_base=server.url) == []
+
+
+# --------------------------------------------------------------------------- no real calls
+
+
+async def test_real_provider_calls_are_forbidden_in_tests(server: FakeOpenAIServer, llm: LiteLLM):
+    with pytest.raises(RuntimeError, match="real LLM provider call attempted in tests"):
+        await llm.complete(HELLO, [], LLMConfig(model="openai/gpt-4o-mini"))
+    with pytest.raises(RuntimeError, match="real LLM provider call attempted in tests"):
+        await aembed("text-embedding-3-small", ["x"])
+    # loopback stays allowed
+    assert (await llm.complete(HELLO, [], server.llm_config())).content == "You said: hello"
