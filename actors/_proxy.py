@@ -77,11 +77,13 @@ class LocalProxy:
         return call
 
 
-def get_or_create(cls: type, name: str, namespace: str, *args: Any, **options: Any) -> Any:
+def get_or_create(cls: type, name: str, namespace: str, args: tuple[Any, ...] = (),
+                  kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
     """A named actor: the existing one, or a new one made from the plain class ``cls``."""
     try:
         return ray.get_actor(name, namespace=namespace)
     except ValueError:
         pass
     remote_cls = ray.remote(cls)
-    return remote_cls.options(name=name, namespace=namespace, get_if_exists=True, **options).remote(*args)
+    return remote_cls.options(name=name, namespace=namespace, get_if_exists=True, **options).remote(
+        *args, **(kwargs or {}))

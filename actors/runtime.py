@@ -132,17 +132,18 @@ def start_deployment(settings: Settings, *, llm: Any = None) -> Deployment:
     prefix = deployment_prefix(settings)
     ns = settings.namespace
     detached = {"lifetime": "detached", **_ACTOR_OPTIONS}
-    store = get_or_create(MetadataStoreActor, f"{prefix}-store", ns, str(settings.meta_path),
-                          settings.store_batch_ms, **detached)
+    store = get_or_create(MetadataStoreActor, f"{prefix}-store", ns,
+                          (str(settings.meta_path), settings.store_batch_ms), **detached)
     embedding = EmbeddingConfig(embedding_model=settings.embedding_model, embedding_dim=settings.embedding_dim)
-    embedder = get_or_create(EmbedderActor, f"{prefix}-embedder", ns, embedding, **detached)
-    archive = get_or_create(ArchiveActor, f"{prefix}-archive", ns, str(settings.archive_path),
-                            ActorProxy(embedder), settings.embedding_dim, **detached)
+    embedder = get_or_create(EmbedderActor, f"{prefix}-embedder", ns, (embedding,), **detached)
+    archive = get_or_create(ArchiveActor, f"{prefix}-archive", ns,
+                            (str(settings.archive_path), ActorProxy(embedder), settings.embedding_dim), **detached)
     maker = _HostMaker(prefix, ns, store, archive, llm)
     directory = get_or_create(
-        Directory, f"{prefix}-directory", ns, maker,
-        placement=settings.placement, agents_per_host=settings.agents_per_host, max_hosts=settings.max_hosts,
-        exists=_AgentExists(store), ping=_ping, **detached)
+        Directory, f"{prefix}-directory", ns, (maker,),
+        {"placement": settings.placement, "agents_per_host": settings.agents_per_host,
+         "max_hosts": settings.max_hosts, "exists": _AgentExists(store), "ping": _ping},
+        **detached)
     # Surface a broken store (a locked file, a bad path) now, with its real error.
     ray.get([store.ping.remote(), archive.ping.remote(), directory.describe.remote()])
     return Deployment(settings, prefix, store, archive, embedder, directory)

@@ -19,6 +19,9 @@ class NotFoundError(LettaRayError, LookupError):
         self.kind = kind
         self.key = key
 
+    def __reduce__(self) -> tuple[object, ...]:  # errors cross process boundaries (Ray)
+        return (type(self), (self.kind, self.key))
+
 
 class ConflictError(LettaRayError):
     """The request contradicts what is stored (a duplicate name, say)."""
@@ -39,6 +42,9 @@ class BlockLimitError(InvalidInputError):
         self.length = length
         self.limit = limit
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.label, self.length, self.limit))
+
 
 class ReadOnlyBlockError(InvalidInputError):
     """A write to a block marked read-only."""
@@ -46,6 +52,9 @@ class ReadOnlyBlockError(InvalidInputError):
     def __init__(self, label: str) -> None:
         super().__init__(f"block {label!r} is read-only")
         self.label = label
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.label,))
 
 
 class LLMError(LettaRayError):
@@ -55,6 +64,9 @@ class LLMError(LettaRayError):
         super().__init__(message)
         self.status_code = status_code
         self.retryable = retryable
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_llm_error, (type(self), str(self), self.status_code, self.retryable))
 
 
 class ContextOverflowError(LettaRayError):
@@ -80,3 +92,7 @@ class ToolError(Exception):
     the loop goes on. It deliberately does not derive from LettaRayError, because it
     never reaches a caller.
     """
+
+
+def _rebuild_llm_error(cls: type[LLMError], message: str, status_code: int | None, retryable: bool) -> LLMError:
+    return cls(message, status_code=status_code, retryable=retryable)

@@ -16,3 +16,61 @@ def _data_dir(tmp_path, monkeypatch):
     home = tmp_path / "letta_ray_home"
     monkeypatch.setenv("LETTA_RAY_HOME", str(home))
     return home
+
+
+# --------------------------------------------------------------------------- Ray tier
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session, on 127.0.0.1 only (starting Ray costs ~5 s)."""
+    import logging
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False,
+                 namespace="letta_ray_tests", logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()
+
+
+def remembering_responder(messages, info):
+    """The fake model of the runtime tests: 'remember X' goes into the human block, else echo."""
+    from letta_ray.testing import echo_responder, last_user_text, send_message, tool_call
+
+    last = messages[-1]
+    text = last_user_text(messages)
+    if last.get("role") == "user" and text.startswith("remember "):
+        return tool_call("memory_insert", label="human", new_str=text.removeprefix("remember "),
+                         request_heartbeat=True)
+    if last.get("role") == "user" and text.startswith("archive "):
+        return tool_call("archival_memory_insert", content=text.removeprefix("archive "), tags=["note"],
+                         request_heartbeat=True)
+    if last.get("role") == "tool" and "send_message" in info.tool_names:
+        return send_message("Done.")
+    return echo_responder(messages, info)
+
+
+@pytest.fixture(scope="session")
+def fake_llm_server():
+    """A loopback OpenAI-compatible server: agents reach it through real litellm."""
+    from letta_ray.testing import FakeOpenAIServer
+
+    with FakeOpenAIServer(remembering_responder) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def runtime_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("runtime_home")
+
+
+@pytest.fixture(scope="session")
+def client(ray_session, runtime_home):
+    """A driver client on the shared Ray, one data dir for the session."""
+    import letta_ray
+
+    c = letta_ray.connect(home=str(runtime_home))
+    yield c
+    c.close()

@@ -1,0 +1,206 @@
+"""The driver API on the shared local Ray: agents on hosts, stores, durability."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import letta_ray
+from letta_ray.errors import BlockLimitError, InvalidInputError, NotFoundError
+from letta_ray.messages import AssistantMessage, ToolCallMessage
+
+pytestmark = pytest.mark.ray
+
+
+def new_agent(client: Any, server: Any, **kw: Any) -> Any:
+    kw.setdefault("memory_blocks", [{"label": "human", "value": "Name: Ada", "limit": 200},
+                                    {"label": "persona", "value": "I am Sam."}])
+    return client.create_agent(f"sam-{uuid.uuid4().hex[:8]}", model="fake-model", model_endpoint=server.url, **kw)
+
+
+def test_create_send_and_read_through_the_driver_api(client: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(client, fake_llm_server, tags=["demo"])
+    reply = agent.send("hi, I moved to Lisbon")
+    assert reply.stop_reason.stop_reason == "end_turn"
+    assert reply.assistant_text() == "You said: hi, I moved to Lisbon"
+    assert reply.usage.step_count == 1 and reply.usage.total_tokens > 0
+
+    reply = agent.send("remember lives in Lisbon")
+    assert [type(m) for m in reply.messages][1:3] == [ToolCallMessage, letta_ray.messages.ToolReturnMessage]
+    assert isinstance(reply.messages[-1], AssistantMessage)
+    assert agent.blocks["human"].value == "Name: Ada\nlives in Lisbon"
+
+    history = agent.messages(limit=50)
+    assert [m.content for m in history if m.role == "user"] == ["hi, I moved to Lisbon", "remember lives in Lisbon"]
+    page = agent.messages(limit=2)
+    rest = agent.messages(limit=50, after=page[-1].id)
+    assert [m.id for m in page + rest] == [m.id for m in history]
+
+    assert client.get_agent(agent.name).id == agent.id
+    assert client.get_agent(agent.id).name == agent.name
+    assert agent.id in [a.id for a in client.list_agents(tags=["demo"], limit=None)]
+
+
+def test_archival_insert_and_search(client: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(client, fake_llm_server)
+    agent.archival.insert("Ada's sister lives in Porto", tags=["family"])
+    agent.archival.insert("The quarterly report is due on Friday", tags=["work"])
+    agent.send("archive Ada likes green tea")  # the model stores one itself
+    assert agent.archival.count() == 3
+    [best] = agent.archival.search("where does the sister live", top_k=1)
+    assert "Porto" in best.text
+    tagged = agent.archival.search("tea", tags=["note"])
+    assert [p.text for p in tagged] == ["Ada likes green tea"]
+
+
+def test_concurrent_sends_to_one_agent_are_serialised_and_none_lost(client: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(client, fake_llm_server)
+    replies: dict[int, str] = {}
+
+    def send(i: int) -> None:
+        replies[i] = agent.send(f"message {i}").assistant_text()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert replies == {i: f"You said: message {i}" for i in range(10)}
+    history = agent.messages(limit=200)
+    users = [m for m in history if m.role == "user"]
+    assert sorted(m.content for m in users) == sorted(f"message {i}" for i in range(10))
+    # serialised: each user message is followed by its own reply before the next user message
+    roles = [m.role for m in history]
+    assert roles == ["user", "assistant", "tool"] * 10
+
+
+def test_bad_input_raises_typed_errors(client: Any, fake_llm_server: Any) -> None:
+    with pytest.raises(NotFoundError, match="agent 'agent-nope' not found"):
+        client.get_agent("agent-nope")
+    with pytest.raises(NotFoundError):
+        client.delete_agent("agent-nope")
+    agent = new_agent(client, fake_llm_server)
+    with pytest.raises(BlockLimitError, match="over its limit of 200"):
+        agent.blocks.update("human", "x" * 201)
+    assert agent.blocks["human"].value == "Name: Ada"
+    with pytest.raises(InvalidInputError, match="context_window"):
+        client.create_agent("bad", model="fake-model", context_window=10)
+    with pytest.raises(InvalidInputError, match="invalid memory block"):
+        client.create_agent("bad", model="fake-model", memory_blocks=[{"value": "no label"}])
+    with pytest.raises(InvalidInputError, match="no model given"):
+        client.create_agent("bad", memory_blocks=[])
+    with pytest.raises(NotFoundError, match="tool 'no_such_tool'"):
+        client.create_agent("bad", model="fake-model", tools=["no_such_tool"])
+    with pytest.raises(InvalidInputError):
+        agent.send([])
+
+
+def test_delete_agent_removes_it(client: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(client, fake_llm_server)
+    agent.send("hello")
+    agent.archival.insert("a fact")
+    client.delete_agent(agent.id)
+    with pytest.raises(NotFoundError):
+        client.get_agent(agent.id)
+    with pytest.raises(NotFoundError):
+        agent.send("are you there?")
+    assert agent.archival.count() == 0
+
+
+def test_custom_tool_created_from_source_and_used(client: Any, fake_llm_server: Any) -> None:
+    source = textwrap.dedent('''
+        def roll_dice(sides: int) -> str:
+            """Roll a die.
+
+            Args:
+                sides: how many sides the die has
+            """
+            return f"rolled a {sides}-sided die"
+    ''')
+    tool = client.create_tool(source)
+    assert tool.json_schema["parameters"]["properties"]["sides"]["type"] == "integer"
+    agent = new_agent(client, fake_llm_server, tools=["roll_dice"])
+    assert "roll_dice" in agent.state().tools
+
+
+def _host_pid(client: Any, agent_id: str) -> int:
+    import ray
+
+    _, host = client._run(client._locate(agent_id))
+    return ray.get(host.info.remote())["pid"]
+
+
+def test_kill_9_of_a_host_then_the_agent_answers_with_memory_intact(client: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(client, fake_llm_server)
+    agent.send("remember has a cat named Miso")
+    agent.archival.insert("Miso was adopted in 2021")
+    before = [m.id for m in agent.messages(limit=100)]
+    pid = _host_pid(client, agent.id)
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+
+    reply = agent.send("hello after the crash")
+    assert reply.assistant_text() == "You said: hello after the crash"
+    assert _host_pid(client, agent.id) != pid
+    assert agent.blocks["human"].value == "Name: Ada\nhas a cat named Miso"
+    after = [m.id for m in agent.messages(limit=100)]
+    assert after[: len(before)] == before
+    assert agent.archival.count() == 1
+    # the rehydrated context still holds the pre-crash conversation
+    assert any(m.content == "remember has a cat named Miso" for m in agent.context())
+
+
+def test_close_and_reconnect_keeps_everything(ray_session: Any, fake_llm_server: Any, tmp_path: Path) -> None:
+    home = tmp_path / "restart_home"
+    first = letta_ray.connect(home=str(home))
+    agent = new_agent(first, fake_llm_server)
+    agent.send("remember plays chess")
+    agent.archival.insert("likes the Sicilian defence", tags=["chess"])
+    counts = (len(agent.messages(limit=None)), agent.archival.count(), agent.blocks["human"].value)
+    first.close()
+
+    second = letta_ray.connect(home=str(home))
+    try:
+        again = second.get_agent(agent.name)
+        assert (len(again.messages(limit=None)), again.archival.count(), again.blocks["human"].value) == counts
+        assert again.send("still there?").assistant_text() == "You said: still there?"
+    finally:
+        second.close()
+
+
+def test_a_new_process_sees_what_the_last_one_wrote(fake_llm_server: Any, tmp_path: Path) -> None:
+    """A real process restart: one process writes and exits, another connects and reads."""
+    home = tmp_path / "process_home"
+    script = textwrap.dedent(f'''
+        import json, sys, letta_ray
+        client = letta_ray.connect(home={str(home)!r})
+        if sys.argv[1] == "write":
+            a = client.create_agent("proc", model="fake-model", model_endpoint={fake_llm_server.url!r},
+                                    memory_blocks=[{{"label": "human", "value": "Name: Ada"}}])
+            a.send("remember owns a boat")
+            a.archival.insert("the boat is called Wind", tags=["boat"])
+            a.archival.insert("the boat is blue")
+        a = client.get_agent("proc")
+        print(json.dumps({{"messages": len(a.messages(limit=None)), "passages": a.archival.count(),
+                          "human": a.blocks["human"].value}}))
+        client.close()
+    ''')
+    env = {**os.environ, "LETTA_RAY_HOME": str(home)}
+    runs = [subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, env=env,
+                           timeout=240) for mode in ("write", "read")]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    wrote, read = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
+    assert wrote == read
+    assert read["human"] == "Name: Ada\nowns a boat" and read["passages"] == 2 and read["messages"] == 5
