@@ -100,6 +100,20 @@ def _is_loopback(url: str | None) -> bool:
     return host in _LOOPBACK_HOSTS or host.startswith("127.")
 
 
+OFFLINE_ENV = "LETTA_RAY_OFFLINE_LLM"
+
+
+def _refuse_remote_when_offline(api_base: str | None, model: str) -> None:
+    """With LETTA_RAY_OFFLINE_LLM=1 (tests, CI) only loopback endpoints may be called.
+
+    An environment variable rather than a monkeypatch, so it holds in every Ray worker
+    process the test session starts, not only in the test process itself.
+    """
+    if os.environ.get(OFFLINE_ENV, "") not in ("", "0") and not _is_loopback(api_base):
+        raise LLMError(f"refusing to call {model!r} at {api_base or 'its provider'}: {OFFLINE_ENV} is set, "
+                       "so only loopback LLM endpoints may be used")
+
+
 def _route(model: str, api_base: str | None, api_key: str | None) -> dict[str, Any]:
     """Provider and key arguments for a model string and an optional endpoint.
 
@@ -406,6 +420,7 @@ class LiteLLM:
         tool_choice: str | dict[str, Any] | None = None,
     ) -> LLMResponse:
         kwargs = self.request_kwargs(messages, tools, config, tool_choice)
+        _refuse_remote_when_offline(kwargs.get("api_base"), config.model)
         lib = _lib()
         response = await _with_retries(
             lambda: lib.acompletion(**kwargs),

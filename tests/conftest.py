@@ -8,6 +8,17 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Any LLM call to a non-loopback endpoint fails, in this process and every Ray worker.
+os.environ["LETTA_RAY_OFFLINE_LLM"] = "1"
+
+
+@pytest.fixture(autouse=True)
+def _no_real_llm(monkeypatch):
+    """And in this process, litellm itself refuses non-loopback calls (belt and braces)."""
+    from letta_ray.testing import forbid_real_llm_calls
+
+    if "litellm" in __import__("sys").modules:
+        forbid_real_llm_calls(monkeypatch)
 
 
 @pytest.fixture(autouse=True)
