@@ -35,13 +35,13 @@ def _data_dir(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole test session, on 127.0.0.1 only (starting Ray costs ~5 s)."""
-    import logging
-
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2, include_dashboard=False,
-                 namespace="letta_ray_tests", logging_level=logging.WARNING)
+    from letta_ray.actors.runtime import init_ray
+    from letta_ray.settings import Settings
+
+    # The product's own start-up path, so the loopback test checks what users get.
+    init_ray(Settings(num_cpus=2, namespace="letta_ray_tests"))
     yield ray
     ray.shutdown()
 
