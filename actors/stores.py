@@ -20,14 +20,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from letta_ray.deps import Embedder, TagMatchMode
-from letta_ray.embeddings import make_embedder
 from letta_ray.messages import Message, Role
 from letta_ray.schemas import AgentState, EmbeddingConfig, Passage
-from letta_ray.storage.archive import ArchivalStore
-from letta_ray.storage.metadata import MetadataStore
+
+if TYPE_CHECKING:
+    from letta_ray.storage.archive import ArchivalStore
+    from letta_ray.storage.metadata import MetadataStore
+
+# The storage engines are imported inside the actors, not here: a driver that imports
+# this module to create the actors must not load lancedb before Ray forks its processes.
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,7 +87,9 @@ class MetadataStoreActor:
     """Owner of ``meta.duckdb``: reads in threads, writes group-committed."""
 
     def __init__(self, path: str | Path, batch_ms: float = 2.0) -> None:
-        self.store = MetadataStore(path)
+        from letta_ray.storage.metadata import MetadataStore
+
+        self.store: MetadataStore = MetadataStore(path)
         self._writes = _GroupCommitter(self._commit, batch_ms / 1000.0)
 
     def _commit(self, fns: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
@@ -161,6 +167,8 @@ class EmbedderActor:
     """Loads an embedding model once; concurrent requests are encoded in one batch."""
 
     def __init__(self, config: EmbeddingConfig, batch_ms: float = 2.0, max_batch: int = 256) -> None:
+        from letta_ray.embeddings import make_embedder
+
         self.embedder: Embedder = make_embedder(config)
         self._window_s = batch_ms / 1000.0
         self._max_batch = max_batch
@@ -208,7 +216,9 @@ class ArchiveActor:
     def __init__(self, path: str | Path, embedder: Any, dim: int, batch_ms: float = 5.0,
                  optimize_every: int = 2_000) -> None:
         """``embedder`` is anything with ``await embedder.embed(texts)`` (a proxy to EmbedderActor)."""
-        self.store = ArchivalStore(path, dim)
+        from letta_ray.storage.archive import ArchivalStore
+
+        self.store: ArchivalStore = ArchivalStore(path, dim)
         self.embedder = embedder
         self._optimize_every = optimize_every
         self._since_optimize = 0
