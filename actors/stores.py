@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from letta_ray.deps import Embedder, TagMatchMode
 from letta_ray.messages import Message, Role
-from letta_ray.schemas import AgentState, EmbeddingConfig, Passage
+from letta_ray.schemas import AgentState, Block, EmbeddingConfig, Passage
 
 if TYPE_CHECKING:
     from letta_ray.storage.archive import ArchivalStore
@@ -62,7 +62,9 @@ class _GroupCommitter:
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending:
-            if self._window_s > 0 and len(self._pending) < self._max_batch:
+            # No fixed wait by default: writes that arrive while a batch is committing
+            # form the next batch, so batching grows with load and adds no latency idle.
+            if len(self._pending) < self._max_batch:
                 await asyncio.sleep(self._window_s)
             batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
             try:
@@ -86,7 +88,7 @@ class _GroupCommitter:
 class MetadataStoreActor:
     """Owner of ``meta.duckdb``: reads in threads, writes group-committed."""
 
-    def __init__(self, path: str | Path, batch_ms: float = 2.0) -> None:
+    def __init__(self, path: str | Path, batch_ms: float = 0.0) -> None:
         from letta_ray.storage.metadata import MetadataStore
 
         self.store: MetadataStore = MetadataStore(path)
@@ -115,12 +117,19 @@ class MetadataStoreActor:
 
     # ---------------------------------------------------------------- writes
 
-    async def commit_step(self, state: AgentState, messages: list[Message]) -> None:
-        """Persist one turn: the new messages and the agent state, together."""
+    async def commit_step(self, state: AgentState, messages: list[Message],
+                          edited_blocks: list[Block] | None = None) -> None:
+        """Persist one turn: the new messages, the agent state and the blocks it edited, together."""
+        await self._writes.submit(lambda: self.store.commit_turn(state, messages, edited_blocks or ()))
+
+    async def create_agents(self, states: list[AgentState],
+                            initial_messages: list[list[Message]] | None = None) -> None:
+        """Persist new agents and their first messages together, in bulk."""
+        messages = [m for batch in initial_messages or () for m in batch]
+
         def write() -> None:
-            if messages:
-                self.store.append_messages(messages)
-            self.store.upsert_agent(state)
+            self.store.append_messages(messages)
+            self.store.create_agents(states)
         await self._writes.submit(write)
 
     async def write(self, method: str, *args: Any, **kwargs: Any) -> Any:

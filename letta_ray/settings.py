@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     agents_per_host: int = Field(default=5_000, ge=1)
     max_hosts: int | None = Field(default=None, description="hosts for packed placement; default: CPU count")
     num_cpus: int | None = Field(default=None, description="CPUs for an embedded Ray (default: all)")
-    store_batch_ms: float = Field(default=2.0, ge=0, description="group-commit window of the metadata store")
+    store_batch_ms: float = Field(default=0.0, ge=0, description="extra wait for writes to join a group "
+                                  "commit; 0 batches whatever arrives while the previous commit runs")
     call_timeout_s: float = Field(default=300.0, gt=0, description="timeout of one agent call")
     agent_call_timeout_s: float = Field(default=120.0, gt=0, description="timeout of agent-to-agent waits")
     http_host: str = "127.0.0.1"

@@ -74,7 +74,7 @@ async def test_different_agents_run_concurrently(stores: Any) -> None:
     started = asyncio.get_running_loop().time()
     await asyncio.gather(*(host.send(s.id, [MessageCreate(content="hi")]) for s in states))
     elapsed = asyncio.get_running_loop().time() - started
-    assert elapsed < 0.2 * 5 * 0.6  # well under the serial time of 1 s
+    assert elapsed < 0.9  # run one after another they would take at least 1 s
 
 
 async def test_a_fresh_host_rehydrates_an_agent_from_the_stores(stores: Any) -> None:
