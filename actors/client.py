@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import threading
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from datetime import datetime
+from queue import Queue
 from typing import Any, TypeVar
 
 import ray
@@ -126,6 +127,26 @@ class Client:
                 self._where[agent_id] = await await_ref(
                     self.deployment.directory.host_failed.remote(host_id, agent_id))
         raise AssertionError("unreachable")
+
+    async def stream_agent(self, agent_id: str, messages: list[MessageCreate | Message], **kwargs: Any
+                           ) -> AsyncIterator[Any]:
+        """The events of one turn as they happen, then its stop reason and usage."""
+        for attempt in range(3):
+            host_id, host = await self._locate(agent_id)
+            started = False
+            try:
+                generator = host.send_stream.options(num_returns="streaming").remote(agent_id, messages, **kwargs)
+                async for ref in generator:
+                    item = await await_ref(ref)
+                    started = True
+                    yield item
+                return
+            except _HOST_GONE:
+                self._where.pop(agent_id, None)
+                if started or attempt == 2:  # events already went out: retrying would repeat them
+                    raise
+                self._where[agent_id] = await await_ref(
+                    self.deployment.directory.host_failed.remote(host_id, agent_id))
 
     # ---------------------------------------------------------------- agents
 
@@ -331,6 +352,33 @@ class AgentHandle:
     def send(self, message: str | MessageCreate | list[Any], *, max_steps: int | None = None) -> LettaResponse:
         """Send a message and run the agent's turn: typed events, stop reason and usage."""
         return self.client._run(self.send_async(message, max_steps=max_steps))
+
+    async def stream_async(self, message: str | MessageCreate | list[Any], *, max_steps: int | None = None
+                           ) -> AsyncIterator[Any]:
+        """Each event of the turn as it happens, then ``StopReason`` and ``UsageStatistics``."""
+        async for item in self.client.stream_agent(self.id, _as_messages(message), max_steps=max_steps):
+            yield item
+
+    def stream(self, message: str | MessageCreate | list[Any], *, max_steps: int | None = None) -> Iterator[Any]:
+        """Sync twin of ``stream_async``."""
+        queue: Queue[Any] = Queue()
+        end = object()
+
+        async def pump() -> None:
+            try:
+                async for item in self.stream_async(message, max_steps=max_steps):
+                    queue.put(item)
+            except BaseException as exc:
+                queue.put(exc)
+            finally:
+                queue.put(end)
+
+        future = asyncio.run_coroutine_threadsafe(pump(), self.client._loop.loop)
+        while (item := queue.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+        future.result()
 
     async def state_async(self) -> AgentState:
         return await self.client.call_agent(self.id, "get_state")

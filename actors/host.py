@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from letta_ray.agent import step
+from letta_ray.agent import EventSink, step
 from letta_ray.base_tools import BASE_TOOLS
 from letta_ray.deps import LLM, StepDeps
 from letta_ray.errors import InvalidInputError, NotFoundError
@@ -63,13 +64,9 @@ class AgentHost:
     async def create_agents(self, states: list[AgentState], initial: list[list[Message]] | None = None) -> list[str]:
         """Persist new agents (with optional initial messages) and host them."""
         initial = initial or [[] for _ in states]
-        calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-        for state, messages in zip(states, initial, strict=True):
-            if messages:
-                calls.append(("append_messages", (messages,), {}))
-            calls.append(("upsert_agent", (state,), {}))
-        await self.store.write_many(calls)
-        for state, messages in zip(states, initial, strict=True):
+        pairs = list(zip(states, initial, strict=True))
+        await self.store.create_agents(states, initial)
+        for state, messages in pairs:
             self.agents[state.id] = _Hosted(state, list(messages), MemoryStats(recall_messages=len(messages)))
         return [s.id for s in states]
 
@@ -108,6 +105,33 @@ class AgentHost:
     async def send(self, agent_id: str, messages: list[MessageCreate | Message], *, max_steps: int | None = None,
                    run_id: str | None = None) -> LettaResponse:
         """Run one turn of the agent on ``messages``; returns once it is persisted."""
+        return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id)
+
+    async def send_stream(self, agent_id: str, messages: list[MessageCreate | Message], *,
+                          max_steps: int | None = None, run_id: str | None = None) -> AsyncIterator[Any]:
+        """Like ``send``, yielding each event as it happens, then the stop reason and usage.
+
+        Call it as a Ray streaming generator (``.options(num_returns="streaming")``).
+        The final stop reason is yielded only after the turn is persisted.
+        """
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        done = object()
+
+        async def run() -> LettaResponse:
+            try:
+                return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id, on_event=queue.put)
+            finally:
+                await queue.put(done)
+
+        task = asyncio.ensure_future(run())
+        while (item := await queue.get()) is not done:
+            yield item
+        response = await task  # raises the turn's error, if any, to the consumer
+        yield response.stop_reason
+        yield response.usage
+
+    async def _send(self, agent_id: str, messages: list[MessageCreate | Message], *, max_steps: int | None,
+                    run_id: str | None, on_event: EventSink | None = None) -> LettaResponse:
         if not messages:
             raise InvalidInputError("send needs at least one message")
         hosted = await self._get(agent_id)
@@ -117,8 +141,8 @@ class AgentHost:
             toolset = await self._toolset(hosted.state)
             deps = StepDeps(llm=self.llm, archive=self.archive, recall=self.store)
             result = await step(hosted.state, hosted.context, messages, deps, toolset=toolset,
-                                stats=hosted.stats, max_steps=max_steps, run_id=run_id)
-            await self.store.commit_step(result.state, result.new_messages)
+                                stats=hosted.stats, max_steps=max_steps, run_id=run_id, on_event=on_event)
+            await self.store.commit_step(result.state, result.new_messages, result.edited_blocks)
             hosted.state = result.state
             hosted.context = result.context
             hosted.stats.recall_messages += len(result.new_messages)

@@ -204,3 +204,13 @@ def test_a_new_process_sees_what_the_last_one_wrote(fake_llm_server: Any, tmp_pa
     wrote, read = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
     assert wrote == read
     assert read["human"] == "Name: Ada\nowns a boat" and read["passages"] == 2 and read["messages"] == 5
+
+
+def test_streaming_yields_events_then_stop_reason_and_usage(client: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(client, fake_llm_server)
+    items = list(agent.stream("remember likes jazz"))
+    kinds = [getattr(i, "message_type", None) for i in items]
+    assert kinds == ["user_message", "tool_call_message", "tool_return_message", "assistant_message",
+                     "stop_reason", "usage_statistics"]
+    assert items[-2].stop_reason == "end_turn" and items[-1].step_count == 2
+    assert agent.blocks["human"].value.endswith("likes jazz")  # persisted before the stop reason
