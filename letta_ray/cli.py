@@ -1,0 +1,577 @@
+"""The ``letta-ray`` command: chat with an agent, manage agents, export the metadata.
+
+Ray is imported only inside commands (through ``letta_ray.actors.client``), so
+``letta-ray --help`` stays fast and this module stays in the core layer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from letta_ray.deps import LLMResponse
+from letta_ray.errors import InvalidInputError, LettaRayError, NotFoundError
+from letta_ray.messages import (
+    AssistantMessage,
+    LettaMessage,
+    LettaResponse,
+    ReasoningMessage,
+    ToolCallMessage,
+    ToolReturnMessage,
+    UserMessage,
+    to_events,
+)
+from letta_ray.schemas import LLMConfig
+from letta_ray.settings import Settings
+from letta_ray.testing import CallInfo, last_user_text, send_message, tool_call
+
+if TYPE_CHECKING:
+    from letta_ray.actors.client import AgentHandle, Client
+    from letta_ray.schemas import AgentState, Block
+
+app = typer.Typer(
+    name="letta-ray",
+    help="Stateful LLM agents with self-edited memory, on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold API keys
+)
+agents_app = typer.Typer(help="List, inspect and delete agents.", no_args_is_help=True)
+app.add_typer(agents_app, name="agents")
+# `serve` (the HTTP API) and `sim` (multi-agent simulations) join here as sub-apps.
+
+DEMO_MODEL = "letta-ray-demo"
+DEFAULT_BLOCKS = [
+    {"label": "human", "value": "",
+     "description": "What you know about the user: their name, where they live, what they like."},
+    {"label": "persona", "value": "I am a helpful assistant with a memory. I keep what I learn about "
+     "the user in my human block and use it in later conversations."},
+]
+_MEMORY_TOOLS = {"memory_insert", "memory_replace", "memory_rethink", "core_memory_append", "core_memory_replace"}
+_FAILED_STOPS = {"error", "llm_api_error"}
+_HOW_TO_SET_A_MODEL = """\
+To chat with a real model, either set a provider key:
+    export OPENAI_API_KEY=sk-...        (or ANTHROPIC_API_KEY, GEMINI_API_KEY, GROQ_API_KEY, MISTRAL_API_KEY)
+or name a model, e.g. a local Ollama:
+    letta-ray run --model ollama/llama3 --model-endpoint http://localhost:11434"""
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+@dataclass
+class _Options:
+    """The global options, kept on the typer context for the commands."""
+
+    home: Path | None
+    address: str | None
+
+    def settings(self) -> Settings:
+        values: dict[str, Any] = {}
+        if self.home is not None:
+            # Absolute: the store actors resolve paths in their own working directory.
+            values["home"] = self.home.expanduser().resolve()
+        if self.address is not None:
+            values["ray_address"] = self.address
+        try:
+            return Settings(**values)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise InvalidInputError(f"invalid settings: {problems}") from None
+
+
+def _console(*, stderr: bool = False) -> Console:
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160  # pipes and logs: don't fold ids and table cells at 80 columns
+    return console
+
+
+def _fail(message: str) -> NoReturn:
+    _console(stderr=True).print(Text(f"Error: {message}", style="bold red"), soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Typed letta_ray errors become one red line and exit code 1; others keep their traceback."""
+    try:
+        yield
+    except LettaRayError as exc:
+        _fail(str(exc))
+    except ConnectionError as exc:  # ray.init on an address nobody answers
+        _fail(f"cannot reach Ray: {exc}")
+
+
+@contextmanager
+def _connected(ctx: typer.Context) -> Iterator[Client]:
+    with _errors():
+        from letta_ray.actors.client import connect
+
+        client = connect(settings=ctx.obj.settings())
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    home: Annotated[Path | None, typer.Option(
+        help="Data directory (default: $LETTA_RAY_HOME or ~/.letta_ray).", show_default=False)] = None,
+    address: Annotated[str | None, typer.Option(
+        help="Ray address of a cluster ('auto', 'ray://head:10001'); default: an embedded local Ray on "
+             "127.0.0.1.", show_default=False)] = None,
+) -> None:
+    """Stateful LLM agents with self-edited memory, on Ray."""
+    ctx.obj = _Options(home, address)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _call_text(name: str, arguments: str) -> str:
+    try:
+        args = json.loads(arguments or "{}")
+    except json.JSONDecodeError:
+        return f"{name}({_clip(arguments, 300)})"
+    if not isinstance(args, dict):
+        return f"{name}({_clip(arguments, 300)})"
+    shown = ", ".join(f"{k}={_clip(json.dumps(v, ensure_ascii=False), 200)}"
+                      for k, v in args.items() if k != "request_heartbeat")
+    return f"{name}({shown})"
+
+
+def _return_text(raw: str) -> str:
+    try:
+        result = json.loads(raw)
+    except json.JSONDecodeError:
+        return _clip(raw, 500)
+    if isinstance(result, dict) and "message" in result:
+        return _clip(str(result["message"]), 500)
+    return _clip(raw, 500)
+
+
+def _show_event(out: Console, event: LettaMessage, agent_name: str, *, show_user: bool = False) -> None:
+    if isinstance(event, ReasoningMessage):
+        out.print(Text(f"  thinking: {event.reasoning}", style="dim italic"))
+    elif isinstance(event, ToolCallMessage):
+        out.print(Text(f"  → {_call_text(event.tool_call.name, event.tool_call.arguments)}", style="cyan"))
+    elif isinstance(event, ToolReturnMessage):
+        if event.status == "success":
+            out.print(Text(f"  ← {event.name or 'tool'}: {_return_text(event.tool_return)}", style="cyan"))
+        else:
+            out.print(Text(f"  ← {event.name or 'tool'} failed: {_return_text(event.tool_return)}", style="magenta"))
+    elif isinstance(event, AssistantMessage):
+        out.print(Text.assemble((f"{agent_name}> ", "bold"), event.content))
+    elif isinstance(event, UserMessage) and show_user:
+        out.print(Text.assemble(("you> ", "bold green"), event.content))
+
+
+def _show_blocks(out: Console, blocks: list[Block], *, edited: bool = False) -> None:
+    for block in blocks:
+        title = block.label + (" (edited)" if edited else "") + (" (read-only)" if block.read_only else "")
+        title += f" · {len(block.value)}/{block.limit} chars"
+        out.print(Panel(Text(block.value or "(empty)", style="" if block.value else "dim"), title=title,
+                        title_align="left", border_style="yellow" if edited else "blue", expand=False))
+
+
+def _edited_labels(events: list[LettaMessage]) -> list[str]:
+    """Labels of the blocks a turn's memory tools edited successfully, in order."""
+    pending: dict[str, str] = {}
+    labels: list[str] = []
+    for event in events:
+        if isinstance(event, ToolCallMessage) and event.tool_call.name in _MEMORY_TOOLS:
+            try:
+                label = json.loads(event.tool_call.arguments or "{}").get("label")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            if isinstance(label, str):
+                pending[event.tool_call.tool_call_id] = label
+        elif isinstance(event, ToolReturnMessage) and event.status == "success":
+            label = pending.pop(event.tool_call_id, None)
+            if label is not None and label not in labels:
+                labels.append(label)
+    return labels
+
+
+def _show_response(out: Console, handle: AgentHandle, response: LettaResponse) -> None:
+    for event in response.messages:
+        _show_event(out, event, handle.name)
+    edited = _edited_labels(response.messages)
+    if edited:
+        blocks = {b.label: b for b in handle.state().blocks}
+        _show_blocks(out, [blocks[label] for label in edited if label in blocks], edited=True)
+    stop, usage = response.stop_reason, response.usage
+    line = f"[{stop.stop_reason}"
+    if stop.detail:
+        line += f": {stop.detail}"
+    line += (f"] {usage.step_count} step(s), {usage.total_tokens} tokens "
+             f"({usage.prompt_tokens} prompt + {usage.completion_tokens} completion)")
+    style = "dim" if stop.stop_reason == "end_turn" else ("bold red" if stop.stop_reason in _FAILED_STOPS else "yellow")
+    out.print(Text(line, style=style))
+
+
+# --------------------------------------------------------------------------- run
+
+
+@dataclass
+class _ModelChoice:
+    model: str
+    endpoint: str | None
+    why: str
+    demo: bool = False
+
+
+def _find_agent(client: Client, key: str, *, must_exist: bool) -> AgentHandle | None:
+    try:
+        return client.get_agent(key)
+    except NotFoundError:
+        if must_exist:
+            raise
+        return None
+
+
+def _choose_model(settings: Settings, state: AgentState | None, model: str | None, endpoint: str | None,
+                  demo: bool, out: Console) -> _ModelChoice:
+    if model is not None:
+        return _ModelChoice(model, endpoint, "--model given")
+    if state is not None and state.llm_config.model == DEMO_MODEL:
+        return _ModelChoice(DEMO_MODEL, None, "this agent was created with --demo", demo=True)
+    if state is not None:
+        return _ModelChoice(state.llm_config.model, endpoint or state.llm_config.model_endpoint,
+                            "the agent's own model")
+    resolved, why = settings.resolve_default_model()
+    if resolved is not None:
+        return _ModelChoice(resolved, endpoint or settings.default_model_endpoint, why)
+    out.print(Text(f"No model: {why}.", style="bold yellow"), soft_wrap=True)
+    out.print(Text(_HOW_TO_SET_A_MODEL, style="yellow"), soft_wrap=True)
+    if not demo:
+        out.print(Text("Or try the offline demo model: letta-ray run --demo", style="yellow"))
+        raise typer.Exit(1)
+    out.print(Text("--demo: using the built-in demo model, a loopback fake on this machine (no key, no network). "
+                   "It stores facts like \"my name is Ada\" or \"I live in Lisbon\" in its human block and "
+                   "otherwise echoes you.", style="yellow"), soft_wrap=True)
+    return _ModelChoice(DEMO_MODEL, None, "no model configured, --demo given", demo=True)
+
+
+def _chat(out: Console, handle: AgentHandle, messages: list[str]) -> int:
+    """Send ``messages`` (or, with none, lines read from stdin); the exit code."""
+    if messages:
+        failed = False
+        for text in messages:
+            out.print(Text.assemble(("you> ", "bold green"), text))
+            response = handle.send(text)
+            _show_response(out, handle, response)
+            failed = failed or response.stop_reason.stop_reason in _FAILED_STOPS
+        return 1 if failed else 0
+    out.print(Text("Type a message. /blocks shows the memory blocks, /quit (or Ctrl-D) exits.", style="dim"))
+    while True:
+        try:
+            line = out.input(Text("you> ", style="bold green"))
+        except EOFError:
+            out.print()
+            return 0
+        except KeyboardInterrupt:
+            out.print()
+            return 130
+        if not sys.stdin.isatty():
+            out.print(Text(line))  # piped input is not echoed; keep the transcript readable
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return 0
+        if line == "/blocks":
+            _show_blocks(out, handle.state().blocks)
+            continue
+        if line.startswith("/"):
+            out.print(Text(f"unknown command {line}; try /blocks or /quit", style="yellow"))
+            continue
+        try:
+            if out.is_terminal:
+                with out.status("thinking…"):
+                    response = handle.send(line)
+            else:
+                response = handle.send(line)
+        except LettaRayError as exc:  # one bad turn does not end the session
+            _console(stderr=True).print(Text(f"Error: {exc}", style="bold red"), soft_wrap=True)
+            continue
+        _show_response(out, handle, response)
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    agent: Annotated[str | None, typer.Option(
+        "--agent", "-a", help="Agent to chat with, by name or id; a name that does not exist is created.")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="litellm model string, e.g. openai/gpt-4o-mini or ollama/llama3.")] = None,
+    model_endpoint: Annotated[str | None, typer.Option(
+        help="Base URL of the model's server (Ollama, vLLM, any OpenAI-compatible API).")] = None,
+    name: Annotated[str, typer.Option(help="Name of the agent to create when --agent is not given.")] = "assistant",
+    message: Annotated[list[str] | None, typer.Option(
+        "--message", help="Send this message, print the turn and exit (repeatable). Works without a TTY.")] = None,
+    demo: Annotated[bool, typer.Option(
+        "--demo", help="With no key and no --model, fall back to the built-in offline demo model.")] = False,
+) -> None:
+    """Chat with one agent in the terminal (created if it does not exist)."""
+    out = _console()
+    server = None
+    with _connected(ctx) as client:
+        try:
+            key = agent or name
+            handle = _find_agent(client, key, must_exist=agent is not None and agent.startswith("agent-"))
+            state = handle.state() if handle is not None else None
+            choice = _choose_model(client.settings, state, model, model_endpoint, demo, out)
+            if choice.demo:
+                from letta_ray.testing import FakeOpenAIServer
+
+                server = FakeOpenAIServer(demo_responder, model=DEMO_MODEL).start()
+                choice.endpoint = server.url
+            if handle is None or state is None:
+                handle = client.create_agent(key, model=choice.model, model_endpoint=choice.endpoint,
+                                             memory_blocks=DEFAULT_BLOCKS)
+                status = "created"
+            else:
+                status = "existing"
+                config = state.llm_config
+                if (config.model, config.model_endpoint) != (choice.model, choice.endpoint):
+                    try:
+                        config = LLMConfig.model_validate(
+                            {**config.model_dump(), "model": choice.model, "model_endpoint": choice.endpoint})
+                    except ValueError as exc:
+                        raise InvalidInputError(f"invalid model settings: {exc}") from exc
+                    handle.modify(llm_config=config)
+            where = f" at {choice.endpoint}" if choice.endpoint else ""
+            out.print(Text.assemble(("letta-ray ", "bold"), f"agent {handle.name} ({handle.id}, {status})"))
+            out.print(Text.assemble(("model ", "bold"), f"{choice.model}{where}", (f"  ({choice.why})", "dim")),
+                      soft_wrap=True)
+            code = _chat(out, handle, message or [])
+        finally:
+            if server is not None:
+                server.stop()
+    if code:
+        raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------- agents
+
+
+@agents_app.command("list")
+def list_agents(
+    ctx: typer.Context,
+    tags: Annotated[list[str] | None, typer.Option(
+        "--tags", "--tag", "-t", help="Only agents with this tag (repeatable, or comma-separated).")] = None,
+    match_all: Annotated[bool, typer.Option("--match-all", help="Require every tag, not any of them.")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many agents (0: all).", min=0)] = 50,
+) -> None:
+    """List agents, oldest first."""
+    wanted = [t.strip() for group in tags or [] for t in group.split(",") if t.strip()] or None
+    with _connected(ctx) as client:
+        states = client.list_agents(tags=wanted, match_all_tags=match_all, limit=limit or None)
+        home = client.settings.home
+    out = _console()
+    if not states:
+        out.print(Text(f"No agents in {home}.", style="dim"))
+        return
+    table = Table(title=f"Agents in {home}", title_justify="left")
+    for column in ("id", "name", "model", "tags", "created (UTC)"):
+        table.add_column(column, no_wrap=column in ("id", "created (UTC)"))
+    for s in states:
+        table.add_row(s.id, s.name, s.llm_config.model, ", ".join(s.tags), s.created_at.strftime("%Y-%m-%d %H:%M"))
+    out.print(table)
+
+
+@agents_app.command("show")
+def show_agent(
+    ctx: typer.Context,
+    id_or_name: Annotated[str, typer.Argument(metavar="ID_OR_NAME", help="The agent's id or name.")],
+    messages: Annotated[int, typer.Option(help="How many of the latest messages to show.", min=0)] = 10,
+) -> None:
+    """Show an agent: its state, memory blocks and latest messages."""
+    with _connected(ctx) as client:
+        handle = client.get_agent(id_or_name)
+        state = handle.state()
+        history = list(reversed(handle.messages(limit=messages, order="desc"))) if messages else []
+    out = _console()
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column()
+    config = state.llm_config
+    rows = [
+        ("id", state.id), ("name", state.name), ("type", state.agent_type),
+        ("model", config.model + (f" at {config.model_endpoint}" if config.model_endpoint else "")),
+        ("context window", str(config.context_window)), ("tools", ", ".join(state.tools)),
+        ("tags", ", ".join(state.tags)), ("description", state.description or ""),
+        ("in context", f"{len(state.message_ids)} messages"),
+        ("created", state.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
+        ("updated", state.updated_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
+    ]
+    for key, value in rows:
+        info.add_row(key, Text(value))
+    out.print(info)
+    if state.summary:
+        out.print(Panel(Text(state.summary), title="summary", title_align="left", expand=False))
+    _show_blocks(out, state.blocks)
+    if history:
+        out.print(Text(f"last {len(history)} messages", style="bold"))
+        for m in history:
+            for event in to_events(m, uses_send_message=state.uses_send_message):
+                _show_event(out, event, state.name, show_user=True)
+
+
+@agents_app.command("delete")
+def delete_agent(
+    ctx: typer.Context,
+    id_or_name: Annotated[str, typer.Argument(metavar="ID_OR_NAME", help="The agent's id or name.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete an agent with its messages and archival memory."""
+    with _connected(ctx) as client:
+        handle = client.get_agent(id_or_name)
+        if not yes:
+            typer.confirm(f"Delete agent {handle.name} ({handle.id}) with its messages and archival memory?",
+                          abort=True)
+        client.delete_agent(handle.id)
+    _console().print(f"Deleted agent {handle.name} ({handle.id}).")
+
+
+# --------------------------------------------------------------------------- export
+
+
+@app.command("export-parquet")
+def export_parquet(
+    ctx: typer.Context,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="Directory for the Parquet files (default: <home>/export).", show_default=False)] = None,
+) -> None:
+    """Write the metadata tables (agents, blocks, messages, tools, ...) as Parquet files."""
+    out = _console()
+    with _connected(ctx) as client:
+        target = (out_dir.expanduser().resolve() if out_dir else client.settings.export_path)
+        with out.status(f"Exporting the metadata tables to {target}…"):
+            paths = client.export_parquet(str(target))
+    import pyarrow.parquet as pq
+
+    table = Table(title=f"Parquet export in {target}", title_justify="left")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    table.add_column("bytes", justify="right")
+    table.add_column("file", no_wrap=True)
+    for name, path in sorted(paths.items()):
+        try:
+            rows, size = str(pq.read_metadata(path).num_rows), str(Path(path).stat().st_size)
+        except OSError:  # on a cluster the store may write where this machine cannot read
+            rows = size = "?"
+        table.add_row(name, rows, size, str(path))
+    out.print(table)
+
+
+# --------------------------------------------------------------------------- the demo model
+
+_FACT_END = r"(?=\s+and\s|[.,!?;\n]|$)"
+_FACTS = [
+    (re.compile(rf"\bmy name is\s+(.+?){_FACT_END}", re.I), "Name: {}"),
+    (re.compile(rf"\b(?:call me|i am called|i'm called)\s+(.+?){_FACT_END}", re.I), "Name: {}"),
+    (re.compile(rf"\bi live in\s+(.+?){_FACT_END}", re.I), "Lives in {}"),
+    (re.compile(rf"\bi(?: am|'m) from\s+(.+?){_FACT_END}", re.I), "Comes from {}"),
+    (re.compile(rf"\bi work\s+((?:as|at|for|on)\s+.+?){_FACT_END}", re.I), "Works {}"),
+    (re.compile(rf"\bi (?:like|love|enjoy)\s+(.+?){_FACT_END}", re.I), "Likes {}"),
+]
+_ASKS_ABOUT_ME = re.compile(r"\b(what(?:'s| is) my name|who am i|what do you (?:know|remember)|about me)\b", re.I)
+
+
+def _facts(text: str) -> list[str]:
+    found: list[tuple[int, str]] = []
+    for pattern, template in _FACTS:
+        for match in pattern.finditer(text):
+            found.append((match.start(), template.format(match.group(1).strip())))
+    return [fact for _, fact in sorted(found)]
+
+
+def _block_value(messages: list[dict[str, Any]], label: str) -> str:
+    """A block's value as rendered into the system prompt (line numbers removed)."""
+    system = next((m.get("content") for m in messages if m.get("role") == "system"), None) or ""
+    if isinstance(system, list):
+        system = "".join(str(part.get("text", "")) for part in system if isinstance(part, dict))
+    match = re.search(rf"<{re.escape(label)}>.*?<value>\n?(.*?)\n?</value>", str(system), re.S)
+    value = match.group(1) if match else ""
+    return "\n".join(re.sub(r"^\d+→ ", "", line) for line in value.splitlines())
+
+
+def _say(text: str, info: CallInfo, thought: str) -> LLMResponse:
+    if "send_message" in info.tool_names:
+        return LLMResponse(content=thought, tool_calls=[send_message(text)])
+    return LLMResponse(content=text, reasoning=thought)
+
+
+def _after_memory_edit(messages: list[dict[str, Any]], info: CallInfo) -> LLMResponse:
+    try:
+        result = json.loads(messages[-1].get("content") or "{}")
+    except json.JSONDecodeError:
+        result = {}
+    if isinstance(result, dict) and result.get("status") == "Failed":
+        return _say(f"I tried to remember that, but my memory edit failed: {result.get('message')}", info,
+                    thought="The memory edit failed; telling the user.")
+    saved: list[str] = []
+    for m in reversed(messages[:-1]):
+        if m.get("role") == "assistant" and m.get("tool_calls"):
+            try:
+                args = json.loads(m["tool_calls"][-1]["function"]["arguments"] or "{}")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                args = {}
+            saved = str(args.get("new_str") or args.get("content") or "").splitlines()
+            break
+    names = [fact.removeprefix("Name: ") for fact in saved if fact.startswith("Name: ")]
+    greeting = f"Nice to meet you, {names[0]}! " if names else "Got it! "
+    return _say(f"{greeting}I saved this in my memory: {'; '.join(saved) or 'your note'}.", info,
+                thought="Saved; now replying to the user.")
+
+
+def demo_responder(messages: list[dict[str, Any]], info: CallInfo) -> LLMResponse:
+    """The model behind ``run --demo``: a tiny rule-based agent, so the loop is visible offline.
+
+    "my name is X", "I live in X", "I like X" (and a few more) go into the ``human``
+    block with ``memory_insert``, then it confirms with ``send_message``; "what do you
+    know about me" reads the block back; anything else is echoed.
+    """
+    if messages and messages[-1].get("role") == "tool":
+        return _after_memory_edit(messages, info)
+    text = last_user_text(messages)
+    known = _block_value(messages, "human")
+    facts = _facts(text)
+    new = [f for f in facts if f.lower() not in known.lower()]
+    if new and info.tool_names & {"memory_insert", "core_memory_append"}:
+        call = (tool_call("memory_insert", label="human", new_str="\n".join(new), request_heartbeat=True)
+                if "memory_insert" in info.tool_names
+                else tool_call("core_memory_append", label="human", content="\n".join(new), request_heartbeat=True))
+        return LLMResponse(content="The user told me something about themselves: saving it to my human block.",
+                           tool_calls=[call])
+    if _ASKS_ABOUT_ME.search(text):
+        lines = [line for line in known.splitlines() if line.strip()]
+        answer = (f"Here is what I remember about you: {'; '.join(lines)}." if lines else
+                  "I don't know anything about you yet. Tell me, e.g. \"my name is Ada\".")
+        return _say(answer, info, thought="The user asks what I know about them: reading my human block.")
+    if facts:
+        return _say(f"I know that already: {'; '.join(facts)}.", info, thought="Nothing new to remember.")
+    return _say(f"You said: {text}", info, thought="Nothing to remember here; echoing.")
