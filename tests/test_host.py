@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from letta_ray.actors._proxy import LocalProxy
 from letta_ray.actors.directory import Directory
 from letta_ray.actors.host import AgentHost
 from letta_ray.actors.stores import ArchiveActor, EmbedderActor, MetadataStoreActor
-
 from letta_ray.base_tools import DEFAULT_SYSTEM_PROMPTS, DEFAULT_TOOLS
 from letta_ray.errors import BlockLimitError, NotFoundError
-from letta_ray.messages import MessageCreate
+from letta_ray.messages import Message, MessageCreate
 from letta_ray.schemas import AgentState, Block, EmbeddingConfig, LLMConfig
 from letta_ray.testing import FunctionLLM, last_user_text, send_message, tool_call
 
@@ -133,6 +133,20 @@ async def test_one_bad_write_in_a_batch_fails_alone(stores: Any) -> None:
     )
     assert isinstance(results[-1], NotFoundError)
     assert results[:3] == [None, None, None]
+    assert await store.read("count_agents") == 3
+
+
+async def test_agents_are_created_in_bulk_with_their_first_messages(stores: Any) -> None:
+    store, archive, _ = stores
+    host = AgentHost("h", store, archive, llm=remembering_llm())
+    states = [agent_state(f"b{i}") for i in range(3)]
+    first = [[Message(agent_id=s.id, role="user", content=f"hello {s.name}")] for s in states]
+    states = [s.model_copy(update={"message_ids": [m.id for m in batch]})
+              for s, batch in zip(states, first, strict=True)]
+    await host.create_agents(states, first)
+
+    fresh = AgentHost("h2", store, archive, llm=remembering_llm())
+    assert [m.content for m in await fresh.context(states[2].id)] == ["hello b2"]
     assert await store.read("count_agents") == 3
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -163,6 +165,108 @@ def test_delete_agent_removes_messages_and_unshared_blocks(store: MetadataStore)
     assert store.get_block(shared.id) == shared
     assert store.agents_of_block(shared.id) == [b.id]
     assert store.get_agent(b.id).blocks == [shared]
+
+
+def test_upsert_agent_rewrites_changed_attachments_and_refuses_a_label_clash(store: MetadataStore) -> None:
+    persona, human, notes = Block(label="persona", value="p"), Block(label="human", value="h"), Block(
+        label="notes", value="n")
+    agent = make_agent(blocks=[persona, human])
+    store.upsert_agent(agent)
+    agent = agent.model_copy(update={"blocks": [notes, persona]})
+    store.upsert_agent(agent)
+    assert [b.label for b in store.get_agent(agent.id).blocks] == ["notes", "persona"]
+    assert store.agents_of_block(human.id) == []
+
+    other = make_agent("other", blocks=[Block(label="human", value="x"), notes])
+    store.upsert_agent(other)
+    renamed = notes.updated(label="persona")  # fine for `other`, a clash for `agent`
+    with pytest.raises(ConflictError):
+        store.upsert_agent(other.model_copy(update={"blocks": [other.blocks[0], renamed]}))
+    assert store.get_block(notes.id) == notes
+
+
+def test_create_agents_round_trips_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "meta.duckdb"
+    shared = Block(label="shared", value="s")
+    with MetadataStore(path) as store:
+        elder = make_agent("elder", blocks=[shared], created_at=T0)
+        store.upsert_agent(elder)
+        agents = [
+            make_agent(f"agent{i}", tags=[f"t{i % 3}"], created_at=T0 + timedelta(minutes=i),
+                       blocks=[Block(label="persona", value=f"p{i}"), shared])
+            for i in range(1, 40)
+        ]
+        store.create_agents(agents)
+    with MetadataStore(path) as store:
+        assert store.count_agents() == 40
+        assert [store.get_agent(a.id) for a in agents] == agents
+        assert store.list_agents(limit=None) == [elder, *agents]
+        assert len(store.agents_of_block(shared.id)) == 40
+        assert len(store.list_blocks(limit=None)) == 40  # 39 personas and the shared block, stored once
+
+
+def test_create_agents_with_a_taken_id_writes_nothing(store: MetadataStore) -> None:
+    taken = make_agent("taken")
+    store.create_agents([taken])
+    fresh = [make_agent(f"new{i}") for i in range(20)]
+    for batch in ([*fresh, taken], [*fresh, fresh[0]], [fresh[0], taken]):
+        with pytest.raises(ConflictError):
+            store.create_agents(batch)
+    assert store.count_agents() == 1
+    assert [b.id for b in store.list_blocks(limit=None)] == [taken.blocks[0].id]
+    with pytest.raises(NotFoundError):
+        store.get_agent(fresh[0].id)
+
+
+def test_commit_turn_persists_messages_state_and_edited_blocks(store: MetadataStore) -> None:
+    shared = Block(label="shared", value="v1")
+    a = make_agent("a", blocks=[Block(label="persona", value="p"), shared])
+    b = make_agent("b", blocks=[shared])
+    store.create_agents([a, b])
+
+    persona = a.blocks[0].with_value("p2")
+    turn = make_messages(a.id, ["hi", "hello", "ok"])
+    a = a.replace_block(persona).model_copy(update={"message_ids": [m.id for m in turn], "summary": "s1"})
+    store.commit_turn(a, turn, [persona])
+    assert store.get_agent(a.id) == a
+    assert store.list_messages(a.id) == turn
+
+    # a edits its copy of the shared block, but b's newer edit lands first: b's edit stays
+    stale = shared.with_value("a's edit")
+    newer = shared.model_copy(update={"value": "b's edit", "updated_at": stale.updated_at + timedelta(seconds=1)})
+    store.upsert_block(newer)
+    a = a.replace_block(stale).model_copy(update={"summary": "s2"})
+    store.commit_turn(a, make_messages(a.id, ["more"]), [stale])
+    assert store.get_block(shared.id) == newer
+    got = store.get_agent(a.id)
+    assert got.summary == "s2" and got.block("shared") == newer and got.block("persona") == persona
+    assert [x.label for x in got.blocks] == ["persona", "shared"]
+    assert store.count_messages(a.id) == 4
+
+
+def test_commit_turn_of_an_unknown_agent_is_not_found(store: MetadataStore) -> None:
+    ghost = make_agent("ghost")
+    with pytest.raises(NotFoundError):
+        store.commit_turn(ghost, make_messages(ghost.id, ["boo"]))
+    assert store.count_messages(ghost.id) == 0
+
+
+def test_creating_1000_agents_is_fast(store: MetadataStore) -> None:
+    agents = [make_agent(f"agent{i}", blocks=[Block(label="persona", value="p"), Block(label="human", value="h")])
+              for i in range(1_000)]
+    started = time.perf_counter()
+    store.create_agents(agents)
+    elapsed = time.perf_counter() - started
+    assert store.count_agents() == 1_000
+    assert elapsed < 5, f"1,000 agents took {elapsed:.1f}s: is create_agents writing row by row?"
+
+
+def test_missing_pandas_fails_fast_but_probes_still_answer_none() -> None:
+    if "pandas" in sys.modules or importlib.util.find_spec("pandas") is not None:
+        pytest.skip("pandas is installed")
+    with pytest.raises(ModuleNotFoundError):
+        import pandas  # noqa: F401
+    assert "pandas" not in sys.modules  # lancedb and scikit-learn take an entry here for pandas
 
 
 def test_unknown_ids_raise_not_found(store: MetadataStore) -> None:
