@@ -466,6 +466,7 @@ async def aembed(
     """Embed ``texts`` with a litellm embedding model; one vector per text, in order."""
     if not texts:
         return []
+    _refuse_remote_when_offline(api_base, model)
     lib = _lib()
     kwargs: dict[str, Any] = {
         "model": model,

@@ -237,7 +237,14 @@ async def test_aembed_returns_one_vector_per_text_of_the_server_dimension(server
 # --------------------------------------------------------------------------- no real calls
 
 
-async def test_real_provider_calls_are_forbidden_in_tests(server: FakeOpenAIServer, llm: LiteLLM):
+async def test_real_provider_calls_are_forbidden_in_tests(server: FakeOpenAIServer, llm: LiteLLM, monkeypatch):
+    # the environment guard (LETTA_RAY_OFFLINE_LLM, every process) stops it first...
+    with pytest.raises(LLMError, match="only loopback"):
+        await llm.complete(HELLO, [], LLMConfig(model="openai/gpt-4o-mini"))
+    with pytest.raises(LLMError, match="only loopback"):
+        await aembed("text-embedding-3-small", ["x"])
+    # ...and with it off, litellm's own guard in this process still does
+    monkeypatch.delenv("LETTA_RAY_OFFLINE_LLM")
     with pytest.raises(RuntimeError, match="real LLM provider call attempted in tests"):
         await llm.complete(HELLO, [], LLMConfig(model="openai/gpt-4o-mini"))
     with pytest.raises(RuntimeError, match="real LLM provider call attempted in tests"):
