@@ -21,6 +21,7 @@ from letta_ray.base_tools import TERMINAL_TOOLS
 from letta_ray.context import (
     SUMMARY_TARGET,
     CompiledContext,
+    MessageCache,
     choose_cut,
     compile_context,
     needs_summary,
@@ -78,7 +79,9 @@ class _Turn:
     """The mutable bookkeeping of one turn; ``step`` below is its only user."""
 
     def __init__(self, state: AgentState, context: list[Message], deps: StepDeps, toolset: Toolset,
-                 stats: MemoryStats, run_id: str | None, on_event: EventSink | None) -> None:
+                 stats: MemoryStats, run_id: str | None, on_event: EventSink | None,
+                 cache: MessageCache | None = None) -> None:
+        self.cache = cache or MessageCache()
         self.state = state
         self.context = list(context)
         self.deps = deps
@@ -125,12 +128,13 @@ class _Turn:
             archival_passages=self.stats.archival_passages + int(self.tool_state.get("archival_inserted", 0)),
             last_modified=self.memory.last_modified(),
         )
-        return compile_context(self.state, self.memory.blocks, self.context, stats, schemas, self.deps.llm)
+        return compile_context(self.state, self.memory.blocks, self.context, stats, schemas, self.deps.llm,
+                               self.cache)
 
     async def evict_and_summarise(self, compiled: CompiledContext) -> bool:
         """Summarise the oldest messages out of context; False when nothing can go."""
         config = self.state.llm_config
-        counts = [self.deps.llm.count_tokens([m.to_openai()], config) for m in self.context]
+        counts = [self.cache.tokens(m, self.deps.llm, config) for m in self.context]
         budget = int(SUMMARY_TARGET * config.context_window) - compiled.system_tokens
         cut = choose_cut(self.context, counts, max(budget, 0))
         if cut == 0:
@@ -161,11 +165,16 @@ async def step(
     cancel: asyncio.Event | None = None,
     on_event: EventSink | None = None,
     run_id: str | None = None,
+    cache: MessageCache | None = None,
 ) -> StepResult:
-    """Run one turn: take ``inbound``, loop LLM calls and tools until the turn ends."""
+    """Run one turn: take ``inbound``, loop LLM calls and tools until the turn ends.
+
+    ``cache`` (kept by the caller across turns) saves re-serialising and re-counting
+    the messages already in context.
+    """
     if stats is None:
         stats = await gather_stats(state, deps)
-    turn = _Turn(state, context, deps, toolset, stats, run_id, on_event)
+    turn = _Turn(state, context, deps, toolset, stats, run_id, on_event, cache)
     for item in inbound:
         await turn.add(_inbound_message(item, state.id, run_id))
     stop = await _loop(turn, max_steps or state.max_steps, cancel)
@@ -175,6 +184,8 @@ async def step(
     )
     if edited:
         final_state.updated_at = max(b.updated_at for b in edited)
+    if turn.evicted_ids:
+        turn.cache.retain(turn.context)
     return StepResult(
         state=final_state,
         context=turn.context,

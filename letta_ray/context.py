@@ -42,6 +42,45 @@ class CompiledContext:
     tokens: int
 
 
+class MessageCache:
+    """Per-agent memo of each in-context message's LLM form and token count.
+
+    A stored message never changes, so its id is a safe key. The agent's host keeps one
+    across turns; without it every step would re-serialise and re-count the whole
+    context, which grows with the conversation.
+    """
+
+    def __init__(self) -> None:
+        self._openai: dict[str, dict[str, Any]] = {}
+        self._tokens: dict[tuple[str, str], int] = {}
+
+    def openai(self, message: Message) -> dict[str, Any]:
+        cached = self._openai.get(message.id)
+        if cached is None:
+            cached = self._openai[message.id] = message.to_openai()
+        return cached
+
+    def tokens(self, message: Message, llm: LLM, config: LLMConfig) -> int:
+        key = (message.id, config.model)
+        cached = self._tokens.get(key)
+        if cached is None:
+            # A one-message count includes the request's fixed overhead once; subtract
+            # it so that a context's total is not overcounted by it per message.
+            base_key = ("", config.model)
+            base = self._tokens.get(base_key)
+            if base is None:
+                base = self._tokens[base_key] = llm.count_tokens([], config)
+            cached = max(1, llm.count_tokens([self.openai(message)], config) - base)
+            self._tokens[key] = cached
+        return cached
+
+    def retain(self, keep: list[Message]) -> None:
+        """Forget messages that left the context."""
+        ids = {m.id for m in keep}
+        self._openai = {k: v for k, v in self._openai.items() if k in ids}
+        self._tokens = {k: v for k, v in self._tokens.items() if k[0] in ids or k[0] == ""}
+
+
 def compile_context(
     state: AgentState,
     blocks: list[Block],
@@ -49,16 +88,18 @@ def compile_context(
     stats: MemoryStats,
     tools: list[dict[str, Any]],
     llm: LLM,
+    cache: MessageCache | None = None,
 ) -> CompiledContext:
     """System prompt with memory, then the summary, then the in-context messages."""
+    cache = cache or MessageCache()
     system = compile_system_prompt(state.system, blocks, stats)
     head: list[dict[str, Any]] = [{"role": "system", "content": system}]
     if state.summary:
         evicted = int(state.metadata.get("evicted_messages", 0))
         head.append({"role": "user", "content": summary_message_text(state.summary, evicted)})
     system_tokens = llm.count_tokens(head, state.llm_config, tools)
-    body = [m.to_openai() for m in context]
-    body_tokens = sum(llm.count_tokens([m], state.llm_config) for m in body) if body else 0
+    body = [cache.openai(m) for m in context]
+    body_tokens = sum(cache.tokens(m, llm, state.llm_config) for m in context)
     return CompiledContext(head + body, system_tokens, system_tokens + body_tokens)
 
 

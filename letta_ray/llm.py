@@ -17,6 +17,9 @@ import os
 
 # Before litellm is ever imported: use the bundled model cost map, not the network.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# litellm scans every message of every request for base64 images to truncate in its
+# logs; on a long agent context that costs more than the request. We log no payloads.
+os.environ.setdefault("MAX_BASE64_LENGTH_FOR_LOGGING", "0")
 
 import asyncio
 import functools

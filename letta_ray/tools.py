@@ -161,8 +161,23 @@ def tool_from_source(source_code: str, *, name: str | None = None, tags: list[st
     return build_tool(fn, source_code=source_code, tags=tags)
 
 
+_SCHEMAS: dict[tuple[str, bool], dict[str, Any]] = {}
+
+
 def openai_schema(tool: Tool, *, with_heartbeat: bool) -> dict[str, Any]:
-    """The schema as sent to the LLM (OpenAI function-tool format), heartbeat added if asked."""
+    """The schema as sent to the LLM (OpenAI function-tool format), heartbeat added if asked.
+
+    Built once per tool (ids are unique per definition) and shared: nothing downstream
+    mutates it.
+    """
+    key = (tool.id, with_heartbeat)
+    schema = _SCHEMAS.get(key)
+    if schema is None:
+        schema = _SCHEMAS[key] = _build_openai_schema(tool, with_heartbeat)
+    return schema
+
+
+def _build_openai_schema(tool: Tool, with_heartbeat: bool) -> dict[str, Any]:
     fn = json.loads(json.dumps(tool.json_schema))  # deep copy, cheap for small schemas
     params = fn.setdefault("parameters", {"type": "object", "properties": {}, "required": []})
     if with_heartbeat:
