@@ -17,6 +17,7 @@ from typing import Any
 
 from letta_ray.agent import EventSink, step
 from letta_ray.base_tools import BASE_TOOLS
+from letta_ray.context import MessageCache
 from letta_ray.deps import LLM, StepDeps
 from letta_ray.errors import InvalidInputError, NotFoundError
 from letta_ray.memory import MemoryStats
@@ -35,6 +36,7 @@ class _Hosted:
     context: list[Message]
     stats: MemoryStats
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    cache: MessageCache = field(default_factory=MessageCache)
     last_used: float = field(default_factory=time.monotonic)
     turns: int = 0
 
@@ -141,7 +143,8 @@ class AgentHost:
             toolset = await self._toolset(hosted.state)
             deps = StepDeps(llm=self.llm, archive=self.archive, recall=self.store)
             result = await step(hosted.state, hosted.context, messages, deps, toolset=toolset,
-                                stats=hosted.stats, max_steps=max_steps, run_id=run_id, on_event=on_event)
+                                stats=hosted.stats, max_steps=max_steps, run_id=run_id, on_event=on_event,
+                                cache=hosted.cache)
             await self.store.commit_step(result.state, result.new_messages, result.edited_blocks)
             hosted.state = result.state
             hosted.context = result.context
@@ -204,6 +207,25 @@ class AgentHost:
                 hosted.state = hosted.state.replace_block(block)
                 touched += 1
         return touched
+
+    async def reload(self, agent_id: str) -> bool:
+        """Re-read a hosted agent from the stores after its blocks changed elsewhere.
+
+        For attach, detach or a shared-block edit made straight in the store: waits for
+        the agent's turn so the change lands between turns. False if it is not hosted
+        here (it will load the new state when next touched).
+        """
+        hosted = self.agents.get(agent_id)
+        if hosted is None:
+            return False
+        async with hosted.lock:
+            if self.agents.get(agent_id) is not hosted:
+                return False
+            state: AgentState = await self.store.get_agent(agent_id)
+            if state.message_ids != [m.id for m in hosted.context]:
+                hosted.context = await self.store.read("get_messages", state.message_ids) if state.message_ids else []
+            hosted.state = state
+        return True
 
     async def modify(self, agent_id: str, changes: dict[str, Any]) -> AgentState:
         unknown = sorted(set(changes) - MODIFIABLE)
