@@ -259,11 +259,12 @@ async def test_onnx_embedder_scores_paraphrases_higher(onnx_embedder):
 @pytest.mark.local_model
 def test_onnx_embedder_batches_keep_order_and_long_texts_are_truncated(onnx_embedder):
     texts = [f"note {i}: " + "word " * (i * 7) for i in range(9)] + ["", "lorem ipsum " * 400]
-    small_batches = OnnxEmbedder(batch_size=2)
-    batched = np.asarray(small_batches.encode(texts))
     one_by_one = np.asarray([onnx_embedder.encode([text])[0] for text in texts])
-    assert batched.shape == (len(texts), 384)
-    np.testing.assert_allclose(batched, one_by_one, atol=1e-4)
+    # at most 2 texts a batch; at most 256 padded tokens a batch (so the long one goes alone)
+    for embedder in (OnnxEmbedder(batch_size=2), OnnxEmbedder(max_batch_tokens=256), onnx_embedder):
+        batched = np.asarray(embedder.encode(texts))
+        assert batched.shape == (len(texts), 384)
+        np.testing.assert_allclose(batched, one_by_one, atol=1e-4)
     assert onnx_embedder.encode([]) == []
 
 
@@ -311,3 +312,5 @@ def test_onnx_embedder_rejects_bad_arguments():
         OnnxEmbedder(model_path="unused.onnx", batch_size=0)
     with pytest.raises(InvalidInputError, match="max_tokens"):
         OnnxEmbedder(model_path="unused.onnx", max_tokens=1)
+    with pytest.raises(InvalidInputError, match="max_batch_tokens"):
+        OnnxEmbedder(model_path="unused.onnx", max_batch_tokens=100)
