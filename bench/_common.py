@@ -100,11 +100,14 @@ async def measure_calls(call: Callable[[], Awaitable[Any]], n: int, concurrency:
     return {**summarize(latencies, wall), "concurrency": concurrency}
 
 
-async def measure_raw_litellm(server_url: str, n: int, concurrency: int) -> dict[str, Any]:
+async def measure_raw_litellm(server_url: str, n: int, concurrency: int, *,
+                              messages: list[dict[str, Any]] | None = None,
+                              tools: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """``n`` plain ``litellm.acompletion`` calls to an OpenAI-compatible server.
 
     ``concurrency`` callers share the ``n`` calls; returns n, median_ms, p99_ms,
-    calls_per_s and concurrency.
+    calls_per_s and concurrency. ``messages``/``tools`` replace the small default
+    request, e.g. with an agent's real prompt, for a like-for-like baseline.
     """
     import litellm
 
@@ -116,8 +119,8 @@ async def measure_raw_litellm(server_url: str, n: int, concurrency: int) -> dict
             custom_llm_provider="openai",
             api_base=server_url,
             api_key="sk-fake",
-            messages=BENCH_MESSAGES,
-            tools=[SEND_MESSAGE_TOOL],
+            messages=messages or BENCH_MESSAGES,
+            tools=tools or [SEND_MESSAGE_TOOL],
             num_retries=0,
             max_retries=0,
         )
