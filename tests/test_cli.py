@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from letta_ray.cli import app, demo_responder
+from letta_ray.cli import app
+from letta_ray.demo import demo_responder
 from letta_ray.schemas import LLMConfig
 from letta_ray.settings import PROVIDER_KEYS
 from letta_ray.testing import CallInfo
