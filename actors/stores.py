@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from letta_ray.deps import Embedder, TagMatchMode
+from letta_ray.errors import StorageError
 from letta_ray.messages import Message, Role
 from letta_ray.schemas import AgentState, Block, EmbeddingConfig, Passage
+
+from ._journal import Journal, TurnRecord
 
 if TYPE_CHECKING:
     from letta_ray.storage.archive import ArchivalStore
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_JOURNAL_MARK = "journal_applied_seq"
 
 
 class _GroupCommitter:
@@ -86,13 +90,104 @@ class _GroupCommitter:
 
 
 class MetadataStoreActor:
-    """Owner of ``meta.duckdb``: reads in threads, writes group-committed."""
+    """Owner of ``meta.duckdb``: reads in threads, writes group-committed.
 
-    def __init__(self, path: str | Path, batch_ms: float = 0.0) -> None:
+    Agent turns (``commit_step``, the hot path) are acknowledged once journaled (see
+    ``_journal``) and applied to DuckDB right behind; every other read and write first
+    waits until all acknowledged turns are applied, so callers always read their writes.
+    """
+
+    def __init__(self, path: str | Path, batch_ms: float = 0.0, journal: bool = True) -> None:
         from letta_ray.storage.metadata import MetadataStore
 
         self.store: MetadataStore = MetadataStore(path)
         self._writes = _GroupCommitter(self._commit, batch_ms / 1000.0)
+        self._journal: Journal | None = None
+        self._seq = 0  # last turn record numbered
+        self._journaled = 0  # last turn record acknowledged
+        self._applied = 0  # last turn record applied to DuckDB
+        self._to_journal: list[tuple[TurnRecord, asyncio.Future[None]]] = []
+        self._to_apply: list[TurnRecord] = []
+        self._journal_task: asyncio.Task[None] | None = None
+        self._apply_task: asyncio.Task[None] | None = None
+        self._applied_changed = asyncio.Event()
+        self._journal_broken = False
+        self._journal_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        if journal and str(path) != ":memory:":
+            self._journal = Journal(Path(path).with_suffix(".journal"))
+            self._recover()
+
+    # ---------------------------------------------------------------- the turn journal
+
+    def _recover(self) -> None:
+        """Apply what the journal holds beyond DuckDB's mark (after a crash), then empty it."""
+        assert self._journal is not None
+        applied = int(self.store.get_meta(_JOURNAL_MARK) or 0)
+        records = self._journal.read()
+        pending = [r for r in records if r.seq > applied]
+        if pending:
+            log.warning("replaying %d journaled turns into %s", len(pending), self.store.path)
+            self._apply(pending)
+        last = max([applied, *(r.seq for r in records)])
+        self._seq = self._journaled = self._applied = last
+        self._journal.last_written = last
+        self._journal.truncate_if_applied(last)
+
+    def _apply(self, records: list[TurnRecord]) -> None:
+        """Write journaled turns into DuckDB in one transaction, with the new mark."""
+        from letta_ray.errors import NotFoundError
+
+        with self.store.transaction():
+            for record in records:
+                try:
+                    self.store.commit_turn(record.state, record.messages, record.edited_blocks)
+                except NotFoundError:  # deleted after its turn was acknowledged
+                    log.info("dropping a journaled turn of deleted agent %s", record.state.id)
+            self.store.set_meta(_JOURNAL_MARK, str(records[-1].seq))
+
+    async def _journal_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._journal is not None
+        while self._to_journal:
+            await asyncio.sleep(0)  # let turns arriving in the same tick share the fsync
+            batch, self._to_journal = self._to_journal, []
+            try:
+                await loop.run_in_executor(self._journal_exec, self._journal.append, [r for r, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(StorageError(f"cannot write the journal: {exc}"))
+                continue
+            self._to_apply.extend(r for r, _ in batch)
+            self._journaled = batch[-1][0].seq
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+            if self._apply_task is None or self._apply_task.done():
+                self._apply_task = asyncio.create_task(self._apply_loop())
+
+    async def _apply_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._to_apply:
+            batch, self._to_apply = self._to_apply[:500], self._to_apply[500:]
+            try:
+                await self._writes.submit(lambda batch=batch: self._apply(batch))
+            except Exception:
+                # The turns stay in the journal file and are replayed at the next start.
+                log.exception("applying %d journaled turns failed", len(batch))
+                self._journal_broken = True
+            self._applied = batch[-1].seq
+            self._applied_changed.set()
+            self._applied_changed = asyncio.Event()
+            if not self._to_apply and not self._to_journal and not self._journal_broken:
+                assert self._journal is not None
+                await loop.run_in_executor(self._journal_exec, self._journal.truncate_if_applied, self._applied)
+
+    async def _barrier(self) -> None:
+        """Wait until every acknowledged turn is in DuckDB."""
+        target = self._journaled
+        while self._applied < target:
+            await self._applied_changed.wait()
 
     def _commit(self, fns: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
         try:
@@ -113,19 +208,32 @@ class MetadataStoreActor:
         return results
 
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        await self._barrier()
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     # ---------------------------------------------------------------- writes
 
     async def commit_step(self, state: AgentState, messages: list[Message],
                           edited_blocks: list[Block] | None = None) -> None:
-        """Persist one turn: the new messages, the agent state and the blocks it edited, together."""
-        await self._writes.submit(lambda: self.store.commit_turn(state, messages, edited_blocks or ()))
+        """Persist one turn: the new messages, the agent state and the blocks it edited, together.
+
+        Returns once the turn is durable (journaled); DuckDB has it before any later read.
+        """
+        if self._journal is None:
+            await self._writes.submit(lambda: self.store.commit_turn(state, messages, edited_blocks or ()))
+            return
+        self._seq += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._to_journal.append((TurnRecord(self._seq, state, messages, list(edited_blocks or [])), future))
+        if self._journal_task is None or self._journal_task.done():
+            self._journal_task = asyncio.create_task(self._journal_loop())
+        await future
 
     async def create_agents(self, states: list[AgentState],
                             initial_messages: list[list[Message]] | None = None) -> None:
         """Persist new agents and their first messages together, in bulk."""
         messages = [m for batch in initial_messages or () for m in batch]
+        await self._barrier()
 
         def write() -> None:
             self.store.append_messages(messages)
@@ -135,10 +243,13 @@ class MetadataStoreActor:
     async def write(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Any MetadataStore write method, group-committed."""
         fn = getattr(self.store, method)
+        await self._barrier()
         return await self._writes.submit(lambda: fn(*args, **kwargs))
 
     async def write_many(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
         """Several writes committed together, answered once all are durable."""
+        await self._barrier()
+
         def write() -> list[Any]:
             return [getattr(self.store, m)(*a, **k) for m, a, k in calls]
         return await self._writes.submit(write)
@@ -168,7 +279,11 @@ class MetadataStoreActor:
         return "ok"
 
     async def close(self) -> None:
+        await self._barrier()
         await asyncio.to_thread(self._writes.close)
+        if self._journal is not None:
+            self._journal.close()
+        self._journal_exec.shutdown(wait=True)
         self.store.close()
 
 

@@ -825,6 +825,18 @@ class MetadataStore:
         row = self._conn.execute("SELECT value FROM store_meta WHERE key = 'fts_watermark'").fetchone()
         return int(row[0]) if has_index and row else 0
 
+    # ------------------------------------------------------------------ bookkeeping
+
+    def get_meta(self, key: str) -> str | None:
+        """A value of the store's own bookkeeping (e.g. how far a journal was applied)."""
+        with self._locked() as conn:
+            row = conn.execute("SELECT value FROM store_meta WHERE key = ?", [key]).fetchone()
+            return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as conn:
+            conn.execute(_STORE_META.upsert_sql(), [key, value])
+
     # ------------------------------------------------------------------ tools
 
     def upsert_tool(self, tool: Tool) -> Tool:

@@ -1,0 +1,105 @@
+"""An append-only journal: agent turns are durable once here, and reach DuckDB later.
+
+A turn is acknowledged as soon as its record is written and fsync'ed to the journal
+(~0.15 ms on this machine) instead of after a DuckDB transaction (~3 ms of statement
+work). The store actor applies journaled records to DuckDB in batches behind the
+acknowledgements, records in DuckDB how far it got, and on start-up replays whatever
+the journal holds beyond that point — so an acknowledged turn survives a crash of the
+store process as well as of the host. Plain class, no Ray: unit-tested directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from letta_ray.messages import Message
+from letta_ray.schemas import AgentState, Block
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TurnRecord:
+    """One persisted agent turn."""
+
+    seq: int
+    state: AgentState
+    messages: list[Message]
+    edited_blocks: list[Block]
+
+    def encode(self) -> bytes:
+        # Built from each model's own JSON: no intermediate dicts on the hot path.
+        messages = ",".join(m.model_dump_json() for m in self.messages)
+        blocks = ",".join(b.model_dump_json() for b in self.edited_blocks)
+        line = (f'{{"seq":{self.seq},"state":{self.state.model_dump_json()},'
+                f'"messages":[{messages}],"edited_blocks":[{blocks}]}}\n')
+        return line.encode()
+
+    @classmethod
+    def decode(cls, line: bytes) -> TurnRecord:
+        raw: dict[str, Any] = json.loads(line)
+        return cls(
+            seq=int(raw["seq"]),
+            state=AgentState.model_validate(raw["state"]),
+            messages=[Message.model_validate(m) for m in raw["messages"]],
+            edited_blocks=[Block.model_validate(b) for b in raw["edited_blocks"]],
+        )
+
+
+class Journal:
+    """The file of turns acknowledged but perhaps not yet applied to the metadata store."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._file = open(self.path, "ab")
+        self.last_written = 0
+
+    def append(self, records: list[TurnRecord]) -> None:
+        """Write records and make them durable before returning (one fsync for all)."""
+        payload = b"".join(r.encode() for r in records)
+        with self._lock:
+            self._file.write(payload)
+            self._file.flush()
+            os.fdatasync(self._file.fileno())
+            if records:
+                self.last_written = max(self.last_written, records[-1].seq)
+
+    def read(self) -> list[TurnRecord]:
+        """Every complete record in the file, in order (a torn last line is skipped)."""
+        with self._lock:
+            self._file.flush()
+            data = self.path.read_bytes()
+        records = []
+        for number, line in enumerate(data.splitlines(keepends=True), start=1):
+            if not line.endswith(b"\n"):
+                log.warning("journal %s: ignoring an incomplete last record (line %d)", self.path, number)
+                break
+            try:
+                records.append(TurnRecord.decode(line))
+            except (ValueError, KeyError) as exc:
+                # A record that was written is acknowledged only after fsync; a line
+                # that does not parse was never acknowledged.
+                log.warning("journal %s: skipping unreadable line %d: %s", self.path, number, exc)
+        return records
+
+    def truncate_if_applied(self, applied: int) -> bool:
+        """Empty the file when everything written has been applied elsewhere."""
+        with self._lock:
+            if self.last_written > applied:
+                return False
+            self._file.truncate(0)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
