@@ -93,7 +93,7 @@ class Journal:
     def truncate_if_applied(self, applied: int) -> bool:
         """Empty the file when everything written has been applied elsewhere."""
         with self._lock:
-            if self.last_written > applied:
+            if self.last_written > applied or self._file.closed:
                 return False
             self._file.truncate(0)
             self._file.flush()

@@ -17,6 +17,8 @@ from typing import Any
 
 from letta_ray.errors import NotFoundError
 
+from .messaging import WaitGraph
+
 log = logging.getLogger(__name__)
 
 HostFactory = Callable[[str], Any]
@@ -39,6 +41,7 @@ class Directory:
         self.load: dict[str, int] = {}
         self.where: dict[str, str] = {}
         self._ids = itertools.count()
+        self.waits = WaitGraph()
         self._lock = asyncio.Lock()
 
     def _new_host(self) -> str:
@@ -101,6 +104,13 @@ class Directory:
             return True
         except Exception:
             return False
+
+    async def wait_begin(self, waiter: str, target: str) -> None:
+        """Register that ``waiter`` waits on ``target``; AgentCycleError if that would deadlock."""
+        self.waits.begin(waiter, target)
+
+    async def wait_end(self, waiter: str, target: str) -> None:
+        self.waits.end(waiter, target)
 
     async def forget(self, agent_id: str) -> None:
         async with self._lock:

@@ -25,6 +25,8 @@ from letta_ray.messages import LettaResponse, Message, MessageCreate
 from letta_ray.schemas import AgentState, Block, utcnow
 from letta_ray.tools import ToolFunction, Toolset, tool_from_source
 
+from .messaging import AgentMessenger, Router
+
 # Fields of an agent a caller may change after creation.
 MODIFIABLE = frozenset({"name", "system", "tags", "description", "metadata", "llm_config", "embedding_config",
                         "tools", "tool_rules", "max_steps", "agent_type"})
@@ -44,11 +46,13 @@ class _Hosted:
 class AgentHost:
     """Hosts agents; ``store`` and ``archive`` are awaitable proxies (actors or local objects)."""
 
-    def __init__(self, host_id: str, store: Any, archive: Any, llm: LLM | None = None) -> None:
+    def __init__(self, host_id: str, store: Any, archive: Any, llm: LLM | None = None,
+                 router: Router | None = None, agent_call_timeout_s: float = 120.0) -> None:
         self.host_id = host_id
         self.store = store
         self.archive = archive
         self._llm = llm
+        self.messenger = AgentMessenger(router, agent_call_timeout_s) if router is not None else None
         self.agents: dict[str, _Hosted] = {}
         self._loading: dict[str, asyncio.Task[_Hosted]] = {}
         self._custom_tools: dict[str, tuple[str, ToolFunction]] = {}
@@ -141,7 +145,7 @@ class AgentHost:
             if agent_id not in self.agents:  # deleted while we waited our turn
                 raise NotFoundError("agent", agent_id)
             toolset = await self._toolset(hosted.state)
-            deps = StepDeps(llm=self.llm, archive=self.archive, recall=self.store)
+            deps = StepDeps(llm=self.llm, archive=self.archive, recall=self.store, messenger=self.messenger)
             result = await step(hosted.state, hosted.context, messages, deps, toolset=toolset,
                                 stats=hosted.stats, max_steps=max_steps, run_id=run_id, on_event=on_event,
                                 cache=hosted.cache)

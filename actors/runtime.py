@@ -22,6 +22,7 @@ from letta_ray.settings import Settings
 from ._proxy import ActorProxy, await_ref, get_or_create
 from .directory import Directory
 from .host import AgentHost
+from .messaging import RayRouter
 from .stores import ArchiveActor, EmbedderActor, MetadataStoreActor
 
 log = logging.getLogger(__name__)
@@ -73,18 +74,22 @@ def deployment_prefix(settings: Settings) -> str:
 class _HostMaker:
     """Creates AgentHost actors; a picklable callable the directory actor holds."""
 
-    def __init__(self, prefix: str, namespace: str, store: Any, archive: Any, llm: Any = None) -> None:
+    def __init__(self, prefix: str, namespace: str, store: Any, archive: Any, llm: Any = None,
+                 agent_call_timeout_s: float = 120.0) -> None:
         self.prefix = prefix
         self.namespace = namespace
         self.store = store
         self.archive = archive
         self.llm = llm
+        self.agent_call_timeout_s = agent_call_timeout_s
 
     def __call__(self, host_id: str) -> Any:
         remote = ray.remote(AgentHost).options(
             name=f"{self.prefix}-{host_id}", namespace=self.namespace, lifetime="detached",
             scheduling_strategy="SPREAD", max_restarts=0, **_ACTOR_OPTIONS)
-        return remote.remote(host_id, ActorProxy(self.store), ActorProxy(self.archive), self.llm)
+        router = RayRouter(f"{self.prefix}-directory", self.namespace, self.store)
+        return remote.remote(host_id, ActorProxy(self.store), ActorProxy(self.archive), self.llm, router,
+                             self.agent_call_timeout_s)
 
 
 async def _ping(handle: Any) -> Any:
@@ -138,7 +143,7 @@ def start_deployment(settings: Settings, *, llm: Any = None) -> Deployment:
     embedder = get_or_create(EmbedderActor, f"{prefix}-embedder", ns, (embedding,), **detached)
     archive = get_or_create(ArchiveActor, f"{prefix}-archive", ns,
                             (str(settings.archive_path), ActorProxy(embedder), settings.embedding_dim), **detached)
-    maker = _HostMaker(prefix, ns, store, archive, llm)
+    maker = _HostMaker(prefix, ns, store, archive, llm, settings.agent_call_timeout_s)
     directory = get_or_create(
         Directory, f"{prefix}-directory", ns, (maker,),
         {"placement": settings.placement, "agents_per_host": settings.agents_per_host,

@@ -280,6 +280,9 @@ class MetadataStoreActor:
 
     async def close(self) -> None:
         await self._barrier()
+        for task in (self._journal_task, self._apply_task):
+            if task is not None:
+                await task
         await asyncio.to_thread(self._writes.close)
         if self._journal is not None:
             self._journal.close()

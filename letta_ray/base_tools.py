@@ -8,7 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, time
 from typing import Literal
 
-from letta_ray.errors import ToolError
+from letta_ray.deps import Messenger
+from letta_ray.errors import AgentBusyTimeout, AgentCycleError, NotFoundError, ToolError
 from letta_ray.tools import ToolContext, ToolFunction, Toolset, build_tool
 
 
@@ -199,6 +200,73 @@ async def conversation_search(
     return "\n".join(lines)
 
 
+def _messenger(ctx: ToolContext) -> Messenger:
+    if ctx.deps.messenger is None:
+        raise ToolError("Messaging other agents is not available to this agent.")
+    return ctx.deps.messenger
+
+
+async def send_message_to_agent_and_wait_for_reply(ctx: ToolContext, message: str, other_agent_id: str) -> str:
+    """Send a message to another agent and wait for its reply.
+
+    Args:
+        message: The message to send. The other agent sees that it comes from you.
+        other_agent_id: The id of the agent to message (e.g. "agent-1234...").
+    """
+    if other_agent_id == ctx.agent_id:
+        raise ToolError("You cannot message yourself.")
+    try:
+        reply = await _messenger(ctx).send_and_wait(ctx.agent_id, other_agent_id, message)
+    except NotFoundError as exc:
+        raise ToolError(f"There is no agent {other_agent_id!r}.") from exc
+    except AgentCycleError as exc:
+        raise ToolError(f"Not sent: {other_agent_id} is itself waiting on you ({exc}); waiting for its reply "
+                        "would never end. Answer without it, or message it asynchronously.") from exc
+    except AgentBusyTimeout as exc:
+        raise ToolError(f"{other_agent_id} did not reply in time ({exc}). Go on without its reply.") from exc
+    return reply or "(the agent finished its turn without a reply)"
+
+
+async def send_message_to_agent_async(ctx: ToolContext, message: str, other_agent_id: str) -> str:
+    """Send a message to another agent without waiting for a reply.
+
+    Args:
+        message: The message to send. The other agent sees that it comes from you.
+        other_agent_id: The id of the agent to message.
+    """
+    if other_agent_id == ctx.agent_id:
+        raise ToolError("You cannot message yourself.")
+    try:
+        await _messenger(ctx).send_async(ctx.agent_id, other_agent_id, message)
+    except NotFoundError as exc:
+        raise ToolError(f"There is no agent {other_agent_id!r}.") from exc
+    return f"Sent to {other_agent_id}; its reply, if any, will not come back here."
+
+
+async def send_message_to_agents_matching_tags(
+    ctx: ToolContext, message: str, match_all: list[str], match_some: list[str]
+) -> str:
+    """Send a message to every agent whose tags match, and collect their replies.
+
+    Args:
+        message: The message to send.
+        match_all: Tags an agent must all have (may be empty).
+        match_some: Tags of which an agent must have at least one (may be empty).
+    """
+    if not match_all and not match_some:
+        raise ToolError("Give at least one tag in match_all or match_some.")
+    replies = await _messenger(ctx).broadcast(ctx.agent_id, message, match_all, match_some)
+    if not replies:
+        return "No agent matched those tags."
+    return "\n".join(f"{agent_id}: {reply}" for agent_id, reply in replies)
+
+
+MULTI_AGENT_TOOLS = [
+    "send_message_to_agent_and_wait_for_reply",
+    "send_message_to_agent_async",
+    "send_message_to_agents_matching_tags",
+]
+
 BASE_TOOL_FUNCTIONS = [
     send_message,
     core_memory_append,
@@ -209,6 +277,9 @@ BASE_TOOL_FUNCTIONS = [
     archival_memory_insert,
     archival_memory_search,
     conversation_search,
+    send_message_to_agent_and_wait_for_reply,
+    send_message_to_agent_async,
+    send_message_to_agents_matching_tags,
 ]
 
 BASE_TOOLS: dict[str, ToolFunction] = {

@@ -101,15 +101,21 @@ class Recall(Protocol):
 
 
 class Messenger(Protocol):
-    """Delivers messages to other agents (multi-agent tools)."""
+    """Delivers messages to other agents (multi-agent tools).
+
+    ``send_and_wait`` returns the other agent's reply; it raises NotFoundError for an
+    unknown agent, AgentCycleError when waiting would deadlock, and AgentBusyTimeout
+    when no reply comes in time. ``send_async`` returns once the message is queued.
+    ``broadcast`` sends to every agent whose tags match and returns (agent id, reply).
+    """
 
     async def send_and_wait(self, sender_id: str, target_id: str, text: str) -> str: ...
 
-    async def send_async(self, sender_id: str, target_id: str, text: str) -> str: ...
+    async def send_async(self, sender_id: str, target_id: str, text: str) -> None: ...
 
     async def broadcast(
         self, sender_id: str, text: str, match_all: list[str], match_some: list[str]
-    ) -> list[str]: ...
+    ) -> list[tuple[str, str]]: ...
 
 
 def system_clock() -> datetime:

@@ -85,6 +85,17 @@ class AgentBusyTimeout(LettaRayError, TimeoutError):
     """Waiting on another agent took longer than allowed."""
 
 
+class AgentCycleError(LettaRayError):
+    """Waiting on an agent that (directly or through others) is waiting on the caller."""
+
+    def __init__(self, cycle: list[str]) -> None:
+        super().__init__("waiting would deadlock: " + " -> ".join(cycle))
+        self.cycle = cycle
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.cycle,))
+
+
 class ToolError(Exception):
     """Raised inside a tool when the *model* did something wrong.
 
