@@ -55,6 +55,10 @@ def remembering_responder(messages, info):
     if last.get("role") == "user" and text.startswith("remember "):
         return tool_call("memory_insert", label="human", new_str=text.removeprefix("remember "),
                          request_heartbeat=True)
+    if last.get("role") == "user" and text.startswith("ask agent-"):
+        _, target, question = text.split(" ", 2)
+        return tool_call("send_message_to_agent_and_wait_for_reply", message=question, other_agent_id=target,
+                         request_heartbeat=True)
     if last.get("role") == "user" and text.startswith("archive "):
         return tool_call("archival_memory_insert", content=text.removeprefix("archive "), tags=["note"],
                          request_heartbeat=True)

@@ -214,3 +214,16 @@ def test_streaming_yields_events_then_stop_reason_and_usage(client: Any, fake_ll
                      "stop_reason", "usage_statistics"]
     assert items[-2].stop_reason == "end_turn" and items[-1].step_count == 2
     assert agent.blocks["human"].value.endswith("likes jazz")  # persisted before the stop reason
+
+
+def test_agents_on_different_hosts_message_each_other(client: Any, fake_llm_server: Any) -> None:
+    from letta_ray.base_tools import MULTI_AGENT_TOOLS
+
+    asker = new_agent(client, fake_llm_server, tools=MULTI_AGENT_TOOLS)
+    answerer = new_agent(client, fake_llm_server)
+    reply = asker.send(f"ask {answerer.id} how are you?")
+    [result] = [m for m in reply.messages if m.message_type == "tool_return_message"]
+    assert json.loads(result.tool_return)["status"] == "OK"
+    assert "how are you?" in json.loads(result.tool_return)["message"]  # the other agent's echo
+    theirs = answerer.messages(limit=10)
+    assert theirs[0].sender_id == asker.id and f"from agent {asker.id}" in theirs[0].content
