@@ -39,6 +39,7 @@ class _Hosted:
     stats: MemoryStats
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     cache: MessageCache = field(default_factory=MessageCache)
+    shared: set[str] | None = None  # ids of this agent's blocks attached to other agents too
     last_used: float = field(default_factory=time.monotonic)
     turns: int = 0
 
@@ -145,7 +146,10 @@ class AgentHost:
             if agent_id not in self.agents:  # deleted while we waited our turn
                 raise NotFoundError("agent", agent_id)
             toolset = await self._toolset(hosted.state)
-            deps = StepDeps(llm=self.llm, archive=self.archive, recall=self.store, messenger=self.messenger)
+            if hosted.shared is None:
+                hosted.shared = await self._shared_blocks(hosted.state)
+            deps = StepDeps(llm=self.llm, archive=self.archive, recall=self.store, messenger=self.messenger,
+                            blocks=_SharedBlocks(self.store, hosted.shared))
             result = await step(hosted.state, hosted.context, messages, deps, toolset=toolset,
                                 stats=hosted.stats, max_steps=max_steps, run_id=run_id, on_event=on_event,
                                 cache=hosted.cache)
@@ -160,6 +164,13 @@ class AgentHost:
             hosted.turns += 1
             hosted.last_used = time.monotonic()
             return result.response()
+
+    async def _shared_blocks(self, state: AgentState) -> set[str]:
+        shared = set()
+        for block in state.blocks:
+            if len(await self.store.read("agents_of_block", block.id)) > 1:
+                shared.add(block.id)
+        return shared
 
     async def _toolset(self, state: AgentState) -> Toolset:
         tools: list[ToolFunction] = []
@@ -229,6 +240,7 @@ class AgentHost:
             if state.message_ids != [m.id for m in hosted.context]:
                 hosted.context = await self.store.read("get_messages", state.message_ids) if state.message_ids else []
             hosted.state = state
+            hosted.shared = None  # attachments may have changed: recompute at the next turn
         return True
 
     async def modify(self, agent_id: str, changes: dict[str, Any]) -> AgentState:
@@ -268,3 +280,20 @@ class AgentHost:
 
     async def ping(self) -> str:
         return self.host_id
+
+
+class _SharedBlocks:
+    """The BlockStore of one agent's turn: its shared blocks live at the metadata store."""
+
+    def __init__(self, store: Any, shared: set[str]) -> None:
+        self.store = store
+        self.shared = shared
+
+    async def fresh(self, blocks: list[Block]) -> list[Block]:
+        ids = [b.id for b in blocks if b.id in self.shared]
+        return await self.store.get_blocks(ids) if ids else []
+
+    async def apply(self, block: Block, op: str, args: dict[str, Any]) -> Block | None:
+        if block.id not in self.shared:
+            return None
+        return await self.store.edit_block(block.id, op, args)

@@ -240,6 +240,25 @@ class MetadataStoreActor:
             self.store.create_agents(states)
         await self._writes.submit(write)
 
+    async def edit_block(self, block_id: str, op: str, args: dict[str, Any]) -> Block:
+        """Apply an agent's memory edit to the stored block, atomically (shared blocks).
+
+        Edits are applied one after another on the current value, so two agents editing
+        one block at once both land. Mistakes come back as the model-worded ToolError.
+        """
+        from letta_ray.memory import apply_edit
+
+        await self._barrier()
+
+        def edit() -> Block:
+            block = apply_edit(self.store.get_block(block_id), op, args)
+            self.store.upsert_block(block)
+            return block
+        return await self._writes.submit(edit)
+
+    async def get_blocks(self, block_ids: list[str]) -> list[Block]:
+        return await self._read(lambda: [self.store.get_block(b) for b in block_ids])
+
     async def write(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Any MetadataStore write method, group-committed."""
         fn = getattr(self.store, method)

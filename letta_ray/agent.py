@@ -222,6 +222,8 @@ async def _loop(turn: _Turn, max_steps: int, cancel: asyncio.Event | None) -> St
             return turn.stop("cancelled")
         if steps >= max_steps:
             return turn.stop("max_steps", f"the turn reached its limit of {max_steps} steps")
+        if turn.deps.blocks is not None:  # see edits other agents made to shared blocks
+            turn.memory.refresh(await turn.deps.blocks.fresh(turn.memory.blocks))
         schemas = turn.tool_schemas()
         compiled = turn.compile(schemas)
         if compiled.system_tokens > config.context_window:

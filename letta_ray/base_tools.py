@@ -6,11 +6,25 @@ Each docstring is the description the model reads, so it is written for the mode
 from __future__ import annotations
 
 from datetime import UTC, datetime, time
-from typing import Literal
+from typing import Any, Literal
 
 from letta_ray.deps import Messenger
 from letta_ray.errors import AgentBusyTimeout, AgentCycleError, NotFoundError, ToolError
+from letta_ray.schemas import Block
 from letta_ray.tools import ToolContext, ToolFunction, Toolset, build_tool
+
+
+async def edit_block(ctx: ToolContext, label: str, op: str, **args: Any) -> Block:
+    """Apply a memory edit: at the block's owner if the block is shared, else locally."""
+    block = ctx.memory.get(label)  # ToolError naming the existing labels if unknown
+    if ctx.deps.blocks is not None:
+        if block.read_only:
+            raise ToolError(f"The memory block {label!r} is read-only; you cannot edit it.")
+        shared = await ctx.deps.blocks.apply(block, op, args)
+        if shared is not None:
+            ctx.memory.adopt(shared)
+            return shared
+    return getattr(ctx.memory, op)(label, **args)
 
 
 def send_message(message: str) -> str:
@@ -24,18 +38,18 @@ def send_message(message: str) -> str:
     return "Sent message successfully."
 
 
-def core_memory_append(ctx: ToolContext, label: str, content: str) -> str | None:
+async def core_memory_append(ctx: ToolContext, label: str, content: str) -> str | None:
     """Append text to the end of one of your memory blocks.
 
     Args:
         label: The label of the memory block to append to, e.g. "human" or "persona".
         content: The text to append. It is added on a new line.
     """
-    ctx.memory.append(label, content)
+    await edit_block(ctx, label, "append", content=content)
     return None
 
 
-def core_memory_replace(ctx: ToolContext, label: str, old_content: str, new_content: str) -> str | None:
+async def core_memory_replace(ctx: ToolContext, label: str, old_content: str, new_content: str) -> str | None:
     """Replace text in one of your memory blocks. Every occurrence of old_content is replaced.
 
     Args:
@@ -43,11 +57,11 @@ def core_memory_replace(ctx: ToolContext, label: str, old_content: str, new_cont
         old_content: The exact text to find in the block.
         new_content: The text to put in its place. Use an empty string to delete old_content.
     """
-    ctx.memory.replace_all(label, old_content, new_content)
+    await edit_block(ctx, label, "replace_all", old=old_content, new=new_content)
     return None
 
 
-def memory_replace(ctx: ToolContext, label: str, old_str: str, new_str: str) -> str:
+async def memory_replace(ctx: ToolContext, label: str, old_str: str, new_str: str) -> str:
     """Replace one exact, unique piece of text in a memory block.
 
     old_str must appear exactly once in the block; copy it verbatim and leave out the
@@ -58,11 +72,11 @@ def memory_replace(ctx: ToolContext, label: str, old_str: str, new_str: str) -> 
         old_str: The exact text to replace; it must occur exactly once.
         new_str: The replacement text. Use an empty string to delete old_str.
     """
-    block = ctx.memory.replace_unique(label, old_str, new_str)
+    block = await edit_block(ctx, label, "replace_unique", old=old_str, new=new_str)
     return f"The memory block {label!r} was edited; it now holds {len(block.value)} characters."
 
 
-def memory_insert(ctx: ToolContext, label: str, new_str: str, insert_line: int = -1) -> str:
+async def memory_insert(ctx: ToolContext, label: str, new_str: str, insert_line: int = -1) -> str:
     """Insert text into a memory block at a given line.
 
     Args:
@@ -71,18 +85,18 @@ def memory_insert(ctx: ToolContext, label: str, new_str: str, insert_line: int =
         insert_line: The line after which to insert: 0 puts it at the top, -1 (the default)
             at the end.
     """
-    block = ctx.memory.insert(label, new_str, insert_line)
+    block = await edit_block(ctx, label, "insert", new=new_str, insert_line=insert_line)
     return f"The memory block {label!r} was edited; it now holds {len(block.value)} characters."
 
 
-def memory_rethink(ctx: ToolContext, label: str, new_memory: str) -> str:
+async def memory_rethink(ctx: ToolContext, label: str, new_memory: str) -> str:
     """Rewrite a whole memory block, e.g. to reorganise or condense it.
 
     Args:
         label: The label of the memory block to rewrite.
         new_memory: The complete new content of the block. It replaces everything.
     """
-    block = ctx.memory.rethink(label, new_memory)
+    block = await edit_block(ctx, label, "rethink", new_memory=new_memory)
     return f"The memory block {label!r} was rewritten; it now holds {len(block.value)} characters."
 
 

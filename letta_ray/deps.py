@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, Field
 
 from letta_ray.messages import Message, Role, ToolCall
-from letta_ray.schemas import LLMConfig, Passage
+from letta_ray.schemas import Block, LLMConfig, Passage
 
 
 class LLMResponse(BaseModel):
@@ -100,6 +100,21 @@ class Recall(Protocol):
     async def count_messages(self, agent_id: str) -> int: ...
 
 
+class BlockStore(Protocol):
+    """The owner of blocks shared between agents.
+
+    Edits of a shared block are applied there, one at a time, so concurrent edits by
+    several agents all land; ``fresh`` returns the current copies of shared blocks so
+    each agent sees the others' edits at its next step.
+    """
+
+    async def fresh(self, blocks: list[Block]) -> list[Block]: ...
+
+    async def apply(self, block: Block, op: str, args: dict[str, Any]) -> Block | None:
+        """The edited block, or None if ``block`` is not shared (edit it locally)."""
+        ...
+
+
 class Messenger(Protocol):
     """Delivers messages to other agents (multi-agent tools).
 
@@ -130,5 +145,6 @@ class StepDeps:
     archive: Archive | None = None
     recall: Recall | None = None
     messenger: Messenger | None = None
+    blocks: BlockStore | None = None
     clock: Callable[[], datetime] = system_clock
     extra: dict[str, Any] = field(default_factory=dict)

@@ -61,6 +61,19 @@ class Memory:
         """Take a newer copy of a block from outside (a shared block edited elsewhere)."""
         self._blocks[block.label] = block
 
+    def refresh(self, blocks: list[Block]) -> None:
+        """Take the newer of each given block and this memory's copy (same label)."""
+        for block in blocks:
+            current = self._blocks.get(block.label)
+            if current is not None and current.id == block.id and block.updated_at > current.updated_at:
+                self._blocks[block.label] = block
+
+    def adopt(self, block: Block) -> None:
+        """Take the result of an edit made at the block's owner, as this agent's own edit."""
+        self._blocks[block.label] = block
+        if block.label not in self.edited:
+            self.edited.append(block.label)
+
     def last_modified(self) -> datetime | None:
         return max((b.updated_at for b in self._blocks.values()), default=None)
 
@@ -113,6 +126,20 @@ class Memory:
     def rethink(self, label: str, new_memory: str) -> Block:
         _reject_line_numbers(new_memory, "new_memory")
         return self.set(label, new_memory)
+
+
+EDIT_OPERATIONS = frozenset({"append", "replace_all", "replace_unique", "insert", "rethink"})
+
+
+def apply_edit(block: Block, op: str, args: dict[str, object]) -> Block:
+    """One memory edit applied to ``block`` alone: how a block's owner applies an agent's edit.
+
+    Same checks and the same model-worded ToolErrors as editing an agent's Memory.
+    """
+    if op not in EDIT_OPERATIONS:
+        raise ValueError(f"unknown memory edit {op!r}")
+    memory = Memory([block])
+    return getattr(memory, op)(block.label, **args)
 
 
 def _reject_line_numbers(text: str, arg: str) -> None:

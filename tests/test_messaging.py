@@ -231,3 +231,44 @@ def test_the_wait_graph_refuses_only_cycles() -> None:
     graph.begin("c", "a")  # no cycle any more
     with pytest.raises(AgentCycleError):
         graph.begin("a", "a")
+
+
+async def test_two_agents_appending_to_one_shared_block_at_once_both_land(world: World) -> None:
+    gate = asyncio.Event()
+
+    async def append(me: str) -> Any:
+        await gate.wait()  # both turns edit at the same moment
+        return tool_call("memory_insert", label="team", new_str=f"{me} was here", request_heartbeat=True)
+
+    def fn(messages: list[dict[str, Any]], info: Any) -> Any:
+        me, last = who(messages), messages[-1]
+        if last["role"] == "tool":
+            return send_message("ok")
+        if "what do we know" in last_user_text(messages):
+            return send_message(messages[0]["content"])  # echo the system prompt: what the agent sees
+        return append(me)
+
+    llm = FunctionLLM(fn)
+    await world.spawn(llm, ["alice"])
+    await world.spawn(llm, ["bob"])  # another host: no shared memory between them but the store
+    team = Block(label="team", value="Team notes:", limit=500)
+    await world.store.write("upsert_block", team)
+    for name in ("alice", "bob"):
+        await world.store.write("attach_block", world.ids[name], team.id)
+        await world.hosts[world.ids[name]].reload(world.ids[name])
+    turns = [asyncio.ensure_future(world.send(n, "note it")) for n in ("alice", "bob")]
+    await asyncio.sleep(0.05)
+    gate.set()
+    done = await asyncio.gather(*turns)
+    results = [r for response in done for r in tool_results(response)]
+    assert len(results) == 2 and all(r.startswith("The memory block 'team' was edited") for r in results)
+
+    stored = await world.store.read("get_block", team.id)
+    assert sorted(stored.value.splitlines()) == sorted(["Team notes:", "alice was here", "bob was here"])
+    # each agent sees the other's edit at its next step
+    for name in ("alice", "bob"):
+        seen = (await world.send(name, "what do we know?")).assistant_text()
+        assert "alice was here" in seen and "bob was here" in seen
+    # and the agents' own saved state did not roll the block back
+    for name in ("alice", "bob"):
+        assert (await world.store.get_agent(world.ids[name])).block("team").value == stored.value
