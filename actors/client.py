@@ -259,9 +259,9 @@ class Client:
 
     async def list_agents_async(self, *, name: str | None = None, tags: list[str] | None = None,
                                 match_all_tags: bool = False, limit: int | None = 50, after: str | None = None,
-                                before: str | None = None) -> list[AgentState]:
+                                before: str | None = None, order: str = "asc") -> list[AgentState]:
         return await self._store("list_agents", name=name, tags=tags, match_all_tags=match_all_tags,
-                                 limit=limit, after=after, before=before)
+                                 limit=limit, after=after, before=before, order=order)
 
     def list_agents(self, **kwargs: Any) -> list[AgentState]:
         """Stored agents, oldest first, filtered by name or tags, paged by id."""
@@ -298,6 +298,86 @@ class Client:
 
     def list_tools(self, limit: int | None = 50) -> list[Tool]:
         return self._run(self._store("list_tools", limit=limit))
+
+    async def list_tools_async(self, *, limit: int | None = 50, after: str | None = None) -> list[Tool]:
+        return await self._store("list_tools", limit=limit, after=after)
+
+    async def get_tool_async(self, tool_id: str) -> Tool:
+        return await self._store("get_tool", tool_id)
+
+    async def delete_tool_async(self, tool_id: str) -> None:
+        await self._store_write("delete_tool", tool_id)
+
+    # ---------------------------------------------------------------- blocks and runs
+
+    async def get_agent_state_async(self, agent_id: str) -> AgentState:
+        """The stored state of an agent (without hosting it); NotFoundError if unknown."""
+        return await self._store("get_agent", agent_id)
+
+    async def create_block_async(self, block: Block) -> Block:
+        """Store a block of its own, to attach to agents later (a shared block)."""
+        await self._store_write("upsert_block", block)
+        return block
+
+    async def get_block_async(self, block_id: str) -> Block:
+        return await self._store("get_block", block_id)
+
+    async def list_blocks_async(self, *, label: str | None = None, limit: int | None = 50,
+                                after: str | None = None) -> list[Block]:
+        return await self._store("list_blocks", label=label, limit=limit, after=after)
+
+    async def agents_of_block_async(self, block_id: str) -> list[str]:
+        return await self._store("agents_of_block", block_id)
+
+    async def update_block_async(self, block_id: str, **changes: Any) -> Block:
+        """Edit a block by id; every agent it is attached to sees the edit before its next turn."""
+        block = (await self._store("get_block", block_id)).updated(**changes)
+        await self._store_write("upsert_block", block)
+        await self._reload(await self._store("agents_of_block", block_id))
+        return block
+
+    async def delete_block_async(self, block_id: str) -> None:
+        """Delete a block, detaching it from every agent."""
+        agents = await self._store("agents_of_block", block_id)
+        await self._store_write("delete_block", block_id)
+        await self._reload(agents)
+
+    async def attach_block_async(self, agent_id: str, block_id: str) -> AgentState:
+        """Attach a stored block to an agent (blocks attached to several agents are shared)."""
+        await self._store_write("attach_block", agent_id, block_id)
+        await self._reload([agent_id])
+        return await self._store("get_agent", agent_id)
+
+    def attach_block(self, agent_id: str, block_id: str) -> AgentState:
+        return self._run(self.attach_block_async(agent_id, block_id))
+
+    async def detach_block_async(self, agent_id: str, block_id: str) -> AgentState:
+        await self._store_write("detach_block", agent_id, block_id)
+        await self._reload([agent_id])
+        return await self._store("get_agent", agent_id)
+
+    def detach_block(self, agent_id: str, block_id: str) -> AgentState:
+        return self._run(self.detach_block_async(agent_id, block_id))
+
+    async def _reload(self, agent_ids: list[str]) -> None:
+        """Make the hosts of these agents re-read them (their blocks changed in the store)."""
+        async def one(agent_id: str) -> None:
+            try:
+                await self.call_agent(agent_id, "reload")
+            except NotFoundError:  # deleted meanwhile
+                pass
+        await asyncio.gather(*(one(a) for a in agent_ids))
+
+    async def upsert_run_async(self, run_id: str, doc: dict[str, Any]) -> None:
+        """Store a run record (``agent_id``, ``status``, ...): a turn that runs in the background."""
+        await self._store_write("upsert_run", run_id, doc)
+
+    async def get_run_async(self, run_id: str) -> dict[str, Any]:
+        return await self._store("get_run", run_id)
+
+    async def list_runs_async(self, *, agent_id: str | None = None, status: str | None = None,
+                              limit: int | None = 50) -> list[dict[str, Any]]:
+        return await self._store("list_runs", agent_id, status=status, limit=limit)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -400,8 +480,11 @@ class AgentHandle:
         """The messages currently in the agent's context window."""
         return self.client._run(self.client.call_agent(self.id, "context"))
 
+    async def modify_async(self, **changes: Any) -> AgentState:
+        return await self.client.call_agent(self.id, "modify", changes)
+
     def modify(self, **changes: Any) -> AgentState:
-        return self.client._run(self.client.call_agent(self.id, "modify", changes))
+        return self.client._run(self.modify_async(**changes))
 
     def attach_tool(self, name: str) -> AgentState:
         async def attach() -> AgentState:
@@ -435,7 +518,11 @@ class BlocksView(Mapping[str, Block]):
         return len(self._blocks())
 
     async def update_async(self, label: str, value: str | None = None, **changes: Any) -> Block:
-        return await self._agent.client.call_agent(self._agent.id, "update_block", label, value=value, **changes)
+        client = self._agent.client
+        block: Block = await client.call_agent(self._agent.id, "update_block", label, value=value, **changes)
+        others = [a for a in await client.agents_of_block_async(block.id) if a != self._agent.id]
+        await client._reload(others)  # a shared block: the other agents see the edit too
+        return block
 
     def update(self, label: str, value: str | None = None, **changes: Any) -> Block:
         """Set a block's value (or limit, description, read_only); BlockLimitError past its limit."""
@@ -450,6 +537,25 @@ class ArchivalView:
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self._agent.client._run(self._agent.client._archive(method, self._agent.id, *args, **kwargs))
+
+    async def insert_async(self, text: str, tags: list[str] | None = None) -> Passage:
+        if not text.strip():
+            raise InvalidInputError("passage text is empty")
+        return await self._agent.client._archive("insert", self._agent.id, text, tags)
+
+    async def search_async(self, query: str | None, *, top_k: int = 5, tags: list[str] | None = None,
+                           tag_match_mode: TagMatchMode = "any", start: datetime | None = None,
+                           end: datetime | None = None) -> list[Passage]:
+        return await self._agent.client._archive("search", self._agent.id, query, top_k=top_k, tags=tags,
+                                                 tag_match_mode=tag_match_mode, start=start, end=end)
+
+    async def list_async(self, *, limit: int = 100, after: str | None = None, ascending: bool = True
+                         ) -> list[Passage]:
+        return await self._agent.client._archive("list", self._agent.id, limit=limit, after=after,
+                                                 ascending=ascending)
+
+    async def delete_async(self, passage_id: str) -> None:
+        await self._agent.client._archive("delete", passage_id, agent_id=self._agent.id)
 
     def insert(self, text: str, tags: list[str] | None = None) -> Passage:
         if not text.strip():

@@ -1,0 +1,143 @@
+"""The HTTP API on Ray Serve: latency and throughput of one message, against a floor.
+
+Prints, in one run against a loopback fake LLM (in its own process):
+- p50/p99 latency of one message (one LLM call) sent over HTTP, one sender;
+- messages/s (and p50/p99) with 8 and 32 concurrent senders, each on its own agent;
+- the floor: the same figures for a trivial Serve route (``GET /v1/health/``) on the
+  same deployment, i.e. what Serve's proxy and the HTTP client cost by themselves.
+Each figure is the median over ``--repeats`` rounds. (Not named ``http.py``: a file of
+that name in bench/ would shadow the standard library's ``http`` for every bench script.)
+
+Targets on a 2-core machine: p50 <= 25 ms per message, >= 150 messages/s with 8
+senders. For scale: the Letta server on the same machine and fake LLM took 251 ms per
+message and managed 3.4 messages/s with 8 senders.
+
+Run: .venv/bin/python bench/http_api.py [--sends 200] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import percentile, spawned_fake_server
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def senders(call: Callable[[int], Awaitable[Any]], n: int, concurrency: int) -> dict[str, float]:
+    """``n`` calls from ``concurrency`` senders; sender ``i`` always passes ``i`` (its own agent)."""
+    latencies: list[float] = []
+    per_sender = max(1, n // concurrency)
+
+    async def sender(i: int) -> None:
+        for _ in range(per_sender):
+            start = time.perf_counter()
+            await call(i)
+            latencies.append(time.perf_counter() - start)
+
+    wall = time.perf_counter()
+    await asyncio.gather(*(sender(i) for i in range(concurrency)))
+    wall = time.perf_counter() - wall
+    return {"p50_ms": statistics.median(latencies) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
+            "per_s": len(latencies) / wall}
+
+
+def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+
+
+async def bench(base: str, fake_url: str, sends: int, repeats: int) -> dict[str, dict[int, dict[str, float]]]:
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    async with aiohttp.ClientSession(base, connector=connector) as http:
+        async def post(path: str, body: dict[str, Any]) -> Any:
+            async with http.post(path, json=body) as response:
+                data = await response.json()
+                if response.status != 200:
+                    raise RuntimeError(f"POST {path}: {response.status} {data}")
+                return data
+
+        agents = [(await post("/v1/agents/", {
+            "name": f"bench-{i}", "model": "fake-model", "model_endpoint": fake_url,
+            "memory_blocks": [{"label": "human", "value": f"Person {i}"}, {"label": "persona", "value": "I help."}],
+        }))["id"] for i in range(32)]
+
+        async def send(i: int) -> None:
+            data = await post(f"/v1/agents/{agents[i]}/messages",
+                              {"messages": [{"role": "user", "content": "hello there"}]})
+            assert data["stop_reason"]["stop_reason"] == "end_turn", data
+
+        async def health(i: int) -> None:
+            async with http.get("/v1/health/") as response:
+                await response.read()
+                assert response.status == 200
+
+        # warm up every agent (loads it on its host) and both paths
+        await asyncio.gather(*(send(i) for i in range(32)))
+        await senders(send, 64, 8)
+        await senders(health, 200, 8)
+
+        results: dict[str, dict[int, dict[str, float]]] = {"message": {}, "floor": {}}
+        for label, call in (("message", send), ("floor", health)):
+            for concurrency in (1, 8, 32):
+                n = sends if concurrency == 1 else sends * 2
+                rounds = [await senders(call, n, concurrency) for _ in range(repeats)]
+                results[label][concurrency] = median_of(rounds)
+        return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sends", type=int, default=200, help="messages per round with one sender")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import letta_ray
+    from letta_ray.serve.deployment import start_http
+
+    with spawned_fake_server() as fake_url, tempfile.TemporaryDirectory() as home:
+        client = letta_ray.connect(home=home)
+        try:
+            base = start_http(client.settings, host="127.0.0.1", port=free_port())
+            results = asyncio.run(bench(base, fake_url, args.sends, args.repeats))
+        finally:
+            from ray import serve
+
+            serve.shutdown()
+            client.close()
+
+    msg, floor = results["message"], results["floor"]
+    print(f"\nletta_ray HTTP bench — {os.cpu_count()} CPUs, Ray Serve on 127.0.0.1, fake LLM on loopback "
+          f"(own process), medians of {args.repeats} rounds")
+    print(f"  {'':34} {'p50 ms':>8} {'p99 ms':>8} {'per s':>8}")
+    for concurrency in (1, 8, 32):
+        for label, rows in (("message (one LLM call)", msg), ("floor: GET /v1/health/", floor)):
+            r = rows[concurrency]
+            who = "1 sender" if concurrency == 1 else f"{concurrency} senders"
+            print(f"  {label + ', ' + who:34} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['per_s']:8.1f}")
+    p50, rate8 = msg[1]["p50_ms"], msg[8]["per_s"]
+    print(f"  one message p50 {p50:.1f} ms (target <= 25 ms; Letta server: 251 ms); "
+          f"{rate8:.0f} messages/s with 8 senders (target >= 150; Letta server: 3.4)")
+
+
+if __name__ == "__main__":
+    main()

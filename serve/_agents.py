@@ -1,0 +1,274 @@
+"""Routes of /v1/agents: agents, their tools, core memory blocks and archival memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse, Response
+
+from letta_ray.actors.client import Client
+from letta_ray.errors import InvalidInputError, NotFoundError
+from letta_ray.schemas import LLMConfig
+
+from ._common import (
+    ClientDep,
+    Order,
+    agent_view,
+    custom_tools,
+    handle,
+    json_response,
+    message_response,
+    page,
+    store_cursors,
+    tool_name,
+)
+from .schemas import (
+    AgentStateView,
+    ArchivalSearchResponse,
+    ArchivalSearchResult,
+    BlockView,
+    CreateAgentRequest,
+    CreatePassageRequest,
+    MemoryView,
+    PassageView,
+    ToolView,
+    UpdateAgentRequest,
+    UpdateBlockRequest,
+)
+
+# --------------------------------------------------------------------------- agents
+
+agents = APIRouter(prefix="/v1/agents", tags=["agents"])
+
+
+@agents.post("/", response_model=AgentStateView, summary="Create an agent")
+async def create_agent(body: CreateAgentRequest, client: ClientDep) -> Response:
+    blocks: list[Any] = [spec.to_core() for spec in body.memory_blocks or []]
+    blocks += await asyncio.gather(*(client.get_block_async(b) for b in body.block_ids or []))
+    tools = list(body.tools or [])
+    tools += [t for t in await asyncio.gather(*(tool_name(client, i) for i in body.tool_ids or []))
+              if t not in tools]
+    if body.llm_config is not None:
+        model: dict[str, Any] = {"llm_config": body.llm_config.to_core()}
+    else:
+        model = {"model": body.model, "model_endpoint": body.model_endpoint}
+    state = client.build_agent_state(
+        body.name or f"agent_{uuid.uuid4().hex[:8]}", **model, agent_type=body.agent_type or "memgpt_v2_agent",
+        system=body.system, memory_blocks=blocks, tools=tools, include_base_tools=body.include_base_tools,
+        tool_rules=body.tool_rules, tags=body.tags, description=body.description, metadata=body.metadata,
+        max_steps=body.max_steps or 50)
+    overrides = {k: v for k, v in (("context_window", body.context_window_limit), ("max_tokens", body.max_tokens))
+                 if v is not None}
+    if overrides:
+        state = state.model_copy(update={"llm_config": _llm_with(state.llm_config, overrides)})
+    await client.create_agents_async([state])
+    return json_response(await agent_view(client, state))
+
+
+def _llm_with(config: LLMConfig, changes: dict[str, Any]) -> LLMConfig:
+    try:
+        return LLMConfig.model_validate({**config.model_dump(), **changes})
+    except ValueError as exc:
+        raise InvalidInputError(f"invalid model settings: {exc}") from exc
+
+
+@agents.get("/", response_model=list[AgentStateView], summary="List agents")
+async def list_agents(
+    client: ClientDep,
+    name: str | None = None,
+    tags: Annotated[list[str] | None, Query()] = None,
+    match_all_tags: bool = False,
+    before: str | None = None,
+    after: str | None = None,
+    limit: Annotated[int | None, Query(ge=0)] = 50,
+    order: Order | None = None,
+    ascending: bool | None = None,
+) -> Response:
+    direction: Order = order or ("asc" if ascending else "desc")
+    after, before = store_cursors(direction, after, before)
+    states = await client.list_agents_async(name=name, tags=tags, match_all_tags=match_all_tags, limit=limit,
+                                            after=after, before=before, order=direction)
+    tools = await custom_tools(client, states)
+    views = [AgentStateView.of(s, tools).model_dump(mode="json") for s in states]
+    return Response(content=json.dumps(views), media_type="application/json")
+
+
+@agents.get("/{agent_id}", response_model=AgentStateView, summary="Retrieve an agent")
+async def retrieve_agent(agent_id: str, client: ClientDep) -> Response:
+    return json_response(await agent_view(client, await client.get_agent_state_async(agent_id)))
+
+
+@agents.patch("/{agent_id}", response_model=AgentStateView, summary="Modify an agent")
+async def modify_agent(agent_id: str, body: UpdateAgentRequest, client: ClientDep) -> Response:
+    if body.block_ids is not None:
+        raise InvalidInputError("block_ids cannot be replaced wholesale; use "
+                                "/v1/agents/{agent_id}/core-memory/blocks/attach|detach/{block_id}")
+    changes: dict[str, Any] = body.model_dump(include={"name", "system", "description", "metadata", "tags",
+                                                       "max_steps"}, exclude_none=True)
+    if body.tool_rules is not None:
+        changes["tool_rules"] = [rule.model_dump() for rule in body.tool_rules]
+    if body.tool_ids is not None:
+        changes["tools"] = list(dict.fromkeys(await asyncio.gather(*(tool_name(client, i) for i in body.tool_ids))))
+    llm_fields = {k: v for k, v in (("context_window", body.context_window_limit), ("max_tokens", body.max_tokens))
+                  if v is not None}
+    if body.llm_config is not None or body.model is not None or llm_fields:
+        if body.llm_config is not None:
+            config = body.llm_config.to_core()
+        elif body.model is not None:
+            config = _llm_with(LLMConfig(model=body.model, handle=body.model,
+                                         model_endpoint=body.model_endpoint or client.settings.default_model_endpoint,
+                                         context_window=client.settings.default_context_window), {})
+        else:
+            config = (await client.get_agent_state_async(agent_id)).llm_config
+        changes["llm_config"] = _llm_with(config, llm_fields).model_dump()
+    if not changes:
+        return await retrieve_agent(agent_id, client)
+    state = await handle(client, agent_id).modify_async(**changes)
+    return json_response(await agent_view(client, state))
+
+
+@agents.delete("/{agent_id}", summary="Delete an agent with its messages and passages")
+async def delete_agent(agent_id: str, client: ClientDep) -> JSONResponse:
+    await client.delete_agent_async(agent_id)
+    return message_response(f"Agent id={agent_id} successfully deleted")
+
+
+@agents.patch("/{agent_id}/reset-messages", response_model=AgentStateView, summary="Clear the context window")
+async def reset_messages(agent_id: str, client: ClientDep) -> Response:
+    state = await client.call_agent(agent_id, "reset_messages")
+    return json_response(await agent_view(client, state))
+
+
+# --------------------------------------------------------------------------- agent tools
+
+
+@agents.get("/{agent_id}/tools", response_model=list[ToolView], summary="Tools attached to an agent")
+async def list_agent_tools(agent_id: str, client: ClientDep, after: str | None = None, before: str | None = None,
+                           limit: Annotated[int | None, Query(ge=0)] = None) -> list[ToolView]:
+    view = await agent_view(client, await client.get_agent_state_async(agent_id))
+    return page(view.tools, after, before, limit)
+
+
+async def _set_tool(client: Client, agent_id: str, tool_id: str, attach: bool) -> Response:
+    name, state = await asyncio.gather(tool_name(client, tool_id), client.get_agent_state_async(agent_id))
+    tools = [t for t in state.tools if t != name] + ([name] if attach else [])
+    if tools != state.tools:
+        state = await handle(client, agent_id).modify_async(tools=tools)
+    return json_response(await agent_view(client, state))
+
+
+@agents.patch("/{agent_id}/tools/attach/{tool_id}", response_model=AgentStateView, summary="Attach a tool")
+async def attach_tool(agent_id: str, tool_id: str, client: ClientDep) -> Response:
+    return await _set_tool(client, agent_id, tool_id, attach=True)
+
+
+@agents.patch("/{agent_id}/tools/detach/{tool_id}", response_model=AgentStateView, summary="Detach a tool")
+async def detach_tool(agent_id: str, tool_id: str, client: ClientDep) -> Response:
+    return await _set_tool(client, agent_id, tool_id, attach=False)
+
+
+# --------------------------------------------------------------------------- core memory
+
+
+@agents.get("/{agent_id}/core-memory", response_model=MemoryView, summary="An agent's core memory")
+async def retrieve_memory(agent_id: str, client: ClientDep) -> MemoryView:
+    state = await client.get_agent_state_async(agent_id)
+    return MemoryView(blocks=[BlockView.of(b) for b in state.blocks], agent_type=state.agent_type)
+
+
+@agents.get("/{agent_id}/core-memory/blocks", response_model=list[BlockView], summary="An agent's blocks")
+async def list_agent_blocks(agent_id: str, client: ClientDep, after: str | None = None, before: str | None = None,
+                            limit: Annotated[int | None, Query(ge=0)] = None) -> list[BlockView]:
+    blocks = (await client.get_agent_state_async(agent_id)).blocks
+    return [BlockView.of(b) for b in page(blocks, after, before, limit)]
+
+
+@agents.get("/{agent_id}/core-memory/blocks/{block_label}", response_model=BlockView, summary="A block by label")
+async def retrieve_agent_block(agent_id: str, block_label: str, client: ClientDep) -> BlockView:
+    block = (await client.get_agent_state_async(agent_id)).block(block_label)
+    if block is None:
+        raise NotFoundError("block", block_label)
+    return BlockView.of(block)
+
+
+@agents.patch("/{agent_id}/core-memory/blocks/{block_label}", response_model=BlockView,
+              summary="Edit a block by label (waits for the agent's current turn)")
+async def modify_agent_block(agent_id: str, block_label: str, body: UpdateBlockRequest,
+                             client: ClientDep) -> BlockView:
+    changes = body.changes()
+    if changes.pop("label", block_label) != block_label:
+        raise InvalidInputError("a block cannot be renamed here; PATCH /v1/blocks/{block_id} with a new label")
+    changes.pop("metadata", None)
+    value = changes.pop("value", None)
+    return BlockView.of(await handle(client, agent_id).blocks.update_async(block_label, value, **changes))
+
+
+@agents.patch("/{agent_id}/core-memory/blocks/attach/{block_id}", response_model=AgentStateView,
+              summary="Attach a stored block (blocks attached to several agents are shared)")
+async def attach_block(agent_id: str, block_id: str, client: ClientDep) -> Response:
+    return json_response(await agent_view(client, await client.attach_block_async(agent_id, block_id)))
+
+
+@agents.patch("/{agent_id}/core-memory/blocks/detach/{block_id}", response_model=AgentStateView,
+              summary="Detach a block (the block itself stays)")
+async def detach_block(agent_id: str, block_id: str, client: ClientDep) -> Response:
+    return json_response(await agent_view(client, await client.detach_block_async(agent_id, block_id)))
+
+
+# --------------------------------------------------------------------------- archival memory
+
+
+@agents.get("/{agent_id}/archival-memory", response_model=list[PassageView], summary="List passages")
+async def list_passages(
+    agent_id: str,
+    client: ClientDep,
+    after: str | None = None,
+    before: str | None = None,
+    limit: Annotated[int, Query(ge=1)] = 100,
+    search: str | None = None,
+    ascending: bool = True,
+) -> list[PassageView]:
+    await client.get_agent_state_async(agent_id)
+    if before is not None:
+        raise InvalidInputError("passages page forwards only: pass after=<last passage id> (not before)")
+    archival = handle(client, agent_id).archival
+    if search:
+        passages = await archival.search_async(search, top_k=limit)
+    else:
+        passages = await archival.list_async(limit=limit, after=after, ascending=ascending)
+    return [PassageView.of(p) for p in passages]
+
+
+@agents.post("/{agent_id}/archival-memory", response_model=list[PassageView], summary="Insert a passage")
+async def create_passage(agent_id: str, body: CreatePassageRequest, client: ClientDep) -> list[PassageView]:
+    await client.get_agent_state_async(agent_id)
+    return [PassageView.of(await handle(client, agent_id).archival.insert_async(body.text, body.tags))]
+
+
+@agents.get("/{agent_id}/archival-memory/search", response_model=ArchivalSearchResponse,
+            summary="Search passages by meaning and words, with tag and date filters")
+async def search_passages(
+    agent_id: str,
+    client: ClientDep,
+    query: str,
+    tags: Annotated[list[str] | None, Query()] = None,
+    tag_match_mode: Literal["any", "all"] = "any",
+    top_k: Annotated[int | None, Query(ge=1)] = None,
+    start_datetime: datetime | None = None,
+    end_datetime: datetime | None = None,
+) -> ArchivalSearchResponse:
+    await client.get_agent_state_async(agent_id)
+    found = await handle(client, agent_id).archival.search_async(
+        query, top_k=top_k or 10, tags=tags, tag_match_mode=tag_match_mode, start=start_datetime, end=end_datetime)
+    return ArchivalSearchResponse(results=[ArchivalSearchResult.of(p) for p in found], count=len(found))
+
+
+@agents.delete("/{agent_id}/archival-memory/{memory_id}", summary="Delete a passage")
+async def delete_passage(agent_id: str, memory_id: str, client: ClientDep) -> JSONResponse:
+    await handle(client, agent_id).archival.delete_async(memory_id)
+    return message_response(f"Memory id={memory_id} successfully deleted")

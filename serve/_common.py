@@ -1,0 +1,106 @@
+"""What the route modules share: the client dependency, cursors, views, error statuses."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from letta_ray.actors.client import AgentHandle, Client
+from letta_ray.errors import (
+    AgentBusyTimeout,
+    ConflictError,
+    ContextOverflowError,
+    InvalidInputError,
+    LettaRayError,
+    LLMError,
+    NotFoundError,
+)
+from letta_ray.schemas import AgentState, Tool
+
+from .schemas import BASE_TOOL_IDS, BASE_TOOL_VIEWS, AgentStateView
+
+Order = Literal["asc", "desc"]
+
+
+def _client_of(request: Request) -> Client:
+    return request.app.state.client
+
+
+ClientDep = Annotated[Client, Depends(_client_of)]
+
+
+def json_response(model: Any) -> Response:
+    """A pydantic model as JSON, serialised once by pydantic (the fast path)."""
+    return Response(content=model.model_dump_json(), media_type="application/json")
+
+
+def message_response(text: str) -> JSONResponse:
+    return JSONResponse({"message": text})
+
+
+def page(items: list[Any], after: str | None, before: str | None, limit: int | None) -> list[Any]:
+    """Cursor paging over a list held in full: items strictly between ``after`` and ``before``
+    (ids), the first ``limit`` of them. An unknown cursor gives an empty page, which ends
+    a client's paging instead of restarting it."""
+    ids = [item.id for item in items]
+    start, stop = 0, len(items)
+    if after is not None:
+        if after not in ids:
+            return []
+        start = ids.index(after) + 1
+    if before is not None:
+        if before not in ids:
+            return []
+        stop = ids.index(before)
+    chosen = items[start:stop]
+    return chosen if limit is None else chosen[:limit]
+
+
+def store_cursors(order: Order, after: str | None, before: str | None) -> tuple[str | None, str | None]:
+    """Letta's cursors are positions in the requested order; the stores' are in time order."""
+    return (after, before) if order == "asc" else (before, after)
+
+
+async def custom_tools(client: Client, states: list[AgentState]) -> dict[str, Tool]:
+    if all(name in BASE_TOOL_VIEWS for s in states for name in s.tools):
+        return {}
+    return {t.name: t for t in await client.list_tools_async(limit=None)}
+
+
+async def agent_view(client: Client, state: AgentState) -> AgentStateView:
+    return AgentStateView.of(state, await custom_tools(client, [state]))
+
+
+async def tool_name(client: Client, tool_id: str) -> str:
+    if tool_id in BASE_TOOL_IDS:
+        return BASE_TOOL_IDS[tool_id]
+    return (await client.get_tool_async(tool_id)).name
+
+
+def handle(client: Client, agent_id: str) -> AgentHandle:
+    return AgentHandle(client, agent_id, "")
+
+
+def status_of(exc: BaseException) -> tuple[int, str]:
+    """The HTTP status and message for an exception from the runtime."""
+    if isinstance(exc, NotFoundError):
+        return 404, str(exc)
+    if isinstance(exc, ConflictError):
+        return 409, str(exc)
+    if isinstance(exc, InvalidInputError | ContextOverflowError):  # BlockLimitError, ReadOnlyBlockError, ...
+        return 400, str(exc)
+    if isinstance(exc, ValidationError):
+        return 422, str(exc)
+    if isinstance(exc, LLMError):
+        return 502, f"LLM provider error: {exc}"
+    if isinstance(exc, AgentBusyTimeout | TimeoutError):
+        return 504, f"timed out: {exc}" if str(exc) else "timed out waiting for the agent"
+    if isinstance(exc, ActorDiedError | ActorUnavailableError | RayActorError):
+        return 503, "the agent's host is unavailable; retry"
+    if isinstance(exc, LettaRayError):
+        return 500, str(exc)
+    return 500, f"internal error: {type(exc).__name__}: {exc}"

@@ -1,0 +1,67 @@
+"""Routes of /v1/tools: the built-in tools and tools made from Python source."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+
+from letta_ray.actors.client import Client
+from letta_ray.errors import InvalidInputError
+
+from ._common import (
+    ClientDep,
+    message_response,
+    page,
+)
+from .schemas import (
+    BASE_TOOL_IDS,
+    BASE_TOOL_VIEWS,
+    CreateToolRequest,
+    ToolView,
+)
+
+# --------------------------------------------------------------------------- tools
+
+tools = APIRouter(prefix="/v1/tools", tags=["tools"])
+
+
+@tools.get("/", response_model=list[ToolView], summary="List tools: the built-in ones, then yours, by name")
+async def list_tools(client: ClientDep, name: str | None = None, after: str | None = None,
+                     before: str | None = None, limit: Annotated[int | None, Query(ge=0)] = 50) -> list[ToolView]:
+    views = sorted(BASE_TOOL_VIEWS.values(), key=lambda t: t.name)
+    views += [ToolView.of(t) for t in await client.list_tools_async(limit=None)]
+    return page([v for v in views if name is None or v.name == name], after, before, limit)
+
+
+async def _create_tool(body: CreateToolRequest, client: Client) -> ToolView:
+    if body.source_type != "python":
+        raise InvalidInputError(f"source_type {body.source_type!r} is not supported; tools are Python functions")
+    tool = await client.create_tool_async(body.source_code, tags=body.tags)
+    return ToolView.of(tool)
+
+
+@tools.post("/", response_model=ToolView, summary="Create a tool from Python source (replaces one of that name)")
+async def create_tool(body: CreateToolRequest, client: ClientDep) -> ToolView:
+    return await _create_tool(body, client)
+
+
+@tools.put("/", response_model=ToolView, summary="Create or replace a tool from Python source")
+async def upsert_tool(body: CreateToolRequest, client: ClientDep) -> ToolView:
+    return await _create_tool(body, client)
+
+
+@tools.get("/{tool_id}", response_model=ToolView, summary="Retrieve a tool")
+async def retrieve_tool(tool_id: str, client: ClientDep) -> ToolView:
+    if tool_id in BASE_TOOL_IDS:
+        return BASE_TOOL_VIEWS[BASE_TOOL_IDS[tool_id]]
+    return ToolView.of(await client.get_tool_async(tool_id))
+
+
+@tools.delete("/{tool_id}", summary="Delete a tool")
+async def delete_tool(tool_id: str, client: ClientDep) -> JSONResponse:
+    if tool_id in BASE_TOOL_IDS:
+        raise InvalidInputError(f"{BASE_TOOL_IDS[tool_id]!r} is a built-in tool and cannot be deleted")
+    await client.delete_tool_async(tool_id)
+    return message_response(f"Tool id={tool_id} successfully deleted")

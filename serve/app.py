@@ -1,0 +1,115 @@
+"""The FastAPI app: Letta's REST API under ``/v1``, each request a call into the runtime.
+
+``create_app(client)`` wires the routes to a driver ``Client``: the same hosts and stores
+a Python script connected to the same cluster uses, so agents made either way are seen
+both ways. Handlers translate; the runtime decides. Errors map to statuses with a JSON
+``detail``: unknown things 404, bad input 400 or 422, conflicts 409, the LLM failing 502.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from ray.exceptions import RayError
+
+import letta_ray
+from letta_ray.actors.client import Client
+from letta_ray.errors import LettaRayError
+from letta_ray.schemas import EmbeddingConfig, LLMConfig
+from letta_ray.settings import PROVIDER_KEYS
+
+from ._agents import agents
+from ._blocks import blocks
+from ._common import ClientDep, status_of
+from ._messages import messages, runs
+from ._tools import tools
+from .schemas import EmbeddingConfigView, EmbeddingModelView, HealthView, ModelView
+
+log = logging.getLogger(__name__)
+
+
+def _require_token(request: Request) -> None:
+    """With ``Settings.api_token`` set, every route but health needs ``Authorization: Bearer <token>``."""
+    token = request.app.state.client.settings.api_token
+    if not token:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise _Unauthorized()
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- health and models
+
+health = APIRouter(prefix="/v1/health", tags=["health"])
+models = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@health.get("/", response_model=HealthView, summary="Liveness (needs no token)")
+async def check_health() -> HealthView:
+    return HealthView(version=letta_ray.__version__, status="ok")
+
+
+@models.get("/", response_model=list[ModelView], summary="Models new agents can use by handle")
+async def list_models(client: ClientDep) -> list[ModelView]:
+    settings = client.settings
+    default, _ = settings.resolve_default_model()
+    handles = [default] if default else []
+    handles += [model for env, model in PROVIDER_KEYS if os.environ.get(env) and model not in handles]
+    return [ModelView.of(LLMConfig.from_handle(h, model_endpoint=settings.default_model_endpoint,
+                                               context_window=settings.default_context_window)) for h in handles]
+
+
+@models.get("/embedding", response_model=list[EmbeddingModelView], summary="The deployment's embedder")
+async def list_embedding_models(client: ClientDep) -> list[EmbeddingModelView]:
+    s = client.settings
+    view = EmbeddingConfigView.of(EmbeddingConfig(embedding_model=s.embedding_model, embedding_dim=s.embedding_dim))
+    return [EmbeddingModelView(**view.model_dump())]
+
+
+# --------------------------------------------------------------------------- errors and the app
+
+
+async def _on_error(request: Request, exc: Exception) -> JSONResponse:
+    status, detail = status_of(exc)
+    if status >= 500:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+async def _on_unauthorized(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
+    errors = exc.errors() if isinstance(exc, RequestValidationError | ValidationError) else []
+    detail = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors] or str(exc)
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def create_app(client: Client) -> FastAPI:
+    """The HTTP API over ``client``: Letta's routes under /v1, OpenAPI at /openapi.json, docs at /docs."""
+    app = FastAPI(title="letta_ray", version=letta_ray.__version__,
+                  description="Stateful agents with memory on Ray, behind Letta's REST API.")
+    app.state.client = client
+    app.state.background = set()
+    auth = [Depends(_require_token)]
+    app.include_router(health)
+    for router in (agents, messages, blocks, tools, runs, models):
+        app.include_router(router, dependencies=auth)
+    app.add_exception_handler(_Unauthorized, _on_unauthorized)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(ValidationError, _on_validation)
+    for kind in (LettaRayError, TimeoutError, RayError, Exception):
+        app.add_exception_handler(kind, _on_error)
+    return app

@@ -1,0 +1,120 @@
+"""The HTTP API as a Ray Serve deployment, and starting it (``letta-ray serve``).
+
+Each replica holds a driver ``Client`` attached to the deployment actors of the same
+data directory, so HTTP requests reach the very hosts and stores Python drivers use.
+Every listener is on 127.0.0.1 unless a host is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import signal
+import threading
+from typing import Any
+
+# Ray reads this once, when it is imported (not at ray.init): set it before the first
+# `import ray`, or an embedded Ray listens on every interface instead of 127.0.0.1.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from fastapi import FastAPI
+from ray import serve
+
+from letta_ray.actors.client import Client, connect
+from letta_ray.actors.runtime import start_deployment
+from letta_ray.settings import Settings
+
+from .app import create_app
+
+APP_NAME = "letta_ray"
+# Sends wait on LLM calls, not CPU: one replica carries many at once. A send to a busy
+# agent waits its turn inside the runtime, so requests queue there, not in Serve.
+MAX_ONGOING_REQUESTS = 1_000
+
+
+@serve.deployment(name="letta_ray_http", max_ongoing_requests=MAX_ONGOING_REQUESTS,
+                  ray_actor_options={"num_cpus": 0}, logging_config={"enable_access_log": False})
+@serve.ingress()
+class LettaHTTP:
+    """One replica: a ``Client`` on the deployment actors and the FastAPI app over it."""
+
+    async def __init__(self, settings: Settings, loopback: bool = True) -> None:
+        if loopback:
+            _keep_replica_grpc_on_loopback()
+        deployment = await asyncio.to_thread(start_deployment, settings)
+        self.client = Client(deployment)  # never closed here: closing would stop the shared actors
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(self.client)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _keep_replica_grpc_on_loopback() -> None:
+    """Bind the replica's inter-deployment gRPC server to 127.0.0.1, not every interface.
+
+    Ray Serve 2.60 replicas open it on ``[::]:0`` whatever the HTTP host; this API is one
+    deployment, so nothing calls it, and an embedded server must not listen outside
+    loopback. Called in the replica before Serve starts that server.
+    """
+    from ray.serve._private import replica
+
+    bind = getattr(replica, "add_port_to_grpc_server", None)
+    if bind is None or getattr(bind, "loopback_only", False):
+        return
+
+    def loopback_only(server: Any, address: str) -> Any:
+        if address.startswith("[::]:"):
+            address = "127.0.0.1:" + address.removeprefix("[::]:")
+        return bind(server, address)
+
+    loopback_only.loopback_only = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = loopback_only
+
+
+def start_http(settings: Settings, *, host: str | None = None, port: int | None = None,
+               replicas: int = 1) -> str:
+    """Start Serve (if needed) and the API on ``host:port``; Ray must be up. Returns the base URL."""
+    host = host or settings.http_host
+    port = port if port is not None else settings.http_port
+    serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": False})
+    app = LettaHTTP.options(num_replicas=replicas).bind(settings, _is_loopback(host))
+    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    return f"http://{host}:{port}"
+
+
+def stop_http() -> None:
+    """Remove the API application (Serve itself keeps running)."""
+    serve.delete(APP_NAME)
+
+
+def serve_forever(settings: Settings, *, host: str | None = None, port: int | None = None,
+                  replicas: int = 1, on_ready: Any = print) -> None:
+    """``letta-ray serve``: an embedded Ray (or ``settings.ray_address``), the API, until Ctrl-C."""
+    client = connect(settings=settings)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        url = start_http(client.settings, host=host, port=port, replicas=replicas)
+        on_ready(f"letta_ray HTTP API on {url}/v1 (docs: {url}/docs, data: {client.settings.home}); "
+                 "Ctrl-C stops it")
+        try:
+            while not stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        try:
+            if client.settings.embedded:
+                serve.shutdown()
+            else:
+                stop_http()
+        finally:
+            client.close()

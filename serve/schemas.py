@@ -1,0 +1,446 @@
+"""Letta's REST shapes: request bodies and response views of the HTTP API.
+
+Our core models (``AgentState``, ``Block``, ``Passage``, ``Tool``, the message events)
+stay the source of truth. These are views of them in the shape Letta's server speaks,
+so that Letta's SDK reads them unchanged, plus the conversions in both directions.
+Request bodies ignore fields they don't know (the SDK sends many Letta-cloud fields).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from letta_ray.base_tools import BASE_TOOLS
+from letta_ray.errors import BlockLimitError, InvalidInputError
+from letta_ray.messages import MessageCreate
+from letta_ray.schemas import (
+    DEFAULT_CONTEXT_WINDOW,
+    AgentState,
+    AgentType,
+    Block,
+    CreateBlock,
+    EmbeddingConfig,
+    LLMConfig,
+    Passage,
+    Tool,
+    ToolRule,
+)
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# --------------------------------------------------------------------------- configs
+
+# litellm provider prefix <-> Letta's model_endpoint_type, where they differ or matter.
+_ENDPOINT_TYPE_OF_PROVIDER = {
+    "openai": "openai", "anthropic": "anthropic", "gemini": "google_ai", "vertex_ai": "google_vertex",
+    "azure": "azure", "groq": "groq", "ollama": "ollama", "mistral": "mistral", "together_ai": "together",
+    "bedrock": "bedrock", "deepseek": "deepseek", "xai": "xai", "hosted_vllm": "vllm",
+    "lm_studio": "lmstudio",
+}
+_PROVIDER_OF_ENDPOINT_TYPE = {v: k for k, v in _ENDPOINT_TYPE_OF_PROVIDER.items()}
+
+
+def _provider(model: str) -> str | None:
+    head, sep, _ = model.partition("/")
+    return head if sep else None
+
+
+class LLMConfigView(_Shape):
+    """Letta's ``llm_config``; ``model`` is our litellm model string."""
+
+    model: str = Field(description="litellm model string, or a bare model name with model_endpoint_type")
+    model_endpoint_type: str = Field(default="openai", description="provider kind (Letta's names)")
+    model_endpoint: str | None = Field(default=None, description="base URL of an OpenAI-compatible server")
+    context_window: int = DEFAULT_CONTEXT_WINDOW
+    temperature: float = 0.7
+    max_tokens: int | None = None
+    handle: str | None = None
+    provider_name: str | None = None
+    put_inner_thoughts_in_kwargs: bool = False
+    api_key_env: str | None = Field(default=None, description="letta_ray: env var holding the API key")
+
+    @classmethod
+    def of(cls, config: LLMConfig) -> LLMConfigView:
+        provider = _provider(config.model)
+        return cls(model=config.model, model_endpoint_type=_ENDPOINT_TYPE_OF_PROVIDER.get(provider or "", "openai"),
+                   model_endpoint=config.model_endpoint, context_window=config.context_window,
+                   temperature=config.temperature, max_tokens=config.max_tokens,
+                   handle=config.handle or config.model, provider_name=provider or "openai",
+                   api_key_env=config.api_key_env)
+
+    def to_core(self) -> LLMConfig:
+        model = self.model.strip()
+        provider = _PROVIDER_OF_ENDPOINT_TYPE.get(self.model_endpoint_type)
+        # A bare name of a non-OpenAI provider needs its litellm prefix; OpenAI-compatible
+        # servers (vllm, lmstudio, ...) are reached by model_endpoint as they are.
+        if _provider(model) is None and provider not in (None, "openai", "hosted_vllm", "lm_studio"):
+            model = f"{provider}/{model}"
+        try:
+            return LLMConfig(model=model, model_endpoint=self.model_endpoint, context_window=self.context_window,
+                             temperature=self.temperature, max_tokens=self.max_tokens, handle=self.handle,
+                             api_key_env=self.api_key_env)
+        except ValueError as exc:
+            raise InvalidInputError(f"invalid llm_config: {exc}") from exc
+
+
+class EmbeddingConfigView(_Shape):
+    embedding_model: str
+    embedding_endpoint_type: str = "hugging-face"
+    embedding_endpoint: str | None = None
+    embedding_dim: int
+    embedding_chunk_size: int = 300
+    handle: str | None = None
+
+    @classmethod
+    def of(cls, config: EmbeddingConfig) -> EmbeddingConfigView:
+        provider = _provider(config.embedding_model)
+        kind = _ENDPOINT_TYPE_OF_PROVIDER.get(provider or "", "hugging-face")
+        return cls(embedding_model=config.embedding_model, embedding_endpoint_type=kind,
+                   embedding_endpoint=config.embedding_endpoint, embedding_dim=config.embedding_dim,
+                   embedding_chunk_size=config.embedding_chunk_size,
+                   handle=config.handle or config.embedding_model)
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+class BlockView(_Shape):
+    id: str
+    label: str
+    value: str
+    limit: int
+    description: str | None = None
+    read_only: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    is_template: bool = False
+    hidden: bool | None = None
+    tags: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, block: Block) -> BlockView:
+        return cls(id=block.id, label=block.label, value=block.value, limit=block.limit,
+                   description=block.description, read_only=block.read_only, metadata=block.metadata)
+
+
+class CreateBlockRequest(_Shape):
+    """A new block: an entry of ``memory_blocks``, or the body of ``POST /v1/blocks``."""
+
+    label: str = Field(min_length=1)
+    value: str
+    limit: int | None = Field(default=None, ge=1)
+    description: str | None = None
+    read_only: bool = False
+    metadata: dict[str, Any] | None = None
+
+    def to_core(self) -> Block:
+        """The block; BlockLimitError when the value is over the limit."""
+        if self.limit is not None and len(self.value) > self.limit:
+            raise BlockLimitError(self.label, len(self.value), self.limit)
+        try:
+            spec = CreateBlock(label=self.label, value=self.value, limit=self.limit, description=self.description,
+                               read_only=self.read_only, metadata=self.metadata or {})
+        except ValueError as exc:
+            raise InvalidInputError(f"invalid block: {exc}") from exc
+        return spec.to_block()
+
+
+class UpdateBlockRequest(_Shape):
+    value: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+    description: str | None = None
+    read_only: bool | None = None
+    label: str | None = Field(default=None, min_length=1)
+    metadata: dict[str, Any] | None = None
+
+    def changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class MemoryView(_Shape):
+    blocks: list[BlockView]
+    file_blocks: list[dict[str, Any]] = Field(default_factory=list)
+    prompt_template: str | None = None
+    agent_type: str | None = None
+
+
+# --------------------------------------------------------------------------- tools
+
+_BASE_TOOL_NAMESPACE = uuid.UUID("6f0c8a52-3d1e-4f7a-9a57-2f1b8c4e9d10")
+
+
+def base_tool_id(name: str) -> str:
+    """Built-in tools live in code, not the store: their ids are derived from their names."""
+    return f"tool-{uuid.uuid5(_BASE_TOOL_NAMESPACE, name)}"
+
+
+BASE_TOOL_IDS: dict[str, str] = {base_tool_id(name): name for name in BASE_TOOLS}
+
+
+class ToolView(_Shape):
+    id: str
+    name: str
+    description: str | None = None
+    json_schema: dict[str, Any]
+    args_json_schema: dict[str, Any] | None = None
+    source_code: str | None = None
+    source_type: str = "python"
+    tool_type: str = "custom"
+    tags: list[str] = Field(default_factory=list)
+    return_char_limit: int = 50_000
+
+    @classmethod
+    def of(cls, tool: Tool) -> ToolView:
+        tool_id = base_tool_id(tool.name) if tool.name in BASE_TOOLS else tool.id
+        return cls(id=tool_id, name=tool.name, description=tool.description, json_schema=tool.json_schema,
+                   source_code=tool.source_code, source_type=tool.source_type, tool_type=tool.tool_type,
+                   tags=tool.tags, return_char_limit=tool.return_char_limit)
+
+
+BASE_TOOL_VIEWS: dict[str, ToolView] = {name: ToolView.of(tf.tool) for name, tf in BASE_TOOLS.items()}
+
+
+class CreateToolRequest(_Shape):
+    """A tool from Python source: one typed function whose docstring is its description."""
+
+    source_code: str = Field(min_length=1)
+    source_type: str = "python"
+    tags: list[str] | None = None
+    description: str | None = None
+    json_schema: dict[str, Any] | None = None
+    return_char_limit: int | None = Field(default=None, ge=1)
+
+
+# --------------------------------------------------------------------------- agents
+
+
+class AgentStateView(_Shape):
+    """Letta's AgentState: blocks both flat and under ``memory``, tools as Tool objects."""
+
+    id: str
+    name: str
+    agent_type: str
+    system: str
+    description: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str]
+    memory: MemoryView
+    blocks: list[BlockView]
+    tools: list[ToolView]
+    tool_rules: list[ToolRule] = Field(default_factory=list)
+    sources: list[dict[str, Any]] = Field(default_factory=list)
+    llm_config: LLMConfigView
+    embedding_config: EmbeddingConfigView
+    model: str | None = None
+    embedding: str | None = None
+    message_ids: list[str] = Field(default_factory=list)
+    identity_ids: list[str] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, state: AgentState, tools: dict[str, Tool] | None = None) -> AgentStateView:
+        """The view of ``state``; ``tools`` maps the names of its custom tools to the stored tools."""
+        blocks = [BlockView.of(b) for b in state.blocks]
+        views = []
+        for name in state.tools:
+            if name in BASE_TOOL_VIEWS:
+                views.append(BASE_TOOL_VIEWS[name])
+            elif tools is not None and name in tools:
+                views.append(ToolView.of(tools[name]))
+        return cls(id=state.id, name=state.name, agent_type=state.agent_type, system=state.system,
+                   description=state.description, metadata=state.metadata, tags=state.tags,
+                   memory=MemoryView(blocks=blocks, agent_type=state.agent_type), blocks=blocks, tools=views,
+                   tool_rules=state.tool_rules, llm_config=LLMConfigView.of(state.llm_config),
+                   embedding_config=EmbeddingConfigView.of(state.embedding_config),
+                   model=state.llm_config.handle or state.llm_config.model,
+                   embedding=state.embedding_config.handle or state.embedding_config.embedding_model,
+                   message_ids=state.message_ids, created_at=state.created_at, updated_at=state.updated_at)
+
+
+class CreateAgentRequest(_Shape):
+    """Letta's CreateAgent, the fields letta_ray acts on."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    agent_type: AgentType | None = None
+    system: str | None = None
+    description: str | None = None
+    metadata: dict[str, Any] | None = None
+    tags: list[str] | None = None
+    memory_blocks: list[CreateBlockRequest] | None = None
+    block_ids: list[str] | None = None
+    tools: list[str] | None = None
+    tool_ids: list[str] | None = None
+    include_base_tools: bool = True
+    tool_rules: list[ToolRule] | None = None
+    model: str | None = Field(default=None, description="a model handle / litellm model string")
+    model_endpoint: str | None = Field(default=None, description="letta_ray: base URL for `model`")
+    llm_config: LLMConfigView | None = None
+    context_window_limit: int | None = Field(default=None, ge=256)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_steps: int | None = Field(default=None, ge=1, description="letta_ray: most steps in one turn")
+
+
+class UpdateAgentRequest(_Shape):
+    """Letta's UpdateAgent, the fields letta_ray can change."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    system: str | None = None
+    description: str | None = None
+    metadata: dict[str, Any] | None = None
+    tags: list[str] | None = None
+    tool_ids: list[str] | None = None
+    tool_rules: list[ToolRule] | None = None
+    model: str | None = None
+    model_endpoint: str | None = None
+    llm_config: LLMConfigView | None = None
+    context_window_limit: int | None = Field(default=None, ge=256)
+    max_tokens: int | None = Field(default=None, ge=1)
+    block_ids: list[str] | None = None
+    max_steps: int | None = Field(default=None, ge=1)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+class MessageCreateRequest(_Shape):
+    """One input message (Letta's MessageCreate)."""
+
+    type: Literal["message"] | None = None
+    role: Literal["user", "system"] = "user"
+    content: str | list[dict[str, Any]]
+    name: str | None = None
+    otid: str | None = None
+    sender_id: str | None = None
+
+    def to_core(self) -> MessageCreate:
+        return MessageCreate(role=self.role, content=self.content, name=self.name, otid=self.otid,
+                             sender_id=self.sender_id)
+
+
+class SendMessageRequest(_Shape):
+    """Letta's LettaRequest / LettaStreamingRequest."""
+
+    messages: list[MessageCreateRequest] | None = None
+    input: str | list[dict[str, Any]] | None = Field(default=None, description="shorthand for one user message")
+    max_steps: int | None = Field(default=None, ge=1)
+    streaming: bool = False
+    stream_tokens: bool = False
+    include_pings: bool = True
+    background: bool = False
+    use_assistant_message: bool = True
+    include_return_message_types: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _has_messages(self) -> SendMessageRequest:
+        if not self.messages and not self.input:
+            raise ValueError("messages must not be empty")
+        return self
+
+    def to_core(self) -> list[MessageCreate]:
+        if self.messages:
+            return [m.to_core() for m in self.messages]
+        assert self.input is not None
+        return [MessageCreate(content=self.input)]
+
+
+# --------------------------------------------------------------------------- archival memory
+
+
+class PassageView(_Shape):
+    id: str
+    text: str
+    tags: list[str] = Field(default_factory=list)
+    agent_id: str | None = None
+    created_at: datetime
+    updated_at: datetime | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    embedding: list[float] | None = None
+    embedding_config: EmbeddingConfigView | None = None
+    is_deleted: bool = False
+
+    @classmethod
+    def of(cls, passage: Passage) -> PassageView:
+        return cls(id=passage.id, text=passage.text, tags=passage.tags, agent_id=passage.agent_id,
+                   created_at=passage.created_at)
+
+
+class CreatePassageRequest(_Shape):
+    text: str = Field(min_length=1)
+    tags: list[str] | None = None
+
+
+class ArchivalSearchResult(_Shape):
+    id: str
+    timestamp: str
+    content: str
+    tags: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, passage: Passage) -> ArchivalSearchResult:
+        return cls(id=passage.id, timestamp=passage.created_at.isoformat(), content=passage.text, tags=passage.tags)
+
+
+class ArchivalSearchResponse(_Shape):
+    results: list[ArchivalSearchResult]
+    count: int
+
+
+# --------------------------------------------------------------------------- runs, health, models
+
+RunStatus = Literal["created", "running", "completed", "failed", "cancelled"]
+
+
+class RunView(_Shape):
+    """A turn run in the background (``POST /v1/agents/{id}/messages/async``)."""
+
+    id: str = Field(default_factory=lambda: f"run-{uuid.uuid4()}")
+    agent_id: str
+    status: RunStatus = "created"
+    background: bool = True
+    created_at: datetime
+    completed_at: datetime | None = None
+    stop_reason: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    request_config: dict[str, Any] = Field(default_factory=dict)
+    total_duration_ns: int | None = None
+    usage: dict[str, Any] | None = Field(default=None, description="letta_ray: token usage of the turn")
+    error: str | None = Field(default=None, description="letta_ray: why the run failed")
+
+
+class HealthView(_Shape):
+    version: str
+    status: str
+
+
+class ModelView(_Shape):
+    handle: str
+    name: str
+    model: str
+    display_name: str
+    provider_type: str
+    provider_name: str
+    model_type: Literal["llm"] = "llm"
+    model_endpoint_type: str
+    model_endpoint: str | None = None
+    context_window: int
+    max_context_window: int
+
+    @classmethod
+    def of(cls, config: LLMConfig) -> ModelView:
+        view = LLMConfigView.of(config)
+        return cls(handle=view.handle or config.model, name=config.model.rpartition("/")[2], model=config.model,
+                   display_name=config.model, provider_type=view.model_endpoint_type,
+                   provider_name=view.provider_name or "openai", model_endpoint_type=view.model_endpoint_type,
+                   model_endpoint=config.model_endpoint, context_window=config.context_window,
+                   max_context_window=config.context_window)
+
+
+class EmbeddingModelView(EmbeddingConfigView):
+    embedding_model_type: Literal["embedding"] = "embedding"

@@ -1,0 +1,335 @@
+"""The HTTP API on a real Ray Serve deployment, driven by Letta's own SDK and raw HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import textwrap
+import threading
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.ray
+
+letta_client = pytest.importorskip("letta_client")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def base_url(client: Any) -> Any:
+    """Serve on 127.0.0.1 over the session's deployment, for this module only."""
+    from ray import serve
+
+    from letta_ray.serve.deployment import start_http
+
+    url = start_http(client.settings, host="127.0.0.1", port=_free_port())
+    yield url
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sdk(base_url: str) -> Any:
+    return letta_client.Letta(base_url=base_url, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def http(base_url: str) -> Any:
+    with httpx.Client(base_url=base_url, timeout=120) as c:
+        yield c
+
+
+def new_agent(sdk: Any, fake: Any, **kw: Any) -> Any:
+    kw.setdefault("memory_blocks", [{"label": "human", "value": "Name: Ada", "limit": 200},
+                                    {"label": "persona", "value": "I am Sam."}])
+    return sdk.agents.create(
+        name=f"http-{uuid.uuid4().hex[:8]}",
+        llm_config={"model": "fake-model", "model_endpoint_type": "openai", "model_endpoint": fake.url,
+                    "context_window": 32000},
+        **kw)
+
+
+def system_prompt_of_last_call(fake: Any) -> str:
+    chats = [r["body"] for r in fake.requests if r["path"].endswith("/chat/completions")]
+    return chats[-1]["messages"][0]["content"]
+
+
+# --------------------------------------------------------------------------- letta-client, happy paths
+
+
+def test_create_send_and_read_the_reply(sdk: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server, tags=["http"])
+    assert [b.label for b in agent.memory.blocks] == ["human", "persona"]
+    assert "send_message" in [t.name for t in agent.tools]
+    assert agent.llm_config.api_model_endpoint == fake_llm_server.url
+
+    reply = sdk.agents.messages.create(agent.id, messages=[{"role": "user", "content": "hi there"}])
+    assert [m.message_type for m in reply.messages] == ["assistant_message"]
+    assert reply.messages[0].content == "You said: hi there"
+    assert reply.stop_reason.stop_reason == "end_turn"
+    assert reply.usage.step_count == 1 and reply.usage.total_tokens > 0
+
+    assert sdk.agents.retrieve(agent.id).name == agent.name
+    assert agent.id in [a.id for a in sdk.agents.list(tags=["http"], limit=1000)]
+
+
+def test_stream_yields_typed_events_in_order(sdk: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server)
+    events = list(sdk.agents.messages.create(agent.id, messages=[{"role": "user", "content": "remember likes jazz"}],
+                                             streaming=True))
+    assert [e.message_type for e in events] == ["tool_call_message", "tool_return_message", "assistant_message",
+                                                "stop_reason", "usage_statistics"]
+    assert events[0].tool_call.name == "memory_insert"
+    assert events[-2].stop_reason == "end_turn" and events[-1].step_count == 2
+    # persisted before the stop reason went out
+    assert sdk.agents.blocks.retrieve("human", agent_id=agent.id).value == "Name: Ada\nlikes jazz"
+
+
+def test_stream_route_frames_server_sent_events(http: Any, sdk: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server)
+    with http.stream("POST", f"/v1/agents/{agent.id}/messages/stream",
+                     json={"messages": [{"role": "user", "content": "hello"}]}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        frames = [line for line in response.iter_lines() if line]
+    assert all(f.startswith("data: ") for f in frames)
+    assert frames[-1] == "data: [DONE]"
+    kinds = [json.loads(f[6:])["message_type"] for f in frames[:-1]]
+    assert kinds == ["assistant_message", "stop_reason", "usage_statistics"]
+
+
+def test_edited_block_reaches_the_agent(sdk: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server)
+    block = sdk.agents.blocks.update("human", agent_id=agent.id, value="Name: Grace Hopper")
+    assert block.value == "Name: Grace Hopper" and block.limit == 200
+    sdk.agents.messages.create(agent.id, messages=[{"role": "user", "content": "who am I?"}])
+    assert "Name: Grace Hopper" in system_prompt_of_last_call(fake_llm_server)
+    assert [b.value for b in sdk.agents.blocks.list(agent.id)] == ["Name: Grace Hopper", "I am Sam."]
+
+
+def test_archival_insert_search_and_delete(sdk: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server)
+    [sister] = sdk.agents.passages.create(agent.id, text="Ada's sister lives in Porto", tags=["family"])
+    sdk.agents.passages.create(agent.id, text="The quarterly report is due on Friday", tags=["work"])
+    assert sister.text == "Ada's sister lives in Porto" and sister.tags == ["family"]
+
+    found = sdk.agents.passages.search(agent.id, query="where does the sister live", top_k=1)
+    assert found.count == 1 and "Porto" in found.results[0].content
+    tagged = sdk.agents.passages.search(agent.id, query="report", tags=["work"])
+    assert [r.content for r in tagged.results] == ["The quarterly report is due on Friday"]
+    later = sdk.agents.passages.search(agent.id, query="Porto", start_datetime="2999-01-01T00:00:00Z")
+    assert later.count == 0
+
+    assert len(sdk.agents.passages.list(agent.id)) == 2
+    sdk.agents.passages.delete(sister.id, agent_id=agent.id)
+    assert [p.text for p in sdk.agents.passages.list(agent.id)] == ["The quarterly report is due on Friday"]
+
+
+def test_page_through_messages(sdk: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server)
+    for i in range(3):
+        sdk.agents.messages.create(agent.id, messages=[{"role": "user", "content": f"message {i}"}])
+    everything = list(sdk.agents.messages.list(agent.id, order="asc", limit=100).items)
+    assert [m.content for m in everything if m.message_type == "user_message"] == [
+        "message 0", "message 1", "message 2"]
+    paged = list(sdk.agents.messages.list(agent.id, order="asc", limit=2))  # iterating pages on
+    assert [m.id for m in paged] == [m.id for m in everything]
+    newest_first = list(sdk.agents.messages.list(agent.id, limit=2))  # Letta's default order: desc
+    assert [m.id for m in newest_first] == [m.id for m in reversed(everything)]
+
+
+def test_delete_agent(sdk: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server)
+    sdk.agents.delete(agent.id)
+    with pytest.raises(letta_client.NotFoundError):
+        sdk.agents.retrieve(agent.id)
+
+
+def test_async_message_creates_a_run_to_poll(sdk: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server)
+    run = sdk.agents.messages.create_async(agent.id, messages=[{"role": "user", "content": "in the background"}])
+    assert run.agent_id == agent.id and run.status in ("created", "running", "completed")
+    deadline = time.monotonic() + 60
+    while (run := sdk.runs.retrieve(run.id)).status not in ("completed", "failed"):
+        assert time.monotonic() < deadline, run
+        time.sleep(0.1)
+    assert run.status == "completed" and run.stop_reason == "end_turn"
+    replies = [m for m in sdk.agents.messages.list(agent.id) if m.message_type == "assistant_message"]
+    assert replies[0].content == "You said: in the background" and replies[0].run_id == run.id
+
+
+def test_shared_block_edit_reaches_every_agent(sdk: Any, fake_llm_server: Any) -> None:
+    first, second = new_agent(sdk, fake_llm_server), new_agent(sdk, fake_llm_server)
+    team = sdk.blocks.create(label="team", value="Team: red", limit=100)
+    for agent in (first, second):
+        state = sdk.agents.blocks.attach(team.id, agent_id=agent.id)
+        assert "team" in [b.label for b in state.memory.blocks]
+    sdk.agents.messages.create(first.id, messages=[{"role": "user", "content": "warm up"}])  # hosted now
+
+    sdk.blocks.update(team.id, value="Team: blue")
+    for agent in (first, second):
+        assert sdk.agents.blocks.retrieve("team", agent_id=agent.id).value == "Team: blue"
+    sdk.agents.messages.create(first.id, messages=[{"role": "user", "content": "which team?"}])
+    assert "Team: blue" in system_prompt_of_last_call(fake_llm_server)
+    assert sorted(a.id for a in sdk.blocks.agents.list(team.id)) == sorted([first.id, second.id])
+
+    state = sdk.agents.blocks.detach(team.id, agent_id=second.id)
+    assert "team" not in [b.label for b in state.memory.blocks]
+    assert sdk.blocks.retrieve(team.id).value == "Team: blue"
+
+
+def test_tool_from_source_attached_and_detached(sdk: Any, fake_llm_server: Any) -> None:
+    source = textwrap.dedent('''
+        def flip_coin(times: int) -> str:
+            """Flip a coin.
+
+            Args:
+                times: how many times to flip it
+            """
+            return "heads" * times
+    ''')
+    tool = sdk.tools.create(source_code=source)
+    assert tool.name == "flip_coin" and tool.json_schema["parameters"]["properties"]["times"]["type"] == "integer"
+    assert tool.id in [t.id for t in sdk.tools.list(limit=1000)]
+    agent = new_agent(sdk, fake_llm_server)
+    state = sdk.agents.tools.attach(tool.id, agent_id=agent.id)
+    assert "flip_coin" in [t.name for t in state.tools]
+    assert "flip_coin" in [t.name for t in sdk.agents.tools.list(agent.id)]
+    state = sdk.agents.tools.detach(tool.id, agent_id=agent.id)
+    assert "flip_coin" not in [t.name for t in state.tools]
+
+
+def test_health_models_and_docs(sdk: Any, http: Any) -> None:
+    assert sdk.health().status == "ok"
+    assert isinstance(sdk.models.list(), list)
+    spec = http.get("/openapi.json").json()
+    assert "/v1/agents/{agent_id}/messages" in spec["paths"]
+    assert http.get("/docs").status_code == 200
+
+
+# --------------------------------------------------------------------------- one runtime, two doors
+
+
+def test_agents_are_shared_between_http_and_the_driver(client: Any, sdk: Any, fake_llm_server: Any) -> None:
+    over_http = new_agent(sdk, fake_llm_server)
+    handle = client.get_agent(over_http.id)
+    assert handle.send("from a script").assistant_text() == "You said: from a script"
+
+    in_driver = client.create_agent(f"drv-{uuid.uuid4().hex[:8]}", model="fake-model",
+                                    model_endpoint=fake_llm_server.url)
+    assert sdk.agents.retrieve(in_driver.id).name == in_driver.name
+    reply = sdk.agents.messages.create(in_driver.id, messages=[{"role": "user", "content": "from http"}])
+    assert reply.messages[-1].content == "You said: from http"
+    assert [m.content for m in in_driver.messages() if m.role == "user"] == ["from http"]
+
+
+def test_concurrent_sends_to_one_agent_wait_their_turn(http: Any, sdk: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server)
+    results: dict[int, Any] = {}
+
+    def send(i: int) -> None:
+        results[i] = http.post(f"/v1/agents/{agent.id}/messages",
+                               json={"messages": [{"role": "user", "content": f"message {i}"}]})
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {i: r.status_code for i, r in results.items()} == dict.fromkeys(range(6), 200)
+    assert {i: r.json()["messages"][-1]["content"] for i, r in results.items()} == {
+        i: f"You said: message {i}" for i in range(6)}
+
+
+def test_every_serve_listener_is_on_loopback(base_url: str) -> None:
+    from test_network import _descendants, _is_loopback, _socket_inodes, listening_sockets
+
+    listeners = listening_sockets()
+    ours = {listeners[i] for pid in _descendants(os.getpid()) for i in _socket_inodes(pid) if i in listeners}
+    port = int(base_url.rsplit(":", 1)[1])
+    assert ("127.0.0.1", port) in ours
+    assert not [a for a in ours if not _is_loopback(a[0])], sorted(ours)
+
+
+# --------------------------------------------------------------------------- errors, over raw HTTP
+
+
+def test_unknown_things_are_404_with_a_json_detail(http: Any) -> None:
+    for method, path, body in [
+        ("GET", "/v1/agents/agent-nope", None),
+        ("POST", "/v1/agents/agent-nope/messages", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("POST", "/v1/agents/agent-nope/messages/stream", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("GET", "/v1/agents/agent-nope/messages", None),
+        ("GET", "/v1/agents/agent-nope/archival-memory", None),
+        ("DELETE", "/v1/agents/agent-nope", None),
+        ("GET", "/v1/blocks/block-nope", None),
+        ("GET", "/v1/runs/run-nope", None),
+    ]:
+        response = http.request(method, path, json=body)
+        assert response.status_code == 404, (method, path, response.text)
+        assert "not found" in response.json()["detail"], (method, path)
+    response = http.get("/v1/no-such-route")
+    assert response.status_code == 404 and response.json() == {"detail": "Not Found"}
+
+
+def test_invalid_bodies_are_422(http: Any, sdk: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server)
+    cases = [
+        ("/v1/agents/", {"memory_blocks": "not a list"}),
+        ("/v1/agents/", {"model": "fake-model", "context_window_limit": 10}),
+        (f"/v1/agents/{agent.id}/messages", {"messages": []}),
+        (f"/v1/agents/{agent.id}/messages", {"messages": [{"role": "wizard", "content": "hi"}]}),
+    ]
+    for path, body in cases:
+        response = http.post(path, json=body)
+        assert response.status_code == 422, (path, body, response.text)
+        assert response.json()["detail"], (path, body)
+    malformed = http.post(f"/v1/agents/{agent.id}/messages", content=b'{"messages": [',
+                          headers={"content-type": "application/json"})
+    assert malformed.status_code == 422 and malformed.json()["detail"]
+
+
+def test_bad_edits_are_400_and_change_nothing(http: Any, sdk: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server)
+    response = http.patch(f"/v1/agents/{agent.id}/core-memory/blocks/human", json={"value": "x" * 201})
+    assert response.status_code == 400
+    assert "over its limit of 200" in response.json()["detail"]
+    assert sdk.agents.blocks.retrieve("human", agent_id=agent.id).value == "Name: Ada"
+    response = http.post("/v1/blocks/", json={"label": "big", "value": "x" * 20, "limit": 10})
+    assert response.status_code == 400 and "over its limit" in response.json()["detail"]
+    response = http.post("/v1/tools/", json={"source_code": "def f(x):\n    return x\n"})
+    assert response.status_code == 400 and "docstring" in response.json()["detail"]
+    response = http.patch(f"/v1/agents/{agent.id}/core-memory/blocks/attach/block-nope")
+    assert response.status_code == 404
+
+
+def test_bearer_token_is_required_when_configured(client: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from letta_ray.serve.app import create_app
+
+    class Guarded:
+        settings = client.settings.model_copy(update={"api_token": "s3cret"})
+
+        async def list_agents_async(self, **kwargs: Any) -> list[Any]:
+            return []
+
+        async def list_tools_async(self, **kwargs: Any) -> list[Any]:
+            return []
+
+    with TestClient(create_app(Guarded())) as guarded:  # type: ignore[arg-type]
+        assert guarded.get("/v1/agents/").status_code == 401
+        assert guarded.get("/v1/agents/", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert guarded.get("/v1/agents/", headers={"Authorization": "Bearer s3cret"}).json() == []
+        assert guarded.get("/v1/health/").status_code == 200
+    # and that is the header Letta's SDK sends for its api_key
+    assert letta_client.Letta(base_url="http://127.0.0.1:1", api_key="s3cret").auth_headers == {
+        "Authorization": "Bearer s3cret"}
