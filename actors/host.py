@@ -10,22 +10,32 @@ turn is persisted before its reply is returned.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from letta_ray.agent import EventSink, step
 from letta_ray.base_tools import BASE_TOOLS
-from letta_ray.context import MessageCache
+from letta_ray.context import MessageCache, transcript
 from letta_ray.deps import LLM, StepDeps
 from letta_ray.errors import InvalidInputError, NotFoundError
 from letta_ray.memory import MemoryStats
 from letta_ray.messages import LettaResponse, Message, MessageCreate
-from letta_ray.schemas import AgentState, Block, utcnow
+from letta_ray.schemas import AgentState, Block, new_id, utcnow
 from letta_ray.tools import ToolFunction, Toolset, tool_from_source
 
 from .messaging import AgentMessenger, Router
+
+log = logging.getLogger(__name__)
+
+# Keys in a main agent's metadata that drive its sleep-time agent.
+SLEEPTIME_AGENT = "sleeptime_agent_id"
+SLEEPTIME_FREQUENCY = "sleeptime_agent_frequency"
+SLEEPTIME_TURNS = "sleeptime_turns"
+SLEEPTIME_LAST_RUN = "sleeptime_last_run_at"
 
 # Fields of an agent a caller may change after creation.
 MODIFIABLE = frozenset({"name", "system", "tags", "description", "metadata", "llm_config", "embedding_config",
@@ -57,6 +67,7 @@ class AgentHost:
         self.agents: dict[str, _Hosted] = {}
         self._loading: dict[str, asyncio.Task[_Hosted]] = {}
         self._custom_tools: dict[str, tuple[str, ToolFunction]] = {}
+        self._background: set[asyncio.Future[None]] = set()
 
     @property
     def llm(self) -> LLM:
@@ -153,6 +164,10 @@ class AgentHost:
             result = await step(hosted.state, hosted.context, messages, deps, toolset=toolset,
                                 stats=hosted.stats, max_steps=max_steps, run_id=run_id, on_event=on_event,
                                 cache=hosted.cache)
+            sleeper = result.state.metadata.get(SLEEPTIME_AGENT)
+            if sleeper:  # count main-agent turns in the persisted state, so a restart keeps the rhythm
+                turns = int(result.state.metadata.get(SLEEPTIME_TURNS, 0)) + 1
+                result.state.metadata = {**result.state.metadata, SLEEPTIME_TURNS: turns}
             await self.store.commit_step(result.state, result.new_messages, result.edited_blocks)
             hosted.state = result.state
             hosted.context = result.context
@@ -163,7 +178,47 @@ class AgentHost:
             )
             hosted.turns += 1
             hosted.last_used = time.monotonic()
+            if sleeper and turns % int(result.state.metadata.get(SLEEPTIME_FREQUENCY, 5)) == 0:
+                self._wake_sleeptime(result.state, sleeper)
             return result.response()
+
+    # ---------------------------------------------------------------- sleep-time agents
+
+    def _wake_sleeptime(self, main: AgentState, sleeper_id: str) -> None:
+        """Run the sleep-time agent in the background on the transcript since its last run."""
+        if self.messenger is None:
+            log.warning("agent %s has a sleep-time agent but this host cannot message agents", main.id)
+            return
+        task = asyncio.ensure_future(self._sleeptime_run(main, sleeper_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _sleeptime_run(self, main: AgentState, sleeper_id: str) -> None:
+        run = {"id": new_id("run"), "agent_id": sleeper_id, "main_agent_id": main.id, "status": "running",
+               "kind": "sleeptime", "created_at": utcnow().isoformat()}
+        await self.store.write("upsert_run", run["id"], run)
+        try:
+            since = main.metadata.get(SLEEPTIME_LAST_RUN)
+            history: list[Message] = await self.store.read(
+                "list_messages", main.id, limit=None,
+                start=datetime.fromisoformat(since) if since else None)
+            text = transcript(history, char_budget=60_000)
+            prompt = (f"[Transcript of agent {main.id} since your last run]\n{text}\n\n"
+                      "Update the memory blocks you share with it: record what is new, merge duplicates, "
+                      "drop what is stale. Call memory_finish_edits when done.")
+            response = await self.messenger.router.deliver(
+                sleeper_id, MessageCreate(content=prompt, sender_id=main.id), wait=True)
+            assert response is not None
+            run.update(status="completed", stop_reason=response.stop_reason.stop_reason,
+                       message_count=len(response.messages), usage=response.usage.model_dump())
+            hosted = self.agents.get(main.id)
+            if hosted is not None:  # remember where this run got to (persisted with the next turn)
+                hosted.state.metadata = {**hosted.state.metadata, SLEEPTIME_LAST_RUN: run["created_at"]}
+        except Exception as exc:
+            log.exception("sleep-time run of %s failed", sleeper_id)
+            run.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        run["completed_at"] = utcnow().isoformat()
+        await self.store.write("upsert_run", run["id"], run)
 
     async def _shared_blocks(self, state: AgentState) -> set[str]:
         shared = set()
@@ -192,7 +247,17 @@ class AgentHost:
     # ---------------------------------------------------------------- state
 
     async def get_state(self, agent_id: str) -> AgentState:
-        return (await self._get(agent_id)).state
+        """The agent's state, with shared blocks as the store has them now."""
+        hosted = await self._get(agent_id)
+        if hosted.shared is None:
+            hosted.shared = await self._shared_blocks(hosted.state)
+        if hosted.shared:
+            fresh = {b.id: b for b in await self.store.get_blocks(sorted(hosted.shared))}
+            newer = [fresh[b.id] for b in hosted.state.blocks
+                     if b.id in fresh and fresh[b.id].updated_at > b.updated_at]
+            for block in newer:
+                hosted.state = hosted.state.replace_block(block)
+        return hosted.state
 
     async def context(self, agent_id: str) -> list[Message]:
         return list((await self._get(agent_id)).context)

@@ -214,6 +214,11 @@ async def conversation_search(
     return "\n".join(lines)
 
 
+def memory_finish_edits() -> str:
+    """Call this when you have finished reorganising memory. It ends your run."""
+    return "Memory edits finished."
+
+
 def _messenger(ctx: ToolContext) -> Messenger:
     if ctx.deps.messenger is None:
         raise ToolError("Messaging other agents is not available to this agent.")
@@ -294,6 +299,7 @@ BASE_TOOL_FUNCTIONS = [
     send_message_to_agent_and_wait_for_reply,
     send_message_to_agent_async,
     send_message_to_agents_matching_tags,
+    memory_finish_edits,
 ]
 
 BASE_TOOLS: dict[str, ToolFunction] = {
@@ -301,7 +307,7 @@ BASE_TOOLS: dict[str, ToolFunction] = {
 }
 
 # Tools that end a turn, and tools that never take request_heartbeat.
-TERMINAL_TOOLS = frozenset({"send_message"})
+TERMINAL_TOOLS = frozenset({"send_message", "memory_finish_edits"})
 
 DEFAULT_TOOLS: dict[str, list[str]] = {
     "memgpt_v2_agent": ["send_message", "memory_replace", "memory_insert", "archival_memory_insert",
@@ -310,7 +316,7 @@ DEFAULT_TOOLS: dict[str, list[str]] = {
                      "archival_memory_insert", "archival_memory_search", "conversation_search"],
     "letta_v1_agent": ["memory_replace", "memory_insert", "archival_memory_insert",
                        "archival_memory_search", "conversation_search"],
-    "sleeptime_agent": ["memory_replace", "memory_insert", "memory_rethink"],
+    "sleeptime_agent": ["memory_replace", "memory_insert", "memory_rethink", "memory_finish_edits"],
 }
 
 

@@ -52,6 +52,14 @@ def remembering_responder(messages, info):
 
     last = messages[-1]
     text = last_user_text(messages)
+    if "sleep-time memory agent" in str(messages[0].get("content")):
+        if last.get("role") == "tool":
+            return tool_call("memory_finish_edits")
+        turns = text.count("\nuser: ")
+        # slow on purpose: the main agent's replies must not wait for it
+        return _after(1.0, tool_call("memory_rethink", label="human",
+                                     new_memory=f"Name: Ada (reviewed by the sleep-time agent, {turns} turns)",
+                                     request_heartbeat=True))
     if last.get("role") == "user" and text.startswith("remember "):
         return tool_call("memory_insert", label="human", new_str=text.removeprefix("remember "),
                          request_heartbeat=True)
@@ -65,6 +73,13 @@ def remembering_responder(messages, info):
     if last.get("role") == "tool" and "send_message" in info.tool_names:
         return send_message("Done.")
     return echo_responder(messages, info)
+
+
+async def _after(seconds, value):
+    import asyncio
+
+    await asyncio.sleep(seconds)
+    return value
 
 
 @pytest.fixture(scope="session")

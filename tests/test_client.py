@@ -227,3 +227,29 @@ def test_agents_on_different_hosts_message_each_other(client: Any, fake_llm_serv
     assert "how are you?" in json.loads(result.tool_return)["message"]  # the other agent's echo
     theirs = answerer.messages(limit=10)
     assert theirs[0].sender_id == asker.id and f"from agent {asker.id}" in theirs[0].content
+
+
+def test_sleeptime_agent_rewrites_a_shared_block_in_the_background(client: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(client, fake_llm_server, enable_sleeptime=True, sleeptime_agent_frequency=5)
+    sleeper_id = agent.state().metadata["sleeptime_agent_id"]
+    durations = []
+    for i in range(7):  # the sleep-time agent wakes after the 5th turn and takes ~1 s
+        started = time.monotonic()
+        assert agent.send(f"turn {i}").assistant_text() == f"You said: turn {i}"
+        durations.append(time.monotonic() - started)
+    assert max(durations[4:]) < 1.0, durations  # replies kept coming while it worked
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        runs = client.list_runs(sleeper_id)
+        if runs and runs[0]["status"] != "running":
+            break
+        time.sleep(0.2)
+    [run] = client.list_runs(sleeper_id)
+    assert run["status"] == "completed" and run["stop_reason"] == "end_turn", run
+    expected = "Name: Ada (reviewed by the sleep-time agent, 5 turns)"
+    assert agent.blocks["human"].value == expected
+    assert client.get_agent(sleeper_id).blocks["human"].value == expected
+    # the main agent's next step sees the new value in its system prompt
+    agent.send("and now?")
+    last_prompt = fake_llm_server.requests[-1]["body"]["messages"][0]["content"]
+    assert expected in last_prompt
