@@ -33,6 +33,7 @@ from letta_ray.schemas import (
     Passage,
     Tool,
     ToolRule,
+    new_id,
 )
 from letta_ray.settings import Settings
 from letta_ray.tools import build_tool, tool_from_source
@@ -219,13 +220,49 @@ class Client:
         for name in wanted:
             await self._store("get_tool_by_name", name)  # NotFoundError names the missing tool
 
-    async def create_agent_async(self, name: str, **kwargs: Any) -> AgentHandle:
-        [handle] = await self.create_agents_async([self.build_agent_state(name, **kwargs)])
+    async def create_agent_async(self, name: str, *, enable_sleeptime: bool = False,
+                                 sleeptime_agent_frequency: int = 5, **kwargs: Any) -> AgentHandle:
+        state = self.build_agent_state(name, **kwargs)
+        if not enable_sleeptime:
+            [handle] = await self.create_agents_async([state])
+            return handle
+        return await self._create_with_sleeptime(state, sleeptime_agent_frequency)
+
+    async def _create_with_sleeptime(self, main: AgentState, frequency: int) -> AgentHandle:
+        """The main agent and its sleep-time agent, sharing the main agent's blocks."""
+        from .host import SLEEPTIME_AGENT, SLEEPTIME_FREQUENCY
+
+        if frequency < 1:
+            raise InvalidInputError("sleeptime_agent_frequency must be at least 1")
+        sleeper = AgentState(
+            name=f"{main.name}-sleeptime", agent_type="sleeptime_agent",
+            system=DEFAULT_SYSTEM_PROMPTS["sleeptime_agent"],
+            blocks=main.blocks, tools=list(DEFAULT_TOOLS["sleeptime_agent"]), llm_config=main.llm_config,
+            embedding_config=main.embedding_config, tags=main.tags, metadata={"main_agent_id": main.id})
+        group_id = new_id("group")
+        main.metadata = {**main.metadata, SLEEPTIME_AGENT: sleeper.id, SLEEPTIME_FREQUENCY: frequency,
+                         "group_id": group_id}
+        handle, _ = await self.create_agents_async([main, sleeper])
+        await self._store_write("upsert_group", group_id, {
+            "id": group_id, "agent_ids": [sleeper.id], "description": f"sleep-time agent of {main.name}",
+            "manager_config": {"manager_type": "sleeptime", "manager_agent_id": main.id,
+                               "sleeptime_agent_frequency": frequency},
+            "shared_block_ids": [b.id for b in main.blocks]})
         return handle
 
-    def create_agent(self, name: str, **kwargs: Any) -> AgentHandle:
-        """Create an agent; see ``build_agent_state`` for the arguments."""
-        return self._run(self.create_agent_async(name, **kwargs))
+    def list_runs(self, agent_id: str | None = None, *, limit: int = 50) -> list[dict[str, Any]]:
+        """Runs (background work such as sleep-time runs, async message runs), newest first."""
+        return self._run(self.list_runs_async(agent_id=agent_id, limit=limit))
+
+    def create_agent(self, name: str, *, enable_sleeptime: bool = False, sleeptime_agent_frequency: int = 5,
+                     **kwargs: Any) -> AgentHandle:
+        """Create an agent; see ``build_agent_state`` for the arguments.
+
+        With ``enable_sleeptime`` a sleep-time agent sharing its blocks is created too; it
+        runs in the background every ``sleeptime_agent_frequency`` turns of this agent.
+        """
+        return self._run(self.create_agent_async(name, enable_sleeptime=enable_sleeptime,
+                                                 sleeptime_agent_frequency=sleeptime_agent_frequency, **kwargs))
 
     async def create_agents_async(self, states: list[AgentState]) -> list[AgentHandle]:
         """Create many agents at once: one placement call and one write per host."""
@@ -345,7 +382,8 @@ class Client:
     async def attach_block_async(self, agent_id: str, block_id: str) -> AgentState:
         """Attach a stored block to an agent (blocks attached to several agents are shared)."""
         await self._store_write("attach_block", agent_id, block_id)
-        await self._reload([agent_id])
+        # every holder reloads: the block may have just become shared
+        await self._reload(await self._store("agents_of_block", block_id))
         return await self._store("get_agent", agent_id)
 
     def attach_block(self, agent_id: str, block_id: str) -> AgentState:
