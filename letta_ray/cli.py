@@ -454,6 +454,27 @@ def delete_agent(
     _console().print(f"Deleted agent {handle.name} ({handle.id}).")
 
 
+# --------------------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(
+        help="Interface to listen on (default 127.0.0.1: this machine only; or $LETTA_RAY_HTTP_HOST).",
+        show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(
+        help="Port of the HTTP API (default 8283, or $LETTA_RAY_HTTP_PORT).", show_default=False)] = None,
+    replicas: Annotated[int, typer.Option(min=1, help="Ray Serve replicas of the API.")] = 1,
+) -> None:
+    """Serve Letta's REST API (/v1, docs at /docs) on Ray Serve, for Letta's SDKs and clients."""
+    with _errors():
+        from letta_ray.serve.deployment import serve_forever
+
+        serve_forever(ctx.obj.settings(), host=host, port=port, replicas=replicas,
+                      on_ready=lambda text: _console().print(Text(text), soft_wrap=True))
+
+
 # --------------------------------------------------------------------------- export
 
 

@@ -104,6 +104,9 @@ def serve_forever(settings: Settings, *, host: str | None = None, port: int | No
         url = start_http(client.settings, host=host, port=port, replicas=replicas)
         on_ready(f"letta_ray HTTP API on {url}/v1 (docs: {url}/docs, data: {client.settings.home}); "
                  "Ctrl-C stops it")
+        if not _is_loopback(host or client.settings.http_host) and not client.settings.api_token:
+            on_ready("Warning: listening beyond this machine with no token; set LETTA_RAY_API_TOKEN "
+                     "so that clients must send it (Authorization: Bearer <token>)")
         try:
             while not stop.wait(1.0):
                 pass

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -333,3 +336,35 @@ def test_bearer_token_is_required_when_configured(client: Any) -> None:
     # and that is the header Letta's SDK sends for its api_key
     assert letta_client.Letta(base_url="http://127.0.0.1:1", api_key="s3cret").auth_headers == {
         "Authorization": "Bearer s3cret"}
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_letta_ray_serve_command_serves_until_terminated(tmp_path: Any) -> None:
+    port = _free_port()
+    env = {**os.environ, "LETTA_RAY_HOME": str(tmp_path / "home")}
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-c", "from letta_ray.cli import app; app()", "serve", "--port", str(port)]
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/v1/health/", timeout=2)
+                if health.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "letta-ray serve did not come up"
+            time.sleep(0.5)
+        assert health.json()["status"] == "ok"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert f"letta_ray HTTP API on http://127.0.0.1:{port}/v1" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
