@@ -53,21 +53,23 @@ async def create_agent(body: CreateAgentRequest, client: ClientDep) -> Response:
     tools = list(body.tools or [])
     tools += [t for t in await asyncio.gather(*(tool_name(client, i) for i in body.tool_ids or []))
               if t not in tools]
-    if body.llm_config is not None:
-        model: dict[str, Any] = {"llm_config": body.llm_config.to_core()}
-    else:
-        model = {"model": body.model, "model_endpoint": body.model_endpoint}
-    state = client.build_agent_state(
-        body.name or f"agent_{uuid.uuid4().hex[:8]}", **model, agent_type=body.agent_type or "memgpt_v2_agent",
-        system=body.system, memory_blocks=blocks, tools=tools, include_base_tools=body.include_base_tools,
-        tool_rules=body.tool_rules, tags=body.tags, description=body.description, metadata=body.metadata,
-        max_steps=body.max_steps or 50)
+    name = body.name or f"agent_{uuid.uuid4().hex[:8]}"
+    spec: dict[str, Any] = {
+        "agent_type": body.agent_type or "memgpt_v2_agent", "system": body.system, "memory_blocks": blocks,
+        "tools": tools, "include_base_tools": body.include_base_tools, "tool_rules": body.tool_rules,
+        "tags": body.tags, "description": body.description, "metadata": body.metadata,
+        "max_steps": body.max_steps or 50}
     overrides = {k: v for k, v in (("context_window", body.context_window_limit), ("max_tokens", body.max_tokens))
                  if v is not None}
-    if overrides:
-        state = state.model_copy(update={"llm_config": _llm_with(state.llm_config, overrides)})
-    await client.create_agents_async([state])
-    return json_response(await agent_view(client, state))
+    if body.llm_config is not None:
+        spec["llm_config"] = _llm_with(body.llm_config.to_core(), overrides)
+    else:  # the client resolves the model (or the default one); then our overrides apply
+        model = client.build_agent_state(name, model=body.model, model_endpoint=body.model_endpoint,
+                                         include_base_tools=False)
+        spec["llm_config"] = _llm_with(model.llm_config, overrides)
+    agent = await client.create_agent_async(name, enable_sleeptime=body.enable_sleeptime,
+                                            sleeptime_agent_frequency=body.sleeptime_agent_frequency, **spec)
+    return json_response(await agent_view(client, await client.get_agent_state_async(agent.id)))
 
 
 def _llm_with(config: LLMConfig, changes: dict[str, Any]) -> LLMConfig:

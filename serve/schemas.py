@@ -285,6 +285,8 @@ class CreateAgentRequest(_Shape):
     context_window_limit: int | None = Field(default=None, ge=256)
     max_tokens: int | None = Field(default=None, ge=1)
     max_steps: int | None = Field(default=None, ge=1, description="letta_ray: most steps in one turn")
+    enable_sleeptime: bool = Field(default=False, description="also create a sleep-time agent sharing the blocks")
+    sleeptime_agent_frequency: int = Field(default=5, ge=1, description="letta_ray: wake it every N turns")
 
 
 class UpdateAgentRequest(_Shape):
