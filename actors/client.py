@@ -417,6 +417,24 @@ class Client:
                               limit: int | None = 50) -> list[dict[str, Any]]:
         return await self._store("list_runs", agent_id, status=status, limit=limit)
 
+    # ---------------------------------------------------------------- timers
+
+    async def schedule_async(self, agent_id: str, *, every_s: float | None = None, at: datetime | None = None,
+                             message: str | None = None) -> Any:
+        return await await_ref(self.deployment.directory.schedule.remote(agent_id, every_s=every_s, at=at,
+                                                                          message=message))
+
+    def schedule(self, agent_id: str, *, every_s: float | None = None, at: datetime | None = None,
+                 message: str | None = None) -> Any:
+        """Wake an agent every ``every_s`` seconds, or once ``at`` a time, with a system message."""
+        return self._run(self.schedule_async(agent_id, every_s=every_s, at=at, message=message))
+
+    def list_schedules(self, agent_id: str | None = None) -> list[Any]:
+        return self._run(await_ref(self.deployment.directory.schedules.remote(agent_id)))
+
+    def cancel_schedule(self, schedule_id: str) -> None:
+        self._run(await_ref(self.deployment.directory.cancel_schedule.remote(schedule_id)))
+
     # ---------------------------------------------------------------- lifecycle
 
     def export_parquet(self, out_dir: str | None = None) -> dict[str, Any]:

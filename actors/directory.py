@@ -16,8 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from letta_ray.errors import NotFoundError
+from letta_ray.messages import MessageCreate
 
 from .messaging import WaitGraph
+from .scheduler import Schedule, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,9 @@ class Directory:
 
     def __init__(self, make_host: HostFactory, *, placement: str = "packed", agents_per_host: int = 5_000,
                  max_hosts: int | None = None, exists: Callable[[str], Any] | None = None,
-                 ping: Callable[[Any], Any] | None = None) -> None:
+                 ping: Callable[[Any], Any] | None = None, timers: Any = None) -> None:
+        """``timers`` persists schedules: ``await timers.load()`` / ``await timers.save(docs)``;
+        ``deliver`` of wake-ups goes to the agent's host via ``send``."""
         self._make_host = make_host
         self.placement = placement
         self.agents_per_host = agents_per_host
@@ -42,6 +46,8 @@ class Directory:
         self.where: dict[str, str] = {}
         self._ids = itertools.count()
         self.waits = WaitGraph()
+        self._timers = timers
+        self.scheduler = Scheduler(self._wake_agent, save=timers.save if timers is not None else None)
         self._lock = asyncio.Lock()
 
     def _new_host(self) -> str:
@@ -112,7 +118,35 @@ class Directory:
     async def wait_end(self, waiter: str, target: str) -> None:
         self.waits.end(waiter, target)
 
+    # ---------------------------------------------------------------- timers
+
+    async def start_timers(self) -> int:
+        """Reload persisted schedules and start firing them; returns how many there are."""
+        if self._timers is not None and not self.scheduler.schedules:
+            self.scheduler.load(await self._timers.load())
+        self.scheduler.start()
+        return len(self.scheduler.schedules)
+
+    async def schedule(self, agent_id: str, *, every_s: float | None = None, at: Any = None,
+                       message: str | None = None) -> Schedule:
+        if self._exists is not None and not await self._exists(agent_id):
+            raise NotFoundError("agent", agent_id)
+        return await self.scheduler.add(agent_id, every_s=every_s, at=at, message=message)
+
+    async def schedules(self, agent_id: str | None = None) -> list[Schedule]:
+        return self.scheduler.list(agent_id)
+
+    async def cancel_schedule(self, schedule_id: str) -> None:
+        await self.scheduler.cancel(schedule_id)
+
+    async def _wake_agent(self, agent_id: str, message: MessageCreate) -> Any:
+        from ._proxy import await_ref
+
+        _, host = await self.locate(agent_id)
+        return await await_ref(host.send.remote(agent_id, [message]))
+
     async def forget(self, agent_id: str) -> None:
+        await self.scheduler.cancel_agent(agent_id)
         async with self._lock:
             host_id = self.where.pop(agent_id, None)
             if host_id in self.load:

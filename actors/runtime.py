@@ -110,6 +110,26 @@ class _AgentExists:
         return True
 
 
+class _TimerStore:
+    """Persists the directory's schedules in the metadata store."""
+
+    KEY = "schedules"
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    async def load(self) -> list[dict[str, Any]]:
+        import json
+
+        raw = await await_ref(self.store.read.remote("get_meta", self.KEY))
+        return json.loads(raw) if raw else []
+
+    async def save(self, docs: list[dict[str, Any]]) -> None:
+        import json
+
+        await await_ref(self.store.write.remote("set_meta", self.KEY, json.dumps(docs)))
+
+
 @dataclass
 class Deployment:
     """Handles of the named actors of one data directory."""
@@ -147,10 +167,11 @@ def start_deployment(settings: Settings, *, llm: Any = None) -> Deployment:
     directory = get_or_create(
         Directory, f"{prefix}-directory", ns, (maker,),
         {"placement": settings.placement, "agents_per_host": settings.agents_per_host,
-         "max_hosts": settings.max_hosts, "exists": _AgentExists(store), "ping": _ping},
+         "max_hosts": settings.max_hosts, "exists": _AgentExists(store), "ping": _ping,
+         "timers": _TimerStore(store)},
         **detached)
     # Surface a broken store (a locked file, a bad path) now, with its real error.
-    ray.get([store.ping.remote(), archive.ping.remote(), directory.describe.remote()])
+    ray.get([store.ping.remote(), archive.ping.remote(), directory.start_timers.remote()])
     return Deployment(settings, prefix, store, archive, embedder, directory)
 
 

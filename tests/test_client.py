@@ -253,3 +253,19 @@ def test_sleeptime_agent_rewrites_a_shared_block_in_the_background(client: Any, 
     agent.send("and now?")
     last_prompt = fake_llm_server.requests[-1]["body"]["messages"][0]["content"]
     assert expected in last_prompt
+
+
+def test_a_timer_wakes_an_agent_with_a_system_message(client: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(client, fake_llm_server)
+    agent.send("hello")  # a host's first turn loads litellm (seconds); don't let that eat the window
+    schedule = client.schedule(agent.id, every_s=0.5, message="time to check in")
+    assert [s.id for s in client.list_schedules(agent.id)] == [schedule.id]
+    time.sleep(1.8)
+    client.cancel_schedule(schedule.id)
+    wakeups = [m for m in agent.messages(limit=100) if m.role == "system"]
+    assert len(wakeups) >= 2 and "time to check in" in wakeups[0].content
+    assert all(f"Scheduled wake-up {schedule.id}" in m.content for m in wakeups)
+    time.sleep(0.8)
+    assert len([m for m in agent.messages(limit=100) if m.role == "system"]) <= len(wakeups) + 1
+    with pytest.raises(NotFoundError):
+        client.schedule("agent-nope", every_s=1)
