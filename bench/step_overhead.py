@@ -56,7 +56,7 @@ from _common import BENCH_MESSAGES, SEND_MESSAGE_TOOL, percentile
 
 from letta_ray.agent import StepResult, step, tool_result_text
 from letta_ray.base_tools import BASE_TOOLS, DEFAULT_SYSTEM_PROMPTS, DEFAULT_TOOLS, TERMINAL_TOOLS, base_toolset
-from letta_ray.context import compile_context
+from letta_ray.context import MessageCache, compile_context
 from letta_ray.deps import LLM, LLMResponse, StepDeps
 from letta_ray.llm import LiteLLM, TokenCounter
 from letta_ray.memory import Memory, MemoryStats, compile_system_prompt, render_metadata
@@ -150,6 +150,7 @@ class Conversation:
     toolset: Toolset
     context: list[Message] = field(default_factory=list)
     stats: MemoryStats = field(default_factory=MemoryStats)
+    cache: MessageCache = field(default_factory=MessageCache)  # kept across turns, as AgentHost does
 
     @classmethod
     def start(cls, llm: LLM, model_endpoint: str | None = None) -> Conversation:
@@ -158,7 +159,8 @@ class Conversation:
 
     async def turn(self, text: str) -> StepResult:
         result = await step(
-            self.state, self.context, [MessageCreate(content=text)], self.deps, toolset=self.toolset, stats=self.stats
+            self.state, self.context, [MessageCreate(content=text)], self.deps, toolset=self.toolset, stats=self.stats,
+            cache=self.cache,
         )
         if result.stop_reason.stop_reason != "end_turn":
             raise RuntimeError(f"turn ended with {result.stop_reason}")
@@ -328,7 +330,8 @@ async def fixed_steps(conv: Conversation, texts: list[str], profile: cProfile.Pr
             profile.enable()
         start = time.perf_counter()
         result = await step(
-            conv.state, context, [MessageCreate(content=text)], conv.deps, toolset=conv.toolset, stats=conv.stats
+            conv.state, context, [MessageCreate(content=text)], conv.deps, toolset=conv.toolset, stats=conv.stats,
+            cache=conv.cache,
         )
         times.append(time.perf_counter() - start)
         if profile is not None:
