@@ -4,7 +4,9 @@ Prints, in one run against a loopback fake LLM (in its own process):
 - p50/p99 latency of one message (one LLM call) sent over HTTP, one sender;
 - messages/s (and p50/p99) with 8 and 32 concurrent senders, each on its own agent;
 - the floor: the same figures for a trivial Serve route (``GET /v1/health/``) on the
-  same deployment, i.e. what Serve's proxy and the HTTP client cost by themselves.
+  same deployment, i.e. what Serve's proxy and the HTTP client cost by themselves;
+- and the ceiling the HTTP layer sits on: the same messages sent through the Python
+  driver (``AgentHandle.send_async``), no HTTP at all.
 Each figure is the median over ``--repeats`` rounds. (Not named ``http.py``: a file of
 that name in bench/ would shadow the standard library's ``http`` for every bench script.)
 
@@ -42,15 +44,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+AGENTS = 32
+
+
 async def senders(call: Callable[[int], Awaitable[Any]], n: int, concurrency: int) -> dict[str, float]:
-    """``n`` calls from ``concurrency`` senders; sender ``i`` always passes ``i`` (its own agent)."""
+    """``n`` calls from ``concurrency`` senders, each on agents of its own.
+
+    Sender ``i`` goes round the agents ``i, i + concurrency, ...`` (of ``AGENTS``), so no
+    two senders share an agent and every agent's context stays short.
+    """
     latencies: list[float] = []
     per_sender = max(1, n // concurrency)
 
     async def sender(i: int) -> None:
-        for _ in range(per_sender):
+        mine = list(range(i, AGENTS, concurrency)) or [i % AGENTS]
+        for k in range(per_sender):
             start = time.perf_counter()
-            await call(i)
+            await call(mine[k % len(mine)])
             latencies.append(time.perf_counter() - start)
 
     wall = time.perf_counter()
@@ -64,7 +74,8 @@ def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
 
 
-async def bench(base: str, fake_url: str, sends: int, repeats: int) -> dict[str, dict[int, dict[str, float]]]:
+async def bench(client: Any, base: str, fake_url: str, sends: int, repeats: int
+                ) -> dict[str, dict[int, dict[str, float]]]:
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
@@ -79,12 +90,23 @@ async def bench(base: str, fake_url: str, sends: int, repeats: int) -> dict[str,
         agents = [(await post("/v1/agents/", {
             "name": f"bench-{i}", "model": "fake-model", "model_endpoint": fake_url,
             "memory_blocks": [{"label": "human", "value": f"Person {i}"}, {"label": "persona", "value": "I help."}],
-        }))["id"] for i in range(32)]
+        }))["id"] for i in range(AGENTS)]
+
+        async def reset() -> None:  # every round starts from empty contexts
+            for agent_id in agents:
+                async with http.patch(f"/v1/agents/{agent_id}/reset-messages") as response:
+                    assert response.status == 200, await response.text()
 
         async def send(i: int) -> None:
             data = await post(f"/v1/agents/{agents[i]}/messages",
                               {"messages": [{"role": "user", "content": "hello there"}]})
             assert data["stop_reason"]["stop_reason"] == "end_turn", data
+
+        handles = [await client.get_agent_async(agent_id) for agent_id in agents]
+
+        async def driver(i: int) -> None:  # the same turn through the Python driver: no HTTP at all
+            reply = await handles[i].send_async("hello there")
+            assert reply.stop_reason.stop_reason == "end_turn", reply
 
         async def health(i: int) -> None:
             async with http.get("/v1/health/") as response:
@@ -92,15 +114,19 @@ async def bench(base: str, fake_url: str, sends: int, repeats: int) -> dict[str,
                 assert response.status == 200
 
         # warm up every agent (loads it on its host) and both paths
-        await asyncio.gather(*(send(i) for i in range(32)))
+        await asyncio.gather(*(send(i) for i in range(AGENTS)))
         await senders(send, 64, 8)
         await senders(health, 200, 8)
+        await senders(driver, 64, 8)
 
-        results: dict[str, dict[int, dict[str, float]]] = {"message": {}, "floor": {}}
-        for label, call in (("message", send), ("floor", health)):
+        results: dict[str, dict[int, dict[str, float]]] = {"message": {}, "floor": {}, "driver": {}}
+        for label, call in (("message", send), ("floor", health), ("driver", driver)):
             for concurrency in (1, 8, 32):
                 n = sends if concurrency == 1 else sends * 2
-                rounds = [await senders(call, n, concurrency) for _ in range(repeats)]
+                rounds = []
+                for _ in range(repeats):
+                    await reset()
+                    rounds.append(await senders(call, n, concurrency))
                 results[label][concurrency] = median_of(rounds)
         return results
 
@@ -118,25 +144,28 @@ def main() -> None:
         client = letta_ray.connect(home=home)
         try:
             base = start_http(client.settings, host="127.0.0.1", port=free_port())
-            results = asyncio.run(bench(base, fake_url, args.sends, args.repeats))
+            results = asyncio.run(bench(client, base, fake_url, args.sends, args.repeats))
         finally:
             from ray import serve
 
             serve.shutdown()
             client.close()
 
-    msg, floor = results["message"], results["floor"]
+    msg, floor, driver = results["message"], results["floor"], results["driver"]
     print(f"\nletta_ray HTTP bench — {os.cpu_count()} CPUs, Ray Serve on 127.0.0.1, fake LLM on loopback "
           f"(own process), medians of {args.repeats} rounds")
-    print(f"  {'':34} {'p50 ms':>8} {'p99 ms':>8} {'per s':>8}")
+    print(f"  {'':42} {'p50 ms':>8} {'p99 ms':>8} {'per s':>8}")
     for concurrency in (1, 8, 32):
-        for label, rows in (("message (one LLM call)", msg), ("floor: GET /v1/health/", floor)):
+        for label, rows in (("message (one LLM call)", msg), ("floor: GET /v1/health/", floor),
+                            ("same message, Python driver", driver)):
             r = rows[concurrency]
             who = "1 sender" if concurrency == 1 else f"{concurrency} senders"
-            print(f"  {label + ', ' + who:34} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['per_s']:8.1f}")
+            print(f"  {label + ', ' + who:42} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['per_s']:8.1f}")
     p50, rate8 = msg[1]["p50_ms"], msg[8]["per_s"]
     print(f"  one message p50 {p50:.1f} ms (target <= 25 ms; Letta server: 251 ms); "
           f"{rate8:.0f} messages/s with 8 senders (target >= 150; Letta server: 3.4)")
+    print(f"  HTTP over the driver: +{p50 - driver[1]['p50_ms']:.1f} ms p50 with one sender; "
+          f"{rate8 / driver[8]['per_s']:.2f}x the driver's messages/s with 8 senders")
 
 
 if __name__ == "__main__":
