@@ -149,6 +149,23 @@ def test_page_through_messages(sdk: Any, fake_llm_server: Any) -> None:
     assert [m.id for m in newest_first] == [m.id for m in reversed(everything)]
 
 
+def test_modify_agent(sdk: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server)
+    changed = sdk.agents.update(agent.id, name="renamed", tags=["a", "b"], system="You are terse.",
+                                context_window_limit=16000)
+    assert (changed.name, changed.tags, changed.system) == ("renamed", ["a", "b"], "You are terse.")
+    assert changed.llm_config.context_window == 16000
+    assert changed.llm_config.api_model_endpoint == fake_llm_server.url  # the rest of the config is kept
+    sdk.agents.messages.create(agent.id, messages=[{"role": "user", "content": "hi"}])
+    assert system_prompt_of_last_call(fake_llm_server).startswith("You are terse.")
+    assert sdk.agents.retrieve(agent.id).name == "renamed"
+
+
+def test_create_with_a_sleeptime_agent(sdk: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server, enable_sleeptime=True)
+    assert agent.metadata and any(isinstance(v, str) and v.startswith("agent-") for v in agent.metadata.values())
+
+
 def test_delete_agent(sdk: Any, fake_llm_server: Any) -> None:
     agent = new_agent(sdk, fake_llm_server)
     sdk.agents.delete(agent.id)
