@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from letta_ray.deps import Messenger
 from letta_ray.errors import AgentBusyTimeout, AgentCycleError, NotFoundError, ToolError
+from letta_ray.group_tools import GROUP_TOOL_FUNCTIONS
 from letta_ray.schemas import Block
 from letta_ray.tools import ToolContext, ToolFunction, Toolset, build_tool
 
@@ -300,6 +301,7 @@ BASE_TOOL_FUNCTIONS = [
     send_message_to_agent_async,
     send_message_to_agents_matching_tags,
     memory_finish_edits,
+    *GROUP_TOOL_FUNCTIONS,
 ]
 
 BASE_TOOLS: dict[str, ToolFunction] = {
