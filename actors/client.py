@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from datetime import datetime
 from queue import Queue
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -40,6 +40,9 @@ from letta_ray.tools import build_tool, tool_from_source
 
 from ._proxy import await_ref
 from .runtime import Deployment, init_ray, start_deployment, stop_deployment
+
+if TYPE_CHECKING:
+    from .groups import GroupsAPI
 
 T = TypeVar("T")
 _HOST_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
@@ -88,7 +91,17 @@ class Client:
         self._loop = _LoopThread()
         self._closed = False
         self._where: dict[str, tuple[str, Any]] = {}
+        self._groups: GroupsAPI | None = None
         atexit.register(self._atexit)
+
+    @property
+    def groups(self) -> GroupsAPI:
+        """Groups of agents: round robin, supervisor, dynamic (``client.groups.create_group(...)``)."""
+        if self._groups is None:
+            from .groups import GroupsAPI
+
+            self._groups = GroupsAPI(self)
+        return self._groups
 
     # ---------------------------------------------------------------- plumbing
 

@@ -19,7 +19,6 @@ from typing import Any
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import letta_ray
-from letta_ray.actors.groups import GroupsAPI
 from letta_ray.messages import AssistantMessage, ReasoningMessage, ToolCallMessage, ToolReturnMessage
 from letta_ray.testing import FakeOpenAIServer, last_user_text, send_message, tool_call
 
@@ -73,7 +72,7 @@ def main() -> None:
 
             lead = agent("lead")
             workers = [agent(name) for name in ("sec", "perf", "docs")]
-            groups = GroupsAPI(client)
+            groups = client.groups
             group = groups.create_group([w.id for w in workers],
                                         {"manager_type": "supervisor", "manager_agent_id": lead.id},
                                         description="release council")

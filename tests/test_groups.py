@@ -360,9 +360,7 @@ def group_llm_server():
 
 @pytest.fixture
 def groups(client: Any) -> Any:
-    from letta_ray.actors.groups import GroupsAPI
-
-    return GroupsAPI(client)
+    return client.groups
 
 
 def ray_agent(client: Any, server: Any, persona: str) -> Any:
