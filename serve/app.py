@@ -27,6 +27,7 @@ from letta_ray.settings import PROVIDER_KEYS
 from ._agents import agents
 from ._blocks import blocks
 from ._common import ClientDep, status_of
+from ._groups import groups
 from ._messages import messages, runs
 from ._tools import tools
 from .schemas import EmbeddingConfigView, EmbeddingModelView, HealthView, ModelView
@@ -105,7 +106,7 @@ def create_app(client: Client) -> FastAPI:
     app.state.background = set()
     auth = [Depends(_require_token)]
     app.include_router(health)
-    for router in (agents, messages, blocks, tools, runs, models):
+    for router in (agents, messages, blocks, tools, runs, models, groups):
         app.include_router(router, dependencies=auth)
     app.add_exception_handler(_Unauthorized, _on_unauthorized)
     app.add_exception_handler(RequestValidationError, _on_validation)

@@ -385,3 +385,27 @@ def test_letta_ray_serve_command_serves_until_terminated(tmp_path: Any) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_groups_round_robin_over_http(http: Any, sdk: Any, fake_llm_server: Any) -> None:
+    a, b = new_agent(sdk, fake_llm_server), new_agent(sdk, fake_llm_server)
+    created = http.post("/v1/groups/", json={"agent_ids": [a.id, b.id], "description": "pair",
+                                             "manager_config": {"manager_type": "round_robin", "max_turns": 2}})
+    assert created.status_code == 200, created.text
+    group = created.json()
+    assert group["manager_type"] == "round_robin" and group["agent_ids"] == [a.id, b.id]
+    assert http.get(f"/v1/groups/{group['id']}").json()["id"] == group["id"]
+    assert group["id"] in [g["id"] for g in http.get("/v1/groups/", params={"limit": 100}).json()]
+
+    sent = http.post(f"/v1/groups/{group['id']}/messages", json={"messages": [{"role": "user", "content": "hi all"}]})
+    assert sent.status_code == 200, sent.text
+    body = sent.json()
+    replies = [m for m in body["messages"] if m["message_type"] == "assistant_message"]
+    assert [m["sender_id"] for m in replies] == [a.id, b.id]  # each participant in turn
+    assert body["stop_reason"]["message_type"] == "stop_reason"
+
+    assert http.post("/v1/groups/", json={"agent_ids": ["agent-nope"]}).status_code == 404
+    assert http.post("/v1/groups/", json={"agent_ids": [a.id], "manager_config": {"manager_type": "x"}}
+                     ).status_code == 422
+    assert http.delete(f"/v1/groups/{group['id']}").status_code == 200
+    assert http.get(f"/v1/groups/{group['id']}").status_code == 404
