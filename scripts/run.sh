@@ -5,12 +5,5 @@
 # With no key and no network it runs the built-in offline demo model instead.
 # Usage: bash scripts/run.sh [letta-ray run options...]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[local]"
-export LITELLM_LOCAL_MODEL_COST_MAP=True RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+source "$(dirname "$0")/_venv.sh" "local"
 exec .venv/bin/letta-ray run --demo "$@"
