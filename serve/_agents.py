@@ -72,9 +72,11 @@ async def create_agent(body: CreateAgentRequest, client: ClientDep) -> Response:
     return json_response(await agent_view(client, await client.get_agent_state_async(agent.id)))
 
 
-def _llm_with(config: LLMConfig, changes: dict[str, Any]) -> LLMConfig:
+def _llm_with(config: LLMConfig | dict[str, Any], changes: dict[str, Any]) -> LLMConfig:
+    """``config`` with ``changes``; InvalidInputError (400) if the result is not a valid config."""
+    values = config if isinstance(config, dict) else config.model_dump()
     try:
-        return LLMConfig.model_validate({**config.model_dump(), **changes})
+        return LLMConfig.model_validate({**values, **changes})
     except ValueError as exc:
         raise InvalidInputError(f"invalid model settings: {exc}") from exc
 
@@ -119,12 +121,13 @@ async def modify_agent(agent_id: str, body: UpdateAgentRequest, client: ClientDe
     llm_fields = {k: v for k, v in (("context_window", body.context_window_limit), ("max_tokens", body.max_tokens))
                   if v is not None}
     if body.llm_config is not None or body.model is not None or llm_fields:
+        config: LLMConfig | dict[str, Any]
         if body.llm_config is not None:
             config = body.llm_config.to_core()
         elif body.model is not None:
-            config = _llm_with(LLMConfig(model=body.model, handle=body.model,
-                                         model_endpoint=body.model_endpoint or client.settings.default_model_endpoint,
-                                         context_window=client.settings.default_context_window), {})
+            config = {"model": body.model, "handle": body.model,
+                      "model_endpoint": body.model_endpoint or client.settings.default_model_endpoint,
+                      "context_window": client.settings.default_context_window}
         else:
             config = (await client.get_agent_state_async(agent_id)).llm_config
         changes["llm_config"] = _llm_with(config, llm_fields).model_dump()
@@ -205,7 +208,8 @@ async def modify_agent_block(agent_id: str, block_label: str, body: UpdateBlockR
     changes = body.changes()
     if changes.pop("label", block_label) != block_label:
         raise InvalidInputError("a block cannot be renamed here; PATCH /v1/blocks/{block_id} with a new label")
-    changes.pop("metadata", None)
+    if changes.pop("metadata", None) is not None:
+        raise InvalidInputError("a block's metadata is edited at PATCH /v1/blocks/{block_id}")
     value = changes.pop("value", None)
     return BlockView.of(await handle(client, agent_id).blocks.update_async(block_label, value, **changes))
 
