@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 
+from letta_ray import _process_env
+from letta_ray._process_env import PROCESS_ENV
+from letta_ray._process_env import apply as apply_process_env
 from letta_ray.errors import InvalidInputError
 from letta_ray.schemas import EmbeddingConfig
 from letta_ray.settings import Settings
@@ -27,13 +29,9 @@ from .stores import ArchiveActor, EmbedderActor, MetadataStoreActor
 
 log = logging.getLogger(__name__)
 
-# Set for every process we start: Ray's local listeners stay on 127.0.0.1 only with the
-# first, and litellm tries the network on first use without the second.
-RUNTIME_ENV_VARS = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-    "RAY_DEDUP_LOGS": "0",
-}
+# Passed to every worker process of a cluster we join (an embedded Ray's workers
+# inherit our environment, which letta_ray._process_env has set).
+RUNTIME_ENV_VARS = dict(PROCESS_ENV)
 
 # Actors wait on I/O, not CPU: they reserve no CPU so they never block scheduling.
 _ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 10_000}
@@ -45,8 +43,10 @@ def init_ray(settings: Settings) -> bool:
     Returns True if this call started Ray. Does nothing if Ray is already up in this
     process (a test session, a Serve replica).
     """
-    for key, value in RUNTIME_ENV_VARS.items():
-        os.environ.setdefault(key, value)
+    apply_process_env()
+    if settings.embedded and _process_env.RAY_IMPORTED_TOO_EARLY:
+        log.warning("ray was imported before letta_ray, so an embedded Ray may listen on every interface; "
+                    "import letta_ray first or set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in the environment")
     if ray.is_initialized():
         return False
     if settings.embedded:

@@ -85,3 +85,30 @@ def test_every_ray_listener_is_on_loopback(client: Any, fake_llm_server: Any) ->
     assert len(ours) >= 3, "expected Ray's GCS, raylet and workers to be listening"
     exposed = {addr for addr, _ in ours.values() if not _is_loopback(addr)}
     assert not exposed, f"Ray processes listen on non-loopback addresses: {sorted(ours.values())}"
+
+
+def test_the_user_path_keeps_ray_on_loopback_without_any_environment(tmp_path: Path) -> None:
+    """A script that just calls letta_ray.connect(), with none of Ray's variables set."""
+    import subprocess
+    import sys
+
+    script = ("import sys, letta_ray\n"
+              f"client = letta_ray.connect(home={str(tmp_path / 'home')!r})\n"
+              "print('ready', flush=True)\n"
+              "sys.stdin.readline()\n"
+              "client.close()\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        pids = _descendants(proc.pid) | {proc.pid}
+        listeners = listening_sockets()
+        theirs = {listeners[i] for pid in pids for i in _socket_inodes(pid) if i in listeners}
+        assert len(theirs) >= 3
+        assert all(_is_loopback(addr) for addr, _ in theirs), sorted(theirs)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(timeout=120)
