@@ -103,3 +103,24 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+def read_complete(path: Path, offset: int) -> tuple[list[TurnRecord], int]:
+    """Records written to ``path`` after byte ``offset``, and the offset after the last one.
+
+    Only complete lines count: a line still being written (no newline yet) is left for
+    the next read, so a reader can tail a journal another process is appending to.
+    """
+    with open(path, "rb") as file:
+        file.seek(offset)
+        data = file.read()
+    end = data.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    records = []
+    for line in data[: end + 1].splitlines():
+        try:
+            records.append(TurnRecord.decode(line))
+        except (ValueError, KeyError) as exc:
+            log.warning("journal %s: skipping an unreadable record: %s", path, exc)
+    return records, offset + end + 1

@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from letta_ray.agent import EventSink, step
@@ -27,6 +30,7 @@ from letta_ray.messages import LettaResponse, Message, MessageCreate
 from letta_ray.schemas import AgentState, Block, new_id, utcnow
 from letta_ray.tools import ToolFunction, Toolset, tool_from_source
 
+from ._journal import Journal, TurnRecord
 from .messaging import AgentMessenger, Router
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,9 @@ SLEEPTIME_AGENT = "sleeptime_agent_id"
 SLEEPTIME_FREQUENCY = "sleeptime_agent_frequency"
 SLEEPTIME_TURNS = "sleeptime_turns"
 SLEEPTIME_LAST_RUN = "sleeptime_last_run_at"
+
+# A host starts a new journal file past this size (the store deletes applied ones).
+JOURNAL_ROTATE_BYTES = 64 * 2**20
 
 # Fields of an agent a caller may change after creation.
 MODIFIABLE = frozenset({"name", "system", "tags", "description", "metadata", "llm_config", "embedding_config",
@@ -58,8 +65,18 @@ class AgentHost:
     """Hosts agents; ``store`` and ``archive`` are awaitable proxies (actors or local objects)."""
 
     def __init__(self, host_id: str, store: Any, archive: Any, llm: LLM | None = None,
-                 router: Router | None = None, agent_call_timeout_s: float = 120.0) -> None:
+                 router: Router | None = None, agent_call_timeout_s: float = 120.0,
+                 journal_dir: str | None = None) -> None:
+        """With ``journal_dir`` (the store's ``host_journals`` folder) a turn is acknowledged
+        once this host has fsync'ed it to its own journal file; the store applies it from
+        there. Without, the turn is committed through the store actor before the reply."""
         self.host_id = host_id
+        self._journal_dir = Path(journal_dir) if journal_dir is not None else None
+        self._journal_name = f"{host_id}-{uuid.uuid4().hex[:8]}"
+        self._journal_part = 0
+        self._journal = self._open_journal() if self._journal_dir is not None else None
+        self._journal_seq = 0
+        self._journal_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-journal")
         self.store = store
         self.archive = archive
         self._llm = llm
@@ -168,7 +185,7 @@ class AgentHost:
             if sleeper:  # count main-agent turns in the persisted state, so a restart keeps the rhythm
                 turns = int(result.state.metadata.get(SLEEPTIME_TURNS, 0)) + 1
                 result.state.metadata = {**result.state.metadata, SLEEPTIME_TURNS: turns}
-            await self.store.commit_step(result.state, result.new_messages, result.edited_blocks)
+            await self._persist_turn(result.state, result.new_messages, result.edited_blocks)
             hosted.state = result.state
             hosted.context = result.context
             hosted.stats.recall_messages += len(result.new_messages)
@@ -219,6 +236,28 @@ class AgentHost:
             run.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         run["completed_at"] = utcnow().isoformat()
         await self.store.write("upsert_run", run["id"], run)
+
+    async def _persist_turn(self, state: AgentState, messages: list[Message], edited: list[Block]) -> None:
+        """Make a turn durable before its reply goes out."""
+        if self._journal is None:
+            await self.store.commit_step(state, messages, edited)
+            return
+        self._journal_seq += 1
+        record = TurnRecord(self._journal_seq, state, messages, list(edited))
+        await asyncio.get_running_loop().run_in_executor(self._journal_exec, self._journal.append, [record])
+        if self._journal.path.stat().st_size > JOURNAL_ROTATE_BYTES:
+            # a new file; the store deletes the old one once it has applied all of it
+            self._journal.close()
+            self._journal_part += 1
+            self._journal = self._open_journal()
+        # Tell the store there is something to apply; not awaited: the reply need not wait.
+        poke = asyncio.ensure_future(self.store.ingest_host_journals())
+        self._background.add(poke)
+        poke.add_done_callback(self._background.discard)
+
+    def _open_journal(self) -> Journal:
+        assert self._journal_dir is not None
+        return Journal(self._journal_dir / f"{self._journal_name}-{self._journal_part:06d}.log")
 
     async def _shared_blocks(self, state: AgentState) -> set[str]:
         shared = set()

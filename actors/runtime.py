@@ -75,7 +75,8 @@ class _HostMaker:
     """Creates AgentHost actors; a picklable callable the directory actor holds."""
 
     def __init__(self, prefix: str, namespace: str, store: Any, archive: Any, llm: Any = None,
-                 agent_call_timeout_s: float = 120.0) -> None:
+                 agent_call_timeout_s: float = 120.0, journal_dir: str | None = None) -> None:
+        self.journal_dir = journal_dir
         self.prefix = prefix
         self.namespace = namespace
         self.store = store
@@ -89,7 +90,7 @@ class _HostMaker:
             scheduling_strategy="SPREAD", max_restarts=0, **_ACTOR_OPTIONS)
         router = RayRouter(f"{self.prefix}-directory", self.namespace, self.store)
         return remote.remote(host_id, ActorProxy(self.store), ActorProxy(self.archive), self.llm, router,
-                             self.agent_call_timeout_s)
+                             self.agent_call_timeout_s, self.journal_dir)
 
 
 async def _ping(handle: Any) -> Any:
@@ -157,13 +158,14 @@ def start_deployment(settings: Settings, *, llm: Any = None) -> Deployment:
     prefix = deployment_prefix(settings)
     ns = settings.namespace
     detached = {"lifetime": "detached", **_ACTOR_OPTIONS}
+    journals = str(settings.home / "journal")
     store = get_or_create(MetadataStoreActor, f"{prefix}-store", ns,
-                          (str(settings.meta_path), settings.store_batch_ms), **detached)
+                          (str(settings.meta_path), settings.store_batch_ms, True, journals), **detached)
     embedding = EmbeddingConfig(embedding_model=settings.embedding_model, embedding_dim=settings.embedding_dim)
     embedder = get_or_create(EmbedderActor, f"{prefix}-embedder", ns, (embedding,), **detached)
     archive = get_or_create(ArchiveActor, f"{prefix}-archive", ns,
                             (str(settings.archive_path), ActorProxy(embedder), settings.embedding_dim), **detached)
-    maker = _HostMaker(prefix, ns, store, archive, llm, settings.agent_call_timeout_s)
+    maker = _HostMaker(prefix, ns, store, archive, llm, settings.agent_call_timeout_s, journals)
     directory = get_or_create(
         Directory, f"{prefix}-directory", ns, (maker,),
         {"placement": settings.placement, "agents_per_host": settings.agents_per_host,

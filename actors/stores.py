@@ -27,7 +27,7 @@ from letta_ray.errors import StorageError
 from letta_ray.messages import Message, Role
 from letta_ray.schemas import AgentState, Block, EmbeddingConfig, Passage
 
-from ._journal import Journal, TurnRecord
+from ._journal import Journal, TurnRecord, read_complete
 
 if TYPE_CHECKING:
     from letta_ray.storage.archive import ArchivalStore
@@ -97,7 +97,10 @@ class MetadataStoreActor:
     waits until all acknowledged turns are applied, so callers always read their writes.
     """
 
-    def __init__(self, path: str | Path, batch_ms: float = 0.0, journal: bool = True) -> None:
+    def __init__(self, path: str | Path, batch_ms: float = 0.0, journal: bool = True,
+                 host_journals: str | Path | None = None) -> None:
+        """``host_journals`` is the folder where hosts journal their agents' turns themselves
+        (see ``AgentHost``): the store tails those files and applies what they hold."""
         from letta_ray.storage.metadata import MetadataStore
 
         self.store: MetadataStore = MetadataStore(path)
@@ -116,6 +119,12 @@ class MetadataStoreActor:
         if journal and str(path) != ":memory:":
             self._journal = Journal(Path(path).with_suffix(".journal"))
             self._recover()
+        self._host_journals = Path(host_journals) if host_journals is not None else None
+        self._tail_offsets: dict[str, int] = {}
+        self._tailing: asyncio.Task[None] | None = None
+        if self._host_journals is not None:
+            self._host_journals.mkdir(parents=True, exist_ok=True)
+            self._apply_host_journals()  # what hosts acknowledged before a crash of this process
 
     # ---------------------------------------------------------------- the turn journal
 
@@ -188,6 +197,68 @@ class MetadataStoreActor:
         target = self._journaled
         while self._applied < target:
             await self._applied_changed.wait()
+        if self._host_journals is not None:
+            await self.ingest_host_journals()
+
+    # ---------------------------------------------------------------- hosts' own journals
+
+    def _apply_host_journals(self) -> int:
+        """Apply what the hosts' journal files hold beyond what was applied (one transaction).
+
+        The offset reached in each file is stored in the same transaction as the turns,
+        so a turn is applied exactly once, whatever crashes when.
+        """
+        from letta_ray.errors import NotFoundError
+
+        assert self._host_journals is not None
+        pending: list[tuple[str, list[TurnRecord], int]] = []
+        for path in sorted(self._host_journals.glob("*.log")):
+            key = f"host_journal:{path.name}"
+            offset = self._tail_offsets.get(key)
+            if offset is None:
+                offset = int(self.store.get_meta(key) or 0)
+                self._tail_offsets[key] = offset
+            if path.stat().st_size <= offset:
+                continue
+            records, new_offset = read_complete(path, offset)
+            if new_offset > offset:
+                pending.append((key, records, new_offset))
+        if not pending:
+            return 0
+        with self.store.transaction():
+            for key, records, new_offset in pending:
+                for record in records:
+                    try:
+                        self.store.commit_turn(record.state, record.messages, record.edited_blocks)
+                    except NotFoundError:  # deleted after its turn was acknowledged
+                        log.info("dropping a journaled turn of deleted agent %s", record.state.id)
+                self.store.set_meta(key, str(new_offset))
+        for key, _, new_offset in pending:
+            self._tail_offsets[key] = new_offset
+        self._drop_applied_journals()
+        return sum(len(r) for _, r, _ in pending)
+
+    def _drop_applied_journals(self) -> None:
+        """Delete a host's journal files it has moved on from, once fully applied."""
+        assert self._host_journals is not None
+        parts: dict[str, list[Path]] = {}
+        for path in self._host_journals.glob("*.log"):
+            parts.setdefault(path.stem.rsplit("-", 1)[0], []).append(path)
+        for files in parts.values():
+            for path in sorted(files)[:-1]:  # never the newest: its host may still append
+                key = f"host_journal:{path.name}"
+                if self._tail_offsets.get(key, -1) >= path.stat().st_size:
+                    path.unlink(missing_ok=True)
+
+    async def ingest_host_journals(self) -> int:
+        """Apply turns the hosts have journaled; hosts poke this after each turn.
+
+        Every read runs it first, so a caller reads every turn acknowledged to it, even
+        before the host's poke arrives.
+        """
+        if self._host_journals is None:
+            return 0
+        return await self._writes.submit(self._apply_host_journals)
 
     def _commit(self, fns: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
         try:

@@ -60,3 +60,56 @@ async def test_turns_journaled_but_not_applied_are_replayed_on_start(tmp_path: P
     third = MetadataStoreActor(tmp_path / "meta.duckdb")  # nothing replayed twice
     assert await third.count_messages(state.id) == 6
     await third.close()
+
+
+async def test_hosts_journal_their_own_turns_and_the_store_applies_them(tmp_path: Path) -> None:
+    from letta_ray.actors._proxy import LocalProxy
+    from letta_ray.actors.host import AgentHost
+    from letta_ray.messages import MessageCreate
+    from letta_ray.testing import FunctionLLM, send_message
+
+    journals = tmp_path / "journal"
+    store = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=journals)
+    host = AgentHost("h", LocalProxy(store), None, llm=FunctionLLM(lambda m, i: send_message("ok")),
+                     journal_dir=str(journals))
+    state = agent().model_copy(update={"tools": ["send_message"]})
+    await host.create_agents([state])
+    for i in range(5):
+        await host.send(state.id, [MessageCreate(content=f"m{i}")])
+    # acknowledged = in the host's journal file; any read sees it at once
+    assert sum(f.stat().st_size for f in journals.glob("*.log")) > 0
+    assert await store.count_messages(state.id) == 5 * 3
+    await store.close()
+
+    # a store that restarts applies nothing twice, and picks up turns it never saw
+    [log_file] = journals.glob("*.log")
+    later = state.block("human").with_value("Ada, journaled")
+    Journal(log_file).append([TurnRecord(99, state.replace_block(later), turn(state, "unseen"), [later])])
+    again = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=journals)
+    assert await again.count_messages(state.id) == 5 * 3 + 2
+    assert (await again.get_agent(state.id)).block("human").value == "Ada, journaled"
+    await again.close()
+    third = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=journals)
+    assert await third.count_messages(state.id) == 5 * 3 + 2
+    await third.close()
+
+
+async def test_a_hosts_journal_rotates_and_applied_files_are_deleted(tmp_path: Path, monkeypatch) -> None:
+    import letta_ray.actors.host as host_module
+    from letta_ray.actors._proxy import LocalProxy
+    from letta_ray.actors.host import AgentHost
+    from letta_ray.messages import MessageCreate
+    from letta_ray.testing import FunctionLLM, send_message
+
+    monkeypatch.setattr(host_module, "JOURNAL_ROTATE_BYTES", 2_000)  # a new file every turn or so
+    journals = tmp_path / "journal"
+    store = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=journals)
+    host = AgentHost("h", LocalProxy(store), None, llm=FunctionLLM(lambda m, i: send_message("ok")),
+                     journal_dir=str(journals))
+    state = agent().model_copy(update={"tools": ["send_message"]})
+    await host.create_agents([state])
+    for i in range(6):
+        await host.send(state.id, [MessageCreate(content=f"m{i}")])
+    assert await store.count_messages(state.id) == 6 * 3  # reading applies everything...
+    assert len(list(journals.glob("*.log"))) == 1  # ...and only the file in use remains
+    await store.close()
