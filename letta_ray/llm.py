@@ -35,8 +35,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
+from letta_ray._urls import is_loopback_url
 from letta_ray.deps import LLMResponse
 from letta_ray.errors import LLMError
 from letta_ray.messages import ToolCall
@@ -50,7 +50,6 @@ T = TypeVar("T")
 
 # What the OpenAI client itself treats as worth retrying.
 _TRANSIENT_STATUS = frozenset({408, 409, 429})
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _LOOPBACK_DUMMY_KEY = "sk-letta-ray-loopback"  # an OpenAI client refuses to start without one
 
 
@@ -96,13 +95,6 @@ def _known_providers() -> frozenset[str]:
     return frozenset(str(getattr(p, "value", p)) for p in _lib().provider_list)
 
 
-def _is_loopback(url: str | None) -> bool:
-    if not url:
-        return False
-    host = urlparse(url if "://" in url else f"http://{url}").hostname or ""
-    return host in _LOOPBACK_HOSTS or host.startswith("127.")
-
-
 OFFLINE_ENV = "LETTA_RAY_OFFLINE_LLM"
 
 
@@ -112,7 +104,7 @@ def _refuse_remote_when_offline(api_base: str | None, model: str) -> None:
     An environment variable rather than a monkeypatch, so it holds in every Ray worker
     process the test session starts, not only in the test process itself.
     """
-    if os.environ.get(OFFLINE_ENV, "") not in ("", "0") and not _is_loopback(api_base):
+    if os.environ.get(OFFLINE_ENV, "") not in ("", "0") and not is_loopback_url(api_base):
         raise LLMError(f"refusing to call {model!r} at {api_base or 'its provider'}: {OFFLINE_ENV} is set, "
                        "so only loopback LLM endpoints may be used")
 
@@ -129,7 +121,7 @@ def _route(model: str, api_base: str | None, api_key: str | None) -> dict[str, A
         prefix = model.split("/", 1)[0] if "/" in model else None
         if prefix not in _known_providers():
             kwargs["custom_llm_provider"] = "openai"
-    if api_key is None and _is_loopback(api_base):
+    if api_key is None and is_loopback_url(api_base):
         api_key = _LOOPBACK_DUMMY_KEY
     if api_key is not None:
         kwargs["api_key"] = api_key
@@ -495,3 +487,34 @@ async def aembed(
 
 def _field(item: Any, name: str) -> Any:
     return item[name] if isinstance(item, dict) else getattr(item, name)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def refuse_non_loopback_calls(monkeypatch: Any) -> None:
+    """In tests: make litellm's entry points raise ``RuntimeError`` for any non-loopback endpoint.
+
+    Complements ``LETTA_RAY_OFFLINE_LLM`` (which ``LiteLLM`` checks, in every process) by
+    also catching direct litellm calls in this process. ``monkeypatch`` is pytest's.
+    """
+    lib = _lib()
+    for name in ("completion", "acompletion", "embedding", "aembedding"):
+        monkeypatch.setattr(lib, name, _refusing(lib, name, getattr(lib, name)))
+
+
+def _refusing(lib: ModuleType, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    def guard(*args: Any, **kwargs: Any) -> Any:
+        base = kwargs.get("api_base") or kwargs.get("base_url") or lib.api_base
+        if not is_loopback_url(base):
+            model = kwargs.get("model", args[0] if args else None)
+            raise RuntimeError(
+                f"real LLM provider call attempted in tests: litellm.{name}(model={model!r}, "
+                f"api_base={base!r}); point the config's model_endpoint at a FakeOpenAIServer "
+                "or use ScriptedLLM / FunctionLLM"
+            )
+        return original(*args, **kwargs)
+
+    guard.__name__ = name
+    guard.__wrapped__ = original  # type: ignore[attr-defined]
+    return guard

@@ -24,8 +24,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
-from urllib.parse import urlparse
 
+from letta_ray._urls import is_loopback_url
 from letta_ray.deps import LLMResponse
 from letta_ray.messages import ToolCall
 from letta_ray.schemas import LLMConfig
@@ -336,17 +336,6 @@ class ScriptedLLM(_FakeLLM):
 
 # --------------------------------------------------------------------------- no real calls
 
-_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
-
-
-def is_loopback_url(url: str | None) -> bool:
-    """True when ``url`` points at this machine's loopback interface."""
-    if not url:
-        return False
-    host = urlparse(url if "://" in url else f"http://{url}").hostname or ""
-    return host in _LOOPBACK_HOSTS or host.startswith("127.")
-
-
 def forbid_real_llm_calls(monkeypatch: Any) -> None:
     """Make every litellm call that would reach a real provider raise ``RuntimeError``.
 
@@ -356,30 +345,12 @@ def forbid_real_llm_calls(monkeypatch: Any) -> None:
         @pytest.fixture(autouse=True)
         def _no_real_llm(monkeypatch):
             forbid_real_llm_calls(monkeypatch)
+
+    The patching itself lives in ``letta_ray.llm``, the one module that imports litellm.
     """
-    try:
-        import litellm
-    except ImportError:  # nothing can reach a provider without litellm
-        return
-    for name in ("completion", "acompletion", "embedding", "aembedding"):
-        monkeypatch.setattr(litellm, name, _guarded(litellm, name, getattr(litellm, name)))
+    from letta_ray.llm import refuse_non_loopback_calls
 
-
-def _guarded(litellm: Any, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
-    def guard(*args: Any, **kwargs: Any) -> Any:
-        base = kwargs.get("api_base") or kwargs.get("base_url") or litellm.api_base
-        if not is_loopback_url(base):
-            model = kwargs.get("model", args[0] if args else None)
-            raise RuntimeError(
-                f"real LLM provider call attempted in tests: litellm.{name}(model={model!r}, "
-                f"api_base={base!r}); point the config's model_endpoint at a FakeOpenAIServer "
-                "or use ScriptedLLM / FunctionLLM"
-            )
-        return original(*args, **kwargs)
-
-    guard.__name__ = name
-    guard.__wrapped__ = original  # type: ignore[attr-defined]
-    return guard
+    refuse_non_loopback_calls(monkeypatch)
 
 
 def __getattr__(name: str) -> Any:
