@@ -144,15 +144,19 @@ class MetadataStoreActor:
 
     def _apply(self, records: list[TurnRecord]) -> None:
         """Write journaled turns into DuckDB in one transaction, with the new mark."""
+        with self.store.transaction():
+            self._commit_turns(records)
+            self.store.set_meta(_JOURNAL_MARK, str(records[-1].seq))
+
+    def _commit_turns(self, records: list[TurnRecord]) -> None:
+        """Apply journaled turns (inside the caller's transaction)."""
         from letta_ray.errors import NotFoundError
 
-        with self.store.transaction():
-            for record in records:
-                try:
-                    self.store.commit_turn(record.state, record.messages, record.edited_blocks)
-                except NotFoundError:  # deleted after its turn was acknowledged
-                    log.info("dropping a journaled turn of deleted agent %s", record.state.id)
-            self.store.set_meta(_JOURNAL_MARK, str(records[-1].seq))
+        for record in records:
+            try:
+                self.store.commit_turn(record.state, record.messages, record.edited_blocks)
+            except NotFoundError:  # deleted after its turn was acknowledged
+                log.info("dropping a journaled turn of deleted agent %s", record.state.id)
 
     async def _journal_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -208,7 +212,6 @@ class MetadataStoreActor:
         The offset reached in each file is stored in the same transaction as the turns,
         so a turn is applied exactly once, whatever crashes when.
         """
-        from letta_ray.errors import NotFoundError
 
         assert self._host_journals is not None
         pending: list[tuple[str, list[TurnRecord], int]] = []
@@ -227,11 +230,7 @@ class MetadataStoreActor:
             return 0
         with self.store.transaction():
             for key, records, new_offset in pending:
-                for record in records:
-                    try:
-                        self.store.commit_turn(record.state, record.messages, record.edited_blocks)
-                    except NotFoundError:  # deleted after its turn was acknowledged
-                        log.info("dropping a journaled turn of deleted agent %s", record.state.id)
+                self._commit_turns(records)
                 self.store.set_meta(key, str(new_offset))
         for key, _, new_offset in pending:
             self._tail_offsets[key] = new_offset

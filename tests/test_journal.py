@@ -6,9 +6,12 @@ import asyncio
 from pathlib import Path
 
 from letta_ray.actors._journal import Journal, TurnRecord
+from letta_ray.actors._proxy import LocalProxy
+from letta_ray.actors.host import AgentHost
 from letta_ray.actors.stores import MetadataStoreActor
-from letta_ray.messages import Message
+from letta_ray.messages import Message, MessageCreate
 from letta_ray.schemas import AgentState, Block, LLMConfig
+from letta_ray.testing import FunctionLLM, send_message
 
 
 def agent() -> AgentState:
@@ -62,20 +65,22 @@ async def test_turns_journaled_but_not_applied_are_replayed_on_start(tmp_path: P
     await third.close()
 
 
-async def test_hosts_journal_their_own_turns_and_the_store_applies_them(tmp_path: Path) -> None:
-    from letta_ray.actors._proxy import LocalProxy
-    from letta_ray.actors.host import AgentHost
-    from letta_ray.messages import MessageCreate
-    from letta_ray.testing import FunctionLLM, send_message
-
+async def chat_through_a_journaling_host(tmp_path: Path, turns: int) -> tuple[MetadataStoreActor, AgentState]:
+    """A store tailing the hosts' journals, a host journaling its turns, and ``turns`` turns."""
     journals = tmp_path / "journal"
     store = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=journals)
     host = AgentHost("h", LocalProxy(store), None, llm=FunctionLLM(lambda m, i: send_message("ok")),
                      journal_dir=str(journals))
     state = agent().model_copy(update={"tools": ["send_message"]})
     await host.create_agents([state])
-    for i in range(5):
+    for i in range(turns):
         await host.send(state.id, [MessageCreate(content=f"m{i}")])
+    return store, state
+
+
+async def test_hosts_journal_their_own_turns_and_the_store_applies_them(tmp_path: Path) -> None:
+    journals = tmp_path / "journal"
+    store, state = await chat_through_a_journaling_host(tmp_path, turns=5)
     # acknowledged = in the host's journal file; any read sees it at once
     assert sum(f.stat().st_size for f in journals.glob("*.log")) > 0
     assert await store.count_messages(state.id) == 5 * 3
@@ -96,20 +101,9 @@ async def test_hosts_journal_their_own_turns_and_the_store_applies_them(tmp_path
 
 async def test_a_hosts_journal_rotates_and_applied_files_are_deleted(tmp_path: Path, monkeypatch) -> None:
     import letta_ray.actors.host as host_module
-    from letta_ray.actors._proxy import LocalProxy
-    from letta_ray.actors.host import AgentHost
-    from letta_ray.messages import MessageCreate
-    from letta_ray.testing import FunctionLLM, send_message
 
     monkeypatch.setattr(host_module, "JOURNAL_ROTATE_BYTES", 2_000)  # a new file every turn or so
-    journals = tmp_path / "journal"
-    store = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=journals)
-    host = AgentHost("h", LocalProxy(store), None, llm=FunctionLLM(lambda m, i: send_message("ok")),
-                     journal_dir=str(journals))
-    state = agent().model_copy(update={"tools": ["send_message"]})
-    await host.create_agents([state])
-    for i in range(6):
-        await host.send(state.id, [MessageCreate(content=f"m{i}")])
+    store, state = await chat_through_a_journaling_host(tmp_path, turns=6)
     assert await store.count_messages(state.id) == 6 * 3  # reading applies everything...
-    assert len(list(journals.glob("*.log"))) == 1  # ...and only the file in use remains
+    assert len(list((tmp_path / "journal").glob("*.log"))) == 1  # ...and only the file in use remains
     await store.close()
