@@ -16,7 +16,6 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ log = logging.getLogger(__name__)
 SLEEPTIME_AGENT = "sleeptime_agent_id"
 SLEEPTIME_FREQUENCY = "sleeptime_agent_frequency"
 SLEEPTIME_TURNS = "sleeptime_turns"
-SLEEPTIME_LAST_RUN = "sleeptime_last_run_at"
+SLEEPTIME_LAST_MESSAGE = "sleeptime_last_message_id"
 
 # A host starts a new journal file past this size (the store deletes applied ones).
 JOURNAL_ROTATE_BYTES = 64 * 2**20
@@ -196,29 +195,29 @@ class AgentHost:
             hosted.turns += 1
             hosted.last_used = time.monotonic()
             if sleeper and turns % int(result.state.metadata.get(SLEEPTIME_FREQUENCY, 5)) == 0:
-                self._wake_sleeptime(result.state, sleeper)
+                self._wake_sleeptime(result.state, sleeper, through=result.new_messages[-1])
             return result.response()
 
     # ---------------------------------------------------------------- sleep-time agents
 
-    def _wake_sleeptime(self, main: AgentState, sleeper_id: str) -> None:
-        """Run the sleep-time agent in the background on the transcript since its last run."""
+    def _wake_sleeptime(self, main: AgentState, sleeper_id: str, through: Message) -> None:
+        """Run the sleep-time agent in the background on the transcript since its last run,
+        up to and including ``through`` (turns that land while it works wait for the next run)."""
         if self.messenger is None:
             log.warning("agent %s has a sleep-time agent but this host cannot message agents", main.id)
             return
-        task = asyncio.ensure_future(self._sleeptime_run(main, sleeper_id))
+        task = asyncio.ensure_future(self._sleeptime_run(main, sleeper_id, through))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _sleeptime_run(self, main: AgentState, sleeper_id: str) -> None:
+    async def _sleeptime_run(self, main: AgentState, sleeper_id: str, through: Message) -> None:
         run = {"id": new_id("run"), "agent_id": sleeper_id, "main_agent_id": main.id, "status": "running",
                "kind": "sleeptime", "created_at": utcnow().isoformat()}
         await self.store.write("upsert_run", run["id"], run)
         try:
-            since = main.metadata.get(SLEEPTIME_LAST_RUN)
             history: list[Message] = await self.store.read(
-                "list_messages", main.id, limit=None,
-                start=datetime.fromisoformat(since) if since else None)
+                "list_messages", main.id, limit=None, after=main.metadata.get(SLEEPTIME_LAST_MESSAGE),
+                end=through.created_at)
             text = transcript(history, char_budget=60_000)
             prompt = (f"[Transcript of agent {main.id} since your last run]\n{text}\n\n"
                       "Update the memory blocks you share with it: record what is new, merge duplicates, "
@@ -230,7 +229,7 @@ class AgentHost:
                        message_count=len(response.messages), usage=response.usage.model_dump())
             hosted = self.agents.get(main.id)
             if hosted is not None:  # remember where this run got to (persisted with the next turn)
-                hosted.state.metadata = {**hosted.state.metadata, SLEEPTIME_LAST_RUN: run["created_at"]}
+                hosted.state.metadata = {**hosted.state.metadata, SLEEPTIME_LAST_MESSAGE: through.id}
         except Exception as exc:
             log.exception("sleep-time run of %s failed", sleeper_id)
             run.update(status="failed", error=f"{type(exc).__name__}: {exc}")
