@@ -56,6 +56,24 @@ class ActorProxy:
         return (ActorProxy, (self.handle, self.timeout))
 
 
+class NamedActorProxy(ActorProxy):
+    """An ``ActorProxy`` of a named actor, looked up on first use (so it can be handed to
+    actors created before the named one exists)."""
+
+    def __init__(self, name: str, namespace: str, timeout: float | None = None) -> None:
+        super().__init__(None, timeout)
+        self.name = name
+        self.namespace = namespace
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        if self.handle is None:
+            self.handle = ray.get_actor(self.name, namespace=self.namespace)
+        return super().__getattr__(name)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (NamedActorProxy, (self.name, self.namespace, self.timeout))
+
+
 class LocalProxy:
     """``await proxy.method(...)`` on a plain object; blocking methods run in a thread."""
 

@@ -12,12 +12,13 @@ import asyncio
 import itertools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from letta_ray.errors import NotFoundError
 from letta_ray.messages import MessageCreate
 
+from .limits import LLMLimit, LLMLimiter
 from .messaging import WaitGraph
 from .scheduler import Schedule, Scheduler
 
@@ -31,8 +32,9 @@ class Directory:
     """Maps agent ids to hosts. ``ping`` checks whether a host handle still answers."""
 
     def __init__(self, make_host: HostFactory, *, placement: str = "packed", agents_per_host: int = 5_000,
-                 max_hosts: int | None = None, exists: Callable[[str], Any] | None = None,
-                 ping: Callable[[Any], Any] | None = None, timers: Any = None) -> None:
+                 max_hosts: int | None = None, exists: Callable[[list[str]], Awaitable[set[str]]] | None = None,
+                 ping: Callable[[Any], Any] | None = None, timers: Any = None,
+                 llm_limits: dict[str, LLMLimit] | None = None) -> None:
         """``timers`` persists schedules: ``await timers.load()`` / ``await timers.save(docs)``;
         ``deliver`` of wake-ups goes to the agent's host via ``send``."""
         self._make_host = make_host
@@ -49,6 +51,7 @@ class Directory:
         self._timers = timers
         self.scheduler = Scheduler(self._wake_agent, save=timers.save if timers is not None else None)
         self._lock = asyncio.Lock()
+        self.limiter = LLMLimiter(llm_limits)
 
     def _new_host(self) -> str:
         host_id = f"host-{next(self._ids)}"
@@ -85,10 +88,20 @@ class Directory:
         host_id = self.where.get(agent_id)
         if host_id is not None and host_id in self.hosts:
             return host_id, self.hosts[host_id]
-        if self._exists is not None and not await self._exists(agent_id):
+        if self._exists is not None and agent_id not in await self._exists([agent_id]):
             raise NotFoundError("agent", agent_id)
         async with self._lock:
             return self._assign(agent_id)
+
+    async def locate_many(self, agent_ids: list[str]) -> list[tuple[str, Any]]:
+        """``locate`` for many agents in one call (ids not known to the store raise NotFoundError)."""
+        unknown = [a for a in agent_ids if self.where.get(a) not in self.hosts]
+        if self._exists is not None and unknown:
+            missing = sorted(set(unknown) - await self._exists(unknown))
+            if missing:
+                raise NotFoundError("agent", ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+        async with self._lock:
+            return [self._assign(a) for a in agent_ids]
 
     async def host_failed(self, host_id: str, agent_id: str) -> tuple[str, Any]:
         """A call to ``host_id`` failed: if it is really gone, re-place its agents."""
@@ -129,7 +142,7 @@ class Directory:
 
     async def schedule(self, agent_id: str, *, every_s: float | None = None, at: Any = None,
                        message: str | None = None) -> Schedule:
-        if self._exists is not None and not await self._exists(agent_id):
+        if self._exists is not None and agent_id not in await self._exists([agent_id]):
             raise NotFoundError("agent", agent_id)
         return await self.scheduler.add(agent_id, every_s=every_s, at=at, message=message)
 
@@ -151,6 +164,24 @@ class Directory:
             host_id = self.where.pop(agent_id, None)
             if host_id in self.load:
                 self.load[host_id] -= 1
+
+    # ---------------------------------------------------------------- the cluster's LLM limits
+
+    async def set_llm_limits(self, limits: dict[str, LLMLimit]) -> int:
+        """Replace the LLM limits (hosts pick them up within ``LimitedLLM.CONFIG_TTL_S``)."""
+        return await self.limiter.configure(limits)
+
+    async def llm_limits(self) -> tuple[int, dict[str, LLMLimit]]:
+        return self.limiter.limits()
+
+    async def llm_acquire(self, model: str) -> None:
+        await self.limiter.acquire(model)
+
+    async def llm_release(self, model: str) -> None:
+        await self.limiter.release(model)
+
+    async def llm_stats(self) -> dict[str, dict[str, int]]:
+        return self.limiter.stats()
 
     async def all_hosts(self) -> dict[str, Any]:
         return dict(self.hosts)

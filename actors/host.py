@@ -23,13 +23,14 @@ from letta_ray.agent import EventSink, step
 from letta_ray.base_tools import BASE_TOOLS
 from letta_ray.context import MessageCache, transcript
 from letta_ray.deps import LLM, StepDeps
-from letta_ray.errors import InvalidInputError, NotFoundError
+from letta_ray.errors import InvalidInputError, NotFoundError, StorageError
 from letta_ray.memory import MemoryStats
 from letta_ray.messages import LettaResponse, Message, MessageCreate
 from letta_ray.schemas import AgentState, Block, new_id, utcnow
 from letta_ray.tools import ToolFunction, Toolset, tool_from_source
 
 from ._journal import Journal, TurnRecord
+from .limits import LimitedLLM
 from .messaging import AgentMessenger, Router
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,14 @@ JOURNAL_ROTATE_BYTES = 64 * 2**20
 # Fields of an agent a caller may change after creation.
 MODIFIABLE = frozenset({"name", "system", "tags", "description", "metadata", "llm_config", "embedding_config",
                         "tools", "tool_rules", "max_steps", "agent_type"})
+
+
+@dataclass(frozen=True)
+class TurnFailed:
+    """A turn of a batch (``AgentHost.send_many``) that raised instead of replying."""
+
+    agent_id: str
+    error: str
 
 
 @dataclass
@@ -65,20 +74,24 @@ class AgentHost:
 
     def __init__(self, host_id: str, store: Any, archive: Any, llm: LLM | None = None,
                  router: Router | None = None, agent_call_timeout_s: float = 120.0,
-                 journal_dir: str | None = None) -> None:
+                 journal_dir: str | None = None, limiter: Any = None) -> None:
         """With ``journal_dir`` (the store's ``host_journals`` folder) a turn is acknowledged
         once this host has fsync'ed it to its own journal file; the store applies it from
-        there. Without, the turn is committed through the store actor before the reply."""
+        there. Without, the turn is committed through the store actor before the reply.
+        ``limiter`` (the directory, through a proxy) caps LLM requests cluster-wide."""
         self.host_id = host_id
         self._journal_dir = Path(journal_dir) if journal_dir is not None else None
         self._journal_name = f"{host_id}-{uuid.uuid4().hex[:8]}"
         self._journal_part = 0
         self._journal = self._open_journal() if self._journal_dir is not None else None
         self._journal_seq = 0
+        self._to_journal: list[tuple[TurnRecord, asyncio.Future[None]]] = []
+        self._journal_task: asyncio.Future[None] | None = None
         self._journal_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-journal")
         self.store = store
         self.archive = archive
         self._llm = llm
+        self._limiter = limiter
         self.messenger = AgentMessenger(router, agent_call_timeout_s) if router is not None else None
         self.agents: dict[str, _Hosted] = {}
         self._loading: dict[str, asyncio.Task[_Hosted]] = {}
@@ -91,6 +104,8 @@ class AgentHost:
             from letta_ray.llm import LiteLLM  # litellm is heavy: import on first use
 
             self._llm = LiteLLM()
+        if self._limiter is not None and not isinstance(self._llm, LimitedLLM):
+            self._llm = LimitedLLM(self._llm, self._limiter)
         return self._llm
 
     # ---------------------------------------------------------------- lifecycle of agents
@@ -100,8 +115,10 @@ class AgentHost:
         initial = initial or [[] for _ in states]
         pairs = list(zip(states, initial, strict=True))
         await self.store.create_agents(states, initial)
+        shared = set(await self.store.read("shared_blocks", [b.id for s in states for b in s.blocks]))
         for state, messages in pairs:
-            self.agents[state.id] = _Hosted(state, list(messages), MemoryStats(recall_messages=len(messages)))
+            self.agents[state.id] = _Hosted(state, list(messages), MemoryStats(recall_messages=len(messages)),
+                                            shared={b.id for b in state.blocks} & shared)
         return [s.id for s in states]
 
     async def _load(self, agent_id: str) -> _Hosted:
@@ -140,6 +157,28 @@ class AgentHost:
                    run_id: str | None = None) -> LettaResponse:
         """Run one turn of the agent on ``messages``; returns once it is persisted."""
         return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id)
+
+    async def send_many(self, turns: list[tuple[str, list[MessageCreate | Message], str | None]], *,
+                        max_steps: int | None = None, concurrency: int = 256) -> list[LettaResponse | TurnFailed]:
+        """One turn for each ``(agent_id, messages, run_id)``, run concurrently (at most
+        ``concurrency`` at once; the same agent's turns still run in the order given).
+
+        One call carries a whole batch, so a simulation round costs a Ray call per host
+        rather than per agent. A turn that raises yields a ``TurnFailed`` in its place;
+        the others are unaffected.
+        """
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(agent_id: str, messages: list[MessageCreate | Message], run_id: str | None
+                      ) -> LettaResponse | TurnFailed:
+            async with gate:
+                try:
+                    return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id)
+                except Exception as exc:
+                    log.debug("turn of %s failed", agent_id, exc_info=True)
+                    return TurnFailed(agent_id, f"{type(exc).__name__}: {exc}")
+
+        return list(await asyncio.gather(*(one(*turn) for turn in turns)))
 
     async def send_stream(self, agent_id: str, messages: list[MessageCreate | Message], *,
                           max_steps: int | None = None, run_id: str | None = None) -> AsyncIterator[Any]:
@@ -242,28 +281,45 @@ class AgentHost:
             await self.store.commit_step(state, messages, edited)
             return
         self._journal_seq += 1
-        record = TurnRecord(self._journal_seq, state, messages, list(edited))
-        await asyncio.get_running_loop().run_in_executor(self._journal_exec, self._journal.append, [record])
-        if self._journal.path.stat().st_size > JOURNAL_ROTATE_BYTES:
-            # a new file; the store deletes the old one once it has applied all of it
-            self._journal.close()
-            self._journal_part += 1
-            self._journal = self._open_journal()
-        # Tell the store there is something to apply; not awaited: the reply need not wait.
-        poke = asyncio.ensure_future(self.store.ingest_host_journals())
-        self._background.add(poke)
-        poke.add_done_callback(self._background.discard)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._to_journal.append((TurnRecord(self._journal_seq, state, messages, list(edited)), future))
+        if self._journal_task is None or self._journal_task.done():
+            self._journal_task = asyncio.ensure_future(self._write_journal())
+        await future
+
+    async def _write_journal(self) -> None:
+        """Group commit: the turns that finish while one write is under way share the next fsync."""
+        loop = asyncio.get_running_loop()
+        while self._to_journal:
+            await asyncio.sleep(0)  # turns finishing in this same tick join the batch
+            batch, self._to_journal = self._to_journal, []
+            assert self._journal is not None
+            try:
+                await loop.run_in_executor(self._journal_exec, self._journal.append, [r for r, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(StorageError(f"cannot write the journal {self._journal.path}: {exc}"))
+                continue
+            if self._journal.path.stat().st_size > JOURNAL_ROTATE_BYTES:
+                # a new file; the store deletes the old one once it has applied all of it
+                self._journal.close()
+                self._journal_part += 1
+                self._journal = self._open_journal()
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+            # Tell the store there is something to apply; not awaited: the replies need not wait.
+            poke = asyncio.ensure_future(self.store.ingest_host_journals())
+            self._background.add(poke)
+            poke.add_done_callback(self._background.discard)
 
     def _open_journal(self) -> Journal:
         assert self._journal_dir is not None
         return Journal(self._journal_dir / f"{self._journal_name}-{self._journal_part:06d}.log")
 
     async def _shared_blocks(self, state: AgentState) -> set[str]:
-        shared = set()
-        for block in state.blocks:
-            if len(await self.store.read("agents_of_block", block.id)) > 1:
-                shared.add(block.id)
-        return shared
+        return set(await self.store.read("shared_blocks", [b.id for b in state.blocks]))
 
     async def _toolset(self, state: AgentState) -> Toolset:
         tools: list[ToolFunction] = []

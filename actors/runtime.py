@@ -21,7 +21,7 @@ from letta_ray.errors import InvalidInputError
 from letta_ray.schemas import EmbeddingConfig
 from letta_ray.settings import Settings
 
-from ._proxy import ActorProxy, await_ref, get_or_create
+from ._proxy import ActorProxy, NamedActorProxy, await_ref, get_or_create
 from .directory import Directory
 from .host import AgentHost
 from .messaging import RayRouter
@@ -89,26 +89,23 @@ class _HostMaker:
             name=f"{self.prefix}-{host_id}", namespace=self.namespace, lifetime="detached",
             scheduling_strategy="SPREAD", max_restarts=0, **_ACTOR_OPTIONS)
         router = RayRouter(f"{self.prefix}-directory", self.namespace, self.store)
+        limiter = NamedActorProxy(f"{self.prefix}-directory", self.namespace)
         return remote.remote(host_id, ActorProxy(self.store), ActorProxy(self.archive), self.llm, router,
-                             self.agent_call_timeout_s, self.journal_dir)
+                             self.agent_call_timeout_s, self.journal_dir, limiter)
 
 
 async def _ping(handle: Any) -> Any:
     return await await_ref(handle.ping.remote())
 
 
-class _AgentExists:
+class _ExistingAgents:
+    """Which of some agent ids the store knows (the directory asks before placing them)."""
+
     def __init__(self, store: Any) -> None:
         self.store = store
 
-    async def __call__(self, agent_id: str) -> bool:
-        from letta_ray.errors import NotFoundError
-
-        try:
-            await await_ref(self.store.read.remote("get_agent", agent_id))
-        except NotFoundError:
-            return False
-        return True
+    async def __call__(self, agent_ids: list[str]) -> set[str]:
+        return set(await await_ref(self.store.read.remote("existing_agents", agent_ids)))
 
 
 class _TimerStore:
@@ -169,8 +166,8 @@ def start_deployment(settings: Settings, *, llm: Any = None) -> Deployment:
     directory = get_or_create(
         Directory, f"{prefix}-directory", ns, (maker,),
         {"placement": settings.placement, "agents_per_host": settings.agents_per_host,
-         "max_hosts": settings.max_hosts, "exists": _AgentExists(store), "ping": _ping,
-         "timers": _TimerStore(store)},
+         "max_hosts": settings.max_hosts, "exists": _ExistingAgents(store), "ping": _ping,
+         "timers": _TimerStore(store), "llm_limits": settings.llm_limits()},
         **detached)
     # Surface a broken store (a locked file, a bad path) now, with its real error.
     ray.get([store.ping.remote(), archive.ping.remote(), directory.start_timers.remote()])

@@ -223,8 +223,14 @@ async def _with_retries(
     max_retries: int,
     base_delay: float,
     max_delay: float,
+    rate_limit_retries: int | None = None,
 ) -> T:
-    """Run ``call``, retrying transient failures with exponential backoff and jitter."""
+    """Run ``call``, retrying transient failures with exponential backoff and jitter.
+
+    A rate limit (HTTP 429) gets ``rate_limit_retries`` tries if that is more: a
+    provider throttling a burst recovers in tens of seconds, and giving up would lose
+    the agent's turn.
+    """
     attempt = 0
     while True:
         attempt += 1
@@ -235,7 +241,10 @@ async def _with_retries(
         except Exception as exc:
             if isinstance(exc, LLMError) or not _is_provider_error(exc):
                 raise  # a bug (or a test's guard) must not pass for a provider failure
-            if attempt > max_retries or not _is_transient(exc):
+            budget = max_retries
+            if rate_limit_retries is not None and _status_of(exc) == 429:
+                budget = max(max_retries, rate_limit_retries)
+            if attempt > budget or not _is_transient(exc):
                 raise _to_llm_error(exc, what, attempt) from exc
             backoff = min(max_delay, base_delay * 2 ** (attempt - 1))
             delay = backoff / 2 + random.uniform(0, backoff / 2)  # "equal jitter"
@@ -247,7 +256,7 @@ async def _with_retries(
                 what,
                 type(exc).__name__,
                 attempt,
-                max_retries,
+                budget,
                 delay,
             )
             await asyncio.sleep(delay)
@@ -358,7 +367,7 @@ class LiteLLM:
     """The production ``LLM``: any provider litellm knows, by model string.
 
     ``max_retries`` transient failures are retried (so up to ``max_retries + 1``
-    attempts), waiting about ``base_delay * 2**n`` seconds (jittered, capped at
+    attempts; ``rate_limit_retries`` for HTTP 429), waiting about ``base_delay * 2**n`` seconds (jittered, capped at
     ``max_delay``, at least what a ``Retry-After`` header asks for).
     """
 
@@ -366,12 +375,14 @@ class LiteLLM:
         self,
         *,
         max_retries: int = 3,
+        rate_limit_retries: int = 8,
         base_delay: float = 0.5,
         max_delay: float = 30.0,
         timeout: float = 120.0,
         token_counter: TokenCounter | None = None,
     ) -> None:
         self.max_retries = max_retries
+        self.rate_limit_retries = rate_limit_retries
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.timeout = timeout
@@ -423,6 +434,7 @@ class LiteLLM:
             max_retries=self.max_retries,
             base_delay=self.base_delay,
             max_delay=self.max_delay,
+            rate_limit_retries=self.rate_limit_retries,
         )
         return _parse(response, config.model)
 

@@ -63,6 +63,19 @@ class LLMConfig(_Model):
         return cls(model=handle, handle=handle, **overrides)
 
 
+class LLMLimit(BaseModel):
+    """Limits of one model (``None``: no limit)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent: int | None = Field(default=None, ge=1, description="requests in flight at once, cluster-wide")
+    requests_per_minute: int | None = Field(default=None, ge=1, description="requests started in any 60 s window")
+
+    @property
+    def unlimited(self) -> bool:
+        return self.max_concurrent is None and self.requests_per_minute is None
+
+
 class EmbeddingConfig(_Model):
     """Which embedder turns archival passages into vectors."""
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from letta_ray.local_llm import LOCAL_LLM_EXTRA, LOCAL_MODEL, LOCAL_MODEL_TITLE, local_llm_available
+from letta_ray.schemas import LLMLimit
 
 # Provider keys we look for, in order, when no default model is configured.
 PROVIDER_KEYS: list[tuple[str, str]] = [
@@ -17,6 +21,20 @@ PROVIDER_KEYS: list[tuple[str, str]] = [
     ("GROQ_API_KEY", "groq/llama-3.1-8b-instant"),
     ("MISTRAL_API_KEY", "mistral/mistral-small-latest"),
 ]
+
+LOCAL_MODEL_BANNER = (f"no provider key found: using the bundled local model {LOCAL_MODEL_TITLE} — expect simple "
+                      "replies; set OPENAI_API_KEY or --model to use another")
+NO_LOCAL_MODEL = (f"the bundled local model is not installed (pip install 'letta-ray[{LOCAL_LLM_EXTRA}]', "
+                  "which compiles llama.cpp for several minutes)")
+
+
+@dataclass(frozen=True)
+class ModelResolution:
+    """The model new agents get at start-up, where it comes from, and a sentence saying why."""
+
+    model: str | None
+    source: Literal["configured", "provider", "local", "none"]
+    why: str
 
 
 class Settings(BaseSettings):
@@ -42,9 +60,15 @@ class Settings(BaseSettings):
                                   "commit; 0 batches whatever arrives while the previous commit runs")
     call_timeout_s: float = Field(default=300.0, gt=0, description="timeout of one agent call")
     agent_call_timeout_s: float = Field(default=120.0, gt=0, description="timeout of agent-to-agent waits")
+    llm_max_concurrent: int | None = Field(default=None, ge=1, description="cluster-wide cap on LLM requests "
+                                           "in flight, per model (default: none)")
+    llm_requests_per_minute: int | None = Field(default=None, ge=1, description="cluster-wide cap on LLM requests "
+                                                "started per minute, per model (default: none)")
     http_host: str = "127.0.0.1"
     http_port: int = 8283
     api_token: str | None = Field(default=None, description="bearer token the HTTP API requires, if set")
+    local_model: bool = Field(default=True, description="with no provider key, think with the bundled local "
+                              "model (needs the local-llm extra) instead of failing")
 
     @field_validator("home", mode="before")
     @classmethod
@@ -69,6 +93,11 @@ class Settings(BaseSettings):
     def export_path(self) -> Path:
         return self.home / "export"
 
+    def llm_limits(self) -> dict[str, LLMLimit]:
+        """The cluster's default LLM limits, for every model (``{"*": ...}``), if any are set."""
+        limit = LLMLimit(max_concurrent=self.llm_max_concurrent, requests_per_minute=self.llm_requests_per_minute)
+        return {} if limit.unlimited else {"*": limit}
+
     def resolve_default_model(self) -> tuple[str | None, str]:
         """The model new agents get when none is named, and a sentence saying why."""
         if self.default_model:
@@ -78,3 +107,26 @@ class Settings(BaseSettings):
                 return model, f"{env} is set: using {model}"
         return None, ("no provider key found (set OPENAI_API_KEY, ANTHROPIC_API_KEY, ... or "
                       "LETTA_RAY_DEFAULT_MODEL, or pass model=... / --model)")
+
+    def endpoint_for(self, model: str | None) -> str | None:
+        """The default endpoint, for the default model (or, with no default model, for any model)."""
+        if model is None or not self.default_model or model == self.default_model:
+            return self.default_model_endpoint
+        return None
+
+    def resolve_model(self, *, local_available: bool | None = None) -> ModelResolution:
+        """A configured model or provider key wins; otherwise the bundled local model, if installed.
+
+        ``local_available`` defaults to whether the local-llm extra is installed. The local
+        model runs on this machine's Ray Serve, so only an embedded Ray falls back to it.
+        """
+        model, why = self.resolve_default_model()
+        if model is not None:
+            return ModelResolution(model, "configured" if self.default_model else "provider", why)
+        if not self.local_model:
+            return ModelResolution(None, "none", why + "; LETTA_RAY_LOCAL_MODEL=0 turns the local model off")
+        if not self.embedded:
+            return ModelResolution(None, "none", why + "; the bundled local model runs only with an embedded Ray")
+        if not (local_llm_available() if local_available is None else local_available):
+            return ModelResolution(None, "none", f"{why}; {NO_LOCAL_MODEL}")
+        return ModelResolution(LOCAL_MODEL, "local", LOCAL_MODEL_BANNER)

@@ -260,6 +260,15 @@ class MetadataStore:
                 raise NotFoundError("agent", agent_id)
             return self._assemble(conn, [row])[0]
 
+    def existing_agents(self, agent_ids: Sequence[str]) -> list[str]:
+        """Which of ``agent_ids`` are stored agents."""
+        if not agent_ids:
+            return []
+        with self._locked() as conn:
+            rows = conn.execute("SELECT id FROM agents WHERE id IN (SELECT unnest(?)) ORDER BY id",
+                                [list(agent_ids)]).fetchall()
+        return [row[0] for row in rows]
+
     def get_agent_by_name(self, name: str) -> AgentState:
         """The agent called ``name``; the oldest one if several share it."""
         with self._locked() as conn:
@@ -419,6 +428,29 @@ class MetadataStore:
                 "SELECT agent_id FROM agent_blocks WHERE block_id = ? ORDER BY agent_id", [block_id]
             ).fetchall()
         return [row[0] for row in rows]
+
+    def shared_blocks(self, block_ids: Sequence[str]) -> list[str]:
+        """Which of ``block_ids`` are attached to more than one agent (one query for many)."""
+        if not block_ids:
+            return []
+        with self._locked() as conn:
+            rows = conn.execute(
+                "SELECT block_id FROM agent_blocks WHERE block_id IN (SELECT unnest(?)) "
+                "GROUP BY block_id HAVING count(*) > 1 ORDER BY block_id", [list(block_ids)]
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def messages_of_runs(self, run_id_prefix: str) -> dict[str, list[Message]]:
+        """Every stored message whose ``run_id`` starts with ``run_id_prefix``, by run, in order."""
+        with self._locked() as conn:
+            rows = conn.execute(
+                "SELECT run_id, doc FROM messages WHERE starts_with(run_id, ?) ORDER BY run_id, created_at, seq",
+                [run_id_prefix],
+            ).fetchall()
+        runs: dict[str, list[Message]] = {}
+        for run_id, doc in rows:
+            runs.setdefault(run_id, []).append(Message.model_validate_json(doc))
+        return runs
 
     def _check_labels(self, conn: duckdb.DuckDBPyConnection, block_ids: list[str]) -> None:
         """Refuse a write that would give an agent two blocks with one label."""
