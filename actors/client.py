@@ -223,7 +223,7 @@ class Client:
             if model is None:
                 raise InvalidInputError(f"no model given and {why}")
         try:
-            return LLMConfig(model=model, model_endpoint=model_endpoint or self.settings.default_model_endpoint,
+            return LLMConfig(model=model, model_endpoint=model_endpoint or self.settings.endpoint_for(model),
                              context_window=context_window or self.settings.default_context_window)
         except ValueError as exc:
             raise InvalidInputError(f"invalid model settings: {exc}") from exc

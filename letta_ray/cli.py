@@ -24,6 +24,7 @@ from rich.text import Text
 
 from letta_ray.demo import DEMO_MODEL, demo_responder
 from letta_ray.errors import InvalidInputError, LettaRayError, NotFoundError
+from letta_ray.local_llm import LOCAL_CONTEXT_WINDOW, LOCAL_MODEL, local_llm_available
 from letta_ray.messages import (
     AssistantMessage,
     LettaMessage,
@@ -35,7 +36,7 @@ from letta_ray.messages import (
     to_events,
 )
 from letta_ray.schemas import LLMConfig
-from letta_ray.settings import Settings
+from letta_ray.settings import NO_LOCAL_MODEL, Settings
 
 if TYPE_CHECKING:
     from letta_ray.actors.client import AgentHandle, Client
@@ -238,6 +239,7 @@ class _ModelChoice:
     endpoint: str | None
     why: str
     demo: bool = False
+    local: bool = False  # the bundled local model, served on this process's Ray Serve
 
 
 def _find_agent(client: Client, key: str, *, must_exist: bool) -> AgentHandle | None:
@@ -255,20 +257,27 @@ def _choose_model(settings: Settings, state: AgentState | None, model: str | Non
         return _ModelChoice(model, endpoint, "--model given")
     if state is not None and state.llm_config.model == DEMO_MODEL:
         return _ModelChoice(DEMO_MODEL, None, "this agent was created with --demo", demo=True)
+    if state is not None and state.llm_config.model == LOCAL_MODEL and endpoint is None:
+        if not local_llm_available():
+            raise InvalidInputError(f"this agent thinks with the bundled local model, but {NO_LOCAL_MODEL}")
+        return _ModelChoice(LOCAL_MODEL, None, "the agent's own model: the bundled local model", local=True)
     if state is not None:
         return _ModelChoice(state.llm_config.model, endpoint or state.llm_config.model_endpoint,
                             "the agent's own model")
-    resolved, why = settings.resolve_default_model()
-    if resolved is not None:
-        return _ModelChoice(resolved, endpoint or settings.default_model_endpoint, why)
-    out.print(Text(f"No model: {why}.", style="bold yellow"), soft_wrap=True)
+    resolution = settings.resolve_model()
+    if resolution.source == "local":
+        out.print(Text(resolution.why, style="yellow"), soft_wrap=True)
+        return _ModelChoice(LOCAL_MODEL, None, "no provider key: the bundled local model", local=True)
+    if resolution.model is not None:
+        return _ModelChoice(resolution.model, endpoint or settings.endpoint_for(resolution.model), resolution.why)
+    out.print(Text(f"No model: {resolution.why}.", style="bold yellow"), soft_wrap=True)
     out.print(Text(_HOW_TO_SET_A_MODEL, style="yellow"), soft_wrap=True)
     if not demo:
         out.print(Text("Or try the offline demo model: letta-ray run --demo", style="yellow"))
         raise typer.Exit(1)
-    out.print(Text("--demo: using the built-in demo model, a loopback fake on this machine (no key, no network). "
-                   "It stores facts like \"my name is Ada\" or \"I live in Lisbon\" in its human block and "
-                   "otherwise echoes you.", style="yellow"), soft_wrap=True)
+    out.print(Text("--demo: falling back to the scripted demo model, a loopback fake on this machine (no key, no "
+                   "network). It is not a language model: it stores facts like \"my name is Ada\" or \"I live in "
+                   "Lisbon\" in its human block and otherwise echoes you.", style="yellow"), soft_wrap=True)
     return _ModelChoice(DEMO_MODEL, None, "no model configured, --demo given", demo=True)
 
 
@@ -317,6 +326,19 @@ def _chat(out: Console, handle: AgentHandle, messages: list[str]) -> int:
         _show_response(out, handle, response)
 
 
+def _start_local_model(out: Console, settings: Settings) -> str:
+    """Serve the bundled local model on this process's Ray (127.0.0.1, a free port); its URL."""
+    from letta_ray.serve.local_model import free_port, start_local_model
+
+    with out.status("loading the local model on Ray Serve…") if out.is_terminal else _no_status():
+        return start_local_model(settings, host="127.0.0.1", port=free_port(settings.http_port))
+
+
+@contextmanager
+def _no_status() -> Iterator[None]:
+    yield
+
+
 @app.command()
 def run(
     ctx: typer.Context,
@@ -330,11 +352,13 @@ def run(
     message: Annotated[list[str] | None, typer.Option(
         "--message", help="Send this message, print the turn and exit (repeatable). Works without a TTY.")] = None,
     demo: Annotated[bool, typer.Option(
-        "--demo", help="With no key and no --model, fall back to the built-in offline demo model.")] = False,
+        "--demo", help="With no key, no --model and no local model installed, fall back to the scripted "
+                       "offline demo model.")] = False,
 ) -> None:
     """Chat with one agent in the terminal (created if it does not exist)."""
     out = _console()
     server = None
+    local_started = False
     with _connected(ctx) as client:
         try:
             key = agent or name
@@ -346,9 +370,13 @@ def run(
 
                 server = FakeOpenAIServer(demo_responder, model=DEMO_MODEL).start()
                 choice.endpoint = server.url
+            if choice.local:
+                choice.endpoint = _start_local_model(out, client.settings)
+                local_started = True
             if handle is None or state is None:
                 handle = client.create_agent(key, model=choice.model, model_endpoint=choice.endpoint,
-                                             memory_blocks=DEFAULT_BLOCKS)
+                                             memory_blocks=DEFAULT_BLOCKS,
+                                             context_window=LOCAL_CONTEXT_WINDOW if choice.local else None)
                 status = "created"
             else:
                 status = "existing"
@@ -368,6 +396,10 @@ def run(
         finally:
             if server is not None:
                 server.stop()
+            if local_started:
+                from letta_ray.serve.local_model import stop_local_model
+
+                stop_local_model()
     if code:
         raise typer.Exit(code)
 

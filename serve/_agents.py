@@ -126,7 +126,7 @@ async def modify_agent(agent_id: str, body: UpdateAgentRequest, client: ClientDe
             config = body.llm_config.to_core()
         elif body.model is not None:
             config = {"model": body.model, "handle": body.model,
-                      "model_endpoint": body.model_endpoint or client.settings.default_model_endpoint,
+                      "model_endpoint": body.model_endpoint or client.settings.endpoint_for(body.model),
                       "context_window": client.settings.default_context_window}
         else:
             config = (await client.get_agent_state_async(agent_id)).llm_config

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import os
 import signal
 import threading
@@ -26,6 +27,8 @@ from letta_ray.actors.runtime import start_deployment
 from letta_ray.settings import Settings
 
 from .app import create_app
+
+log = logging.getLogger(__name__)
 
 APP_NAME = "letta_ray"
 # Sends wait on LLM calls, not CPU: one replica carries many at once. A send to a busy
@@ -94,6 +97,25 @@ def stop_http() -> None:
     serve.delete(APP_NAME)
 
 
+def _with_local_model(settings: Settings, *, host: str | None, port: int | None, on_ready: Any) -> Settings:
+    """With no configured model or key, serve the bundled local model and make it the default."""
+    resolution = settings.resolve_model()
+    if resolution.source != "local":
+        if resolution.source == "none":
+            on_ready(f"No default model: {resolution.why}. Agents must name a model.")
+        return settings
+    from letta_ray.local_llm import LOCAL_CONTEXT_WINDOW, LOCAL_MODEL
+
+    from .local_model import start_local_model
+
+    log.warning("%s", resolution.why)
+    on_ready(resolution.why)
+    endpoint = start_local_model(settings, host=host, port=port)
+    return settings.model_copy(update={
+        "default_model": LOCAL_MODEL, "default_model_endpoint": endpoint,
+        "default_context_window": min(settings.default_context_window, LOCAL_CONTEXT_WINDOW)})
+
+
 def serve_forever(settings: Settings, *, host: str | None = None, port: int | None = None,
                   replicas: int = 1, on_ready: Any = print) -> None:
     """``letta-ray serve``: an embedded Ray (or ``settings.ray_address``), the API, until Ctrl-C."""
@@ -101,7 +123,8 @@ def serve_forever(settings: Settings, *, host: str | None = None, port: int | No
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        url = start_http(client.settings, host=host, port=port, replicas=replicas)
+        settings = _with_local_model(client.settings, host=host, port=port, on_ready=on_ready)
+        url = start_http(settings, host=host, port=port, replicas=replicas)
         on_ready(f"letta_ray HTTP API on {url}/v1 (docs: {url}/docs, data: {client.settings.home}); "
                  "Ctrl-C stops it")
         if not _is_loopback(host or client.settings.http_host) and not client.settings.api_token:
