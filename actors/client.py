@@ -28,6 +28,7 @@ from letta_ray.schemas import (
     CreateBlock,
     EmbeddingConfig,
     LLMConfig,
+    LLMLimit,
     Tool,
     ToolRule,
     new_id,
@@ -37,6 +38,8 @@ from letta_ray.tools import build_tool, tool_from_source
 
 from ._proxy import await_ref
 from .handles import AgentHandle, ArchivalView, BlocksView
+from .host import TurnResult
+from .limits import parse_limits
 from .runtime import Deployment, init_ray, start_deployment, stop_deployment
 
 if TYPE_CHECKING:
@@ -161,6 +164,81 @@ class Client:
                     raise
                 self._where[agent_id] = await await_ref(
                     self.deployment.directory.host_failed.remote(host_id, agent_id))
+
+    async def send_many_async(self, turns: list[tuple[str, list[MessageCreate | Message], str | None]], *,
+                              max_steps: int | None = None, concurrency: int = 256, chunk: int = 250
+                              ) -> AsyncIterator[list[TurnResult]]:
+        """Run one turn for each ``(agent_id, messages, run_id)``; yields results in chunks as they finish.
+
+        Turns go to the agents' hosts in batches of ``chunk`` (one Ray call each), at
+        most ``concurrency`` turns in flight per host. A turn that failed, or whose
+        host died, comes back as a ``TurnResult`` with ``error`` set.
+        """
+        if not turns:
+            return
+        where = await await_ref(self.deployment.directory.locate_many.remote([t[0] for t in turns]))
+        by_host: dict[str, tuple[Any, list[tuple[str, list[MessageCreate | Message], str | None]]]] = {}
+        for turn, (host_id, host) in zip(turns, where, strict=True):
+            self._where[turn[0]] = (host_id, host)
+            by_host.setdefault(host_id, (host, []))[1].append(turn)
+        # Each host's batches go one after another (the host's own gate sets the pace),
+        # hosts in parallel: results stream back while the next batch runs.
+        queue: asyncio.Queue[list[TurnResult] | None] = asyncio.Queue()
+
+        async def feed(host: Any, host_turns: list[Any]) -> None:
+            pending = None
+            for start in range(0, len(host_turns), chunk):
+                batch = host_turns[start:start + chunk]
+                ref = host.send_many.remote(batch, max_steps=max_steps, concurrency=concurrency)
+                if pending is not None:
+                    await queue.put(await self._batch_results(*pending))
+                pending = (ref, batch)
+            if pending is not None:
+                await queue.put(await self._batch_results(*pending))
+
+        feeders = [asyncio.ensure_future(feed(host, host_turns)) for host, host_turns in by_host.values()]
+        done = asyncio.gather(*feeders)
+        done.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (results := await queue.get()) is not None:
+                yield results
+            await done
+        finally:
+            for feeder in feeders:
+                feeder.cancel()
+
+    async def _batch_results(self, ref: Any, batch: list[Any]) -> list[TurnResult]:
+        try:
+            return await await_ref(ref)
+        except _HOST_GONE as exc:
+            for agent_id, *_ in batch:
+                self._where.pop(agent_id, None)
+            return [TurnResult(agent_id, None, f"host died: {exc}", 0.0) for agent_id, *_ in batch]
+
+    async def existing_agents_async(self, agent_ids: list[str]) -> list[str]:
+        """Which of ``agent_ids`` exist."""
+        return await self._store("existing_agents", agent_ids)
+
+    async def messages_of_runs_async(self, run_id_prefix: str) -> dict[str, list[Message]]:
+        """Stored messages of every run whose id starts with ``run_id_prefix``, by run id."""
+        return await self._store("messages_of_runs", run_id_prefix)
+
+    # ---------------------------------------------------------------- the cluster's LLM limits
+
+    async def set_llm_limits_async(self, limits: dict[str, LLMLimit | dict[str, Any]]) -> dict[str, LLMLimit]:
+        """Cap LLM requests cluster-wide, per model (``"*"``: every other model); returns the
+        limits before. ``{}`` removes every limit."""
+        parsed = parse_limits({m: v.model_dump() if isinstance(v, LLMLimit) else v for m, v in limits.items()})
+        _, before = await await_ref(self.deployment.directory.llm_limits.remote())
+        await await_ref(self.deployment.directory.set_llm_limits.remote(parsed))
+        return before
+
+    def set_llm_limits(self, limits: dict[str, LLMLimit | dict[str, Any]]) -> dict[str, LLMLimit]:
+        return self._run(self.set_llm_limits_async(limits))
+
+    def llm_stats(self) -> dict[str, dict[str, int]]:
+        """Per model: requests in flight, the most ever in flight, started, waiting."""
+        return self._run(await_ref(self.deployment.directory.llm_stats.remote()))
 
     # ---------------------------------------------------------------- agents
 

@@ -50,11 +50,13 @@ MODIFIABLE = frozenset({"name", "system", "tags", "description", "metadata", "ll
 
 
 @dataclass(frozen=True)
-class TurnFailed:
-    """A turn of a batch (``AgentHost.send_many``) that raised instead of replying."""
+class TurnResult:
+    """One turn of a batch (``AgentHost.send_many``): its response, or the error it raised."""
 
     agent_id: str
-    error: str
+    response: LettaResponse | None
+    error: str | None
+    latency_s: float
 
 
 @dataclass
@@ -159,24 +161,25 @@ class AgentHost:
         return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id)
 
     async def send_many(self, turns: list[tuple[str, list[MessageCreate | Message], str | None]], *,
-                        max_steps: int | None = None, concurrency: int = 256) -> list[LettaResponse | TurnFailed]:
+                        max_steps: int | None = None, concurrency: int = 256) -> list[TurnResult]:
         """One turn for each ``(agent_id, messages, run_id)``, run concurrently (at most
         ``concurrency`` at once; the same agent's turns still run in the order given).
 
         One call carries a whole batch, so a simulation round costs a Ray call per host
-        rather than per agent. A turn that raises yields a ``TurnFailed`` in its place;
-        the others are unaffected.
+        rather than per agent. A turn that raises gives a result with its error; the
+        others are unaffected.
         """
         gate = asyncio.Semaphore(max(1, concurrency))
 
-        async def one(agent_id: str, messages: list[MessageCreate | Message], run_id: str | None
-                      ) -> LettaResponse | TurnFailed:
+        async def one(agent_id: str, messages: list[MessageCreate | Message], run_id: str | None) -> TurnResult:
             async with gate:
+                started = time.perf_counter()
                 try:
-                    return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id)
+                    response = await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id)
                 except Exception as exc:
                     log.debug("turn of %s failed", agent_id, exc_info=True)
-                    return TurnFailed(agent_id, f"{type(exc).__name__}: {exc}")
+                    return TurnResult(agent_id, None, f"{type(exc).__name__}: {exc}", time.perf_counter() - started)
+                return TurnResult(agent_id, response, None, time.perf_counter() - started)
 
         return list(await asyncio.gather(*(one(*turn) for turn in turns)))
 

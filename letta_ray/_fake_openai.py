@@ -372,7 +372,7 @@ def _usage(response: LLMResponse) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve the default echo model in its own process until stdin closes.
+    """Serve a fake model (the echo model unless ``--responder``) in its own process until stdin closes.
 
     ``python -m letta_ray._fake_openai`` prints the base URL on its first line of
     output; benchmarks use it so the fake provider does not share their GIL.
@@ -384,9 +384,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency-s", type=float, default=0.0)
     parser.add_argument("--embedding-dim", type=int, default=64)
+    parser.add_argument("--responder", default=None, metavar="MODULE:FUNCTION",
+                        help="a fn(messages, info) answering each request (default: the echo model)")
     args = parser.parse_args(argv)
+    responder = None
+    if args.responder:
+        import importlib
+
+        module, _, function = args.responder.partition(":")
+        responder = getattr(importlib.import_module(module), function)
     server = FakeOpenAIServer(
-        latency_s=args.latency_s, embedding_dim=args.embedding_dim, port=args.port, keep_requests=0
+        responder, latency_s=args.latency_s, embedding_dim=args.embedding_dim, port=args.port, keep_requests=0
     )
     with server:
         print(server.url, flush=True)

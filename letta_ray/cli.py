@@ -507,6 +507,33 @@ def serve(
                       on_ready=lambda text: _console().print(Text(text), soft_wrap=True))
 
 
+# --------------------------------------------------------------------------- simulations
+
+
+@app.command()
+def sim(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(metavar="CONFIG.yaml", help="The simulation's config.")],
+    out: Annotated[Path | None, typer.Option(
+        help="Folder of the run (default: <home>/sims/<name>).", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in the folder from its last completed round.")] = False,
+    rounds: Annotated[int | None, typer.Option(
+        min=1, help="Play up to this round (overrides the config).", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the config's seed.", show_default=False)] = None,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+) -> None:
+    """Run a simulation: a population of agents taking turns in rounds (Ctrl-C stops; --resume continues)."""
+    from letta_ray.sim.cli import run_from_cli
+
+    with _connected(ctx) as client, _errors():
+        try:
+            run_from_cli(client, config, out=out, resume=resume, rounds=rounds, seed=seed, console=_console(),
+                         show_progress=not no_progress)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+
 # --------------------------------------------------------------------------- export
 
 
