@@ -55,9 +55,12 @@ def choice_grammar(options: list[str], *, suffix: str = "") -> str:
     return f"root ::= ({alternatives}){tail}\n"
 
 
-def schema_grammar(schema: dict[str, Any], *, max_string: int = 300, max_items: int = 8) -> str:
-    """A GBNF grammar whose every sentence is a JSON value valid against ``schema``."""
-    builder = _Builder(schema, max_string=max_string, max_items=max_items)
+def schema_grammar(schema: dict[str, Any], *, min_string: int = 0, max_string: int = 300, max_items: int = 8) -> str:
+    """A GBNF grammar whose every sentence is a JSON value valid against ``schema``.
+
+    ``min_string`` > 0 rules out empty strings (a small model otherwise "fills" an argument with nothing).
+    """
+    builder = _Builder(schema, min_string=min_string, max_string=max_string, max_items=max_items)
     body = builder.visit(schema, "root", depth=0)
     if body in builder.rules and not any(body in rule.split() for rule in builder.rules.values()):
         body = builder.rules.pop(body)  # the top object's rule becomes root itself
@@ -66,8 +69,9 @@ def schema_grammar(schema: dict[str, Any], *, max_string: int = 300, max_items: 
 
 
 class _Builder:
-    def __init__(self, schema: dict[str, Any], *, max_string: int, max_items: int) -> None:
+    def __init__(self, schema: dict[str, Any], *, min_string: int, max_string: int, max_items: int) -> None:
         self.definitions: dict[str, Any] = {**schema.get("definitions", {}), **schema.get("$defs", {})}
+        self.min_string = min(min_string, max_string)
         self.max_string = max_string
         self.max_items = max_items
         self.rules: dict[str, str] = {}
@@ -95,7 +99,7 @@ class _Builder:
 
     def _string(self) -> str:
         self._use("char", _STRING_CHAR)
-        return self._use("string", f'"\\"" char{{0,{self.max_string}}} "\\""')
+        return self._use("string", f'"\\"" char{{{self.min_string},{self.max_string}}} "\\""')
 
     def _any(self) -> str:
         self._string()

@@ -19,6 +19,8 @@ A named ``tool_choice`` skips step 1; ``tool_choice="none"`` or no tools is plai
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 import time
 import uuid
@@ -29,18 +31,26 @@ from typing import Any
 
 from letta_ray.grammar import choice_grammar, schema_grammar
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "LOCAL_CONTEXT_WINDOW",
     "LOCAL_LLM_EXTRA",
     "LOCAL_MODEL",
     "LOCAL_MODEL_NAME",
     "LOCAL_MODEL_TITLE",
+    "LocalLLM",
     "LocalModel",
     "Plan",
+    "Steering",
     "local_llm_available",
     "plan_request",
     "render_chatml",
+    "states_a_fact",
+    "steer",
     "tool_choice_prompt",
+    "with_block_labels",
+    "writable_labels",
 ]
 
 LOCAL_MODEL_NAME = "smollm2-135m"
@@ -161,6 +171,73 @@ def plan_request(request: dict[str, Any]) -> Plan:
     return Plan("tool", options, tools)
 
 
+# Measured: asked "did the user just tell you a fact about themselves?", SmolLM2-135M
+# answers at chance on unseen messages, and asked to pick a tool it always picks
+# send_message. So the deployment gives it one cue it cannot give itself.
+_FIRST_PERSON = re.compile(r"\b(i|i'm|im|i am|i've|i'd|my|mine)\b", re.IGNORECASE)
+
+
+def states_a_fact(text: str) -> bool:
+    """Whether a user message reads as a first-person statement (a fact to keep), not a question."""
+    text = text.strip()
+    return bool(text) and not text.endswith("?") and bool(_FIRST_PERSON.search(text))
+
+
+def _edits_memory(tool: dict[str, Any]) -> bool:
+    parameters = tool.get("parameters") or {}
+    return "label" in (parameters.get("properties") or {}) and "label" in (parameters.get("required") or [])
+
+
+_BLOCK = re.compile(r"^<([A-Za-z0-9_\-]+)>\n(?:<description>\n.*?\n</description>\n)?<metadata>\n(.*?)</metadata>",
+                    re.MULTILINE | re.DOTALL)
+# Tools that add a new fact without quoting existing text (which a small model cannot do).
+_ADDING_TOOLS = ("memory_insert", "core_memory_append")
+
+
+def writable_labels(messages: list[dict[str, Any]]) -> list[str]:
+    """Labels of the writable memory blocks rendered in the system prompt, in order."""
+    system = next((_text(m.get("content")) for m in messages if m.get("role") == "system"), "")
+    start, end = system.find("<memory_blocks>"), system.find("</memory_blocks>")
+    if start < 0 or end < 0:
+        return []
+    return [label for label, meta in _BLOCK.findall(system[start:end]) if "read_only=true" not in meta]
+
+
+def with_block_labels(parameters: dict[str, Any], labels: list[str]) -> dict[str, Any]:
+    """A tool's parameters with ``label`` restricted to ``labels`` (unchanged if it has none)."""
+    properties = parameters.get("properties") or {}
+    if not labels or (properties.get("label") or {}).get("type") != "string":
+        return parameters
+    return {**parameters, "properties": {**properties, "label": {**properties["label"], "enum": labels}}}
+
+
+@dataclass
+class Steering:
+    """What step 1 offers (``options``) and which block labels the arguments may name."""
+
+    options: list[str]
+    labels: list[str]
+
+
+def steer(messages: list[dict[str, Any]], plan: Plan) -> Steering:
+    """The cue for step 1: when the user just stated a fact, offer only the tools that add it to memory,
+    into the ``human`` block (the block about the user) when there is one.
+
+    What text to store, and everything after the edit (the reply), is still the model's.
+    """
+    labels = writable_labels(messages)
+    last = messages[-1] if messages else {}
+    if plan.mode != "tool" or len(plan.options) < 2 or last.get("role") != "user":
+        return Steering(plan.options, labels)
+    if not states_a_fact(_text(last.get("content"))):
+        return Steering(plan.options, labels)
+    adding = [o for o in plan.options if o in _ADDING_TOOLS]
+    editing = [o for o in plan.options if o in plan.tools and _edits_memory(plan.tools[o])]
+    if not (adding or editing):
+        return Steering(plan.options, labels)
+    return Steering(adding or editing, ["human"] if "human" in labels else labels)
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -212,10 +289,14 @@ class LocalModel:
 
     def _complete(self, prompt: str, *, grammar: str | None, max_tokens: int, temperature: float,
                   usage: _Usage) -> tuple[str, str]:
+        started = time.perf_counter()
         result = self.llama.create_completion(
             prompt, grammar=self._grammar(grammar) if grammar else None, max_tokens=max_tokens,
             temperature=temperature, top_p=0.9, repeat_penalty=1.1, stop=["<|im_end|>", "<|im_start|>"])
         usage.add(result)
+        logger.debug("local model: %d prompt + %d completion tokens in %.2fs (grammar: %s)",
+                     result["usage"]["prompt_tokens"], result["usage"]["completion_tokens"],
+                     time.perf_counter() - started, bool(grammar))
         choice = result["choices"][0]
         return choice["text"], choice.get("finish_reason") or "stop"
 
@@ -225,27 +306,30 @@ class LocalModel:
         if not messages:
             raise ValueError("messages must not be empty")
         plan = plan_request(request)
-        temperature = float(request.get("temperature", 0.7) if request.get("temperature") is not None else 0.7)
+        # Sampled at the usual 0.7 this model wanders off topic (and grammar-constrained sampling
+        # slows down when it does): tool arguments are decoded greedily, text at most at 0.3.
+        temperature = min(float(request["temperature"]) if request.get("temperature") is not None else 0.3, 0.3)
         max_tokens = int(request.get("max_tokens") or request.get("max_completion_tokens") or 512)
         base = render_chatml(messages)
         usage = _Usage()
         with self._lock:
-            name = plan.options[0] if plan.mode == "tool" and len(plan.options) == 1 else None
+            steering = steer(messages, plan)
+            name = steering.options[0] if plan.mode == "tool" and len(steering.options) == 1 else None
             if plan.mode == "tool" and name is None:
-                name, _ = self._complete(base + tool_choice_prompt(list(plan.tools.values()), plan.options),
-                                         grammar=choice_grammar(plan.options), max_tokens=16, temperature=0.0,
-                                         usage=usage)
+                name, _ = self._complete(base + tool_choice_prompt(list(plan.tools.values()), steering.options),
+                                         grammar=choice_grammar(steering.options), max_tokens=16,
+                                         temperature=0.0, usage=usage)
             message: dict[str, Any] = {"role": "assistant", "content": None}
             if name is None or name == TEXT_OPTION:
                 text, finish = self._complete(base + "<|im_start|>assistant\n", grammar=None,
                                               max_tokens=max_tokens, temperature=temperature, usage=usage)
                 message["content"] = text.strip()
             else:
-                parameters = plan.tools[name].get("parameters") or {"type": "object", "properties": {}}
+                parameters = with_block_labels(plan.tools[name].get("parameters") or {"type": "object"},
+                                               steering.labels)
                 prefix = f'<|im_start|>assistant\n{_TOOL_CALL_OPEN}{{"name": {json.dumps(name)}, "arguments": '
-                arguments, finish = self._complete(base + prefix, grammar=schema_grammar(parameters),
-                                                   max_tokens=_MAX_TOOL_TOKENS, temperature=temperature,
-                                                   usage=usage)
+                arguments, finish = self._complete(base + prefix, grammar=schema_grammar(parameters, min_string=1),
+                                                   max_tokens=_MAX_TOOL_TOKENS, temperature=0.0, usage=usage)
                 message["tool_calls"] = [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
                                           "function": {"name": name, "arguments": arguments}}]
                 finish = "tool_calls" if finish == "stop" else finish
@@ -258,3 +342,34 @@ class LocalModel:
             "usage": {"prompt_tokens": usage.prompt, "completion_tokens": usage.completion,
                       "total_tokens": usage.prompt + usage.completion},
         }
+
+
+class LocalLLM:
+    """The ``LLM`` protocol over an in-process ``LocalModel`` (benchmarks, tests): no HTTP, no litellm."""
+
+    def __init__(self, model: LocalModel) -> None:
+        self.model = model
+
+    async def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], config: Any, *,
+                       tool_choice: str | dict[str, Any] | None = None) -> Any:
+        import asyncio
+
+        from letta_ray.deps import LLMResponse
+        from letta_ray.messages import ToolCall
+
+        body: dict[str, Any] = {"messages": messages, "tools": tools, "temperature": config.temperature,
+                                "max_tokens": config.max_tokens}
+        if tool_choice is not None:
+            body["tool_choice"] = tool_choice
+        response = await asyncio.to_thread(self.model.chat, body)
+        choice = response["choices"][0]
+        calls = [ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"]["arguments"])
+                 for c in choice["message"].get("tool_calls") or []]
+        return LLMResponse(content=choice["message"].get("content"), tool_calls=calls,
+                           prompt_tokens=response["usage"]["prompt_tokens"],
+                           completion_tokens=response["usage"]["completion_tokens"],
+                           finish_reason=choice["finish_reason"], model=LOCAL_MODEL)
+
+    def count_tokens(self, messages: list[dict[str, Any]], config: Any,
+                     tools: list[dict[str, Any]] | None = None) -> int:
+        return len(self.model.llama.tokenize(render_chatml(messages).encode(), add_bos=False, special=True))
