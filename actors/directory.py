@@ -34,7 +34,8 @@ class Directory:
     def __init__(self, make_host: HostFactory, *, placement: str = "packed", agents_per_host: int = 5_000,
                  max_hosts: int | None = None, exists: Callable[[list[str]], Awaitable[set[str]]] | None = None,
                  ping: Callable[[Any], Any] | None = None, timers: Any = None,
-                 llm_limits: dict[str, LLMLimit] | None = None) -> None:
+                 llm_limits: dict[str, LLMLimit] | None = None,
+                 notify_limits: Callable[[Any, int, dict[str, LLMLimit]], Awaitable[Any]] | None = None) -> None:
         """``timers`` persists schedules: ``await timers.load()`` / ``await timers.save(docs)``;
         ``deliver`` of wake-ups goes to the agent's host via ``send``."""
         self._make_host = make_host
@@ -52,6 +53,7 @@ class Directory:
         self.scheduler = Scheduler(self._wake_agent, save=timers.save if timers is not None else None)
         self._lock = asyncio.Lock()
         self.limiter = LLMLimiter(llm_limits)
+        self._notify_limits = notify_limits
 
     def _new_host(self) -> str:
         host_id = f"host-{next(self._ids)}"
@@ -168,8 +170,12 @@ class Directory:
     # ---------------------------------------------------------------- the cluster's LLM limits
 
     async def set_llm_limits(self, limits: dict[str, LLMLimit]) -> int:
-        """Replace the LLM limits (hosts pick them up within ``LimitedLLM.CONFIG_TTL_S``)."""
-        return await self.limiter.configure(limits)
+        """Replace the LLM limits; returns once every live host applies them."""
+        version = await self.limiter.configure(limits)
+        if self._notify_limits is not None and self.hosts:
+            await asyncio.gather(*(self._notify_limits(h, version, limits) for h in self.hosts.values()),
+                                 return_exceptions=True)  # a dead host fetches them afresh when replaced
+        return version
 
     async def llm_limits(self) -> tuple[int, dict[str, LLMLimit]]:
         return self.limiter.limits()

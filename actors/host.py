@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,11 +27,11 @@ from letta_ray.deps import LLM, StepDeps
 from letta_ray.errors import InvalidInputError, NotFoundError, StorageError
 from letta_ray.memory import MemoryStats
 from letta_ray.messages import LettaResponse, Message, MessageCreate
-from letta_ray.schemas import AgentState, Block, new_id, utcnow
+from letta_ray.schemas import AgentState, Block, LLMLimit, new_id, utcnow
 from letta_ray.tools import ToolFunction, Toolset, tool_from_source
 
 from ._journal import Journal, TurnRecord
-from .limits import LimitedLLM
+from .limits import LimitedLLM, LimitsView
 from .messaging import AgentMessenger, Router
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,12 @@ JOURNAL_ROTATE_BYTES = 64 * 2**20
 # Fields of an agent a caller may change after creation.
 MODIFIABLE = frozenset({"name", "system", "tags", "description", "metadata", "llm_config", "embedding_config",
                         "tools", "tool_rules", "max_steps", "agent_type"})
+
+
+def _warm_litellm() -> None:
+    from letta_ray.llm import LiteLLM
+
+    LiteLLM()
 
 
 @dataclass(frozen=True)
@@ -93,12 +100,14 @@ class AgentHost:
         self.store = store
         self.archive = archive
         self._llm = llm
-        self._limiter = limiter
+        self._limits = LimitsView(limiter) if limiter is not None else None
         self.messenger = AgentMessenger(router, agent_call_timeout_s) if router is not None else None
         self.agents: dict[str, _Hosted] = {}
         self._loading: dict[str, asyncio.Task[_Hosted]] = {}
         self._custom_tools: dict[str, tuple[str, ToolFunction]] = {}
         self._background: set[asyncio.Future[None]] = set()
+        if llm is None:  # import litellm (~4 s) now, off the event loop, not in the first turn
+            threading.Thread(target=_warm_litellm, name="litellm-import", daemon=True).start()
 
     @property
     def llm(self) -> LLM:
@@ -106,8 +115,8 @@ class AgentHost:
             from letta_ray.llm import LiteLLM  # litellm is heavy: import on first use
 
             self._llm = LiteLLM()
-        if self._limiter is not None and not isinstance(self._llm, LimitedLLM):
-            self._llm = LimitedLLM(self._llm, self._limiter)
+        if self._limits is not None and not isinstance(self._llm, LimitedLLM):
+            self._llm = LimitedLLM(self._llm, self._limits)
         return self._llm
 
     # ---------------------------------------------------------------- lifecycle of agents
@@ -439,6 +448,11 @@ class AgentHost:
 
         return {"host_id": self.host_id, "pid": os.getpid(), "agents": len(self.agents),
                 "busy": sum(1 for h in self.agents.values() if h.lock.locked())}
+
+    async def set_llm_limits(self, version: int, limits: dict[str, LLMLimit]) -> None:
+        """The directory's push of the cluster's new LLM limits."""
+        if self._limits is not None:
+            self._limits.update(version, limits)
 
     async def ping(self) -> str:
         return self.host_id

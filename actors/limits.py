@@ -5,8 +5,9 @@ per model (a ``"*"`` entry is the default for any model without its own). The
 ``LLMLimiter`` lives in the directory actor, which every host already reaches; each host
 wraps its LLM in a ``LimitedLLM`` that takes a slot before a request and gives it back
 after (retries included: a request backing off after a 429 keeps its slot, so the cap
-holds while the provider recovers). Models without limits pay nothing but a config
-check every few seconds. Plain classes, no Ray: unit-tested directly.
+holds while the provider recovers). Hosts keep a copy of the limits, which the directory
+updates on every change before acknowledging it, so models without limits cost nothing.
+Plain classes, no Ray: unit-tested directly.
 """
 
 from __future__ import annotations
@@ -132,37 +133,48 @@ class LLMLimiter:
                         "waiting": g.waiting} for model, g in self._gates.items()}
 
 
-class LimitedLLM:
-    """An ``LLM`` that takes a slot from the cluster's limiter around each request.
+class LimitsView:
+    """A host's copy of the cluster's LLM limits: fetched once from the directory, then
+    kept current by the directory pushing every change (``update``) before it returns."""
 
-    ``limiter`` is anything with awaitable ``limits()``, ``acquire(model)`` and
-    ``release(model)`` — the directory actor through a proxy, or an ``LLMLimiter``.
+    def __init__(self, limiter: Any) -> None:
+        self.limiter = limiter
+        self.version = -1
+        self.limits: dict[str, LLMLimit] | None = None
+
+    def update(self, version: int, limits: dict[str, LLMLimit]) -> None:
+        if version > self.version:  # a push and the first fetch may cross
+            self.version, self.limits = version, limits
+
+    async def limited(self, model: str) -> bool:
+        if self.limits is None:
+            self.update(*await self.limiter.llm_limits())
+        assert self.limits is not None
+        return model in self.limits or DEFAULT in self.limits
+
+
+class LimitedLLM:
+    """An ``LLM`` that takes a slot from the cluster's limiter around each limited request.
+
+    ``view.limiter`` is anything with awaitable ``llm_limits()``, ``llm_acquire(model)``
+    and ``llm_release(model)``: the directory actor through a proxy, or a ``Directory``.
     """
 
-    CONFIG_TTL_S = 2.0
-
-    def __init__(self, inner: LLM, limiter: Any) -> None:
+    def __init__(self, inner: LLM, view: LimitsView) -> None:
         self.inner = inner
-        self.limiter = limiter
-        self._limits: dict[str, LLMLimit] = {}
-        self._checked = float("-inf")
-
-    async def _limited(self, model: str) -> bool:
-        if time.monotonic() - self._checked > self.CONFIG_TTL_S:
-            _, self._limits = await self.limiter.llm_limits()
-            self._checked = time.monotonic()
-        return model in self._limits or DEFAULT in self._limits
+        self.view = view
 
     async def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], config: LLMConfig, *,
                        tool_choice: str | dict[str, Any] | None = None) -> LLMResponse:
         model = config.model
-        if not await self._limited(model):
+        if not await self.view.limited(model):
             return await self.inner.complete(messages, tools, config, tool_choice=tool_choice)
-        await self.limiter.llm_acquire(model)
+        limiter = self.view.limiter
+        await limiter.llm_acquire(model)
         try:
             return await self.inner.complete(messages, tools, config, tool_choice=tool_choice)
         finally:
-            await self.limiter.llm_release(model)
+            await limiter.llm_release(model)
 
     def count_tokens(self, messages: list[dict[str, Any]], config: LLMConfig,
                      tools: list[dict[str, Any]] | None = None) -> int:

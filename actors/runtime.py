@@ -98,6 +98,10 @@ async def _ping(handle: Any) -> Any:
     return await await_ref(handle.ping.remote())
 
 
+async def _notify_limits(handle: Any, version: int, limits: dict[str, Any]) -> Any:
+    return await await_ref(handle.set_llm_limits.remote(version, limits), timeout=30)
+
+
 class _ExistingAgents:
     """Which of some agent ids the store knows (the directory asks before placing them)."""
 
@@ -167,7 +171,8 @@ def start_deployment(settings: Settings, *, llm: Any = None) -> Deployment:
         Directory, f"{prefix}-directory", ns, (maker,),
         {"placement": settings.placement, "agents_per_host": settings.agents_per_host,
          "max_hosts": settings.max_hosts, "exists": _ExistingAgents(store), "ping": _ping,
-         "timers": _TimerStore(store), "llm_limits": settings.llm_limits()},
+         "timers": _TimerStore(store), "llm_limits": settings.llm_limits(),
+         "notify_limits": _notify_limits},
         **detached)
     # Surface a broken store (a locked file, a bad path) now, with its real error.
     ray.get([store.ping.remote(), archive.ping.remote(), directory.start_timers.remote()])

@@ -110,6 +110,8 @@ class FakeOpenAIServer:
         self.latency_s = latency_s
         self.requests: deque[dict[str, Any]] = deque(maxlen=keep_requests)
         self.request_count = 0
+        self.in_flight = 0  # chat requests being answered now
+        self.max_in_flight = 0  # the most ever answered at once (reset it to measure a burst)
         self.errors: list[BaseException] = []
         self._port = port
         self._failures: deque[tuple[int, str | None, str | None]] = deque()
@@ -251,6 +253,14 @@ class FakeOpenAIServer:
             return LLMConfig(model=body.get("model") or self.model, model_endpoint=self.url)
 
     async def _chat(self, request: Request) -> Response:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: Request) -> Response:
         body, failure = await self._begin(request)
         if failure is not None:
             return failure

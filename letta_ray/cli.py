@@ -563,3 +563,7 @@ def export_parquet(
             rows = size = "?"
         table.add_row(name, rows, size, str(path))
     out.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -364,3 +364,17 @@ def _canonical(message: Message) -> dict[str, Any]:
         "name": message.name,
         "status": message.tool_status,
     }
+
+
+def run(config: SimConfig, client: Client, out: str | Path | None = None, *, resume: bool = False,
+        rounds: int | None = None, on_turns: OnTurns | None = None) -> Simulation:
+    """Open (or ``resume``) a run of ``config`` in ``out`` (default ``<home>/sims/<name>``) and
+    play its rounds; returns the ``Simulation`` (metrics, transcript, plot)."""
+    run_dir = Path(out) if out is not None else client.settings.home / "sims" / config.name
+
+    async def go() -> Simulation:
+        sim = await Simulation.open(config, client, run_dir, resume=resume)
+        await sim.run(rounds, on_turns=on_turns)
+        return sim
+
+    return client._run(go())
