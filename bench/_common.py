@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -33,10 +34,13 @@ SEND_MESSAGE_TOOL = {
 
 
 @contextmanager
-def spawned_fake_server(latency_s: float = 0.0) -> Iterator[str]:
-    """A FakeOpenAIServer in a child process (so it does not share our GIL); yields its URL."""
+def spawned_fake_server(latency_s: float = 0.0, responder: str | None = None) -> Iterator[str]:
+    """A FakeOpenAIServer in a child process (so it does not share our GIL); yields its URL.
+
+    ``responder`` is a ``module:function`` answering requests (default: the echo model)."""
+    extra = ["--responder", responder] if responder else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "letta_ray._fake_openai", "--latency-s", str(latency_s)],
+        [sys.executable, "-m", "letta_ray._fake_openai", "--latency-s", str(latency_s), *extra],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -55,6 +59,76 @@ def spawned_fake_server(latency_s: float = 0.0) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def uss_bytes(pid: int) -> int:
+    """Unique memory of a process (what it would free if killed)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    total = 0
+    for line in text.splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+def session_pids() -> list[int]:
+    """This process and all its descendants (the embedded Ray and its workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def total_uss(exclude: set[int]) -> int:
+    return sum(uss_bytes(p) for p in session_pids() if p not in exclude)
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional memory of a process: shared pages split among their users, so a sum
+    over processes is the memory they really take together."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    return sum(int(line.split()[1]) * 1024 for line in text.splitlines() if line.startswith("Pss:"))
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) * 1024 for line in text.splitlines() if line.startswith("VmRSS:")), 0)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -25,44 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import measure_raw_litellm, percentile, spawned_fake_server
+from _common import cmdline, measure_raw_litellm, percentile, session_pids, spawned_fake_server, total_uss
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-
-def uss_bytes(pid: int) -> int:
-    """Unique memory of a process (what it would free if killed)."""
-    try:
-        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-    except OSError:
-        return 0
-    total = 0
-    for line in text.splitlines():
-        if line.startswith(("Private_Clean:", "Private_Dirty:")):
-            total += int(line.split()[1]) * 1024
-    return total
-
-
-def session_pids() -> list[int]:
-    """This process and all its descendants (the embedded Ray and its workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [os.getpid()]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def total_uss(exclude: set[int]) -> int:
-    return sum(uss_bytes(p) for p in session_pids() if p not in exclude)
 
 
 def main() -> None:
@@ -75,7 +40,7 @@ def main() -> None:
 
     with spawned_fake_server() as url, tempfile.TemporaryDirectory() as home:
         client = letta_ray.connect(home=home)
-        fake_server_pids = {p for p in session_pids() if p != os.getpid() and _cmdline(p).find("_fake_openai") >= 0}
+        fake_server_pids = {p for p in session_pids() if p != os.getpid() and cmdline(p).find("_fake_openai") >= 0}
 
         def spec(i: int) -> letta_ray.AgentState:
             return client.build_agent_state(
@@ -178,13 +143,6 @@ def agent_prompt(handle: object) -> tuple[list[dict], list[dict]]:
     tools = [openai_schema(BASE_TOOLS[n].tool, with_heartbeat=n not in TERMINAL_TOOLS) for n in state.tools]
     compiled = compile_context(state, state.blocks, handle.context(), MemoryStats(), tools, _Counter())
     return compiled.messages, tools
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 if __name__ == "__main__":

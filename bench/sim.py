@@ -1,0 +1,140 @@
+"""A simulation at scale against the loopback fake LLM: creation, memory, idle CPU, turns/s.
+
+Prints, in one run (the fake town model in its own process, an embedded Ray):
+- seconds to build the population and topology, and to create the agents;
+- memory of the whole Ray cluster (every process of the embedded Ray, the fake LLM
+  server excluded) as PSS (shared pages counted once) and as the plain RSS sum;
+- CPU the cluster burns while every agent sits idle, over ``--idle-s`` seconds;
+- agent-turns per second in each round, next to the raw litellm ceiling: concurrent
+  ``litellm.acompletion`` calls per second from one process to the same fake server,
+  measured before and after the rounds, with a tiny request and with the agents' own
+  round-2 request (like for like).
+
+Run: .venv/bin/python bench/sim.py [--agents 10000] [--rounds 2] [--degree 4] [--idle-s 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import cmdline, cpu_seconds, measure_raw_litellm, pss_bytes, rss_bytes, session_pids, spawned_fake_server
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+GIB = 2**30
+
+
+def cluster_pids(exclude: set[int]) -> list[int]:
+    """Every process of the embedded Ray (this driver and the fake server excluded)."""
+    return [p for p in session_pids() if p != os.getpid() and p not in exclude]
+
+
+def memory(exclude: set[int]) -> tuple[float, float, int]:
+    pids = cluster_pids(exclude)
+    return sum(map(pss_bytes, pids)) / GIB, sum(map(rss_bytes, pids)) / GIB, len(pids)
+
+
+def idle_cpu(exclude: set[int], seconds: float) -> float:
+    """CPU-seconds per second the cluster used over ``seconds`` (1.0 = one core busy)."""
+    pids = cluster_pids(exclude)
+    before = {p: cpu_seconds(p) for p in pids}
+    time.sleep(seconds)
+    return sum(cpu_seconds(p) - before[p] for p in pids) / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--degree", type=int, default=4)
+    parser.add_argument("--idle-s", type=float, default=10.0)
+    parser.add_argument("--raw-calls", type=int, default=3000)
+    parser.add_argument("--raw-concurrency", type=int, default=256)
+    parser.add_argument("--concurrency", type=int, default=256, help="turns in flight per host")
+    args = parser.parse_args()
+
+    import letta_ray
+    from letta_ray.sim import Simulation, parse_config
+
+    cpus = os.cpu_count() or 1
+    with spawned_fake_server(responder="letta_ray.sim.fake:town_responder") as url, \
+            tempfile.TemporaryDirectory() as home:
+        started = time.perf_counter()
+        client = letta_ray.connect(address="local", home=home)
+        ray_start_s = time.perf_counter() - started
+        fake = {p for p in session_pids() if "_fake_openai" in cmdline(p)}
+        base_pss, base_rss, _ = memory(fake)
+        config = parse_config({
+            "name": "bench", "seed": 1, "rounds": args.rounds,
+            "population": {"count": args.agents},
+            "topology": {"kind": "random", "degree": args.degree},
+            "agent": {"model": "openai/fake-model", "model_endpoint": url, "agent_type": "letta_v1_agent"},
+            "concurrency": args.concurrency, "batch": 500,
+        })
+
+        started = time.perf_counter()
+        sim = Simulation(config, client, Path(home) / "run", sim_id="bench")
+        build_s = time.perf_counter() - started
+        started = time.perf_counter()
+        client._run(sim._create_agents())
+        create_s = time.perf_counter() - started
+        time.sleep(3)  # let creation's background work settle
+        pss, rss, nprocs = memory(fake)
+        idle = idle_cpu(fake, args.idle_s)
+
+        raw_before = asyncio.run(measure_raw_litellm(url, args.raw_calls, args.raw_concurrency))
+        reports = client._run(sim.run())
+        # The agents' own request of round 2, for a like-for-like ceiling.
+        handle = client.get_agent(sim.agent_ids[0])
+        from agents import agent_prompt
+
+        messages, tools = agent_prompt(handle)
+        raw_after = asyncio.run(measure_raw_litellm(url, args.raw_calls, args.raw_concurrency))
+        raw_alike = asyncio.run(measure_raw_litellm(url, args.raw_calls, args.raw_concurrency,
+                                                    messages=messages, tools=tools or None))
+        pss_after, rss_after, _ = memory(fake)
+        load = os.getloadavg()
+        client.close()
+
+    ceiling = max(raw_before["calls_per_s"], raw_after["calls_per_s"])
+    print(f"bench/sim.py: {args.agents:,} agents, random graph of degree {args.degree}, {args.rounds} rounds, "
+          f"{cpus} CPUs, load average {load[0]:.1f} at the end")
+    print(f"  embedded Ray started in                      {ray_start_s:8.1f} s")
+    print(f"  population + topology built in               {build_s:8.2f} s")
+    print(f"  agents created in                            {create_s:8.2f} s   "
+          f"({args.agents / create_s:,.0f} agents/s)")
+    print(f"  Ray cluster memory, idle, before agents      {base_pss:8.2f} GiB PSS ({base_rss:.2f} GiB RSS sum)")
+    print(f"  Ray cluster memory, {args.agents:,} agents created   {pss:8.2f} GiB PSS ({rss:.2f} GiB RSS sum, "
+          f"{nprocs} processes)")
+    print(f"  Ray cluster memory after the rounds          {pss_after:8.2f} GiB PSS ({rss_after:.2f} GiB RSS sum)")
+    print(f"  idle CPU with every agent created            {idle * 100 / cpus:8.2f} % of the machine "
+          f"({idle * 100:.1f} % of one core, over {args.idle_s:.0f} s)")
+    for report in reports:
+        m = report.metrics
+        print(f"  round {m.round}: {m.active_agents:,} turns in {m.duration_s:6.1f} s = {m.turns_per_s:7.1f} turns/s "
+              f"(latency p50 {m.latency_p50_ms:.0f} ms, p99 {m.latency_p99_ms:.0f} ms, {m.llm_calls:,} LLM calls, "
+              f"{m.errors} errors)")
+    turns = sum(r.metrics.active_agents for r in reports)
+    wall = sum(r.metrics.duration_s for r in reports)
+    rate = turns / wall
+    median_round = statistics.median(r.metrics.turns_per_s for r in reports)
+    print(f"  raw litellm ceiling, tiny request            {raw_before['calls_per_s']:8.1f} calls/s before, "
+          f"{raw_after['calls_per_s']:.1f} after (concurrency {args.raw_concurrency})")
+    print(f"  raw litellm ceiling, the agents' request     {raw_alike['calls_per_s']:8.1f} calls/s")
+    print(f"  turns/s over {args.rounds} rounds: {rate:.1f} (median round {median_round:.1f}); "
+          f"ratio to the tiny-request ceiling {rate / ceiling:.2f}, "
+          f"to the like-for-like ceiling {rate / raw_alike['calls_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
