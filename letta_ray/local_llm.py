@@ -219,15 +219,28 @@ class Steering:
     labels: list[str]
 
 
+def _succeeded(result: dict[str, Any]) -> bool:
+    try:
+        return json.loads(_text(result.get("content"))).get("status") == "OK"
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
 def steer(messages: list[dict[str, Any]], plan: Plan) -> Steering:
-    """The cue for step 1: when the user just stated a fact, offer only the tools that add it to memory,
-    into the ``human`` block (the block about the user) when there is one.
+    """The cues for step 1: when the user just stated a fact, offer only the tools that add it to
+    memory, into the ``human`` block (the block about the user) when there is one; right after a
+    call that succeeded, offer every tool but that one.
 
     What text to store, and everything after the edit (the reply), is still the model's.
     """
     labels = writable_labels(messages)
     last = messages[-1] if messages else {}
-    if plan.mode != "tool" or len(plan.options) < 2 or last.get("role") != "user":
+    if plan.mode != "tool" or len(plan.options) < 2:
+        return Steering(plan.options, labels)
+    if last.get("role") == "tool":  # a small model repeats the call it just made: offer the others
+        again = _succeeded(last) and last.get("name")
+        return Steering([o for o in plan.options if o != again] or plan.options, labels)
+    if last.get("role") != "user":
         return Steering(plan.options, labels)
     if not states_a_fact(_text(last.get("content"))):
         return Steering(plan.options, labels)
