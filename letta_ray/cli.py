@@ -275,9 +275,10 @@ def _choose_model(settings: Settings, state: AgentState | None, model: str | Non
     if not demo:
         out.print(Text("Or try the offline demo model: letta-ray run --demo", style="yellow"))
         raise typer.Exit(1)
-    out.print(Text("--demo: falling back to the scripted demo model, a loopback fake on this machine (no key, no "
-                   "network). It is not a language model: it stores facts like \"my name is Ada\" or \"I live in "
-                   "Lisbon\" in its human block and otherwise echoes you.", style="yellow"), soft_wrap=True)
+    out.print(Text("--demo: falling back to the built-in demo model, a scripted loopback fake on this machine "
+                   "(no key, no network). It is not a language model: it stores facts like \"my name is Ada\" "
+                   "or \"I live in Lisbon\" in its human block and otherwise echoes you.", style="yellow"),
+              soft_wrap=True)
     return _ModelChoice(DEMO_MODEL, None, "no model configured, --demo given", demo=True)
 
 

@@ -28,6 +28,7 @@ def no_provider_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     for env, _ in PROVIDER_KEYS:
         monkeypatch.delenv(env, raising=False)
     monkeypatch.delenv("LETTA_RAY_DEFAULT_MODEL", raising=False)
+    monkeypatch.setenv("LETTA_RAY_LOCAL_MODEL", "0")  # as if the local-llm extra were not installed
 
 
 # --------------------------------------------------------------------------- no Ray
