@@ -114,8 +114,9 @@ async def bench_steps(model: LocalModel, turns: int) -> tuple[list[float], list[
         state, context = result.state, result.context
         per_turn.append(elapsed)
         per_step.extend([elapsed / max(1, result.usage.step_count)] * max(1, result.usage.step_count))
-        calls.append(" -> ".join(e.tool_call.name for e in result.events if e.message_type == "tool_call_message")
-                     + f" [{result.stop_reason.stop_reason}]")
+        names = [e.tool_call.name for e in result.events if e.message_type == "tool_call_message"]
+        names += ["reply"] * any(e.message_type == "assistant_message" for e in result.events)
+        calls.append(" -> ".join(names) + f" [{result.stop_reason.stop_reason}]")
     return per_step, per_turn, calls
 
 
@@ -133,7 +134,7 @@ def main() -> None:
         started = time.perf_counter()
         model = LocalModel(n_threads=args.threads)
         loads.append(time.perf_counter() - started)
-    print(f"model: {model.path.name}, {model.llama.n_threads()} threads, context {model.n_ctx}")
+    print(f"model: {model.path.name}, {model.llama.n_threads} threads, context {model.n_ctx}")
     print(f"load:                      {statistics.median(loads):7.2f} s")
     tokens = agent_prompt(model)
     print(f"prefill ({len(tokens)} tokens):     {bench_prefill(model, tokens, args.repeats):7.1f} tokens/s")
