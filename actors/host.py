@@ -446,7 +446,10 @@ class AgentHost:
     async def info(self) -> dict[str, Any]:
         import os
 
-        return {"host_id": self.host_id, "pid": os.getpid(), "agents": len(self.agents),
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        return {"host_id": self.host_id, "pid": os.getpid(), "node_id": node, "agents": len(self.agents),
                 "busy": sum(1 for h in self.agents.values() if h.lock.locked())}
 
     async def set_llm_limits(self, version: int, limits: dict[str, LLMLimit]) -> None:

@@ -87,11 +87,28 @@ class _HostMaker:
     def __call__(self, host_id: str) -> Any:
         remote = ray.remote(AgentHost).options(
             name=f"{self.prefix}-{host_id}", namespace=self.namespace, lifetime="detached",
-            scheduling_strategy="SPREAD", max_restarts=0, **_ACTOR_OPTIONS)
+            scheduling_strategy=self._node_for(host_id), max_restarts=0, **_ACTOR_OPTIONS)
         router = RayRouter(f"{self.prefix}-directory", self.namespace, self.store)
         limiter = NamedActorProxy(f"{self.prefix}-directory", self.namespace)
         return remote.remote(host_id, ActorProxy(self.store), ActorProxy(self.archive), self.llm, router,
                              self.agent_call_timeout_s, self.journal_dir, limiter)
+
+
+    @staticmethod
+    def _node_for(host_id: str) -> Any:
+        """Hosts go round-robin over the nodes with CPUs (in proportion to their CPUs), so a
+        cluster shares the agents evenly. Ray's SPREAD does not spread actors that reserve
+        no CPU; a soft node affinity does, and falls back elsewhere if the node is gone."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        slots = [node["NodeID"] for node in sorted(ray.nodes(), key=lambda n: n["NodeID"])
+                 if node.get("Alive") for _ in range(int(node.get("Resources", {}).get("CPU", 0)))]
+        if not slots:
+            return "DEFAULT"
+        number = int(host_id.rsplit("-", 1)[-1]) if host_id.rsplit("-", 1)[-1].isdigit() else 0
+        # Interleave nodes: slot k of node A, then of node B, ... (not all of A first).
+        order = sorted(range(len(slots)), key=lambda i: (slots[:i].count(slots[i]), slots[i]))
+        return NodeAffinitySchedulingStrategy(node_id=slots[order[number % len(slots)]], soft=True)
 
 
 async def _ping(handle: Any) -> Any:
@@ -170,13 +187,18 @@ def start_deployment(settings: Settings, *, llm: Any = None) -> Deployment:
     directory = get_or_create(
         Directory, f"{prefix}-directory", ns, (maker,),
         {"placement": settings.placement, "agents_per_host": settings.agents_per_host,
-         "max_hosts": settings.max_hosts, "exists": _ExistingAgents(store), "ping": _ping,
+         "max_hosts": settings.max_hosts or _cluster_cpus(), "exists": _ExistingAgents(store), "ping": _ping,
          "timers": _TimerStore(store), "llm_limits": settings.llm_limits(),
          "notify_limits": _notify_limits},
         **detached)
     # Surface a broken store (a locked file, a bad path) now, with its real error.
     ray.get([store.ping.remote(), archive.ping.remote(), directory.start_timers.remote()])
     return Deployment(settings, prefix, store, archive, embedder, directory)
+
+
+def _cluster_cpus() -> int:
+    """Hosts for packed placement by default: one per CPU of the whole cluster."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def stop_deployment(deployment: Deployment) -> None:

@@ -52,6 +52,35 @@ def idle_cpu(exclude: set[int], seconds: float) -> float:
     return sum(cpu_seconds(p) - before[p] for p in pids) / seconds
 
 
+def settle_until_quiet(exclude: set[int], limit_s: float = 30.0) -> None:
+    """Wait (at most ``limit_s``) until the cluster uses under 10% of a core over a second."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and idle_cpu(exclude, 1.0) > 0.10:
+        pass
+
+
+def process_name(pid: int) -> str:
+    line = cmdline(pid)
+    if "ray::" in line:
+        return line.split()[0]
+    for known in ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env"):
+        if known in line:
+            return known
+    return line.split()[0].rsplit("/", 1)[-1] if line else str(pid)
+
+
+def hosts_by_node(client: object) -> dict[str, list[str]]:
+    """Which node each agent host runs on, with its agent count."""
+    import ray
+
+    hosts = ray.get(client.deployment.directory.all_hosts.remote())
+    infos = ray.get([h.info.remote() for h in hosts.values()])
+    nodes: dict[str, list[str]] = {}
+    for info in infos:
+        nodes.setdefault(info["node_id"] or "?", []).append(f"{info['host_id']} ({info['agents']:,} agents)")
+    return nodes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=10_000)
@@ -61,6 +90,8 @@ def main() -> None:
     parser.add_argument("--raw-calls", type=int, default=3000)
     parser.add_argument("--raw-concurrency", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=256, help="turns in flight per host")
+    parser.add_argument("--nodes", type=int, default=1, help="Ray nodes on this machine (>1: a multi-node "
+                        "cluster on 127.0.0.1, CPUs split between them)")
     args = parser.parse_args()
 
     import letta_ray
@@ -70,7 +101,19 @@ def main() -> None:
     with spawned_fake_server(responder="letta_ray.sim.fake:town_responder") as url, \
             tempfile.TemporaryDirectory() as home:
         started = time.perf_counter()
-        client = letta_ray.connect(address="local", home=home)
+        cluster = None
+        if args.nodes > 1:
+            from ray.cluster_utils import Cluster
+
+            per_node = max(1, cpus // args.nodes)
+            cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": per_node, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+            for _ in range(args.nodes - 1):
+                cluster.add_node(num_cpus=per_node, node_ip_address="127.0.0.1")
+            cluster.wait_for_nodes()
+            client = letta_ray.connect(address=cluster.address, home=home)
+        else:
+            client = letta_ray.connect(address="local", home=home)
         ray_start_s = time.perf_counter() - started
         fake = {p for p in session_pids() if "_fake_openai" in cmdline(p)}
         base_pss, base_rss, _ = memory(fake)
@@ -88,12 +131,17 @@ def main() -> None:
         started = time.perf_counter()
         client._run(sim._create_agents())
         create_s = time.perf_counter() - started
-        time.sleep(3)  # let creation's background work settle
+        settle_until_quiet(fake)  # hosts import litellm in the background after they start
         pss, rss, nprocs = memory(fake)
         idle = idle_cpu(fake, args.idle_s)
 
         raw_before = asyncio.run(measure_raw_litellm(url, args.raw_calls, args.raw_concurrency))
+        cpu_before = {p: cpu_seconds(p) for p in [*cluster_pids(fake), os.getpid(), *fake]}
         reports = client._run(sim.run())
+        cpu_used: dict[str, float] = {}
+        for p, before in cpu_before.items():
+            name = "driver (bench)" if p == os.getpid() else "fake LLM server" if p in fake else process_name(p)
+            cpu_used[name] = cpu_used.get(name, 0.0) + cpu_seconds(p) - before
         # The agents' own request of round 2, for a like-for-like ceiling.
         handle = client.get_agent(sim.agent_ids[0])
         from agents import agent_prompt
@@ -104,7 +152,11 @@ def main() -> None:
                                                     messages=messages, tools=tools or None))
         pss_after, rss_after, _ = memory(fake)
         load = os.getloadavg()
-        client.close()
+        breakdown = sorted(((pss_bytes(p), process_name(p)) for p in cluster_pids(fake)), reverse=True)
+        placement = hosts_by_node(client)
+        client.close(shutdown=True)
+        if cluster is not None:
+            cluster.shutdown()
 
     ceiling = max(raw_before["calls_per_s"], raw_after["calls_per_s"])
     print(f"bench/sim.py: {args.agents:,} agents, random graph of degree {args.degree}, {args.rounds} rounds, "
@@ -134,6 +186,14 @@ def main() -> None:
     print(f"  turns/s over {args.rounds} rounds: {rate:.1f} (median round {median_round:.1f}); "
           f"ratio to the tiny-request ceiling {rate / ceiling:.2f}, "
           f"to the like-for-like ceiling {rate / raw_alike['calls_per_s']:.2f}")
+    print("  where the memory is (PSS after the rounds): " + ", ".join(
+        f"{name} {size / 2**20:.0f} MiB" for size, name in breakdown[:8]))
+    print("  CPU per agent-turn during the rounds: " + ", ".join(
+        f"{name} {seconds * 1000 / turns:.2f} ms" for name, seconds in sorted(cpu_used.items(), key=lambda kv: -kv[1])
+        if seconds * 1000 / turns >= 0.01))
+    if args.nodes > 1:
+        print("  hosts per node: " + "; ".join(f"node {node[:8]}: {', '.join(hosts)}"
+                                                for node, hosts in sorted(placement.items())))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ class Settings(BaseSettings):
     embedding_dim: int = 384
     placement: Literal["packed", "dedicated"] = "packed"
     agents_per_host: int = Field(default=5_000, ge=1)
-    max_hosts: int | None = Field(default=None, description="hosts for packed placement; default: CPU count")
+    max_hosts: int | None = Field(default=None, description="hosts for packed placement; "
+                                  "default: the cluster's CPU count")
     num_cpus: int | None = Field(default=None, description="CPUs for an embedded Ray (default: all)")
     store_batch_ms: float = Field(default=0.0, ge=0, description="extra wait for writes to join a group "
                                   "commit; 0 batches whatever arrives while the previous commit runs")
