@@ -149,14 +149,10 @@ class MetadataStoreActor:
             self.store.set_meta(_JOURNAL_MARK, str(records[-1].seq))
 
     def _commit_turns(self, records: list[TurnRecord]) -> None:
-        """Apply journaled turns (inside the caller's transaction)."""
-        from letta_ray.errors import NotFoundError
-
-        for record in records:
-            try:
-                self.store.commit_turn(record.state, record.messages, record.edited_blocks)
-            except NotFoundError:  # deleted after its turn was acknowledged
-                log.info("dropping a journaled turn of deleted agent %s", record.state.id)
+        """Apply journaled turns (inside the caller's transaction), one statement per table."""
+        gone = self.store.commit_turns([(r.state, r.messages, r.edited_blocks) for r in records])
+        for agent_id in gone:  # deleted after its turn was acknowledged
+            log.info("dropping journaled turns of deleted agent %s", agent_id)
 
     async def _journal_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from letta_ray.errors import ConflictError, NotFoundError
+from letta_ray.errors import ConflictError, InvalidInputError, NotFoundError
 from letta_ray.messages import Message, ToolCall
 from letta_ray.schemas import AgentState, Block, ChildToolRule, LLMConfig, Tool
 from letta_ray.storage.metadata import MetadataStore
@@ -249,6 +249,38 @@ def test_commit_turn_of_an_unknown_agent_is_not_found(store: MetadataStore) -> N
     with pytest.raises(NotFoundError):
         store.commit_turn(ghost, make_messages(ghost.id, ["boo"]))
     assert store.count_messages(ghost.id) == 0
+
+
+def test_commit_turns_applies_a_batch_like_commit_turn_one_by_one(store: MetadataStore) -> None:
+    agents = [make_agent(f"agent{i}", blocks=[Block(label="persona", value=f"p{i}")]) for i in range(12)]
+    ghost = make_agent("ghost")
+    store.create_agents(agents)
+    turns, expected = [], {}
+    for i, agent in enumerate(agents):
+        messages = make_messages(agent.id, [f"hi {i}", f"hello {i}"])
+        edited = [agent.blocks[0].with_value(f"edited {i}")] if i % 3 == 0 else []
+        state = agent.model_copy(update={"message_ids": [m.id for m in messages], "summary": f"s{i}"})
+        for block in edited:
+            state = state.replace_block(block)
+        turns.append((state, messages, edited))
+        expected[agent.id] = state
+    # A second turn of agent 0 in the same batch: its state wins, both turns' messages stay.
+    later = make_messages(agents[0].id, ["again"], start=T0 + timedelta(minutes=5))
+    second = expected[agents[0].id].model_copy(update={"summary": "second"})
+    turns.append((second, later, []))
+    expected[agents[0].id] = second
+    turns.append((ghost, make_messages(ghost.id, ["boo"]), []))  # deleted meanwhile: skipped
+
+    assert store.commit_turns(turns) == [ghost.id]
+    for agent in agents:
+        assert store.get_agent(agent.id) == expected[agent.id]
+    assert store.count_messages(agents[0].id) == 3 and store.count_messages(agents[5].id) == 2
+    assert store.get_agent(agents[3].id).block("persona").value == "edited 3"
+    assert store.get_agent(agents[4].id).block("persona").value == "p4"
+    assert store.count_messages(ghost.id) == 0
+    stray = Block(label="other", value="x")
+    with pytest.raises(InvalidInputError, match="not attached"):
+        store.commit_turns([(agents[1], [], [stray])])
 
 
 def test_creating_1000_agents_is_fast(store: MetadataStore) -> None:

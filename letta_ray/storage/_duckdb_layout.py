@@ -156,6 +156,30 @@ class _Table:
         values = dict(zip(self.columns, row, strict=True))
         return [*(v for c, v in values.items() if c not in self.key), *(values[k] for k in self.key)]
 
+    def update_many(self, conn: duckdb.DuckDBPyConnection, rows: Sequence[Sequence[Any]]) -> None:
+        """Update stored rows (in column order, keys present) in one statement, through Arrow."""
+        if not rows:
+            return
+        if len(rows) <= _VALUES_INSERT_MAX_ROWS:
+            sql = self.update_sql()
+            for row in rows:
+                conn.execute(sql, self.update_params(row))
+            return
+        view = f"_updates_{self.name}"
+        conn.register(view, self._arrow(rows))
+        try:
+            sets = ", ".join(f"{c} = u.{c}" for c in self.columns if c not in self.key)
+            match = " AND ".join(f"{self.name}.{k} = u.{k}" for k in self.key)
+            conn.execute(f"UPDATE {self.name} SET {sets} FROM {view} AS u WHERE {match}")
+        finally:
+            conn.unregister(view)
+
+    def _arrow(self, rows: Sequence[Sequence[Any]]) -> pa.Table:
+        return pa.table(
+            {name: pa.array(values, _ARROW_TYPES[kind])
+             for (name, kind), values in zip(self.columns.items(), zip(*rows, strict=True), strict=True)}
+        )
+
     def insert(self, conn: duckdb.DuckDBPyConnection, rows: Sequence[Sequence[Any]]) -> None:
         """Insert rows (in column order) in one statement; a key already stored is a conflict."""
         if not rows:
@@ -169,10 +193,7 @@ class _Table:
             )
             return
         # Bulk through Arrow: executemany costs about a millisecond per row.
-        table = pa.table(
-            {name: pa.array(values, _ARROW_TYPES[kind])
-             for (name, kind), values in zip(self.columns.items(), zip(*rows, strict=True), strict=True)}
-        )
+        table = self._arrow(rows)
         view = f"_incoming_{self.name}"
         conn.register(view, table)
         try:

@@ -214,6 +214,36 @@ class MetadataStore:
                     self._write_blocks(conn, state)
                     break
 
+    def commit_turns(self, turns: Sequence[tuple[AgentState, Sequence[Message], Sequence[Block]]]) -> list[str]:
+        """``commit_turn`` for many turns in one transaction, with one statement per table
+        instead of several per turn (the store applies journaled turns this way).
+
+        Turns of agents not stored (deleted after their turn was acknowledged) are
+        skipped; returns their ids. Of several turns of one agent, the last state wins.
+        """
+        turns = [(_utc_model(state), messages, edited) for state, messages, edited in turns]
+        for state, _, edited in turns:
+            attached = {block.id for block in state.blocks}
+            stray = next((b.id for b in edited if b.id not in attached), None)
+            if stray is not None:
+                raise InvalidInputError(f"edited block {stray!r} is not attached to agent {state.id!r}")
+        latest = {state.id: state for state, _, _ in turns}
+        with self._tx() as conn:
+            stored = {r[0] for r in conn.execute(
+                "SELECT id FROM agents WHERE id IN (SELECT unnest(?::VARCHAR[]))", [list(latest)]).fetchall()}
+            gone = sorted(set(latest) - stored)
+            _AGENTS.update_many(conn, [_AGENTS.row(state) for agent_id, state in latest.items() if agent_id in stored])
+            self.append_messages([m for state, messages, _ in turns if state.id in stored for m in messages])
+            for state, _, edited in turns:
+                if state.id not in stored:
+                    continue
+                for block in map(_utc_model, edited):
+                    params = [*_BLOCKS.update_params(_BLOCKS.row(block)), block.updated_at, block.label]
+                    if conn.execute(_UPDATE_EDITED_BLOCK, params).fetchone() is None:
+                        self._write_blocks(conn, state)  # the careful path, as in commit_turn
+                        break
+        return gone
+
     def _write_blocks(self, conn: duckdb.DuckDBPyConnection, state: AgentState) -> None:
         """Write a stored agent's blocks (each only if newer) and, if they changed, their order."""
         blocks = [_utc_model(block) for block in state.blocks]
