@@ -44,12 +44,17 @@ def memory(exclude: set[int]) -> tuple[float, float, int]:
     return sum(map(pss_bytes, pids)) / GIB, sum(map(rss_bytes, pids)) / GIB, len(pids)
 
 
-def idle_cpu(exclude: set[int], seconds: float) -> float:
-    """CPU-seconds per second the cluster used over ``seconds`` (1.0 = one core busy)."""
+def idle_cpu(exclude: set[int], seconds: float, by_process: dict[str, float] | None = None) -> float:
+    """CPU-seconds per second the cluster used over ``seconds`` (1.0 = one core busy);
+    ``by_process`` receives the same per process name."""
     pids = cluster_pids(exclude)
     before = {p: cpu_seconds(p) for p in pids}
     time.sleep(seconds)
-    return sum(cpu_seconds(p) - before[p] for p in pids) / seconds
+    used = {p: (cpu_seconds(p) - before[p]) / seconds for p in pids}
+    if by_process is not None:
+        for p, share in used.items():
+            by_process[process_name(p)] = by_process.get(process_name(p), 0.0) + share
+    return sum(used.values())
 
 
 def settle_until_quiet(exclude: set[int], limit_s: float = 30.0) -> None:
@@ -133,7 +138,8 @@ def main() -> None:
         create_s = time.perf_counter() - started
         settle_until_quiet(fake)  # hosts import litellm in the background after they start
         pss, rss, nprocs = memory(fake)
-        idle = idle_cpu(fake, args.idle_s)
+        idle_by_process: dict[str, float] = {}
+        idle = idle_cpu(fake, args.idle_s, idle_by_process)
 
         raw_before = asyncio.run(measure_raw_litellm(url, args.raw_calls, args.raw_concurrency))
         cpu_before = {p: cpu_seconds(p) for p in [*cluster_pids(fake), os.getpid(), *fake]}
@@ -188,6 +194,9 @@ def main() -> None:
           f"to the like-for-like ceiling {rate / raw_alike['calls_per_s']:.2f}")
     print("  where the memory is (PSS after the rounds): " + ", ".join(
         f"{name} {size / 2**20:.0f} MiB" for size, name in breakdown[:8]))
+    print("  idle CPU by process (% of one core): " + ", ".join(
+        f"{name} {share * 100:.1f}" for name, share in sorted(idle_by_process.items(), key=lambda kv: -kv[1])
+        if share >= 0.001))
     print("  CPU per agent-turn during the rounds: " + ", ".join(
         f"{name} {seconds * 1000 / turns:.2f} ms" for name, seconds in sorted(cpu_used.items(), key=lambda kv: -kv[1])
         if seconds * 1000 / turns >= 0.01))
