@@ -158,6 +158,9 @@ def main() -> None:
                                                     messages=messages, tools=tools or None))
         pss_after, rss_after, _ = memory(fake)
         load = os.getloadavg()
+        client._run(client._store("count_agents"))  # every acknowledged turn applied
+        journal_bytes = sum(f.stat().st_size for f in (Path(home) / "journal").glob("*.log"))
+        duckdb_bytes = sum(f.stat().st_size for f in Path(home).glob("meta.duckdb*"))
         breakdown = sorted(((pss_bytes(p), process_name(p)) for p in cluster_pids(fake)), reverse=True)
         placement = hosts_by_node(client)
         client.close(shutdown=True)
@@ -194,6 +197,9 @@ def main() -> None:
           f"to the like-for-like ceiling {rate / raw_alike['calls_per_s']:.2f}")
     print("  where the memory is (PSS after the rounds): " + ", ".join(
         f"{name} {size / 2**20:.0f} MiB" for size, name in breakdown[:8]))
+    print(f"  what the store keeps: meta.duckdb {duckdb_bytes / 2**20:.0f} MiB, host journals "
+          f"{journal_bytes / 2**20:.0f} MiB still on disk; {journal_bytes / max(1, turns) / 1024:.1f} KiB of journal "
+          f"per turn")
     print("  idle CPU by process (% of one core): " + ", ".join(
         f"{name} {share * 100:.1f}" for name, share in sorted(idle_by_process.items(), key=lambda kv: -kv[1])
         if share >= 0.001))
