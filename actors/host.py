@@ -321,10 +321,7 @@ class AgentHost:
             for _, future in batch:
                 if not future.done():
                     future.set_result(None)
-            # Tell the store there is something to apply; not awaited: the replies need not wait.
-            poke = asyncio.ensure_future(self.store.ingest_host_journals())
-            self._background.add(poke)
-            poke.add_done_callback(self._background.discard)
+            # No call to the store: it tails the journal files itself.
 
     def _open_journal(self) -> Journal:
         assert self._journal_dir is not None

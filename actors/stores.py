@@ -246,14 +246,35 @@ class MetadataStoreActor:
                     path.unlink(missing_ok=True)
 
     async def ingest_host_journals(self) -> int:
-        """Apply turns the hosts have journaled; hosts poke this after each turn.
+        """Apply turns the hosts have journaled.
 
-        Every read runs it first, so a caller reads every turn acknowledged to it, even
-        before the host's poke arrives.
+        Every read runs it first, so a caller reads every turn acknowledged to it; in
+        between, ``_tail`` runs it on a timer, so DuckDB follows the journals closely
+        without hosts paying for a Ray call per turn (~3 ms of their CPU each).
         """
         if self._host_journals is None:
             return 0
+        self._start_tailing()
         return await self._writes.submit(self._apply_host_journals)
+
+    TAIL_MIN_S = 0.02
+    TAIL_MAX_S = 0.5
+
+    def _start_tailing(self) -> None:
+        if self._host_journals is not None and (self._tailing is None or self._tailing.done()):
+            self._tailing = asyncio.ensure_future(self._tail())
+
+    async def _tail(self) -> None:
+        """Apply new journal records every 20 ms while turns arrive, backing off to 0.5 s when idle."""
+        interval = self.TAIL_MIN_S
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                applied = await self._writes.submit(self._apply_host_journals)
+            except Exception:
+                log.exception("applying the hosts' journals failed; retrying")
+                applied = 0
+            interval = self.TAIL_MIN_S if applied else min(self.TAIL_MAX_S, interval * 2)
 
     def _commit(self, fns: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
         try:
@@ -361,10 +382,13 @@ class MetadataStoreActor:
         return {"batches": self._writes.batches, "writes": self._writes.writes}
 
     async def ping(self) -> str:
+        self._start_tailing()
         return "ok"
 
     async def close(self) -> None:
         await self._barrier()
+        if self._tailing is not None:
+            self._tailing.cancel()
         for task in (self._journal_task, self._apply_task):
             if task is not None:
                 await task

@@ -220,7 +220,7 @@ def test_the_sim_command_runs_a_config_and_prints_the_summary(
     config_path = tmp_path / "town.yaml"
     config_path.write_text(yaml.safe_dump(town(town_llm, rounds=2, population={"count": 6},
                                                topology={"kind": "groups", "group_size": 3})))
-    home = client.settings.home
+    home = tmp_path / "home"  # its own data directory: the command stops its actors when it ends
     result = CliRunner().invoke(app, ["--home", str(home), "sim", str(config_path), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert "6 agents ready" in result.output and "Transcript hash:" in result.output
