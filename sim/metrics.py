@@ -43,6 +43,9 @@ class TurnOutcome:
     latency_s: float
     response: LettaResponse | None
     error: str | None = None
+    recovered: bool = False
+    """Found already done in the store when a round was resumed: its latency and usage
+    were not kept, so it counts in the totals of turns but not in latencies or tokens."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,7 @@ class RoundMetrics:
     memory_edits: int
     messages_delivered: int
     errors: int
+    recovered: int
     tool_use: dict[str, int] = field(default_factory=dict)
     stop_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -113,7 +117,7 @@ def round_metrics(
                     tool_errors += 1
                 elif (event.name or called.get(event.tool_call_id)) in MEMORY_EDIT_TOOLS:
                     memory_edits += 1
-    latencies = sorted(outcome.latency_s * 1000 for outcome in outcomes)
+    latencies = sorted(outcome.latency_s * 1000 for outcome in outcomes if not outcome.recovered)
     return RoundMetrics(
         round=round_index,
         active_agents=len(outcomes),
@@ -134,6 +138,7 @@ def round_metrics(
         memory_edits=memory_edits,
         messages_delivered=messages_delivered,
         errors=errors,
+        recovered=sum(1 for outcome in outcomes if outcome.recovered),
         tool_use=dict(sorted(tool_use.items())),
         stop_reasons=dict(sorted(stop_reasons.items())),
     )

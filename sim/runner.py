@@ -284,7 +284,8 @@ class Simulation:
         for run_id, messages in runs.items():
             index = _index_of(run_id)
             if index in wanted and index not in outcomes:
-                outcomes[index] = TurnOutcome(index, 0.0, _stored_response(messages, self.config.agent.agent_type))
+                outcomes[index] = TurnOutcome(index, 0.0, _stored_response(messages, self.config.agent.agent_type),
+                                              recovered=True)
                 found += 1
         return found
 

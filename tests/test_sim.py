@@ -209,6 +209,7 @@ def test_a_run_killed_mid_round_resumes_with_no_turn_lost_or_doubled(
         resumed = play(again, raw, run_dir, resume=True)
         round_2 = resumed.reports[0]
         assert round_2.round == 2 and len(acknowledged) <= round_2.recovered < 16, round_2.recovered
+        assert round_2.metrics.recovered == round_2.recovered and round_2.metrics.active_agents == 16
         assert turns_per_round(again, resumed) == {"r000001": 16, "r000002": 16, "r000003": 16}
         resumed_hash = again._run(resumed.transcript_hash())
     uninterrupted = play(client, raw, tmp_path / "whole")

@@ -307,6 +307,14 @@ def test_memory_edits_are_found_by_call_id_when_a_return_has_no_name():
     assert round_metrics(1, [TurnOutcome(0, 0.1, response)], 1.0, 0).memory_edits == 1
 
 
+def test_recovered_turns_count_as_turns_but_not_in_latencies():
+    reply = _response(_call("send_message", "c1", message="hi"))
+    outcomes = [TurnOutcome(0, 0.2, reply), TurnOutcome(1, 0.4, reply), TurnOutcome(2, 0.0, reply, recovered=True)]
+    metrics = round_metrics(2, outcomes, 1.0, 0)
+    assert metrics.active_agents == 3 and metrics.recovered == 1
+    assert metrics.latency_p50_ms == pytest.approx(300.0) and metrics.latency_max_ms == pytest.approx(400.0)
+
+
 def test_round_metrics_of_an_empty_round_is_zeros():
     m = round_metrics(1, [], duration_s=0.0, messages_delivered=0)
     assert (m.active_agents, m.steps, m.latency_p99_ms, m.turns_per_s, m.errors) == (0, 0, 0.0, 0.0, 0)
