@@ -203,7 +203,13 @@ class Client:
 
         feeders = [asyncio.ensure_future(feed(host, host_turns)) for host, host_turns in by_host.values()]
         done = asyncio.gather(*feeders)
-        done.add_done_callback(lambda _: queue.put_nowait(None))
+
+        def finished(future: asyncio.Future[Any]) -> None:
+            queue.put_nowait(None)
+            if not future.cancelled():
+                future.exception()  # seen here; re-raised to the consumer by ``await done``
+
+        done.add_done_callback(finished)
         try:
             while (results := await queue.get()) is not None:
                 yield results
