@@ -9,6 +9,7 @@ through litellm like any OpenAI-compatible provider, at a loopback URL.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import json
 import logging
@@ -42,19 +43,35 @@ MAX_ONGOING_REQUESTS = 256
 class LocalModelServer:
     """One replica: the model, loaded once, behind an OpenAI-compatible FastAPI app."""
 
-    async def __init__(self, loopback: bool = True, n_threads: int | None = None) -> None:
+    async def __init__(self, loopback: bool = True, n_threads: int | None = None, api_token: str | None = None
+                       ) -> None:
         if loopback:
             _keep_replica_grpc_on_loopback()
+        self.api_token = api_token
         self.model = await asyncio.to_thread(LocalModel, n_threads=n_threads)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self.model)
+        return create_app(self.model, api_token=self.api_token)
 
 
-def create_app(model: LocalModel) -> FastAPI:
-    """The OpenAI-compatible routes over ``model`` (usable without Serve, e.g. in tests)."""
+def create_app(model: LocalModel, *, api_token: str | None = None) -> FastAPI:
+    """The OpenAI-compatible routes over ``model`` (usable without Serve, e.g. in tests).
+
+    With ``api_token`` (the API's token, when it listens beyond loopback), a caller from
+    another machine must send ``Authorization: Bearer <token>``; the agents' own calls
+    come from this machine's loopback and need none.
+    """
     app = FastAPI(title="letta_ray local model", description="SmolLM2-135M, OpenAI-compatible")
     lock = asyncio.Lock()  # one generation at a time, in arrival order; the event loop stays free
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next: Any) -> Response:
+        peer = request.client.host if request.client else ""
+        if api_token and not _is_loopback(peer):
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_token.encode()):
+                return _error(401, "the local model needs Authorization: Bearer <token> from other machines")
+        return await call_next(request)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -134,7 +151,7 @@ def start_local_model(settings: Settings, *, host: str | None = None, port: int 
     host = host or settings.http_host
     port = port if port is not None else settings.http_port
     serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": False})
-    app = LocalModelServer.bind(_is_loopback(host))
+    app = LocalModelServer.bind(_is_loopback(host), None, settings.api_token)
     serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, blocking=False)
     return loopback_url(host, port)
 

@@ -253,6 +253,23 @@ def test_routes_answer_like_an_openai_server() -> None:
     assert last["choices"][0]["finish_reason"] == "stop" and last["usage"]["total_tokens"] == 5
 
 
+def test_with_an_api_token_other_machines_need_it_and_loopback_callers_do_not() -> None:
+    from fastapi.testclient import TestClient
+
+    from letta_ray.serve.local_model import create_app
+
+    app = create_app(_EchoModel(), api_token="s3cret")  # type: ignore[arg-type]
+    body = {"model": LOCAL_MODEL_NAME, "messages": [user("hi")]}
+    remote = TestClient(app, client=("203.0.113.7", 50000))
+    refused = remote.post("/v1/chat/completions", json=body)
+    assert refused.status_code == 401 and "Bearer" in refused.json()["error"]["message"]
+    assert remote.get("/v1/models").status_code == 401
+    wrong = remote.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert remote.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert TestClient(app, client=("127.0.0.1", 50000)).post("/v1/chat/completions", json=body).status_code == 200
+
+
 def test_the_model_url_is_loopback_when_serve_listens_on_every_interface() -> None:
     from letta_ray.serve.local_model import free_port, loopback_url
 
