@@ -429,7 +429,9 @@ class Client:
             raise InvalidInputError(f"cannot read the source of {tf.name}; pass its source code as a string")
         if tf.name in BASE_TOOLS:
             raise InvalidInputError(f"{tf.name!r} is a built-in tool name; choose another")
-        return await self._store_write("upsert_tool", tf.tool)
+        tool = await self._store_write("upsert_tool", tf.tool)
+        await await_ref(self.deployment.directory.tools_changed.remote())
+        return tool
 
     def create_tool(self, source: Any, *, name: str | None = None, tags: list[str] | None = None) -> Tool:
         """Register a tool from a function or from Python source (the docstring is its schema)."""
@@ -446,6 +448,7 @@ class Client:
 
     async def delete_tool_async(self, tool_id: str) -> None:
         await self._store_write("delete_tool", tool_id)
+        await await_ref(self.deployment.directory.tools_changed.remote())
 
     # ---------------------------------------------------------------- blocks and runs
 

@@ -35,7 +35,7 @@ class Directory:
                  max_hosts: int | None = None, exists: Callable[[list[str]], Awaitable[set[str]]] | None = None,
                  ping: Callable[[Any], Any] | None = None, timers: Any = None,
                  llm_limits: dict[str, LLMLimit] | None = None,
-                 notify_limits: Callable[[Any, int, dict[str, LLMLimit]], Awaitable[Any]] | None = None) -> None:
+                 call_host: Callable[..., Awaitable[Any]] | None = None) -> None:
         """``timers`` persists schedules: ``await timers.load()`` / ``await timers.save(docs)``;
         ``deliver`` of wake-ups goes to the agent's host via ``send``."""
         self._make_host = make_host
@@ -53,7 +53,7 @@ class Directory:
         self.scheduler = Scheduler(self._wake_agent, save=timers.save if timers is not None else None)
         self._lock = asyncio.Lock()
         self.limiter = LLMLimiter(llm_limits)
-        self._notify_limits = notify_limits
+        self._call_host = call_host  # (handle, method, *args): how to tell every host something
 
     def _new_host(self) -> str:
         host_id = f"host-{next(self._ids)}"
@@ -172,10 +172,18 @@ class Directory:
     async def set_llm_limits(self, limits: dict[str, LLMLimit]) -> int:
         """Replace the LLM limits; returns once every live host applies them."""
         version = await self.limiter.configure(limits)
-        if self._notify_limits is not None and self.hosts:
-            await asyncio.gather(*(self._notify_limits(h, version, limits) for h in self.hosts.values()),
-                                 return_exceptions=True)  # a dead host fetches them afresh when replaced
+        await self._tell_hosts("set_llm_limits", version, limits)  # a replaced host fetches them afresh
         return version
+
+    async def tools_changed(self) -> None:
+        """A tool was created, changed or deleted: hosts drop the tools they cached."""
+        await self._tell_hosts("forget_tools")
+
+    async def _tell_hosts(self, method: str, *args: Any) -> None:
+        """Call ``method`` on every live host and wait for all (a dead host is skipped)."""
+        if self._call_host is not None and self.hosts:
+            await asyncio.gather(*(self._call_host(h, method, *args) for h in self.hosts.values()),
+                                 return_exceptions=True)
 
     async def llm_limits(self) -> tuple[int, dict[str, LLMLimit]]:
         return self.limiter.limits()

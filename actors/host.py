@@ -104,7 +104,7 @@ class AgentHost:
         self.messenger = AgentMessenger(router, agent_call_timeout_s) if router is not None else None
         self.agents: dict[str, _Hosted] = {}
         self._loading: dict[str, asyncio.Task[_Hosted]] = {}
-        self._custom_tools: dict[str, tuple[str, ToolFunction]] = {}
+        self._custom_tools: dict[str, ToolFunction | None] = {}
         self._background: set[asyncio.Future[None]] = set()
         if llm is None:  # import litellm (~4 s) now, off the event loop, not in the first turn
             threading.Thread(target=_warm_litellm, name="litellm-import", daemon=True).start()
@@ -336,16 +336,20 @@ class AgentHost:
             if name in BASE_TOOLS:
                 tools.append(BASE_TOOLS[name])
                 continue
-            cached = self._custom_tools.get(name)
-            try:
-                tool = await self.store.read("get_tool_by_name", name)
-            except NotFoundError:
-                continue  # detached or deleted since: the model simply doesn't see it
-            if cached is None or cached[0] != (tool.source_code or ""):
-                cached = (tool.source_code or "", tool_from_source(tool.source_code or "", name=name))
-                self._custom_tools[name] = cached
-            tools.append(cached[1])
+            if name not in self._custom_tools:  # cached until the directory says tools changed
+                try:
+                    tool = await self.store.read("get_tool_by_name", name)
+                    self._custom_tools[name] = tool_from_source(tool.source_code or "", name=name)
+                except NotFoundError:
+                    self._custom_tools[name] = None  # detached or deleted: the model doesn't see it
+            function = self._custom_tools[name]
+            if function is not None:
+                tools.append(function)
         return Toolset(tools)
+
+    async def forget_tools(self) -> None:
+        """Drop the cached custom tools (the directory's call after any tool write)."""
+        self._custom_tools.clear()
 
     # ---------------------------------------------------------------- state
 

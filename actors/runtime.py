@@ -115,8 +115,8 @@ async def _ping(handle: Any) -> Any:
     return await await_ref(handle.ping.remote())
 
 
-async def _notify_limits(handle: Any, version: int, limits: dict[str, Any]) -> Any:
-    return await await_ref(handle.set_llm_limits.remote(version, limits), timeout=30)
+async def _call_host(handle: Any, method: str, *args: Any) -> Any:
+    return await await_ref(getattr(handle, method).remote(*args), timeout=30)
 
 
 class _ExistingAgents:
@@ -189,7 +189,7 @@ def start_deployment(settings: Settings, *, llm: Any = None) -> Deployment:
         {"placement": settings.placement, "agents_per_host": settings.agents_per_host,
          "max_hosts": settings.max_hosts or _cluster_cpus(), "exists": _ExistingAgents(store), "ping": _ping,
          "timers": _TimerStore(store), "llm_limits": settings.llm_limits(),
-         "notify_limits": _notify_limits},
+         "call_host": _call_host},
         **detached)
     # Surface a broken store (a locked file, a bad path) now, with its real error.
     ray.get([store.ping.remote(), archive.ping.remote(), directory.start_timers.remote()])

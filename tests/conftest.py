@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -67,6 +68,9 @@ def remembering_responder(messages, info):
         _, target, question = text.split(" ", 2)
         return tool_call("send_message_to_agent_and_wait_for_reply", message=question, other_agent_id=target,
                          request_heartbeat=True)
+    if last.get("role") == "user" and text.startswith("call "):  # "call <tool> <json arguments>"
+        _, name, arguments = text.split(" ", 2)
+        return tool_call(name, **json.loads(arguments), request_heartbeat=True)
     if last.get("role") == "user" and text.startswith("archive "):
         return tool_call("archival_memory_insert", content=text.removeprefix("archive "), tags=["note"],
                          request_heartbeat=True)

@@ -133,6 +133,19 @@ def test_custom_tool_created_from_source_and_used(client: Any, fake_llm_server: 
     agent = new_agent(client, fake_llm_server, tools=["roll_dice"])
     assert "roll_dice" in agent.state().tools
 
+    def roll() -> Any:
+        reply = agent.send('call roll_dice {"sides": 6}')
+        return next(m for m in reply.messages if m.message_type == "tool_return_message")
+
+    first = roll()
+    assert first.status == "success" and "rolled a 6-sided die" in first.tool_return
+    # A new version of the tool reaches the agent's host at its next turn (hosts cache tools).
+    client.create_tool(source.replace('return f"rolled', 'return f"v2 rolled'))
+    assert "v2 rolled a 6-sided die" in roll().tool_return
+    client._run(client.delete_tool_async(tool.id))
+    gone = roll()
+    assert gone.status == "error" and "roll_dice" in gone.tool_return
+
 
 def _host_pid(client: Any, agent_id: str) -> int:
     import ray
