@@ -26,7 +26,8 @@ from .schemas import BASE_TOOL_IDS, BASE_TOOL_VIEWS, AgentStateView
 Order = Literal["asc", "desc"]
 
 
-def _client_of(request: Request) -> Client:
+async def _client_of(request: Request) -> Client:
+    # async: FastAPI runs a sync dependency in a worker thread, a hop per request
     return request.app.state.client
 
 

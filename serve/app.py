@@ -35,8 +35,10 @@ from .schemas import EmbeddingConfigView, EmbeddingModelView, HealthView, ModelV
 log = logging.getLogger(__name__)
 
 
-def _require_token(request: Request) -> None:
-    """With ``Settings.api_token`` set, every route but health needs ``Authorization: Bearer <token>``."""
+async def _require_token(request: Request) -> None:
+    """With ``Settings.api_token`` set, every route but health needs ``Authorization: Bearer <token>``.
+
+    async although it never awaits: FastAPI runs a sync dependency in a worker thread."""
     token = request.app.state.client.settings.api_token
     if not token:
         return

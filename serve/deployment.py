@@ -35,9 +35,19 @@ APP_NAME = "letta_ray"
 # agent waits its turn inside the runtime, so requests queue there, not in Serve.
 MAX_ONGOING_REQUESTS = 1_000
 
+# Serve's per-request CPU, measured on 2 cores (a trivial route, one sender): 6.4 ms in
+# the proxy and replica by default, 2.2 ms with these. Each removes work Serve does per
+# request: the proxy sends requests to the replica over gRPC instead of as Ray actor
+# calls (with a call back to the proxy for the body); the proxy's router and the
+# replica's user code run on the process's own event loop instead of a second loop
+# thread that every request crosses twice. Our handlers never block the loop.
+PROXY_ENV = {"RAY_SERVE_PROXY_USE_GRPC": "1", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+
 
 @serve.deployment(name="letta_ray_http", max_ongoing_requests=MAX_ONGOING_REQUESTS,
-                  ray_actor_options={"num_cpus": 0}, logging_config={"enable_access_log": False})
+                  ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": REPLICA_ENV}},
+                  logging_config={"enable_access_log": False})
 @serve.ingress()
 class LettaHTTP:
     """One replica: a ``Client`` on the deployment actors and the FastAPI app over it."""
@@ -81,12 +91,20 @@ def _keep_replica_grpc_on_loopback() -> None:
     replica.add_port_to_grpc_server = loopback_only
 
 
+def start_serve(host: str, port: int) -> None:
+    """Start Serve on ``host:port`` unless it runs already (then it keeps its own options).
+
+    The controller's environment (``PROXY_ENV``) is inherited by the proxies it starts."""
+    serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": False},
+                controller_options={"runtime_env": {"env_vars": PROXY_ENV}})
+
+
 def start_http(settings: Settings, *, host: str | None = None, port: int | None = None,
                replicas: int = 1) -> str:
     """Start Serve (if needed) and the API on ``host:port``; Ray must be up. Returns the base URL."""
     host = host or settings.http_host
     port = port if port is not None else settings.http_port
-    serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": False})
+    start_serve(host, port)
     app = LettaHTTP.options(num_replicas=replicas).bind(settings, _is_loopback(host))
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     return f"http://{host}:{port}"
