@@ -377,7 +377,21 @@ class Client:
             by_host.setdefault(host_id, (host, []))[1].append(state)
             self._where[state.id] = (host_id, host)
         await asyncio.gather(*(await_ref(host.create_agents.remote(group)) for host, group in by_host.values()))
+        await self._blocks_now_shared([b.id for s in states for b in s.blocks])
         return [AgentHandle(self, s.id, s.name) for s in states]
+
+    async def _blocks_now_shared(self, block_ids: list[str]) -> None:
+        """Blocks that new agents share (with each other, on other hosts, or with older
+        agents): every agent attached to them re-checks which of its blocks are shared."""
+        shared = await self._store("shared_blocks", block_ids) if block_ids else []
+        if not shared:
+            return
+        agents = sorted({a for block_id in shared for a in await self._store("agents_of_block", block_id)})
+        where = await await_ref(self.deployment.directory.locate_many.remote(agents))
+        by_host: dict[str, tuple[Any, list[str]]] = {}
+        for agent_id, (host_id, host) in zip(agents, where, strict=True):
+            by_host.setdefault(host_id, (host, []))[1].append(agent_id)
+        await asyncio.gather(*(await_ref(host.forget_shared.remote(ids)) for host, ids in by_host.values()))
 
     def create_agents(self, states: list[AgentState]) -> list[AgentHandle]:
         return self._run(self.create_agents_async(states))

@@ -373,6 +373,13 @@ class AgentHost:
                 tools.append(function)
         return Toolset(tools)
 
+    async def forget_shared(self, agent_ids: list[str]) -> None:
+        """These agents' blocks may have become shared: re-check at their next turn."""
+        for agent_id in agent_ids:
+            hosted = self.agents.get(agent_id)
+            if hosted is not None:
+                hosted.shared = None
+
     async def forget_tools(self) -> None:
         """Drop the cached custom tools (the directory's call after any tool write)."""
         self._custom_tools.clear()
