@@ -10,16 +10,22 @@ store process as well as of the host. Plain class, no Ray: unit-tested directly.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from letta_ray.errors import StorageError
 from letta_ray.messages import Message
 from letta_ray.schemas import AgentState, Block
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +109,63 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+class GroupCommit:
+    """Writes records to a journal off the event loop; the records that arrive while one
+    write is under way share the next fsync. ``write`` returns once its record is durable.
+
+    ``journal`` gives the journal to write to now (a host starts new files as they fill);
+    ``written(records)`` runs after each successful write, before the writers resume.
+    """
+
+    def __init__(self, journal: Callable[[], Journal], written: Callable[[list[TurnRecord]], None],
+                 thread_name: str = "journal") -> None:
+        self._journal = journal
+        self._written = written
+        self._pending: list[tuple[TurnRecord, asyncio.Future[None]]] = []
+        self._task: asyncio.Future[None] | None = None
+        self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+
+    @property
+    def busy(self) -> bool:
+        """A write is under way or waiting."""
+        return bool(self._pending) or (self._task is not None and not self._task.done())
+
+    async def write(self, record: TurnRecord) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((record, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._loop())
+        await future
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run other journal work (a truncation) in the writer's thread, in order with the writes."""
+        return await asyncio.get_running_loop().run_in_executor(self._exec, fn, *args)
+
+    async def _loop(self) -> None:
+        while self._pending:
+            await asyncio.sleep(0)  # records arriving in this same tick join the batch
+            batch, self._pending = self._pending, []
+            records = [r for r, _ in batch]
+            journal = self._journal()
+            try:
+                await self.run(journal.append, records)
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(StorageError(f"cannot write the journal {journal.path}: {exc}"))
+                continue
+            self._written(records)
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+    async def close(self) -> None:
+        """Wait for the writes under way, then stop the writer's thread."""
+        if self._task is not None:
+            await self._task
+        self._exec.shutdown(wait=True)
 
 
 def read_complete(path: Path, offset: int) -> tuple[list[TurnRecord], int]:

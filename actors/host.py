@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from letta_ray.messages import LettaResponse, Message, MessageCreate
 from letta_ray.schemas import AgentState, Block, LLMLimit, new_id, utcnow
 from letta_ray.tools import ToolFunction, Toolset, tool_from_source
 
-from ._journal import Journal, TurnRecord
+from ._journal import GroupCommit, Journal, TurnRecord
 from .limits import LimitedLLM, LimitsView
 from .messaging import AgentMessenger, Router
 
@@ -95,10 +94,8 @@ class AgentHost:
         self._journal_part = 0
         self._journal = self._open_journal() if self._journal_dir is not None else None
         self._journal_seq = 0
-        self._to_journal: list[tuple[TurnRecord, asyncio.Future[None]]] = []
-        self._journal_task: asyncio.Future[None] | None = None
+        self._writer = GroupCommit(self._current_journal, lambda _: self._rotate_journal_if_full(), "host-journal")
         self._turns_running = 0
-        self._journal_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-journal")
         self.store = store
         self.archive = archive
         self._llm = llm
@@ -296,9 +293,7 @@ class AgentHost:
             return
         self._journal_seq += 1
         record = TurnRecord(self._journal_seq, state, messages, list(edited))
-        idle = self._turns_running <= 1 and not self._to_journal and (
-            self._journal_task is None or self._journal_task.done())
-        if idle:
+        if self._turns_running <= 1 and not self._writer.busy:
             # The only turn in flight: write it here (an fsync, ~0.2 ms) rather than pay a
             # thread hop and a loop round trip (~1 ms) for a batch of one.
             try:
@@ -307,11 +302,7 @@ class AgentHost:
                 raise StorageError(f"cannot write the journal {self._journal.path}: {exc}") from exc
             self._rotate_journal_if_full()
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._to_journal.append((record, future))
-        if self._journal_task is None or self._journal_task.done():
-            self._journal_task = asyncio.ensure_future(self._write_journal())
-        await future
+        await self._writer.write(record)  # several turns in flight: they share fsyncs
 
     @contextlib.asynccontextmanager
     async def _running_turn(self) -> AsyncIterator[None]:
@@ -321,25 +312,9 @@ class AgentHost:
         finally:
             self._turns_running -= 1
 
-    async def _write_journal(self) -> None:
-        """Group commit: the turns that finish while one write is under way share the next fsync."""
-        loop = asyncio.get_running_loop()
-        while self._to_journal:
-            await asyncio.sleep(0)  # turns finishing in this same tick join the batch
-            batch, self._to_journal = self._to_journal, []
-            assert self._journal is not None
-            try:
-                await loop.run_in_executor(self._journal_exec, self._journal.append, [r for r, _ in batch])
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(StorageError(f"cannot write the journal {self._journal.path}: {exc}"))
-                continue
-            self._rotate_journal_if_full()
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
-            # No call to the store: it tails the journal files itself.
+    def _current_journal(self) -> Journal:
+        assert self._journal is not None
+        return self._journal
 
     def _rotate_journal_if_full(self) -> None:
         assert self._journal is not None

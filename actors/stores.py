@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from letta_ray.deps import Embedder, TagMatchMode
-from letta_ray.errors import StorageError
 from letta_ray.messages import Message, Role
 from letta_ray.schemas import AgentState, Block, EmbeddingConfig, Passage
 
-from ._journal import Journal, TurnRecord, read_complete
+from ._journal import GroupCommit, Journal, TurnRecord, read_complete
 
 if TYPE_CHECKING:
     from letta_ray.storage.archive import ArchivalStore
@@ -109,13 +108,11 @@ class MetadataStoreActor:
         self._seq = 0  # last turn record numbered
         self._journaled = 0  # last turn record acknowledged
         self._applied = 0  # last turn record applied to DuckDB
-        self._to_journal: list[tuple[TurnRecord, asyncio.Future[None]]] = []
         self._to_apply: list[TurnRecord] = []
-        self._journal_task: asyncio.Task[None] | None = None
         self._apply_task: asyncio.Task[None] | None = None
         self._applied_changed = asyncio.Event()
         self._journal_broken = False
-        self._journal_exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+        self._writer = GroupCommit(self._current_journal, self._journaled_now)
         if journal and str(path) != ":memory:":
             self._journal = Journal(Path(path).with_suffix(".journal"))
             self._recover()
@@ -154,29 +151,18 @@ class MetadataStoreActor:
         for agent_id in gone:  # deleted after its turn was acknowledged
             log.info("dropping journaled turns of deleted agent %s", agent_id)
 
-    async def _journal_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _current_journal(self) -> Journal:
         assert self._journal is not None
-        while self._to_journal:
-            await asyncio.sleep(0)  # let turns arriving in the same tick share the fsync
-            batch, self._to_journal = self._to_journal, []
-            try:
-                await loop.run_in_executor(self._journal_exec, self._journal.append, [r for r, _ in batch])
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(StorageError(f"cannot write the journal: {exc}"))
-                continue
-            self._to_apply.extend(r for r, _ in batch)
-            self._journaled = batch[-1][0].seq
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
-            if self._apply_task is None or self._apply_task.done():
-                self._apply_task = asyncio.create_task(self._apply_loop())
+        return self._journal
+
+    def _journaled_now(self, records: list[TurnRecord]) -> None:
+        """Turns just made durable: acknowledged, and queued for DuckDB."""
+        self._to_apply.extend(records)
+        self._journaled = records[-1].seq
+        if self._apply_task is None or self._apply_task.done():
+            self._apply_task = asyncio.create_task(self._apply_loop())
 
     async def _apply_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._to_apply:
             batch, self._to_apply = self._to_apply[:500], self._to_apply[500:]
             try:
@@ -188,9 +174,9 @@ class MetadataStoreActor:
             self._applied = batch[-1].seq
             self._applied_changed.set()
             self._applied_changed = asyncio.Event()
-            if not self._to_apply and not self._to_journal and not self._journal_broken:
+            if not self._to_apply and not self._writer.busy and not self._journal_broken:
                 assert self._journal is not None
-                await loop.run_in_executor(self._journal_exec, self._journal.truncate_if_applied, self._applied)
+                await self._writer.run(self._journal.truncate_if_applied, self._applied)
 
     async def _barrier(self) -> None:
         """Wait until every acknowledged turn is in DuckDB."""
@@ -313,11 +299,7 @@ class MetadataStoreActor:
             await self._writes.submit(lambda: self.store.commit_turn(state, messages, edited_blocks or ()))
             return
         self._seq += 1
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._to_journal.append((TurnRecord(self._seq, state, messages, list(edited_blocks or [])), future))
-        if self._journal_task is None or self._journal_task.done():
-            self._journal_task = asyncio.create_task(self._journal_loop())
-        await future
+        await self._writer.write(TurnRecord(self._seq, state, messages, list(edited_blocks or [])))
 
     async def create_agents(self, states: list[AgentState],
                             initial_messages: list[list[Message]] | None = None) -> None:
@@ -392,13 +374,12 @@ class MetadataStoreActor:
         await self._barrier()
         if self._tailing is not None:
             self._tailing.cancel()
-        for task in (self._journal_task, self._apply_task):
-            if task is not None:
-                await task
+        await self._writer.close()
+        if self._apply_task is not None:
+            await self._apply_task
         await asyncio.to_thread(self._writes.close)
         if self._journal is not None:
             self._journal.close()
-        self._journal_exec.shutdown(wait=True)
         self.store.close()
 
 
