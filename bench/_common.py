@@ -39,12 +39,16 @@ def spawned_fake_server(latency_s: float = 0.0, responder: str | None = None) ->
 
     ``responder`` is a ``module:function`` answering requests (default: the echo model)."""
     extra = ["--responder", responder] if responder else []
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "letta_ray._fake_openai", "--latency-s", str(latency_s), *extra],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    with url_printing_child([sys.executable, "-m", "letta_ray._fake_openai", "--latency-s", str(latency_s),
+                             *extra]) as url:
+        yield url
+
+
+@contextmanager
+def url_printing_child(command: list[str]) -> Iterator[str]:
+    """Run a server ``command`` that prints its loopback URL first and serves until its stdin
+    closes; yields the URL, then closes its stdin (killing it if it does not exit)."""
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()

@@ -41,7 +41,6 @@ import json
 import pstats
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -52,7 +51,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BENCH_MESSAGES, SEND_MESSAGE_TOOL, percentile
+from _common import BENCH_MESSAGES, SEND_MESSAGE_TOOL, percentile, url_printing_child
 
 from letta_ray.agent import StepResult, step, tool_result_text
 from letta_ray.base_tools import BASE_TOOLS, DEFAULT_SYSTEM_PROMPTS, DEFAULT_TOOLS, TERMINAL_TOOLS, base_toolset
@@ -265,23 +264,8 @@ def fake_server(where: str) -> Iterator[str]:
         with FakeOpenAIServer(responder, keep_requests=0) as server:
             yield server.url
         return
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert child.stdout is not None
-        url = child.stdout.readline().strip()
-        if not url.startswith("http://127.0.0.1:"):
-            raise RuntimeError(f"fake server process failed to start (printed {url!r})")
+    with url_printing_child([sys.executable, __file__, "--serve"]) as url:
         yield url
-    finally:
-        assert child.stdin is not None
-        child.stdin.close()  # the child serves until its stdin closes
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
 
 
 def serve() -> None:
