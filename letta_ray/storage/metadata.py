@@ -197,22 +197,9 @@ class MetadataStore:
         (each only if at least as new as the stored copy); the attachments are not
         rewritten. NotFoundError if the agent is not stored.
         """
-        state = _utc_model(state)
-        attached = {block.id for block in state.blocks}
-        stray = next((b.id for b in edited_blocks if b.id not in attached), None)
-        if stray is not None:
-            raise InvalidInputError(f"edited block {stray!r} is not attached to agent {state.id!r}")
-        with self._tx() as conn:
-            if conn.execute(_UPDATE_AGENT, _AGENTS.update_params(_AGENTS.row(state))).fetchone() is None:
+        with self._tx():
+            if self.commit_turns([(state, messages, edited_blocks)]):
                 raise NotFoundError("agent", state.id)
-            self.append_messages(messages)
-            for block in map(_utc_model, edited_blocks):
-                params = [*_BLOCKS.update_params(_BLOCKS.row(block)), block.updated_at, block.label]
-                if conn.execute(_UPDATE_EDITED_BLOCK, params).fetchone() is None:
-                    # A newer stored copy, a renamed block or one deleted meanwhile: take the
-                    # careful path, which keeps the newer copy and checks labels.
-                    self._write_blocks(conn, state)
-                    break
 
     def commit_turns(self, turns: Sequence[tuple[AgentState, Sequence[Message], Sequence[Block]]]) -> list[str]:
         """``commit_turn`` for many turns in one transaction, with one statement per table
