@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["AgentHandle", "ArchivalView", "BlocksView", "Client", "connect"]
 
 T = TypeVar("T")
+Item = TypeVar("Item")
 _HOST_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
 
 
@@ -182,10 +183,7 @@ class Client:
         if not turns:
             return
         where = await await_ref(self.deployment.directory.locate_many.remote([t[0] for t in turns]))
-        by_host: dict[str, tuple[Any, list[tuple[str, list[MessageCreate | Message], str | None]]]] = {}
-        for turn, (host_id, host) in zip(turns, where, strict=True):
-            self._where[turn[0]] = (host_id, host)
-            by_host.setdefault(host_id, (host, []))[1].append(turn)
+        by_host = self._by_host(turns, [t[0] for t in turns], where)
         # Each host's batches go one after another (the host's own gate sets the pace),
         # hosts in parallel: results stream back while the next batch runs.
         queue: asyncio.Queue[list[TurnResult] | None] = asyncio.Queue()
@@ -201,7 +199,7 @@ class Client:
             if pending is not None:
                 await queue.put(await self._batch_results(*pending))
 
-        feeders = [asyncio.ensure_future(feed(host, host_turns)) for host, host_turns in by_host.values()]
+        feeders = [asyncio.ensure_future(feed(host, host_turns)) for host, host_turns in by_host]
         done = asyncio.gather(*feeders)
 
         def finished(future: asyncio.Future[Any]) -> None:
@@ -372,11 +370,8 @@ class Client:
             return []
         await self._check_tools(states)
         placed = await await_ref(self.deployment.directory.place.remote([s.id for s in states]))
-        by_host: dict[str, tuple[Any, list[AgentState]]] = {}
-        for state, (host_id, host) in zip(states, placed, strict=True):
-            by_host.setdefault(host_id, (host, []))[1].append(state)
-            self._where[state.id] = (host_id, host)
-        await asyncio.gather(*(await_ref(host.create_agents.remote(group)) for host, group in by_host.values()))
+        by_host = self._by_host(states, [s.id for s in states], placed)
+        await asyncio.gather(*(await_ref(host.create_agents.remote(group)) for host, group in by_host))
         await self._blocks_now_shared([b.id for s in states for b in s.blocks])
         return [AgentHandle(self, s.id, s.name) for s in states]
 
@@ -388,10 +383,17 @@ class Client:
             return
         agents = sorted({a for block_id in shared for a in await self._store("agents_of_block", block_id)})
         where = await await_ref(self.deployment.directory.locate_many.remote(agents))
-        by_host: dict[str, tuple[Any, list[str]]] = {}
-        for agent_id, (host_id, host) in zip(agents, where, strict=True):
-            by_host.setdefault(host_id, (host, []))[1].append(agent_id)
-        await asyncio.gather(*(await_ref(host.forget_shared.remote(ids)) for host, ids in by_host.values()))
+        by_host = self._by_host(agents, agents, where)
+        await asyncio.gather(*(await_ref(host.forget_shared.remote(ids)) for host, ids in by_host))
+
+    def _by_host(self, items: list[Item], agent_ids: list[str], where: list[tuple[str, Any]]
+                 ) -> list[tuple[Any, list[Item]]]:
+        """``items`` grouped by the host of their agent, in order (remembering where each agent is)."""
+        groups: dict[str, tuple[Any, list[Item]]] = {}
+        for item, agent_id, (host_id, host) in zip(items, agent_ids, where, strict=True):
+            self._where[agent_id] = (host_id, host)
+            groups.setdefault(host_id, (host, []))[1].append(item)
+        return list(groups.values())
 
     def create_agents(self, states: list[AgentState]) -> list[AgentHandle]:
         return self._run(self.create_agents_async(states))

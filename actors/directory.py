@@ -90,10 +90,7 @@ class Directory:
         host_id = self.where.get(agent_id)
         if host_id is not None and host_id in self.hosts:
             return host_id, self.hosts[host_id]
-        if self._exists is not None and agent_id not in await self._exists([agent_id]):
-            raise NotFoundError("agent", agent_id)
-        async with self._lock:
-            return self._assign(agent_id)
+        return (await self.locate_many([agent_id]))[0]
 
     async def locate_many(self, agent_ids: list[str]) -> list[tuple[str, Any]]:
         """``locate`` for many agents in one call (ids not known to the store raise NotFoundError)."""
