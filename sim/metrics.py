@@ -8,9 +8,7 @@ run finds the rounds already done; :func:`summary_table` and :func:`plot` show t
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -22,6 +20,8 @@ import pyarrow.parquet as pq
 from rich.table import Table
 
 from letta_ray.messages import AssistantMessage, LettaResponse, ToolCallMessage, ToolReturnMessage
+
+from ._files import write_parquet
 
 # Tools that change an agent's core memory blocks. memory_finish_edits only ends a
 # sleep-time agent's editing; archival_memory_insert adds a passage, not a block edit.
@@ -171,20 +171,8 @@ class MetricsLog:
 
     def append(self, metrics: RoundMetrics) -> Path:
         """Write one round's file whole or not at all; writing a round again replaces it."""
-        self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"round-{metrics.round:06d}.parquet"
-        table = pa.Table.from_pylist([_to_row(metrics)], schema=SCHEMA)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                pq.write_table(table, out)
-                out.flush()
-                os.fsync(out.fileno())  # the rename must not land before the bytes do
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_parquet(path, pa.Table.from_pylist([_to_row(metrics)], schema=SCHEMA))
 
     def table(self) -> pa.Table:
         """Every round written so far, sorted by round (empty, with the schema, if none)."""

@@ -25,7 +25,6 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 import random
 import time
 import uuid
@@ -41,6 +40,7 @@ from letta_ray.errors import InvalidInputError
 from letta_ray.messages import LettaResponse, Message, MessageCreate, StopReason, UsageStatistics, to_events
 from letta_ray.schemas import AgentState, CreateBlock
 
+from ._files import write_bytes, write_parquet
 from .config import PROMPT_FIELDS, SimConfig
 from .metrics import MetricsLog, RoundMetrics, TurnOutcome, plot, round_metrics
 from .population import Profile, build_population, template_fields
@@ -64,22 +64,6 @@ class RoundReport:
     round: int
     metrics: RoundMetrics
     recovered: int  # turns found already done in the store (a resumed round)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-
-
-def _write_parquet(path: Path, table: pa.Table) -> None:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    _write_atomic(path, sink.getvalue().to_pybytes())
 
 
 def run_id_prefix(sim_id: str, round_no: int | None = None) -> str:
@@ -133,7 +117,7 @@ class Simulation:
                                         "or choose another output folder")
             sim_id = f"{config.name}-{uuid.uuid4().hex[:8]}"
             sim = cls(config, client, run_dir, sim_id=sim_id)
-            _write_atomic(marker, json.dumps({"sim_id": sim_id, "config": config.model_dump(mode="json"),
+            write_bytes(marker, json.dumps({"sim_id": sim_id, "config": config.model_dump(mode="json"),
                                               "created_at": time.time()}, indent=2).encode())
         await sim._create_agents()
         return sim
@@ -168,7 +152,7 @@ class Simulation:
             await self.client.create_agents_async([self._state(p) for p in missing[start:start + chunk]])
         table = pa.table({"index": [p.index for p in self.profiles], "name": [p.name for p in self.profiles],
                           "agent_id": self.agent_ids})
-        _write_parquet(self.run_dir / "agents.parquet", table)
+        write_parquet(self.run_dir / "agents.parquet", table)
 
     def _check_prompts(self) -> None:
         available = set(PROMPT_FIELDS) | (set(self.profiles[0].fields) if self.profiles else set())
@@ -185,7 +169,7 @@ class Simulation:
         return int(json.loads(path.read_text())["completed"]) if path.exists() else 0
 
     def _mark_completed(self, round_no: int) -> None:
-        _write_atomic(self.run_dir / "progress.json", json.dumps({"completed": round_no}).encode())
+        write_bytes(self.run_dir / "progress.json", json.dumps({"completed": round_no}).encode())
 
     def _outbox_path(self, round_no: int) -> Path:
         return self.run_dir / "rounds" / f"outbox-{round_no:06d}.parquet"
@@ -267,7 +251,7 @@ class Simulation:
             todo = [i for i in lost if i not in outcomes]
         texts = {i: _reply_text(o.response) for i, o in sorted(outcomes.items()) if o.response is not None}
         texts = {i: t[:REPLY_CHARS] for i, t in texts.items() if t}
-        _write_parquet(self._outbox_path(round_no), pa.table({"index": pa.array(list(texts), pa.int64()),
+        write_parquet(self._outbox_path(round_no), pa.table({"index": pa.array(list(texts), pa.int64()),
                                                               "text": pa.array(list(texts.values()), pa.string())}))
         delivered = sum(1 for i in active for j in self.hears_from[i] if texts.get(j))
         metrics = round_metrics(round_no, [outcomes[i] for i in sorted(outcomes)], time.perf_counter() - started,
