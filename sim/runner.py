@@ -209,14 +209,18 @@ class Simulation:
             before = await self.client.set_llm_limits_async(dict(self.config.llm_limits))
         reports = []
         try:
-            for round_no in range(self.completed_rounds() + 1, last + 1):
-                reports.append(await self.play_round(round_no, on_turns=on_turns))
+            first = self.completed_rounds() + 1
+            for round_no in range(first, last + 1):
+                # Only the first round played here can have turns from an earlier, stopped run.
+                reports.append(await self.play_round(round_no, on_turns=on_turns, recover=round_no == first))
         finally:
             if before is not None:
                 await self.client.set_llm_limits_async(before)
         return reports
 
-    async def play_round(self, round_no: int, *, on_turns: OnTurns | None = None) -> RoundReport:
+    async def play_round(self, round_no: int, *, on_turns: OnTurns | None = None, recover: bool = True
+                         ) -> RoundReport:
+        """One round; ``recover`` first asks the store which of its turns already happened."""
         started = time.perf_counter()
         said = self.outbox(round_no - 1)
         events: dict[int, list[str]] = {}
@@ -225,7 +229,7 @@ class Simulation:
             events = self.environment(round_no, self.profiles, rng) or {}
         active = self.active(round_no)
         outcomes: dict[int, TurnOutcome] = {}
-        recovered = await self._recover(round_no, active, outcomes)
+        recovered = await self._recover(round_no, active, outcomes) if recover else 0
         if on_turns is not None and recovered:
             on_turns(round_no, recovered)
         todo = [i for i in active if i not in outcomes]
