@@ -210,9 +210,9 @@ class MetadataStoreActor:
                 pending.append((key, records, new_offset))
         if not pending:
             return 0
-        with self.store.transaction():
-            for key, records, new_offset in pending:
-                self._commit_turns(records)
+        with self.store.transaction():  # every host's new turns in one statement per table
+            self._commit_turns([record for _, records, _ in pending for record in records])
+            for key, _, new_offset in pending:
                 self.store.set_meta(key, str(new_offset))
         for key, _, new_offset in pending:
             self._tail_offsets[key] = new_offset
@@ -243,18 +243,20 @@ class MetadataStoreActor:
         self._start_tailing()
         return await self._writes.submit(self._apply_host_journals)
 
-    TAIL_MIN_S = 0.2
-    TAIL_MAX_S = 0.5
+    TAIL_MIN_S = 1.0
+    TAIL_MAX_S = 2.0
 
     def _start_tailing(self) -> None:
         if self._host_journals is not None and (self._tailing is None or self._tailing.done()):
             self._tailing = asyncio.ensure_future(self._tail())
 
     async def _tail(self) -> None:
-        """Apply new journal records every 0.2 s while turns arrive, backing off to 0.5 s when idle.
+        """Apply new journal records every second while turns arrive, backing off to 2 s when idle.
 
-        A DuckDB transaction costs the store a few ms whatever its size, so turns are
-        applied in batches; a read applies what is pending first, so nobody sees the lag."""
+        Applying a batch costs the store ~20 ms whatever its size (on 2 cores), so turns
+        are applied in large batches: at 0.2 s the store spent ~1.1 ms of CPU per turn at
+        120 turns/s. A read applies what is pending first, so nobody sees the lag; the
+        turns are durable in the hosts' journals either way."""
         interval = self.TAIL_MIN_S
         while True:
             await asyncio.sleep(interval)

@@ -428,6 +428,8 @@ class LiteLLM:
         kwargs = self.request_kwargs(messages, tools, config, tool_choice)
         _refuse_remote_when_offline(kwargs.get("api_base"), config.model)
         lib = _lib()
+        if "custom_llm_provider" in kwargs:
+            _describe_served_model(config)
         response = await _with_retries(
             lambda: lib.acompletion(**kwargs),
             f"LLM call to {config.model!r}",
@@ -442,6 +444,31 @@ class LiteLLM:
         self, messages: list[dict[str, Any]], config: LLMConfig, tools: list[dict[str, Any]] | None = None
     ) -> int:
         return self.tokens.count(messages, config.model, tools)
+
+
+_described: set[str] = set()
+
+
+def _describe_served_model(config: LLMConfig) -> None:
+    """Tell litellm about a model an OpenAI-compatible server serves, if it does not know it.
+
+    litellm prices every response and looks the model up several times per call; for a
+    model missing from its map (anything served by vLLM, llama.cpp, a proxy...) each
+    lookup falls through dozens of fuzzy matches, ~0.8 ms of CPU per call. Registered
+    once, free (it runs on the user's own server) and with the agent's context window,
+    every lookup is a hit. Models litellm knows keep their own entry.
+    """
+    model = config.model
+    if model in _described:
+        return
+    lib = _lib()
+    if model not in lib.model_cost and f"openai/{model}" not in lib.model_cost:
+        lib.register_model({model: {
+            "litellm_provider": "openai", "mode": "chat",
+            "input_cost_per_token": 0.0, "output_cost_per_token": 0.0,
+            "max_input_tokens": config.context_window, "max_tokens": config.context_window,
+        }})
+    _described.add(model)
 
 
 def _api_key(config: LLMConfig) -> str | None:

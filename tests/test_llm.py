@@ -110,6 +110,27 @@ async def test_known_provider_prefix_is_kept_with_an_endpoint(server: FakeOpenAI
     assert server.requests[-1]["body"]["model"] == "fake-model"
 
 
+async def test_a_model_only_the_endpoint_knows_is_described_to_litellm_once(server: FakeOpenAIServer,
+                                                                           llm: LiteLLM):
+    """litellm prices each response; for a model missing from its map that lookup is slow
+    fuzzy matching, so the model is registered: free, with the agent's context window."""
+    import litellm
+
+    model = "served-only-here-7b"
+    assert model not in litellm.model_cost
+    await llm.complete(HELLO, [], server.llm_config(model=model, context_window=12_345))
+    entry = litellm.model_cost[model]
+    assert entry["max_input_tokens"] == 12_345
+    assert entry["input_cost_per_token"] == 0.0 and entry["output_cost_per_token"] == 0.0
+    assert litellm.get_model_info(model, custom_llm_provider="openai")["max_input_tokens"] == 12_345
+
+    # a model litellm knows keeps its own entry (and price), endpoint or not
+    known = dict(litellm.model_cost["gpt-4o-mini"])
+    await llm.complete(HELLO, [], server.llm_config(model="gpt-4o-mini", context_window=1_000))
+    assert litellm.model_cost["gpt-4o-mini"] == known
+    assert known["input_cost_per_token"] > 0
+
+
 # --------------------------------------------------------------------------- retries
 
 
