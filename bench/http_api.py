@@ -4,17 +4,18 @@ Prints, in one run against a loopback fake LLM (in its own process):
 - p50/p99 latency of one message (one LLM call) sent over HTTP, one sender;
 - messages/s (and p50/p99) with 8 and 32 concurrent senders, each on its own agent;
 - the floor: the same figures for a trivial Serve route (``GET /v1/health/``) on the
-  same deployment, i.e. what Serve's proxy and the HTTP client cost by themselves;
+  same deployment, i.e. what Serve and the HTTP client cost by themselves;
 - and the ceiling the HTTP layer sits on: the same messages sent through the Python
   driver (``AgentHandle.send_async``), no HTTP at all.
-Each figure is the median over ``--repeats`` rounds. (Not named ``http.py``: a file of
+Each figure is the median over ``--repeats`` rounds of ``--seconds`` each, every round
+from empty contexts (the agents' messages are reset before it). (Not named ``http.py``: a file of
 that name in bench/ would shadow the standard library's ``http`` for every bench script.)
 
 Targets on a 2-core machine: p50 <= 25 ms per message, >= 150 messages/s with 8
 senders. For scale: the Letta server on the same machine and fake LLM took 251 ms per
 message and managed 3.4 messages/s with 8 senders.
 
-Run: .venv/bin/python bench/http_api.py [--sends 200] [--repeats 3]
+Run: .venv/bin/python bench/http_api.py [--seconds 5] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -47,34 +48,39 @@ def free_port() -> int:
 AGENTS = 32
 
 
-async def senders(call: Callable[[int], Awaitable[Any]], n: int, concurrency: int) -> dict[str, float]:
-    """``n`` calls from ``concurrency`` senders, each on agents of its own.
+async def senders(call: Callable[[int], Awaitable[Any]], seconds: float, concurrency: int) -> dict[str, float]:
+    """``concurrency`` senders calling back to back for ``seconds``, each on agents of its own.
 
     Sender ``i`` goes round the agents ``i, i + concurrency, ...`` (of ``AGENTS``), so no
-    two senders share an agent and every agent's context stays short.
+    two senders share an agent. The rate counts the calls that finished within the
+    window, so all ``concurrency`` senders are busy for the whole of it (a fixed number
+    of calls per sender would end with a tail where fewer are); calls still running at
+    the end are awaited before the next round starts, and left out.
     """
     latencies: list[float] = []
-    per_sender = max(1, n // concurrency)
+    start = time.perf_counter()
+    deadline = start + seconds
 
     async def sender(i: int) -> None:
         mine = list(range(i, AGENTS, concurrency)) or [i % AGENTS]
-        for k in range(per_sender):
-            start = time.perf_counter()
+        k = 0
+        while time.perf_counter() < deadline:
+            began = time.perf_counter()
             await call(mine[k % len(mine)])
-            latencies.append(time.perf_counter() - start)
+            k += 1
+            if time.perf_counter() <= deadline:
+                latencies.append(time.perf_counter() - began)
 
-    wall = time.perf_counter()
     await asyncio.gather(*(sender(i) for i in range(concurrency)))
-    wall = time.perf_counter() - wall
     return {"p50_ms": statistics.median(latencies) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
-            "per_s": len(latencies) / wall}
+            "per_s": len(latencies) / seconds}
 
 
 def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
 
 
-async def bench(client: Any, base: str, fake_url: str, sends: int, repeats: int
+async def bench(client: Any, base: str, fake_url: str, seconds: float, repeats: int
                 ) -> dict[str, dict[int, dict[str, float]]]:
     import aiohttp
 
@@ -115,25 +121,24 @@ async def bench(client: Any, base: str, fake_url: str, sends: int, repeats: int
 
         # warm up every agent (loads it on its host) and both paths
         await asyncio.gather(*(send(i) for i in range(AGENTS)))
-        await senders(send, 64, 8)
-        await senders(health, 200, 8)
-        await senders(driver, 64, 8)
+        await senders(send, 1.0, 8)
+        await senders(health, 0.5, 8)
+        await senders(driver, 1.0, 8)
 
         results: dict[str, dict[int, dict[str, float]]] = {"message": {}, "floor": {}, "driver": {}}
         for label, call in (("message", send), ("floor", health), ("driver", driver)):
             for concurrency in (1, 8, 32):
-                n = sends if concurrency == 1 else sends * 2
                 rounds = []
                 for _ in range(repeats):
                     await reset()
-                    rounds.append(await senders(call, n, concurrency))
+                    rounds.append(await senders(call, seconds, concurrency))
                 results[label][concurrency] = median_of(rounds)
         return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sends", type=int, default=200, help="messages per round with one sender")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each round")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
@@ -144,7 +149,7 @@ def main() -> None:
         client = letta_ray.connect(home=home)
         try:
             base = start_http(client.settings, host="127.0.0.1", port=free_port())
-            results = asyncio.run(bench(client, base, fake_url, args.sends, args.repeats))
+            results = asyncio.run(bench(client, base, fake_url, args.seconds, args.repeats))
         finally:
             from ray import serve
 

@@ -431,7 +431,7 @@ class LiteLLM:
         if "custom_llm_provider" in kwargs:
             _describe_served_model(config)
         response = await _with_retries(
-            lambda: lib.acompletion(**kwargs),
+            lambda: _unlogged(lib.acompletion(**kwargs)),
             f"LLM call to {config.model!r}",
             max_retries=self.max_retries,
             base_delay=self.base_delay,
@@ -444,6 +444,38 @@ class LiteLLM:
         self, messages: list[dict[str, Any]], config: LLMConfig, tools: list[dict[str, Any]] | None = None
     ) -> int:
         return self.tokens.count(messages, config.model, tools)
+
+
+_CALLBACK_LISTS = ("callbacks", "success_callback", "_async_success_callback", "failure_callback",
+                   "_async_failure_callback", "input_callback", "_async_input_callback", "service_callback")
+
+
+def _no_litellm_callbacks() -> bool:
+    lib = _lib()
+    return not any(getattr(lib, name, None) for name in _CALLBACK_LISTS)
+
+
+async def _unlogged(call: Awaitable[T]) -> T:
+    """Await a litellm call without litellm's success/failure logging, when nobody listens.
+
+    After every call litellm prices the response and builds a logging payload for its
+    callbacks, then hands it to a background task and a thread: ~1 ms of CPU a call,
+    and the task competes with the next turn for the host's event loop. With no
+    callback configured (the default) nothing reads it, so the call runs as litellm runs
+    its own internal calls, which skip that step. Register a litellm callback (e.g.
+    ``litellm.success_callback = ["langfuse"]``) and logging runs as usual.
+    """
+    try:
+        from litellm._internal_context import is_internal_call
+    except ImportError:  # another litellm layout: log as litellm always does
+        return await call
+    if not _no_litellm_callbacks():
+        return await call
+    token = is_internal_call.set(True)
+    try:
+        return await call
+    finally:
+        is_internal_call.reset(token)
 
 
 _described: set[str] = set()

@@ -131,6 +131,46 @@ async def test_a_model_only_the_endpoint_knows_is_described_to_litellm_once(serv
     assert known["input_cost_per_token"] > 0
 
 
+async def test_litellm_logs_only_when_a_callback_listens(server: FakeOpenAIServer, llm: LiteLLM,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    """With no litellm callback configured, the post-call logging work is skipped; a user
+    who registers one (langfuse, a CustomLogger...) still gets every call."""
+    import litellm
+    from litellm.integrations.custom_logger import CustomLogger
+    from litellm.litellm_core_utils.litellm_logging import Logging
+
+    handled: list[str] = []
+    original = Logging.async_success_handler
+
+    async def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        handled.append(self.model)
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Logging, "async_success_handler", counting)
+
+    await llm.complete(HELLO, [], server.llm_config())
+    await asyncio.sleep(0.2)
+    assert handled == []
+
+    class Recorder(CustomLogger):
+        def __init__(self) -> None:
+            super().__init__()
+            self.events: list[Any] = []
+
+        async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any):
+            self.events.append(response_obj)
+
+    recorder = Recorder()
+    monkeypatch.setattr(litellm, "callbacks", [recorder])
+    response = await llm.complete(HELLO, [], server.llm_config())
+    for _ in range(50):  # litellm logs from a background task
+        if recorder.events:
+            break
+        await asyncio.sleep(0.05)
+    assert handled and len(recorder.events) == 1
+    assert recorder.events[0].choices[0].message.content == response.content
+
+
 # --------------------------------------------------------------------------- retries
 
 
