@@ -146,12 +146,14 @@ def start_http(settings: Settings, *, host: str | None = None, port: int | None 
                replicas: int = 1) -> str:
     """Start Serve (if needed) and the API on ``host:port``; Ray must be up. Returns the base URL.
 
-    One replica started along with Serve serves HTTP itself (direct ingress). Several
-    replicas, or a Serve that runs already (started by someone else, or for the local
-    model), go through Serve's proxy, which spreads requests over them."""
+    On an embedded Ray, one replica started along with Serve serves HTTP itself (direct
+    ingress). Otherwise requests go through Serve's proxy: several replicas (it spreads
+    requests over them), a Serve that runs already (started by someone else, or for the
+    local model), or a cluster (the replica may land on any node; the proxy listens on
+    the head)."""
     host = host or settings.http_host
     port = port if port is not None else settings.http_port
-    direct = replicas == 1 and not serve_running()
+    direct = settings.embedded and replicas == 1 and not serve_running()
     start_serve(host, port, direct_ingress=direct)
     env = REPLICA_ENV | (direct_ingress_env(port) if direct else {})
     app = LettaHTTP.options(num_replicas=replicas,

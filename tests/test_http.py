@@ -280,13 +280,14 @@ def test_every_serve_listener_is_on_loopback(base_url: str) -> None:
 
 
 def test_the_proxy_and_the_replica_run_with_the_lean_request_path(base_url: str) -> None:
-    """Serve's per-request settings (gRPC to the replica, no extra loop threads) reach
-    the processes that read them: without them a request costs ~3x the CPU."""
+    """Serve's per-request settings (direct ingress, no extra loop threads) reach the
+    processes that read them, and the API replica itself listens on the API's port:
+    through Serve's proxy a message costs ~4x the CPU in Serve."""
     from pathlib import Path
 
-    from test_network import _descendants
+    from test_network import _descendants, _socket_inodes, listening_sockets
 
-    from letta_ray.serve.deployment import PROXY_ENV, REPLICA_ENV
+    from letta_ray.serve.deployment import PROXY_ENV, REPLICA_ENV, direct_ingress_env
 
     def environ(pid: int) -> dict[str, str]:
         raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -301,8 +302,12 @@ def test_the_proxy_and_the_replica_run_with_the_lean_request_path(base_url: str)
     assert proxies and replicas
     for pid in proxies:
         assert PROXY_ENV.items() <= environ(pid).items()
+    port = int(base_url.rsplit(":", 1)[1])
     for pid in replicas:
-        assert REPLICA_ENV.items() <= environ(pid).items()
+        assert (REPLICA_ENV | direct_ingress_env(port)).items() <= environ(pid).items()
+    listeners = listening_sockets()
+    owners = [pid for pid in pids for inode in _socket_inodes(pid) if listeners.get(inode) == ("127.0.0.1", port)]
+    assert owners and set(owners) <= set(replicas), (owners, replicas, proxies)
     assert httpx.get(f"{base_url}/v1/health/").status_code == 200
 
 
