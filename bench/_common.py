@@ -107,6 +107,19 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def process_name(pid: int) -> str:
+    """A short name for a process of the session: ``ray::AgentHost``, ``raylet``, ..."""
+    line = cmdline(pid)
+    if "ray::" in line:
+        return line.split()[0]
+    if "_fake_openai" in line:
+        return "fake LLM server"
+    for known in ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env"):
+        if known in line:
+            return known
+    return line.split()[0].rsplit("/", 1)[-1] if line else str(pid)
+
+
 def pss_bytes(pid: int) -> int:
     """Proportional memory of a process: shared pages split among their users, so a sum
     over processes is the memory they really take together."""

@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import percentile, spawned_fake_server
+from _common import cpu_seconds, percentile, process_name, session_pids, spawned_fake_server
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
@@ -46,6 +46,8 @@ def free_port() -> int:
 
 
 AGENTS = 32
+MESSAGES = "(messages)"
+cpu: dict[str, float] = {MESSAGES: 0.0}  # CPU-seconds by process, over the 8-sender message rounds
 
 
 async def senders(call: Callable[[int], Awaitable[Any]], seconds: float, concurrency: int) -> dict[str, float]:
@@ -131,7 +133,14 @@ async def bench(client: Any, base: str, fake_url: str, seconds: float, repeats: 
                 rounds = []
                 for _ in range(repeats):
                     await reset()
+                    pids = session_pids()
+                    before = {p: cpu_seconds(p) for p in pids}
                     rounds.append(await senders(call, seconds, concurrency))
+                    if label == "message" and concurrency == 8:
+                        for p in pids:
+                            name = "this process (HTTP client)" if p == os.getpid() else process_name(p)
+                            cpu[name] = cpu.get(name, 0.0) + cpu_seconds(p) - before[p]
+                        cpu[MESSAGES] += rounds[-1]["per_s"] * seconds
                 results[label][concurrency] = median_of(rounds)
         return results
 
@@ -171,6 +180,10 @@ def main() -> None:
           f"{rate8:.0f} messages/s with 8 senders (target >= 150; Letta server: 3.4)")
     print(f"  HTTP over the driver: +{p50 - driver[1]['p50_ms']:.1f} ms p50 with one sender; "
           f"{rate8 / driver[8]['per_s']:.2f}x the driver's messages/s with 8 senders")
+    count = cpu.pop(MESSAGES)
+    shares = sorted(((seconds * 1000 / count, name) for name, seconds in cpu.items()), reverse=True)
+    print(f"  CPU per message, 8 senders: {sum(ms for ms, _ in shares):.1f} ms in all = "
+          + ", ".join(f"{name} {ms:.2f}" for ms, name in shares if ms >= 0.05))
 
 
 if __name__ == "__main__":

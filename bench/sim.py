@@ -26,7 +26,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cmdline, cpu_seconds, measure_raw_litellm, pss_bytes, rss_bytes, session_pids, spawned_fake_server
+from _common import (
+    cmdline,
+    cpu_seconds,
+    measure_raw_litellm,
+    process_name,
+    pss_bytes,
+    rss_bytes,
+    session_pids,
+    spawned_fake_server,
+)
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -62,16 +71,6 @@ def settle_until_quiet(exclude: set[int], limit_s: float = 30.0) -> None:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline and idle_cpu(exclude, 1.0) > 0.10:
         pass
-
-
-def process_name(pid: int) -> str:
-    line = cmdline(pid)
-    if "ray::" in line:
-        return line.split()[0]
-    for known in ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env"):
-        if known in line:
-            return known
-    return line.split()[0].rsplit("/", 1)[-1] if line else str(pid)
 
 
 def hosts_by_node(client: object) -> dict[str, list[str]]:
