@@ -117,11 +117,14 @@ class MetadataStoreActor:
             self._journal = Journal(Path(path).with_suffix(".journal"))
             self._recover()
         self._host_journals = Path(host_journals) if host_journals is not None else None
-        self._tail_offsets: dict[str, int] = {}
+        self._tail_offsets: dict[str, int] = {}  # may run ahead of DuckDB inside a transaction
+        self._committed_offsets: dict[str, int] = {}  # what DuckDB holds for sure
         self._tailing: asyncio.Task[None] | None = None
         if self._host_journals is not None:
             self._host_journals.mkdir(parents=True, exist_ok=True)
-            self._apply_host_journals()  # what hosts acknowledged before a crash of this process
+            # what hosts acknowledged before a crash of this process
+            self._committed(*self._apply_host_journals())
+            self._drop_applied_journals()
 
     # ---------------------------------------------------------------- the turn journal
 
@@ -188,11 +191,13 @@ class MetadataStoreActor:
 
     # ---------------------------------------------------------------- hosts' own journals
 
-    def _apply_host_journals(self) -> int:
+    def _apply_host_journals(self) -> tuple[int, dict[str, int]]:
         """Apply what the hosts' journal files hold beyond what was applied (one transaction).
 
         The offset reached in each file is stored in the same transaction as the turns,
-        so a turn is applied exactly once, whatever crashes when.
+        so a turn is applied exactly once, whatever crashes when. Returns how many turns
+        it applied and the offsets it reached, which hold once the transaction commits
+        (``_committed``).
         """
 
         assert self._host_journals is not None
@@ -200,27 +205,39 @@ class MetadataStoreActor:
         for path in sorted(self._host_journals.glob("*.log")):
             key = f"host_journal:{path.name}"
             offset = self._tail_offsets.get(key)
-            if offset is None:
+            if offset is None:  # first pass, or after a rollback: DuckDB's committed mark
                 offset = int(self.store.get_meta(key) or 0)
                 self._tail_offsets[key] = offset
+                self._committed_offsets.setdefault(key, offset)
             if path.stat().st_size <= offset:
                 continue
             records, new_offset = read_complete(path, offset)
             if new_offset > offset:
                 pending.append((key, records, new_offset))
         if not pending:
-            return 0
+            return 0, {}
         with self.store.transaction():  # every host's new turns in one statement per table
             self._commit_turns([record for _, records, _ in pending for record in records])
             for key, _, new_offset in pending:
                 self.store.set_meta(key, str(new_offset))
         for key, _, new_offset in pending:
             self._tail_offsets[key] = new_offset
-        self._drop_applied_journals()
-        return sum(len(r) for _, r, _ in pending)
+        return sum(len(r) for _, r, _ in pending), {key: new_offset for key, _, new_offset in pending}
+
+    def _committed(self, applied: int, offsets: dict[str, int]) -> int:
+        """The transaction of an ``_apply_host_journals`` committed: its offsets hold, and
+        journal files applied in full may go."""
+        for key, offset in offsets.items():
+            self._committed_offsets[key] = max(offset, self._committed_offsets.get(key, 0))
+        if offsets:
+            self._drop_applied_journals()
+        return applied
 
     def _drop_applied_journals(self) -> None:
-        """Delete a host's journal files it has moved on from, once fully applied."""
+        """Delete a host's journal files it has moved on from, once fully applied.
+
+        By the offsets DuckDB holds for sure, never by ones a transaction still under
+        way (or rolled back) reached: a rollback must find the turns again."""
         assert self._host_journals is not None
         parts: dict[str, list[Path]] = {}
         for path in self._host_journals.glob("*.log"):
@@ -228,7 +245,7 @@ class MetadataStoreActor:
         for files in parts.values():
             for path in sorted(files)[:-1]:  # never the newest: its host may still append
                 key = f"host_journal:{path.name}"
-                if self._tail_offsets.get(key, -1) >= path.stat().st_size:
+                if self._committed_offsets.get(key, -1) >= path.stat().st_size:
                     path.unlink(missing_ok=True)
 
     async def ingest_host_journals(self) -> int:
@@ -241,7 +258,7 @@ class MetadataStoreActor:
         if self._host_journals is None:
             return 0
         self._start_tailing()
-        return await self._writes.submit(self._apply_host_journals)
+        return await asyncio.to_thread(self._committed, *await self._writes.submit(self._apply_host_journals))
 
     TAIL_MIN_S = 1.0
     TAIL_MAX_S = 2.0
@@ -261,7 +278,8 @@ class MetadataStoreActor:
         while True:
             await asyncio.sleep(interval)
             try:
-                applied = await self._writes.submit(self._apply_host_journals)
+                applied = await asyncio.to_thread(self._committed,
+                                                  *await self._writes.submit(self._apply_host_journals))
             except Exception:
                 log.exception("applying the hosts' journals failed; retrying")
                 applied = 0
@@ -272,6 +290,7 @@ class MetadataStoreActor:
             with self.store.transaction():
                 return [(True, fn()) for fn in fns]
         except Exception as exc:
+            self._rolled_back()
             if len(fns) == 1:
                 return [(False, exc)]
             # Something in the batch failed and rolled the whole batch back: run each
@@ -282,8 +301,17 @@ class MetadataStoreActor:
                 with self.store.transaction():
                     results.append((True, fn()))
             except Exception as exc:
+                self._rolled_back()
                 results.append((False, exc))
         return results
+
+    def _rolled_back(self) -> None:
+        """A transaction rolled back: forget how far the hosts' journals were applied.
+
+        ``_apply_host_journals`` moves its offsets on inside the transaction (a second
+        pass in the same batch must not apply the same turns again); after a rollback
+        they are read again from DuckDB, where they were rolled back with the turns."""
+        self._tail_offsets.clear()
 
     async def _read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         await self._barrier()

@@ -451,8 +451,9 @@ _CALLBACK_LISTS = ("callbacks", "success_callback", "_async_success_callback", "
 
 
 def _no_litellm_callbacks() -> bool:
+    """No litellm callback and no litellm budget (which its logging keeps count for)."""
     lib = _lib()
-    return not any(getattr(lib, name, None) for name in _CALLBACK_LISTS)
+    return not any(getattr(lib, name, None) for name in _CALLBACK_LISTS) and not getattr(lib, "max_budget", None)
 
 
 async def _unlogged(call: Awaitable[T]) -> T:
@@ -495,11 +496,12 @@ def _describe_served_model(config: LLMConfig) -> None:
         return
     lib = _lib()
     if model not in lib.model_cost and f"openai/{model}" not in lib.model_cost:
-        lib.register_model({model: {
-            "litellm_provider": "openai", "mode": "chat",
-            "input_cost_per_token": 0.0, "output_cost_per_token": 0.0,
-            "max_input_tokens": config.context_window, "max_tokens": config.context_window,
-        }})
+        entry = {"litellm_provider": "openai", "mode": "chat", "input_cost_per_token": 0.0,
+                 "output_cost_per_token": 0.0, "max_input_tokens": config.context_window}
+        try:  # not into litellm's provider model sets: the name alone must not mean OpenAI
+            lib.register_model({model: entry}, add_to_provider_model_sets=False)
+        except TypeError:  # a litellm without that keyword
+            lib.register_model({model: entry})
     _described.add(model)
 
 

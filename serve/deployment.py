@@ -56,6 +56,8 @@ class LettaHTTP:
     async def __init__(self, settings: Settings, loopback: bool = True) -> None:
         if loopback:
             _keep_replica_grpc_on_loopback()
+        if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1":
+            _reuse_address_for_direct_ingress()
         deployment = await asyncio.to_thread(start_deployment, settings)
         self.client = Client(deployment)  # never closed here: closing would stop the shared actors
 
@@ -92,6 +94,17 @@ def _keep_replica_grpc_on_loopback() -> None:
     replica.add_port_to_grpc_server = loopback_only
 
 
+_direct_ingress_started: int | None = None  # the API's port, if the Serve this process started serves it itself
+
+
+def direct_ingress_running() -> bool:
+    """Whether Serve runs with the API on direct ingress, started by this process.
+
+    Its controller hands every replica it starts the direct-ingress environment, so
+    such a Serve can carry the API's one replica and no other HTTP application."""
+    return _direct_ingress_started is not None and serve_running()
+
+
 def serve_running() -> bool:
     """Whether Ray Serve runs in this Ray cluster already (its controller is up)."""
     import ray
@@ -104,6 +117,12 @@ def serve_running() -> bool:
     return True
 
 
+def _one_node() -> bool:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive")) == 1
+
+
 def direct_ingress_env(port: int) -> dict[str, str]:
     """Serve's environment for direct ingress on ``port``: the API replica listens there itself.
 
@@ -113,18 +132,50 @@ def direct_ingress_env(port: int) -> dict[str, str]:
     serves HTTP itself (~1.9 ms per message). The controller hands ports out of a range;
     a range of exactly ``port`` makes the one API replica listen where the user asked.
     Serve still starts a proxy (on a port of its own, unused); replicas are not kept for
-    30 s after a shutdown as they would be behind an external load balancer.
+    30 s after a shutdown as they would be behind an external load balancer, and a
+    replica that dies is replaced on the same port at once.
     """
     return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),  # the range is [min, max)
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+            # A released port is held back for 150 s (for HAProxy, unused here); with a
+            # range of one port, a replica that restarts would have none to listen on.
+            "RAY_SERVE_PORT_QUARANTINE_S": "0"}
 
 
 def _free_port(host: str) -> int:
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _reuse_address_for_direct_ingress() -> None:
+    """Let the replica's HTTP socket bind while old connections to its port linger.
+
+    Serve (2.60) binds it without SO_REUSEADDR. When a replica dies with clients
+    connected, its port stays in TIME_WAIT for a minute; the replacement then fails to
+    bind, and Serve blocks the port, which is the only one direct ingress may use here.
+    Called in the replica before Serve starts that server.
+    """
+    from ray.serve._private import http_util
+
+    if isinstance(http_util.socket, _ReuseAddressSockets):
+        return
+    http_util.socket = _ReuseAddressSockets()
+
+
+class _ReuseAddressSockets:
+    """The ``socket`` module, whose ``socket()`` sets SO_REUSEADDR."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(socket, name)
+
+    @staticmethod
+    def socket(*args: Any, **kwargs: Any) -> socket.socket:
+        sock = socket.socket(*args, **kwargs)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return sock
 
 
 def start_serve(host: str, port: int, *, direct_ingress: bool = False) -> None:
@@ -134,10 +185,13 @@ def start_serve(host: str, port: int, *, direct_ingress: bool = False) -> None:
     With ``direct_ingress`` the controller also gets ``direct_ingress_env(port)`` and the
     (unused) proxy a free port of its own; the API replica must then be deployed with
     the same environment (``start_http`` does)."""
+    global _direct_ingress_started
     env = dict(PROXY_ENV)
+    if not serve_running():
+        _direct_ingress_started = port if direct_ingress else None
     if direct_ingress:
         env |= direct_ingress_env(port)
-        port = _free_port(host if host != "0.0.0.0" else "127.0.0.1")
+        port = _free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")
     serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": False},
                 controller_options={"runtime_env": {"env_vars": env}})
 
@@ -153,7 +207,13 @@ def start_http(settings: Settings, *, host: str | None = None, port: int | None 
     the head)."""
     host = host or settings.http_host
     port = port if port is not None else settings.http_port
-    direct = settings.embedded and replicas == 1 and not serve_running()
+    if direct_ingress_running():  # its controller gives every replica the direct-ingress environment
+        if replicas != 1 or port != _direct_ingress_started:
+            raise RuntimeError(f"Serve runs with the API on direct ingress on port {_direct_ingress_started}: "
+                               "it can serve one replica on that port only; shut Serve down first")
+        direct = True
+    else:
+        direct = settings.embedded and replicas == 1 and not serve_running() and _one_node()
     start_serve(host, port, direct_ingress=direct)
     env = REPLICA_ENV | (direct_ingress_env(port) if direct else {})
     app = LettaHTTP.options(num_replicas=replicas,

@@ -27,7 +27,7 @@ from ray import serve
 from letta_ray.local_llm import LOCAL_MODEL_NAME, LocalModel
 from letta_ray.settings import Settings
 
-from .deployment import _is_loopback, _keep_replica_grpc_on_loopback, start_serve
+from .deployment import _is_loopback, _keep_replica_grpc_on_loopback, direct_ingress_running, start_serve
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,9 @@ def start_local_model(settings: Settings, *, host: str | None = None, port: int 
     """
     host = host or settings.http_host
     port = port if port is not None else settings.http_port
+    if direct_ingress_running():
+        raise RuntimeError("the API runs on Serve's direct ingress, which serves no other application: "
+                           "start the local model before the API (as `letta-ray serve` does)")
     start_serve(host, port)
     app = LocalModelServer.bind(_is_loopback(host), None, settings.api_token)
     serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, blocking=False)

@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -441,3 +442,34 @@ def test_groups_round_robin_over_http(http: Any, sdk: Any, fake_llm_server: Any)
                      ).status_code == 422
     assert http.delete(f"/v1/groups/{group['id']}").status_code == 200
     assert http.get(f"/v1/groups/{group['id']}").status_code == 404
+
+
+def test_a_killed_api_replica_is_replaced_on_the_same_port(base_url: str, http: Any, sdk: Any,
+                                                          fake_llm_server: Any) -> None:
+    """kill -9 of the API replica: Serve starts another, which listens on the same port
+    (direct ingress hands out a range of exactly that port) and serves the same agents.
+    Kept last in this module: the API is down while the replica restarts."""
+    from test_network import _descendants
+
+    agent = new_agent(sdk, fake_llm_server)
+
+    def replicas() -> set[int]:
+        return {p for p in _descendants(os.getpid())
+                if "ServeReplica:letta_ray:letta_ray_http" in Path(f"/proc/{p}/cmdline").read_bytes().decode()}
+
+    (old,) = replicas()
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    answered = None
+    while time.monotonic() < deadline:
+        try:
+            if replicas() - {old} and (answered := httpx.get(f"{base_url}/v1/agents/{agent.id}", timeout=5)
+                                       ).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    assert answered is not None and answered.status_code == 200, "the API did not come back on its port"
+    assert answered.json()["id"] == agent.id
+    reply = http.post(f"/v1/agents/{agent.id}/messages", json={"messages": [{"role": "user", "content": "again"}]})
+    assert reply.status_code == 200 and reply.json()["messages"][-1]["content"] == "You said: again"

@@ -107,3 +107,32 @@ async def test_a_hosts_journal_rotates_and_applied_files_are_deleted(tmp_path: P
     assert await store.count_messages(state.id) == 6 * 3  # reading applies everything...
     assert len(list((tmp_path / "journal").glob("*.log"))) == 1  # ...and only the file in use remains
     await store.close()
+
+
+async def test_hosts_turns_survive_a_batch_that_rolls_back(tmp_path: Path, monkeypatch) -> None:
+    """Applying the hosts' journals can share a DuckDB transaction with other writes. If
+    one of those fails, the whole batch rolls back: the turns must be applied again (not
+    skipped as done), and no journal file may be deleted on the strength of it."""
+    import letta_ray.actors.host as host_module
+
+    monkeypatch.setattr(host_module, "JOURNAL_ROTATE_BYTES", 2_000)  # several files, older ones deletable
+    journals = tmp_path / "journal"
+    store, state = await chat_through_a_journaling_host(tmp_path, turns=4)
+    assert len(list(journals.glob("*.log"))) > 1
+
+    def explode() -> None:
+        raise ValueError("a write that fails inside the batch")
+
+    batches = store._writes.batches
+    # submitted in the same tick, so they are committed together
+    ingested, failed = await asyncio.gather(store.ingest_host_journals(), store._writes.submit(explode),
+                                            return_exceptions=True)
+    assert isinstance(failed, ValueError)
+    assert store._writes.batches == batches + 1  # they did share a batch
+    assert ingested == 4
+    assert await store.count_messages(state.id) == 4 * 3
+    assert len(list(journals.glob("*.log"))) == 1  # applied files go once the turns are committed
+    await store.close()
+    again = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=journals)
+    assert await again.count_messages(state.id) == 4 * 3  # nothing lost, nothing twice
+    await again.close()

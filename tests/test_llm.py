@@ -123,6 +123,7 @@ async def test_a_model_only_the_endpoint_knows_is_described_to_litellm_once(serv
     assert entry["max_input_tokens"] == 12_345
     assert entry["input_cost_per_token"] == 0.0 and entry["output_cost_per_token"] == 0.0
     assert litellm.get_model_info(model, custom_llm_provider="openai")["max_input_tokens"] == 12_345
+    assert model not in litellm.open_ai_chat_completion_models  # the bare name still means no provider
 
     # a model litellm knows keeps its own entry (and price), endpoint or not
     known = dict(litellm.model_cost["gpt-4o-mini"])
