@@ -258,7 +258,12 @@ class MetadataStoreActor:
         if self._host_journals is None:
             return 0
         self._start_tailing()
-        return await asyncio.to_thread(self._committed, *await self._writes.submit(self._apply_host_journals))
+        return await self._apply_host_journals_committed()
+
+    async def _apply_host_journals_committed(self) -> int:
+        """``_apply_host_journals`` in a group-committed transaction, then ``_committed``."""
+        applied, offsets = await self._writes.submit(self._apply_host_journals)
+        return await asyncio.to_thread(self._committed, applied, offsets)
 
     TAIL_MIN_S = 1.0
     TAIL_MAX_S = 2.0
@@ -278,8 +283,7 @@ class MetadataStoreActor:
         while True:
             await asyncio.sleep(interval)
             try:
-                applied = await asyncio.to_thread(self._committed,
-                                                  *await self._writes.submit(self._apply_host_journals))
+                applied = await self._apply_host_journals_committed()
             except Exception:
                 log.exception("applying the hosts' journals failed; retrying")
                 applied = 0

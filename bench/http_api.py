@@ -46,8 +46,6 @@ def free_port() -> int:
 
 
 AGENTS = 32
-MESSAGES = "(messages)"
-cpu: dict[str, float] = {MESSAGES: 0.0}  # CPU-seconds by process, over the 8-sender message rounds
 
 
 async def senders(call: Callable[[int], Awaitable[Any]], seconds: float, concurrency: int) -> dict[str, float]:
@@ -60,8 +58,7 @@ async def senders(call: Callable[[int], Awaitable[Any]], seconds: float, concurr
     the end are awaited before the next round starts, and left out.
     """
     latencies: list[float] = []
-    start = time.perf_counter()
-    deadline = start + seconds
+    deadline = time.perf_counter() + seconds
 
     async def sender(i: int) -> None:
         mine = list(range(i, AGENTS, concurrency)) or [i % AGENTS]
@@ -83,7 +80,9 @@ def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 
 async def bench(client: Any, base: str, fake_url: str, seconds: float, repeats: int
-                ) -> dict[str, dict[int, dict[str, float]]]:
+                ) -> tuple[dict[str, dict[int, dict[str, float]]], dict[str, float]]:
+    """The figures by label and number of senders, and the CPU per message (ms) by
+    process over the 8-sender message rounds."""
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
@@ -128,6 +127,8 @@ async def bench(client: Any, base: str, fake_url: str, seconds: float, repeats: 
         await senders(driver, 1.0, 8)
 
         results: dict[str, dict[int, dict[str, float]]] = {"message": {}, "floor": {}, "driver": {}}
+        cpu: dict[str, float] = {}  # CPU-seconds by process, over the 8-sender message rounds
+        messages = 0.0
         for label, call in (("message", send), ("floor", health), ("driver", driver)):
             for concurrency in (1, 8, 32):
                 rounds = []
@@ -140,9 +141,9 @@ async def bench(client: Any, base: str, fake_url: str, seconds: float, repeats: 
                         for p in pids:
                             name = "this process (HTTP client)" if p == os.getpid() else process_name(p)
                             cpu[name] = cpu.get(name, 0.0) + cpu_seconds(p) - before[p]
-                        cpu[MESSAGES] += rounds[-1]["per_s"] * seconds
+                        messages += rounds[-1]["per_s"] * seconds
                 results[label][concurrency] = median_of(rounds)
-        return results
+        return results, {name: used * 1000 / messages for name, used in cpu.items()}
 
 
 def main() -> None:
@@ -158,7 +159,7 @@ def main() -> None:
         client = letta_ray.connect(home=home)
         try:
             base = start_http(client.settings, host="127.0.0.1", port=free_port())
-            results = asyncio.run(bench(client, base, fake_url, args.seconds, args.repeats))
+            results, cpu_ms = asyncio.run(bench(client, base, fake_url, args.seconds, args.repeats))
         finally:
             from ray import serve
 
@@ -180,8 +181,7 @@ def main() -> None:
           f"{rate8:.0f} messages/s with 8 senders (target >= 150; Letta server: 3.4)")
     print(f"  HTTP over the driver: +{p50 - driver[1]['p50_ms']:.1f} ms p50 with one sender; "
           f"{rate8 / driver[8]['per_s']:.2f}x the driver's messages/s with 8 senders")
-    count = cpu.pop(MESSAGES)
-    shares = sorted(((seconds * 1000 / count, name) for name, seconds in cpu.items()), reverse=True)
+    shares = sorted(((ms, name) for name, ms in cpu_ms.items()), reverse=True)
     print(f"  CPU per message, 8 senders: {sum(ms for ms, _ in shares):.1f} ms in all = "
           + ", ".join(f"{name} {ms:.2f}" for ms, name in shares if ms >= 0.05))
 

@@ -207,13 +207,14 @@ def start_http(settings: Settings, *, host: str | None = None, port: int | None 
     the head)."""
     host = host or settings.http_host
     port = port if port is not None else settings.http_port
-    if direct_ingress_running():  # its controller gives every replica the direct-ingress environment
+    running = serve_running()
+    if running and _direct_ingress_started is not None:  # its controller gives every replica that environment
         if replicas != 1 or port != _direct_ingress_started:
             raise RuntimeError(f"Serve runs with the API on direct ingress on port {_direct_ingress_started}: "
                                "it can serve one replica on that port only; shut Serve down first")
         direct = True
     else:
-        direct = settings.embedded and replicas == 1 and not serve_running() and _one_node()
+        direct = settings.embedded and replicas == 1 and not running and _one_node()
     start_serve(host, port, direct_ingress=direct)
     env = REPLICA_ENV | (direct_ingress_env(port) if direct else {})
     app = LettaHTTP.options(num_replicas=replicas,
