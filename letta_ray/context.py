@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from letta_ray.deps import LLM
-from letta_ray.memory import MemoryStats, compile_system_prompt
+from letta_ray.memory import MemoryStats, join_system_prompt, system_prompt_parts
 from letta_ray.messages import Message
 from letta_ray.schemas import AgentState, Block, LLMConfig
 
@@ -53,6 +53,9 @@ class MessageCache:
     def __init__(self) -> None:
         self._openai: dict[str, dict[str, Any]] = {}
         self._tokens: dict[tuple[str, str], int] = {}
+        # The last stable system prompt and tool schemas counted: (model, value, tokens).
+        self._stable: tuple[str, str, int] | None = None
+        self._tools: tuple[str, list[dict[str, Any]], int] | None = None
 
     def openai(self, message: Message) -> dict[str, Any]:
         cached = self._openai.get(message.id)
@@ -66,19 +69,57 @@ class MessageCache:
         if cached is None:
             # A one-message count includes the request's fixed overhead once; subtract
             # it so that a context's total is not overcounted by it per message.
-            base_key = ("", config.model)
-            base = self._tokens.get(base_key)
-            if base is None:
-                base = self._tokens[base_key] = llm.count_tokens([], config)
-            cached = max(1, llm.count_tokens([self.openai(message)], config) - base)
+            cached = max(1, llm.count_tokens([self.openai(message)], config) - self._base(llm, config))
             self._tokens[key] = cached
         return cached
+
+    def _base(self, llm: LLM, config: LLMConfig) -> int:
+        """Tokens of an empty request (its fixed overhead)."""
+        base_key = ("", config.model)
+        base = self._tokens.get(base_key)
+        if base is None:
+            base = self._tokens[base_key] = llm.count_tokens([], config)
+        return base
+
+    def head_tokens(self, stable: str, metadata: str, extra: list[dict[str, Any]],
+                    tools: list[dict[str, Any]], llm: LLM, config: LLMConfig) -> int:
+        """Tokens of the system message (``stable`` and ``metadata`` joined), the
+        ``extra`` head messages and the tool schemas, with the request's overhead.
+
+        The stable part (instructions and core memory, thousands of tokens) changes only
+        when memory is edited, and the tool schemas only when tools or rules change, so
+        both are counted once and remembered; only the short metadata, which changes
+        every turn, is counted each time. The sum of the parts can differ from counting
+        the joined text by a token at the seam, well inside what a context-window
+        estimate needs.
+        """
+        model = config.model
+        if self._stable is None or self._stable[0] != model or self._stable[1] != stable:
+            self._stable = (model, stable, llm.count_tokens([{"role": "system", "content": stable}], config))
+        if self._tools is None or self._tools[0] != model or self._tools[1] != tools:
+            counted = llm.count_tokens([], config, tools) - self._base(llm, config) if tools else 0
+            self._tools = (model, list(tools), counted)
+        base = self._base(llm, config)
+        # The metadata as a message of its own, less that message's framing.
+        metadata_tokens = max(0, llm.count_tokens([{"role": "system", "content": "\n\n" + metadata}], config)
+                              - base - self._framing(llm, config))
+        extra_tokens = llm.count_tokens(extra, config) - base if extra else 0
+        return self._stable[2] + metadata_tokens + extra_tokens + self._tools[2]
+
+    def _framing(self, llm: LLM, config: LLMConfig) -> int:
+        """Tokens a message adds beyond its content (role and separators)."""
+        key = ("<framing>", config.model)
+        framing = self._tokens.get(key)
+        if framing is None:
+            empty = llm.count_tokens([{"role": "system", "content": ""}], config) - self._base(llm, config)
+            framing = self._tokens[key] = max(0, empty)
+        return framing
 
     def retain(self, keep: list[Message]) -> None:
         """Forget messages that left the context."""
         ids = {m.id for m in keep}
         self._openai = {k: v for k, v in self._openai.items() if k in ids}
-        self._tokens = {k: v for k, v in self._tokens.items() if k[0] in ids or k[0] == ""}
+        self._tokens = {k: v for k, v in self._tokens.items() if k[0] in ids or k[0] in ("", "<framing>")}
 
 
 def compile_context(
@@ -92,12 +133,12 @@ def compile_context(
 ) -> CompiledContext:
     """System prompt with memory, then the summary, then the in-context messages."""
     cache = cache or MessageCache()
-    system = compile_system_prompt(state.system, blocks, stats)
-    head: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    stable, metadata = system_prompt_parts(state.system, blocks, stats)
+    head: list[dict[str, Any]] = [{"role": "system", "content": join_system_prompt(stable, metadata)}]
     if state.summary:
         evicted = int(state.metadata.get("evicted_messages", 0))
         head.append({"role": "user", "content": summary_message_text(state.summary, evicted)})
-    system_tokens = llm.count_tokens(head, state.llm_config, tools)
+    system_tokens = cache.head_tokens(stable, metadata, head[1:], tools, llm, state.llm_config)
     body = [cache.openai(m) for m in context]
     body_tokens = sum(cache.tokens(m, llm, state.llm_config) for m in context)
     return CompiledContext(head + body, system_tokens, system_tokens + body_tokens)

@@ -20,6 +20,12 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # litellm scans every message of every request for base64 images to truncate in its
 # logs; on a long agent context that costs more than the request. We log no payloads.
 os.environ.setdefault("MAX_BASE64_LENGTH_FOR_LOGGING", "0")
+# OpenAI-protocol requests (OpenAI itself, and every OpenAI-compatible endpoint) go
+# through litellm's own HTTP handler rather than the openai SDK: the same request and
+# response without the SDK's request building and typed parsing underneath litellm's,
+# ~1 ms less CPU per call (a fifth of litellm's share of a turn). Set the variable to
+# false before letta_ray is imported to keep the SDK path.
+os.environ.setdefault("EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER", "true")
 
 import asyncio
 import functools
@@ -198,7 +204,18 @@ _WRAPPER_PREFIX = re.compile(r"^(?:(?:litellm\.)?\w*(?:Error|Exception)\s*(?::|-
 
 def _provider_message(exc: BaseException) -> str:
     message = str(getattr(exc, "message", None) or exc).strip()
-    return _WRAPPER_PREFIX.sub("", message) or message or type(exc).__name__
+    text = _WRAPPER_PREFIX.sub("", message) or message or type(exc).__name__
+    if text.startswith("{"):  # the provider's JSON error body, as litellm's own HTTP client passes it on
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return text
+        error = body.get("error", body) if isinstance(body, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
+            return error["message"]
+        if isinstance(error, str) and error:
+            return error
+    return text
 
 
 def _to_llm_error(exc: BaseException, what: str, attempts: int) -> LLMError:

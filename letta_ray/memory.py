@@ -198,7 +198,18 @@ def render_metadata(stats: MemoryStats) -> str:
     )
 
 
+def system_prompt_parts(system: str, blocks: list[Block], stats: MemoryStats,
+                        *, line_numbers: bool = False) -> tuple[str, str]:
+    """The system message in two parts: instructions and core memory, which change only
+    when memory is edited, and the memory metadata, which changes every turn."""
+    return f"{system.rstrip()}\n\n{render_memory(blocks, line_numbers=line_numbers)}", render_metadata(stats)
+
+
 def compile_system_prompt(system: str, blocks: list[Block], stats: MemoryStats,
                           *, line_numbers: bool = False) -> str:
     """The system message: instructions, then core memory, then memory metadata."""
-    return f"{system.rstrip()}\n\n{render_memory(blocks, line_numbers=line_numbers)}\n\n{render_metadata(stats)}"
+    return join_system_prompt(*system_prompt_parts(system, blocks, stats, line_numbers=line_numbers))
+
+
+def join_system_prompt(stable: str, metadata: str) -> str:
+    return f"{stable}\n\n{metadata}"

@@ -175,6 +175,19 @@ async def test_litellm_logs_only_when_a_callback_listens(server: FakeOpenAIServe
 # --------------------------------------------------------------------------- retries
 
 
+async def test_openai_protocol_calls_go_through_litellms_own_http_client(
+        server: FakeOpenAIServer, llm: LiteLLM, monkeypatch: pytest.MonkeyPatch):
+    """Not through the openai SDK underneath litellm (~1 ms of CPU a call more)."""
+    from openai import AsyncOpenAI
+
+    async def no_sdk(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the call went through the openai SDK")
+
+    monkeypatch.setattr(AsyncOpenAI, "post", no_sdk)
+    response = await llm.complete(HELLO, [SEND_MESSAGE_TOOL], server.llm_config())
+    assert response.tool_calls[0].name == "send_message"
+
+
 async def test_rate_limits_are_retried_until_success(server: FakeOpenAIServer, llm: LiteLLM):
     server.fail_next(2, status=429)
     response = await llm.complete(HELLO, [SEND_MESSAGE_TOOL], server.llm_config())
@@ -189,6 +202,7 @@ async def test_bad_request_is_not_retried(server: FakeOpenAIServer, llm: LiteLLM
     error = caught.value
     assert (error.status_code, error.retryable) == (400, False)
     assert "'fake-model'" in str(error) and "tools[0] is malformed" in str(error)
+    assert '"error"' not in str(error)  # the provider's message, not its JSON error body
     assert not isinstance(error, ContextWindowExceededError)
     assert server.request_count == 1
 
@@ -284,6 +298,44 @@ def test_count_tokens_falls_back_to_an_estimate(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(litellm, "token_counter", broken)
     counted = TokenCounter().count([{"role": "user", "content": "x" * 400}], "mystery-model")
     assert 100 <= counted <= 120
+
+
+def test_the_prompt_head_counts_as_its_joined_text_and_its_stable_part_is_counted_once():
+    """The system prompt is counted as its stable part (instructions, core memory) plus the
+    per-turn memory metadata; the sum matches counting the joined prompt, and neither the
+    stable part nor the tool schemas are tokenised again until they change."""
+    from datetime import datetime, timezone
+
+    from letta_ray.context import MessageCache
+    from letta_ray.memory import MemoryStats, join_system_prompt, system_prompt_parts
+    from letta_ray.schemas import Block
+
+    llm = LiteLLM()
+    config = LLMConfig(model="openai/gpt-4o-mini")
+    seen: list[str] = []
+
+    class Recording:
+        def count_tokens(self, messages: list[dict[str, Any]], config: LLMConfig,
+                         tools: list[dict[str, Any]] | None = None) -> int:
+            seen.extend(str(m.get("content")) for m in messages)
+            seen.extend(["<tools>"] if tools else [])
+            return llm.count_tokens(messages, config, tools)
+
+    cache = MessageCache()
+    blocks = [Block(label="human", value="Name: Ada. Likes proofs.\n" * 20), Block(label="persona", value="I am Sam.")]
+    summary = [{"role": "user", "content": "[Summary of 40 earlier messages] They talked about engines."}]
+    for turn in range(6):
+        if turn == 4:  # a memory edit: the stable part changes once
+            blocks[1] = Block(label="persona", value="I am Sam, and I keep notes.")
+        stats = MemoryStats(recall_messages=17 * turn, archival_passages=turn,
+                            last_modified=datetime(2026, 11, 26, 12, turn, tzinfo=timezone.utc))
+        stable, metadata = system_prompt_parts("You are Letta, a helpful agent. " * 40, blocks, stats)
+        head = [{"role": "system", "content": join_system_prompt(stable, metadata)}, *summary]
+        counted = cache.head_tokens(stable, metadata, head[1:], [SEND_MESSAGE_TOOL], Recording(), config)
+        whole = llm.count_tokens(head, config, [SEND_MESSAGE_TOOL])
+        assert abs(counted - whole) <= 2, (turn, counted, whole)
+    assert sum(text.startswith("You are Letta") for text in seen) == 2  # turn 0, and after the edit
+    assert seen.count("<tools>") == 1
 
 
 # --------------------------------------------------------------------------- embeddings
