@@ -28,6 +28,7 @@ os.environ.setdefault("MAX_BASE64_LENGTH_FOR_LOGGING", "0")
 os.environ.setdefault("EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER", "true")
 
 import asyncio
+import contextvars
 import functools
 import hashlib
 import json
@@ -92,6 +93,7 @@ def _lib() -> ModuleType:
                 litellm.disable_hf_tokenizer_download = True
                 for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
                     logging.getLogger(name).setLevel(logging.WARNING)
+                _price_only_when_asked()
                 _litellm = litellm
     return _litellm
 
@@ -474,26 +476,59 @@ def _no_litellm_callbacks() -> bool:
 
 
 async def _unlogged(call: Awaitable[T]) -> T:
-    """Await a litellm call without litellm's success/failure logging, when nobody listens.
+    """Await a litellm call without litellm's logging and pricing, when nobody reads them.
 
-    After every call litellm prices the response and builds a logging payload for its
-    callbacks, then hands it to a background task and a thread: ~1 ms of CPU a call,
-    and the task competes with the next turn for the host's event loop. With no
-    callback configured (the default) nothing reads it, so the call runs as litellm runs
-    its own internal calls, which skip that step. Register a litellm callback (e.g.
-    ``litellm.success_callback = ["langfuse"]``) and logging runs as usual.
+    After every call litellm prices the response (~0.5-1 ms of CPU: its cost map, tiered
+    prices, a zero-cost diagnosis for free models) and builds a logging payload for its
+    callbacks, then hands that to a background task and a thread (~1 ms more, competing
+    with the next turn for the host's event loop). letta_ray reads neither. With no
+    litellm callback or budget configured (the default), the call runs as litellm runs
+    its own internal calls, which skip the logging, and is not priced. Register a
+    litellm callback (e.g. ``litellm.success_callback = ["langfuse"]``) or set
+    ``litellm.max_budget`` and both run as usual.
     """
+    if not _no_litellm_callbacks():
+        return await call
     try:
         from litellm._internal_context import is_internal_call
     except ImportError:  # another litellm layout: log as litellm always does
-        return await call
-    if not _no_litellm_callbacks():
-        return await call
-    token = is_internal_call.set(True)
+        is_internal_call = None
+    internal = is_internal_call.set(True) if is_internal_call is not None else None
+    unpriced = _unpriced.set(True)
     try:
         return await call
     finally:
-        is_internal_call.reset(token)
+        _unpriced.reset(unpriced)
+        if internal is not None:
+            is_internal_call.reset(internal)
+
+
+_unpriced: contextvars.ContextVar[bool] = contextvars.ContextVar("letta_ray_unpriced", default=False)
+
+
+def _price_only_when_asked() -> None:
+    """Make litellm's response pricing a no-op inside ``_unlogged`` calls.
+
+    litellm has no switch for it, so its ``Logging.response_cost_calculator`` is wrapped
+    once; outside ``_unlogged`` (anyone else's litellm call in the process, or ours once
+    a callback listens) it runs unchanged. On a litellm without that method, nothing is
+    wrapped and responses are priced as usual."""
+    try:
+        from litellm.litellm_core_utils.litellm_logging import Logging
+    except ImportError:
+        return
+    original = getattr(Logging, "response_cost_calculator", None)
+    if original is None or getattr(original, "_letta_ray_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def response_cost_calculator(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if _unpriced.get():
+            return None
+        return original(self, *args, **kwargs)
+
+    response_cost_calculator._letta_ray_wrapped = True  # type: ignore[attr-defined]
+    Logging.response_cost_calculator = response_cost_calculator
 
 
 _described: set[str] = set()

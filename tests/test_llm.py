@@ -132,26 +132,34 @@ async def test_a_model_only_the_endpoint_knows_is_described_to_litellm_once(serv
     assert known["input_cost_per_token"] > 0
 
 
-async def test_litellm_logs_only_when_a_callback_listens(server: FakeOpenAIServer, llm: LiteLLM,
-                                                         monkeypatch: pytest.MonkeyPatch):
-    """With no litellm callback configured, the post-call logging work is skipped; a user
-    who registers one (langfuse, a CustomLogger...) still gets every call."""
+async def test_litellm_logs_and_prices_only_when_a_callback_listens(server: FakeOpenAIServer, llm: LiteLLM,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    """With no litellm callback configured, the post-call logging and pricing work is
+    skipped; a user who registers one (langfuse, a CustomLogger...) still gets every
+    call, priced."""
     import litellm
     from litellm.integrations.custom_logger import CustomLogger
     from litellm.litellm_core_utils.litellm_logging import Logging
 
     handled: list[str] = []
+    priced: list[Any] = []
     original = Logging.async_success_handler
+    original_price = litellm.response_cost_calculator
 
     async def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
         handled.append(self.model)
         return await original(self, *args, **kwargs)
 
+    def pricing(*args: Any, **kwargs: Any) -> Any:
+        priced.append(kwargs.get("model"))
+        return original_price(*args, **kwargs)
+
     monkeypatch.setattr(Logging, "async_success_handler", counting)
+    monkeypatch.setattr(litellm, "response_cost_calculator", pricing)
 
     await llm.complete(HELLO, [], server.llm_config())
     await asyncio.sleep(0.2)
-    assert handled == []
+    assert handled == [] and priced == []
 
     class Recorder(CustomLogger):
         def __init__(self) -> None:
@@ -168,7 +176,7 @@ async def test_litellm_logs_only_when_a_callback_listens(server: FakeOpenAIServe
         if recorder.events:
             break
         await asyncio.sleep(0.05)
-    assert handled and len(recorder.events) == 1
+    assert handled and len(recorder.events) == 1 and priced
     assert recorder.events[0].choices[0].message.content == response.content
 
 
