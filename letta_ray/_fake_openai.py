@@ -45,15 +45,15 @@ _CONTEXT_LENGTH_MESSAGE = (
 )
 
 
-def _as_llm(responder: Any) -> LLM:
+def _as_llm(responder: Any, keep_history: int | None) -> LLM:
     if responder is None:
-        return FunctionLLM(echo_responder)
+        return FunctionLLM(echo_responder, keep_history=keep_history)
     if hasattr(responder, "complete"):
         return responder
     if isinstance(responder, list | tuple):
         return ScriptedLLM(responder)
     if callable(responder):
-        return FunctionLLM(responder)
+        return FunctionLLM(responder, keep_history=keep_history)
     raise TypeError(
         "FakeOpenAIServer responder must be an LLM (FunctionLLM, ScriptedLLM, ...), a "
         f"fn(messages, info) or a list of scripted responses, got {type(responder).__name__}"
@@ -104,7 +104,9 @@ class FakeOpenAIServer:
         keep_requests: int | None = 10_000,
         port: int = 0,
     ) -> None:
-        self.llm: LLM = _as_llm(responder)
+        # The LLM it builds keeps as many calls as the server keeps requests: a server
+        # answering a long benchmark must not hold a copy of every prompt it was sent.
+        self.llm: LLM = _as_llm(responder, keep_requests)
         self.model = model
         self.embedding_dim = embedding_dim
         self.latency_s = latency_s

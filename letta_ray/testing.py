@@ -169,16 +169,31 @@ class _FakeLLM:
     """Shared machinery: history, token counting and turning shorthands into responses."""
 
     def __init__(
-        self, *, tokens_per_char: float = 0.25, counter: TokenCounter | None = None, model: str = "fake-model"
+        self, *, tokens_per_char: float = 0.25, counter: TokenCounter | None = None, model: str = "fake-model",
+        keep_history: int | None = None,
     ) -> None:
+        """``keep_history`` caps ``history`` to the newest calls (``None``: all of them), for
+        a fake that serves a long run: each call holds a copy of its messages."""
         self.tokens_per_char = tokens_per_char
         self.counter = counter
         self.model = model
+        self.keep_history = keep_history
         self.history: list[LLMCall] = []
+        self._calls = 0
 
     @property
     def calls(self) -> int:
-        return len(self.history)
+        return self._calls
+
+    def _record(self, call: LLMCall) -> None:
+        self._calls += 1
+        keep = self.keep_history
+        if keep is None:
+            self.history.append(call)
+        elif keep > 0:
+            self.history.append(call)
+            if len(self.history) >= 2 * keep:
+                del self.history[:-keep]
 
     @property
     def last(self) -> LLMCall:
@@ -202,8 +217,8 @@ class _FakeLLM:
         tool_choice: str | dict[str, Any] | None = None,
     ) -> LLMResponse:
         call = LLMCall([dict(m) for m in messages], list(tools or []), config, tool_choice)
-        info = CallInfo(call.tools, config, tool_choice, len(self.history))
-        self.history.append(call)
+        info = CallInfo(call.tools, config, tool_choice, self._calls)
+        self._record(call)
         try:
             value = await self._next(call.messages, info)
             call.response = self._to_response(value, messages, tools, config)
@@ -272,8 +287,9 @@ class FunctionLLM(_FakeLLM):
         tokens_per_char: float = 0.25,
         counter: TokenCounter | None = None,
         model: str = "fake-model",
+        keep_history: int | None = None,
     ) -> None:
-        super().__init__(tokens_per_char=tokens_per_char, counter=counter, model=model)
+        super().__init__(tokens_per_char=tokens_per_char, counter=counter, model=model, keep_history=keep_history)
         self.fn = fn
 
     async def _next(self, messages: list[dict[str, Any]], info: CallInfo) -> Response:

@@ -319,3 +319,25 @@ async def test_server_handles_hundreds_of_concurrent_requests(server: FakeOpenAI
         responses = await asyncio.gather(*(client.post("/chat/completions", json=body) for _ in range(300)))
     assert {r.status_code for r in responses} == {200}
     assert server.request_count == 300
+
+
+def test_a_long_running_server_keeps_only_its_newest_calls():
+    """A server answering a long benchmark must not hold a copy of every prompt it got."""
+    with FakeOpenAIServer(keep_requests=3) as server:
+        replies = [_chat(server, f"hi {i}").json() for i in range(10)]
+        assert server.request_count == 10 and server.llm.calls == 10
+        assert 3 <= len(server.llm.history) < 6 and len(server.requests) == 3
+        assert server.llm.last.messages[-1]["content"] == "hi 9"
+    assert "You said: hi 9" in json.dumps(replies[-1])
+    with FakeOpenAIServer(keep_requests=0) as server:
+        assert _chat(server, "hi").status_code == 200
+        assert server.llm.calls == 1 and server.llm.history == []
+
+
+async def test_fake_llm_history_can_be_capped():
+    llm = FunctionLLM(lambda messages, info: f"answer {info.index}", keep_history=2)
+    for i in range(7):
+        response = await llm.complete([{"role": "user", "content": f"q{i}"}], [], LLMConfig(model="fake-model"))
+        assert response.content == f"answer {i}"  # the call index counts every call, kept or not
+    assert llm.calls == 7 and [c.messages[0]["content"] for c in llm.history][-2:] == ["q5", "q6"]
+    assert len(llm.history) < 4
