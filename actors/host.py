@@ -113,7 +113,11 @@ class AgentHost:
         self._loading: dict[str, asyncio.Task[_Hosted]] = {}
         self._custom_tools: dict[str, ToolFunction | None] = {}
         self._background: set[asyncio.Future[None]] = set()
+        self._llm_http_handler = False
         if llm is None:  # import litellm (~4 s) now, off the event loop, not in the first turn
+            from letta_ray.llm import use_litellm_http_handler
+
+            self._llm_http_handler = use_litellm_http_handler()
             threading.Thread(target=_warm_litellm, name="litellm-import", daemon=True).start()
 
     @property
@@ -467,7 +471,8 @@ class AgentHost:
 
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         return {"host_id": self.host_id, "pid": os.getpid(), "node_id": node, "agents": len(self.agents),
-                "busy": sum(1 for h in self.agents.values() if h.lock.locked())}
+                "busy": sum(1 for h in self.agents.values() if h.lock.locked()),
+                "llm_http_handler": "litellm" if self._llm_http_handler else "openai-sdk"}
 
     async def set_llm_limits(self, version: int, limits: dict[str, LLMLimit]) -> None:
         """The directory's push of the cluster's new LLM limits."""

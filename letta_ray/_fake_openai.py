@@ -51,7 +51,7 @@ def _as_llm(responder: Any, keep_history: int | None) -> LLM:
     if hasattr(responder, "complete"):
         return responder
     if isinstance(responder, list | tuple):
-        return ScriptedLLM(responder)
+        return ScriptedLLM(responder, keep_history=keep_history)
     if callable(responder):
         return FunctionLLM(responder, keep_history=keep_history)
     raise TypeError(

@@ -53,9 +53,9 @@ class MessageCache:
     def __init__(self) -> None:
         self._openai: dict[str, dict[str, Any]] = {}
         self._tokens: dict[tuple[str, str], int] = {}
-        # The last stable system prompt and tool schemas counted: (model, value, tokens).
-        self._stable: tuple[str, str, int] | None = None
-        self._tools: tuple[str, list[dict[str, Any]], int] | None = None
+        # The last stable system prompt and tool schemas counted: ((llm, model), value, tokens).
+        self._stable: tuple[tuple[LLM, str], str, int] | None = None
+        self._tools: tuple[tuple[LLM, str], list[dict[str, Any]], int] | None = None
 
     def openai(self, message: Message) -> dict[str, Any]:
         cached = self._openai.get(message.id)
@@ -93,12 +93,12 @@ class MessageCache:
         the joined text by a token at the seam, well inside what a context-window
         estimate needs.
         """
-        model = config.model
-        if self._stable is None or self._stable[0] != model or self._stable[1] != stable:
-            self._stable = (model, stable, llm.count_tokens([{"role": "system", "content": stable}], config))
-        if self._tools is None or self._tools[0] != model or self._tools[1] != tools:
+        counter = (llm, config.model)
+        if self._stable is None or self._stable[0] != counter or self._stable[1] != stable:
+            self._stable = (counter, stable, llm.count_tokens([{"role": "system", "content": stable}], config))
+        if self._tools is None or self._tools[0] != counter or self._tools[1] != tools:
             counted = llm.count_tokens([], config, tools) - self._base(llm, config) if tools else 0
-            self._tools = (model, list(tools), counted)
+            self._tools = (counter, list(tools), counted)
         base = self._base(llm, config)
         # The metadata as a message of its own, less that message's framing.
         metadata_tokens = max(0, llm.count_tokens([{"role": "system", "content": "\n\n" + metadata}], config)

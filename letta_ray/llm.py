@@ -20,12 +20,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # litellm scans every message of every request for base64 images to truncate in its
 # logs; on a long agent context that costs more than the request. We log no payloads.
 os.environ.setdefault("MAX_BASE64_LENGTH_FOR_LOGGING", "0")
-# OpenAI-protocol requests (OpenAI itself, and every OpenAI-compatible endpoint) go
-# through litellm's own HTTP handler rather than the openai SDK: the same request and
-# response without the SDK's request building and typed parsing underneath litellm's,
-# ~1 ms less CPU per call (a fifth of litellm's share of a turn). Set the variable to
-# false before letta_ray is imported to keep the SDK path.
-os.environ.setdefault("EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER", "true")
 
 import asyncio
 import contextvars
@@ -136,6 +130,34 @@ def _route(model: str, api_base: str | None, api_key: str | None) -> dict[str, A
     return kwargs
 
 
+# litellm reads it on every OpenAI-protocol call: "true" sends the request through
+# litellm's own HTTP handler, otherwise through the openai SDK underneath litellm.
+HTTP_HANDLER_ENV = "EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER"
+# The openai SDK sends these as OpenAI-Organization / OpenAI-Project headers; litellm's
+# own handler does not.
+_OPENAI_ACCOUNT_ENV = ("OPENAI_ORGANIZATION", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID")
+
+
+def use_litellm_http_handler() -> bool:
+    """Send this process's OpenAI-protocol calls through litellm's own HTTP handler.
+
+    For the processes letta_ray owns (agent hosts), where the only litellm calls are its
+    own: the same request and response without the openai SDK's request building and
+    typed parsing underneath litellm's, ~1 ms less CPU per call, a fifth of litellm's
+    share of a turn. litellm reads the switch per call from the environment, so it is
+    process-wide: a driver script that imports letta_ray keeps litellm's default for
+    its own calls. Left alone when the variable is already set (``false`` keeps the SDK
+    path) and when an OpenAI organisation or project is set in the environment, which
+    only the SDK path sends. Returns whether the handler is in use.
+    """
+    value = os.environ.get(HTTP_HANDLER_ENV)
+    if value is None:
+        if any(os.environ.get(name) for name in _OPENAI_ACCOUNT_ENV):
+            return False
+        value = os.environ[HTTP_HANDLER_ENV] = "true"
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
 # --------------------------------------------------------------------------- errors
 
 
@@ -213,8 +235,8 @@ def _provider_message(exc: BaseException) -> str:
         except ValueError:
             return text
         error = body.get("error", body) if isinstance(body, dict) else None
-        if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
-            return error["message"]
+        if isinstance(error, dict):  # OpenAI's {"error": {"message"}}, or FastAPI's {"detail"} (vLLM, proxies)
+            error = error.get("message") or error.get("detail")
         if isinstance(error, str) and error:
             return error
     return text

@@ -172,8 +172,10 @@ class _FakeLLM:
         self, *, tokens_per_char: float = 0.25, counter: TokenCounter | None = None, model: str = "fake-model",
         keep_history: int | None = None,
     ) -> None:
-        """``keep_history`` caps ``history`` to the newest calls (``None``: all of them), for
-        a fake that serves a long run: each call holds a copy of its messages."""
+        """``keep_history`` bounds ``history`` for a fake that serves a long run (each call
+        holds a copy of its messages): it keeps the newest ``keep_history`` calls at
+        least and fewer than twice that (it is trimmed in batches); ``0`` keeps none,
+        ``None`` (the default) all. ``calls`` counts every call either way."""
         self.tokens_per_char = tokens_per_char
         self.counter = counter
         self.model = model
@@ -198,6 +200,9 @@ class _FakeLLM:
     @property
     def last(self) -> LLMCall:
         if not self.history:
+            if self._calls:
+                raise AssertionError(f"{type(self).__name__} keeps no history (keep_history=0); "
+                                     f"it was called {self._calls} times")
             raise AssertionError(f"{type(self).__name__} was never called")
         return self.history[-1]
 
@@ -319,8 +324,9 @@ class ScriptedLLM(_FakeLLM):
         tokens_per_char: float = 0.25,
         counter: TokenCounter | None = None,
         model: str = "fake-model",
+        keep_history: int | None = None,
     ) -> None:
-        super().__init__(tokens_per_char=tokens_per_char, counter=counter, model=model)
+        super().__init__(tokens_per_char=tokens_per_char, counter=counter, model=model, keep_history=keep_history)
         self._script: deque[ScriptItem] = deque(responses)
         self._scripted = len(self._script)
 

@@ -154,6 +154,15 @@ def _host_pid(client: Any, agent_id: str) -> int:
     return ray.get(host.info.remote())["pid"]
 
 
+def test_hosts_send_llm_calls_through_litellms_own_http_client(client: Any, fake_llm_server: Any) -> None:
+    import ray
+
+    agent = new_agent(client, fake_llm_server)
+    assert agent.send("hi").assistant_text() == "You said: hi"
+    _, host = client._run(client._locate(agent.id))
+    assert ray.get(host.info.remote())["llm_http_handler"] == "litellm"
+
+
 def test_kill_9_of_a_host_then_the_agent_answers_with_memory_intact(client: Any, fake_llm_server: Any) -> None:
     agent = new_agent(client, fake_llm_server)
     agent.send("remember has a cat named Miso")

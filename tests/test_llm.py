@@ -183,17 +183,44 @@ async def test_litellm_logs_and_prices_only_when_a_callback_listens(server: Fake
 # --------------------------------------------------------------------------- retries
 
 
-async def test_openai_protocol_calls_go_through_litellms_own_http_client(
-        server: FakeOpenAIServer, llm: LiteLLM, monkeypatch: pytest.MonkeyPatch):
-    """Not through the openai SDK underneath litellm (~1 ms of CPU a call more)."""
+@pytest.mark.parametrize("switch", ["true", "false"])
+async def test_litellms_own_http_client_or_the_openai_sdk_carries_the_call(
+        server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, switch: str):
+    """With the switch on (what hosts use), not through the openai SDK underneath litellm
+    (~1 ms of CPU a call more); with it off, through the SDK as litellm does by default."""
     from openai import AsyncOpenAI
 
-    async def no_sdk(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("the call went through the openai SDK")
+    from letta_ray.llm import HTTP_HANDLER_ENV
 
-    monkeypatch.setattr(AsyncOpenAI, "post", no_sdk)
-    response = await llm.complete(HELLO, [SEND_MESSAGE_TOOL], server.llm_config())
+    sdk_requests: list[Any] = []
+    original = AsyncOpenAI.request
+
+    async def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
+        sdk_requests.append(args)
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncOpenAI, "request", recording)
+    monkeypatch.setenv(HTTP_HANDLER_ENV, switch)
+    response = await LiteLLM(max_retries=0).complete(HELLO, [SEND_MESSAGE_TOOL], server.llm_config())
     assert response.tool_calls[0].name == "send_message"
+    assert server.request_count == 1
+    assert len(sdk_requests) == (0 if switch == "true" else 1)
+
+
+def test_hosts_switch_to_litellms_http_client_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch):
+    import os
+
+    from letta_ray.llm import HTTP_HANDLER_ENV, use_litellm_http_handler
+
+    for name in (HTTP_HANDLER_ENV, "OPENAI_ORGANIZATION", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert use_litellm_http_handler() and os.environ[HTTP_HANDLER_ENV] == "true"
+    monkeypatch.setenv(HTTP_HANDLER_ENV, "false")  # the user's choice stands
+    assert not use_litellm_http_handler() and os.environ[HTTP_HANDLER_ENV] == "false"
+    # An OpenAI organisation or project set in the environment only reaches OpenAI through the SDK.
+    monkeypatch.delenv(HTTP_HANDLER_ENV)
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-123")
+    assert not use_litellm_http_handler() and HTTP_HANDLER_ENV not in os.environ
 
 
 async def test_rate_limits_are_retried_until_success(server: FakeOpenAIServer, llm: LiteLLM):
@@ -213,6 +240,19 @@ async def test_bad_request_is_not_retried(server: FakeOpenAIServer, llm: LiteLLM
     assert '"error"' not in str(error)  # the provider's message, not its JSON error body
     assert not isinstance(error, ContextWindowExceededError)
     assert server.request_count == 1
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ('litellm.BadRequestError: OpenAIException - {"error": {"message": "bad tools", "type": "x"}}', "bad tools"),
+    ('litellm.BadRequestError: OpenAIException - {"detail": "model not loaded"}', "model not loaded"),
+    ("litellm.BadRequestError: OpenAIException - plain words", "plain words"),
+    ('litellm.BadRequestError: OpenAIException - {"error": {"message": ""}}', '{"error": {"message": ""}}'),
+    ("litellm.BadRequestError: OpenAIException - {not json", "{not json"),
+])
+def test_the_providers_own_words_are_shown_not_its_json_body(text: str, shown: str):
+    from letta_ray.llm import _provider_message
+
+    assert _provider_message(RuntimeError(text)) == shown
 
 
 async def test_persistent_server_error_gives_up_after_max_retries(server: FakeOpenAIServer):
@@ -330,20 +370,28 @@ def test_the_prompt_head_counts_as_its_joined_text_and_its_stable_part_is_counte
             return llm.count_tokens(messages, config, tools)
 
     cache = MessageCache()
+    recording = Recording()
     blocks = [Block(label="human", value="Name: Ada. Likes proofs.\n" * 20), Block(label="persona", value="I am Sam.")]
     summary = [{"role": "user", "content": "[Summary of 40 earlier messages] They talked about engines."}]
-    for turn in range(6):
+    tools = [SEND_MESSAGE_TOOL]
+    for turn in range(9):
         if turn == 4:  # a memory edit: the stable part changes once
             blocks[1] = Block(label="persona", value="I am Sam, and I keep notes.")
+        if turn == 6:  # a tool attached: the schemas are counted again
+            tools = [SEND_MESSAGE_TOOL, {**SEND_MESSAGE_TOOL, "function": {**SEND_MESSAGE_TOOL["function"],
+                                                                           "name": "note_down"}}]
+        if turn == 8:  # another model: both are counted again, with its tokenizer
+            config = LLMConfig(model="anthropic/claude-3-5-haiku-latest")
         stats = MemoryStats(recall_messages=17 * turn, archival_passages=turn,
                             last_modified=datetime(2026, 11, 26, 12, turn, tzinfo=timezone.utc))
         stable, metadata = system_prompt_parts("You are Letta, a helpful agent. " * 40, blocks, stats)
         head = [{"role": "system", "content": join_system_prompt(stable, metadata)}, *summary]
-        counted = cache.head_tokens(stable, metadata, head[1:], [SEND_MESSAGE_TOOL], Recording(), config)
-        whole = llm.count_tokens(head, config, [SEND_MESSAGE_TOOL])
+        counted = cache.head_tokens(stable, metadata, head[1:], tools, recording, config)
+        whole = llm.count_tokens(head, config, tools)
         assert abs(counted - whole) <= 2, (turn, counted, whole)
-    assert sum(text.startswith("You are Letta") for text in seen) == 2  # turn 0, and after the edit
-    assert seen.count("<tools>") == 1
+    # turn 0, after the edit, for the other model
+    assert sum(text.startswith("You are Letta") for text in seen) == 3
+    assert seen.count("<tools>") == 3  # turn 0, the new tool, the other model
 
 
 # --------------------------------------------------------------------------- embeddings

@@ -332,6 +332,11 @@ def test_a_long_running_server_keeps_only_its_newest_calls():
     with FakeOpenAIServer(keep_requests=0) as server:
         assert _chat(server, "hi").status_code == 200
         assert server.llm.calls == 1 and server.llm.history == []
+        with pytest.raises(AssertionError, match="keeps no history"):
+            server.llm.last
+    with FakeOpenAIServer([reply("one"), reply("two"), reply("three")], keep_requests=1) as server:
+        assert [_chat(server, "hi").status_code for _ in range(3)] == [200, 200, 200]
+        assert server.llm.calls == 3 and len(server.llm.history) == 1
 
 
 async def test_fake_llm_history_can_be_capped():
