@@ -221,7 +221,9 @@ class _FakeLLM:
         *,
         tool_choice: str | dict[str, Any] | None = None,
     ) -> LLMResponse:
-        call = LLMCall([dict(m) for m in messages], list(tools or []), config, tool_choice)
+        # History keeps a snapshot of what it was given; a fake keeping none needs no copy.
+        given = [dict(m) for m in messages] if self.keep_history != 0 else messages
+        call = LLMCall(given, list(tools or []), config, tool_choice)
         info = CallInfo(call.tools, config, tool_choice, self._calls)
         self._record(call)
         try:
