@@ -329,7 +329,8 @@ def _chat(out: Console, handle: AgentHandle, messages: list[str]) -> int:
 
 def _start_local_model(out: Console, settings: Settings) -> str:
     """Serve the bundled local model on this process's Ray (127.0.0.1, a free port); its URL."""
-    from letta_ray.serve.local_model import free_port, start_local_model
+    from letta_ray.serve.deployment import free_port
+    from letta_ray.serve.local_model import start_local_model
 
     with out.status("loading the local model on Ray Serve…") if out.is_terminal else _no_status():
         return start_local_model(settings, host="127.0.0.1", port=free_port(settings.http_port))

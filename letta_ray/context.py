@@ -52,7 +52,9 @@ class MessageCache:
 
     def __init__(self) -> None:
         self._openai: dict[str, dict[str, Any]] = {}
-        self._tokens: dict[tuple[str, str], int] = {}
+        self._tokens: dict[tuple[str, str], int] = {}  # (message id, model)
+        # Per model: the tokens of an empty request, and what a message adds beyond its content.
+        self._overhead: dict[tuple[str, str], int] = {}
         # The last stable system prompt and tool schemas counted: ((llm, model), value, tokens).
         self._stable: tuple[tuple[LLM, str], str, int] | None = None
         self._tools: tuple[tuple[LLM, str], list[dict[str, Any]], int] | None = None
@@ -75,10 +77,10 @@ class MessageCache:
 
     def _base(self, llm: LLM, config: LLMConfig) -> int:
         """Tokens of an empty request (its fixed overhead)."""
-        base_key = ("", config.model)
-        base = self._tokens.get(base_key)
+        key = ("base", config.model)
+        base = self._overhead.get(key)
         if base is None:
-            base = self._tokens[base_key] = llm.count_tokens([], config)
+            base = self._overhead[key] = llm.count_tokens([], config)
         return base
 
     def head_tokens(self, stable: str, metadata: str, extra: list[dict[str, Any]],
@@ -94,12 +96,12 @@ class MessageCache:
         estimate needs.
         """
         counter = (llm, config.model)
+        base = self._base(llm, config)
         if self._stable is None or self._stable[0] != counter or self._stable[1] != stable:
             self._stable = (counter, stable, llm.count_tokens([{"role": "system", "content": stable}], config))
         if self._tools is None or self._tools[0] != counter or self._tools[1] != tools:
-            counted = llm.count_tokens([], config, tools) - self._base(llm, config) if tools else 0
+            counted = llm.count_tokens([], config, tools) - base if tools else 0
             self._tools = (counter, list(tools), counted)
-        base = self._base(llm, config)
         # The metadata as a message of its own, less that message's framing.
         metadata_tokens = max(0, llm.count_tokens([{"role": "system", "content": "\n\n" + metadata}], config)
                               - base - self._framing(llm, config))
@@ -108,18 +110,18 @@ class MessageCache:
 
     def _framing(self, llm: LLM, config: LLMConfig) -> int:
         """Tokens a message adds beyond its content (role and separators)."""
-        key = ("<framing>", config.model)
-        framing = self._tokens.get(key)
+        key = ("framing", config.model)
+        framing = self._overhead.get(key)
         if framing is None:
             empty = llm.count_tokens([{"role": "system", "content": ""}], config) - self._base(llm, config)
-            framing = self._tokens[key] = max(0, empty)
+            framing = self._overhead[key] = max(0, empty)
         return framing
 
     def retain(self, keep: list[Message]) -> None:
         """Forget messages that left the context."""
         ids = {m.id for m in keep}
         self._openai = {k: v for k, v in self._openai.items() if k in ids}
-        self._tokens = {k: v for k, v in self._tokens.items() if k[0] in ids or k[0] in ("", "<framing>")}
+        self._tokens = {k: v for k, v in self._tokens.items() if k[0] in ids}
 
 
 def compile_context(

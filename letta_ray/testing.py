@@ -187,15 +187,18 @@ class _FakeLLM:
     def calls(self) -> int:
         return self._calls
 
+    @property
+    def _keeps_history(self) -> bool:
+        return self.keep_history is None or self.keep_history > 0
+
     def _record(self, call: LLMCall) -> None:
         self._calls += 1
+        if not self._keeps_history:
+            return
+        self.history.append(call)
         keep = self.keep_history
-        if keep is None:
-            self.history.append(call)
-        elif keep > 0:
-            self.history.append(call)
-            if len(self.history) >= 2 * keep:
-                del self.history[:-keep]
+        if keep is not None and len(self.history) >= 2 * keep:
+            del self.history[:-keep]
 
     @property
     def last(self) -> LLMCall:
@@ -222,7 +225,7 @@ class _FakeLLM:
         tool_choice: str | dict[str, Any] | None = None,
     ) -> LLMResponse:
         # History keeps a snapshot of what it was given; a fake keeping none needs no copy.
-        given = [dict(m) for m in messages] if self.keep_history != 0 else messages
+        given = [dict(m) for m in messages] if self._keeps_history else messages
         call = LLMCall(given, list(tools or []), config, tool_choice)
         info = CallInfo(call.tools, config, tool_choice, self._calls)
         self._record(call)

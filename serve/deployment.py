@@ -144,10 +144,16 @@ def direct_ingress_env(port: int) -> dict[str, str]:
             "RAY_SERVE_PORT_QUARANTINE_S": "0"}
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_port(preferred: int = 0, host: str = "127.0.0.1") -> int:
+    """``preferred`` if nothing listens on it on ``host``, else a free port there."""
+    for candidate in dict.fromkeys((preferred, 0)):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            try:
+                sock.bind((host, candidate))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError(f"no free port on {host}")
 
 
 def _reuse_address_for_direct_ingress() -> None:
@@ -191,7 +197,7 @@ def start_serve(host: str, port: int, *, direct_ingress: bool = False) -> None:
         _direct_ingress_started = port if direct_ingress else None
     if direct_ingress:
         env |= direct_ingress_env(port)
-        port = _free_port(host if host not in ("0.0.0.0", "::") else "127.0.0.1")
+        port = free_port(host=host)
     serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": False},
                 controller_options={"runtime_env": {"env_vars": env}})
 

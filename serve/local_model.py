@@ -14,7 +14,6 @@ import ipaddress
 import json
 import logging
 import os
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -128,18 +127,6 @@ def loopback_url(host: str, port: int) -> str:
         wildcard = False
     reach = "127.0.0.1" if wildcard or _is_loopback(host) else host
     return f"http://{reach}:{port}{ROUTE_PREFIX}/v1"
-
-
-def free_port(preferred: int) -> int:
-    """``preferred`` if nothing listens on it on 127.0.0.1, else a free port."""
-    for candidate in (preferred, 0):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", candidate))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise OSError("no free port on 127.0.0.1")
 
 
 def start_local_model(settings: Settings, *, host: str | None = None, port: int | None = None) -> str:

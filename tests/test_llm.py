@@ -352,7 +352,7 @@ def test_the_prompt_head_counts_as_its_joined_text_and_its_stable_part_is_counte
     """The system prompt is counted as its stable part (instructions, core memory) plus the
     per-turn memory metadata; the sum matches counting the joined prompt, and neither the
     stable part nor the tool schemas are tokenised again until they change."""
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     from letta_ray.context import MessageCache
     from letta_ray.memory import MemoryStats, join_system_prompt, system_prompt_parts
@@ -383,7 +383,7 @@ def test_the_prompt_head_counts_as_its_joined_text_and_its_stable_part_is_counte
         if turn == 8:  # another model: both are counted again, with its tokenizer
             config = LLMConfig(model="anthropic/claude-3-5-haiku-latest")
         stats = MemoryStats(recall_messages=17 * turn, archival_passages=turn,
-                            last_modified=datetime(2026, 11, 26, 12, turn, tzinfo=timezone.utc))
+                            last_modified=datetime(2026, 11, 26, 12, turn, tzinfo=UTC))
         stable, metadata = system_prompt_parts("You are Letta, a helpful agent. " * 40, blocks, stats)
         head = [{"role": "system", "content": join_system_prompt(stable, metadata)}, *summary]
         counted = cache.head_tokens(stable, metadata, head[1:], tools, recording, config)

@@ -271,7 +271,8 @@ def test_with_an_api_token_other_machines_need_it_and_loopback_callers_do_not() 
 
 
 def test_the_model_url_is_loopback_when_serve_listens_on_every_interface() -> None:
-    from letta_ray.serve.local_model import free_port, loopback_url
+    from letta_ray.serve.deployment import free_port
+    from letta_ray.serve.local_model import loopback_url
 
     assert loopback_url("0.0.0.0", 8283) == "http://127.0.0.1:8283/local-llm/v1"
     assert loopback_url("127.0.0.1", 9) == "http://127.0.0.1:9/local-llm/v1"
@@ -338,7 +339,8 @@ def test_without_tools_it_answers_in_text(local_model: Any) -> None:
 def served_model(ray_session: Any) -> Any:
     from ray import serve
 
-    from letta_ray.serve.local_model import free_port, start_local_model
+    from letta_ray.serve.deployment import free_port
+    from letta_ray.serve.local_model import start_local_model
 
     url = start_local_model(Settings(), host="127.0.0.1", port=free_port(18283))
     yield url

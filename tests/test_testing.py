@@ -333,7 +333,7 @@ def test_a_long_running_server_keeps_only_its_newest_calls():
         assert _chat(server, "hi").status_code == 200
         assert server.llm.calls == 1 and server.llm.history == []
         with pytest.raises(AssertionError, match="keeps no history"):
-            server.llm.last
+            _ = server.llm.last
     with FakeOpenAIServer([reply("one"), reply("two"), reply("three")], keep_requests=1) as server:
         assert [_chat(server, "hi").status_code for _ in range(3)] == [200, 200, 200]
         assert server.llm.calls == 3 and len(server.llm.history) == 1
