@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -37,12 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_seconds, percentile, process_name, session_pids, spawned_fake_server
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 AGENTS = 32
@@ -153,7 +146,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import letta_ray
-    from letta_ray.serve.deployment import start_http
+    from letta_ray.serve.deployment import free_port, start_http
 
     with spawned_fake_server() as fake_url, tempfile.TemporaryDirectory() as home:
         client = letta_ray.connect(home=home)

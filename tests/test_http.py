@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,15 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
+from letta_ray.serve.deployment import free_port
+
 pytestmark = pytest.mark.ray
 
 letta_client = pytest.importorskip("letta_client")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +31,7 @@ def base_url(client: Any) -> Any:
 
     from letta_ray.serve.deployment import start_http
 
-    url = start_http(client.settings, host="127.0.0.1", port=_free_port())
+    url = start_http(client.settings, host="127.0.0.1", port=free_port())
     yield url
     serve.shutdown()
 
@@ -392,7 +387,7 @@ def test_bearer_token_is_required_when_configured(client: Any) -> None:
 
 
 def test_letta_ray_serve_command_serves_until_terminated(tmp_path: Any) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "LETTA_RAY_HOME": str(tmp_path / "home")}
     log = tmp_path / "serve.log"
     command = [sys.executable, "-c", "from letta_ray.cli import app; app()", "serve", "--port", str(port)]
