@@ -111,7 +111,7 @@ class Journal:
             self._file.close()
 
 
-class GroupCommit:
+class JournalWriter:
     """Writes records to a journal off the event loop; the records that arrive while one
     write is under way share the next fsync. ``write`` returns once its record is durable.
 

@@ -1,22 +1,20 @@
 """The Python driver API: ``letta_ray.connect()``, ``Client`` and ``AgentHandle``.
 
 Every operation is written once, as a coroutine (``*_async``); the plain method runs
-it on a private event-loop thread, so the sync API works from scripts, notebooks and
+it on the client's event-loop thread, so the sync API works from scripts, notebooks and
 threads alike. Callers hold handles and never see hosts: when a host dies under a
-call, the directory re-places the agent and the call is retried once.
+call, the directory re-places the agent and the call is made again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import threading
 from collections.abc import AsyncIterator, Coroutine
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from letta_ray.base_tools import BASE_TOOLS, DEFAULT_SYSTEM_PROMPTS, DEFAULT_TOOLS
 from letta_ray.errors import InvalidInputError, NotFoundError
@@ -36,41 +34,18 @@ from letta_ray.schemas import (
 from letta_ray.settings import Settings
 from letta_ray.tools import build_tool, tool_from_source
 
-from ._proxy import await_ref
+from ._loop import EventLoopThread
+from .groups_api import GroupsAPI
 from .handles import AgentHandle, ArchivalView, BlocksView
-from .host import TurnResult
+from .host import SLEEPTIME_AGENT, SLEEPTIME_FREQUENCY, HostHandle, TurnResult
+from .hosts import HOST_GONE, Connection, Hosts
 from .limits import parse_limits
-from .runtime import Deployment, init_ray, start_deployment, stop_deployment
-
-if TYPE_CHECKING:
-    from .groups import GroupsAPI
+from .runtime import Runtime, init_ray, start_runtime, stop_runtime
+from .scheduler import Schedule
 
 __all__ = ["AgentHandle", "ArchivalView", "BlocksView", "Client", "connect"]
 
 T = TypeVar("T")
-Item = TypeVar("Item")
-_HOST_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
-
-
-class _LoopThread:
-    """One background event loop that runs the client's coroutines for sync callers."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="letta-ray-client", daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result()
-        except KeyboardInterrupt:  # Ctrl-C: stop the coroutine too, not only the wait for it
-            future.cancel()
-            raise
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
 
 
 def connect(address: str | None = None, *, home: str | None = None, settings: Settings | None = None,
@@ -87,89 +62,35 @@ def connect(address: str | None = None, *, home: str | None = None, settings: Se
         values["home"] = home
     settings = settings.model_copy(update=values) if settings else Settings(**values)
     started = init_ray(settings)
-    return Client(start_deployment(settings, llm=llm), owns_ray=started)
+    return Client(start_runtime(settings, llm=llm), owns_ray=started)
 
 
 class Client:
-    """A connection to one letta_ray deployment (one data directory)."""
+    """A connection to one letta_ray runtime (one data directory).
 
-    def __init__(self, deployment: Deployment, *, owns_ray: bool = False) -> None:
-        self.deployment = deployment
-        self.settings = deployment.settings
+    ``runtime`` holds the handles of its actors (the stores, the directory), ``hosts``
+    where this process's agents run; ``groups`` is the groups API.
+    """
+
+    def __init__(self, runtime: Runtime, *, owns_ray: bool = False) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.hosts = Hosts(runtime.directory, runtime.store, self.settings.call_timeout_s)
+        self.connection = Connection(runtime, self.hosts, EventLoopThread())
+        self.groups = GroupsAPI(self.connection)
+        """Groups of agents: round robin, supervisor, dynamic (``client.groups.create_group(...)``)."""
         self._owns_ray = owns_ray
-        self._loop = _LoopThread()
         self._closed = False
-        self._where: dict[str, tuple[str, Any]] = {}
-        self._groups: GroupsAPI | None = None
         atexit.register(self._atexit)
 
-    @property
-    def groups(self) -> GroupsAPI:
-        """Groups of agents: round robin, supervisor, dynamic (``client.groups.create_group(...)``)."""
-        if self._groups is None:
-            from .groups import GroupsAPI
+    def run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine of the async API (``*_async``) from sync code, on the client's loop."""
+        return self.connection.loop.run(coro)
 
-            self._groups = GroupsAPI(self)
-        return self._groups
-
-    # ---------------------------------------------------------------- plumbing
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._closed:
-            coro.close()
-            raise RuntimeError("this letta_ray client is closed")
-        return self._loop.run(coro)
-
-    async def _store(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return await await_ref(self.deployment.store.read.remote(method, *args, **kwargs))
-
-    async def _store_write(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return await await_ref(self.deployment.store.write.remote(method, *args, **kwargs))
-
-    async def _archive(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return await await_ref(getattr(self.deployment.archive, method).remote(*args, **kwargs))
-
-    async def _locate(self, agent_id: str) -> tuple[str, Any]:
-        where = self._where.get(agent_id)
-        if where is None:
-            where = await await_ref(self.deployment.directory.locate.remote(agent_id))
-            self._where[agent_id] = where
-        return where
-
-    async def call_agent(self, agent_id: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call ``method`` on the host of ``agent_id``, re-placing the agent if its host died."""
-        for attempt in range(3):
-            host_id, host = await self._locate(agent_id)
-            try:
-                return await await_ref(getattr(host, method).remote(agent_id, *args, **kwargs),
-                                       self.settings.call_timeout_s)
-            except _HOST_GONE:
-                self._where.pop(agent_id, None)
-                if attempt == 2:
-                    raise
-                self._where[agent_id] = await await_ref(
-                    self.deployment.directory.host_failed.remote(host_id, agent_id))
-        raise AssertionError("unreachable")
-
-    async def stream_agent(self, agent_id: str, messages: list[MessageCreate | Message], **kwargs: Any
-                           ) -> AsyncIterator[Any]:
-        """The events of one turn as they happen, then its stop reason and usage."""
-        for attempt in range(3):
-            host_id, host = await self._locate(agent_id)
-            started = False
-            try:
-                generator = host.send_stream.options(num_returns="streaming").remote(agent_id, messages, **kwargs)
-                async for ref in generator:
-                    item = await await_ref(ref)
-                    started = True
-                    yield item
-                return
-            except _HOST_GONE:
-                self._where.pop(agent_id, None)
-                if started or attempt == 2:  # events already went out: retrying would repeat them
-                    raise
-                self._where[agent_id] = await await_ref(
-                    self.deployment.directory.host_failed.remote(host_id, agent_id))
+    def agent(self, agent_id: str, name: str = "") -> AgentHandle:
+        """A handle on the agent ``agent_id``, without looking it up (calls on it raise
+        NotFoundError if there is no such agent)."""
+        return AgentHandle(self.connection, agent_id, name)
 
     async def send_many_async(self, turns: list[tuple[str, list[MessageCreate | Message], str | None]], *,
                               max_steps: int | None = None, concurrency: int = 256, chunk: int = 250
@@ -182,20 +103,21 @@ class Client:
         """
         if not turns:
             return
-        where = await await_ref(self.deployment.directory.locate_many.remote([t[0] for t in turns]))
-        by_host = self._by_host(turns, [t[0] for t in turns], where)
+        agent_ids = [t[0] for t in turns]
+        by_host = self.hosts.by_host(turns, agent_ids, await self.hosts.locate_many(agent_ids))
         # Each host's batches go one after another (the host's own gate sets the pace),
         # hosts in parallel: results stream back while the next batch runs.
         queue: asyncio.Queue[list[TurnResult] | None] = asyncio.Queue()
 
-        async def feed(host: Any, host_turns: list[Any]) -> None:
+        async def feed(host: HostHandle, host_turns: list[Any]) -> None:
             pending = None
             for start in range(0, len(host_turns), chunk):
                 batch = host_turns[start:start + chunk]
-                ref = host.send_many.remote(batch, max_steps=max_steps, concurrency=concurrency)
+                # sent now, awaited after the previous batch's results are queued
+                running = asyncio.ensure_future(host.send_many(batch, max_steps=max_steps, concurrency=concurrency))
                 if pending is not None:
                     await queue.put(await self._batch_results(*pending))
-                pending = (ref, batch)
+                pending = (running, batch)
             if pending is not None:
                 await queue.put(await self._batch_results(*pending))
 
@@ -216,21 +138,22 @@ class Client:
             for feeder in feeders:
                 feeder.cancel()
 
-    async def _batch_results(self, ref: Any, batch: list[Any]) -> list[TurnResult]:
+    async def _batch_results(self, running: asyncio.Future[list[TurnResult]], batch: list[Any]
+                             ) -> list[TurnResult]:
         try:
-            return await await_ref(ref)
-        except _HOST_GONE as exc:
+            return await running
+        except HOST_GONE as exc:
             for agent_id, *_ in batch:
-                self._where.pop(agent_id, None)
+                self.hosts.forget(agent_id)
             return [TurnResult(agent_id, None, f"host died: {exc}", 0.0) for agent_id, *_ in batch]
 
     async def existing_agents_async(self, agent_ids: list[str]) -> list[str]:
         """Which of ``agent_ids`` exist."""
-        return await self._store("existing_agents", agent_ids)
+        return await self.runtime.store.existing_agents(agent_ids)
 
     async def messages_of_runs_async(self, run_id_prefix: str) -> dict[str, list[Message]]:
         """Stored messages of every run whose id starts with ``run_id_prefix``, by run id."""
-        return await self._store("messages_of_runs", run_id_prefix)
+        return await self.runtime.store.messages_of_runs(run_id_prefix)
 
     # ---------------------------------------------------------------- the cluster's LLM limits
 
@@ -238,16 +161,16 @@ class Client:
         """Cap LLM requests cluster-wide, per model (``"*"``: every other model); returns the
         limits before. ``{}`` removes every limit."""
         parsed = parse_limits({m: v.model_dump() if isinstance(v, LLMLimit) else v for m, v in limits.items()})
-        _, before = await await_ref(self.deployment.directory.llm_limits.remote())
-        await await_ref(self.deployment.directory.set_llm_limits.remote(parsed))
+        _, before = await self.runtime.directory.llm_limits()
+        await self.runtime.directory.set_llm_limits(parsed)
         return before
 
     def set_llm_limits(self, limits: dict[str, LLMLimit | dict[str, Any]]) -> dict[str, LLMLimit]:
-        return self._run(self.set_llm_limits_async(limits))
+        return self.run_sync(self.set_llm_limits_async(limits))
 
     def llm_stats(self) -> dict[str, dict[str, int]]:
         """Per model: requests in flight, the most ever in flight, started, waiting."""
-        return self._run(await_ref(self.deployment.directory.llm_stats.remote()))
+        return self.run_sync(self.runtime.directory.llm_stats())
 
     # ---------------------------------------------------------------- agents
 
@@ -318,7 +241,7 @@ class Client:
     async def _check_tools(self, states: list[AgentState]) -> None:
         wanted = {t for s in states for t in s.tools if t not in BASE_TOOLS}
         for name in wanted:
-            await self._store("get_tool_by_name", name)  # NotFoundError names the missing tool
+            await self.runtime.store.get_tool_by_name(name)  # NotFoundError names the missing tool
 
     async def create_agent_async(self, name: str, *, enable_sleeptime: bool = False,
                                  sleeptime_agent_frequency: int = 5, **kwargs: Any) -> AgentHandle:
@@ -330,7 +253,6 @@ class Client:
 
     async def _create_with_sleeptime(self, main: AgentState, frequency: int) -> AgentHandle:
         """The main agent and its sleep-time agent, sharing the main agent's blocks."""
-        from .host import SLEEPTIME_AGENT, SLEEPTIME_FREQUENCY
 
         if frequency < 1:
             raise InvalidInputError("sleeptime_agent_frequency must be at least 1")
@@ -343,7 +265,7 @@ class Client:
         main.metadata = {**main.metadata, SLEEPTIME_AGENT: sleeper.id, SLEEPTIME_FREQUENCY: frequency,
                          "group_id": group_id}
         handle, _ = await self.create_agents_async([main, sleeper])
-        await self._store_write("upsert_group", group_id, {
+        await self.runtime.store.upsert_group(group_id, {
             "id": group_id, "agent_ids": [sleeper.id], "description": f"sleep-time agent of {main.name}",
             "manager_config": {"manager_type": "sleeptime", "manager_agent_id": main.id,
                                "sleeptime_agent_frequency": frequency},
@@ -352,7 +274,7 @@ class Client:
 
     def list_runs(self, agent_id: str | None = None, *, limit: int = 50) -> list[dict[str, Any]]:
         """Runs (background work such as sleep-time runs, async message runs), newest first."""
-        return self._run(self.list_runs_async(agent_id=agent_id, limit=limit))
+        return self.run_sync(self.list_runs_async(agent_id=agent_id, limit=limit))
 
     def create_agent(self, name: str, *, enable_sleeptime: bool = False, sleeptime_agent_frequency: int = 5,
                      **kwargs: Any) -> AgentHandle:
@@ -361,7 +283,7 @@ class Client:
         With ``enable_sleeptime`` a sleep-time agent sharing its blocks is created too; it
         runs in the background every ``sleeptime_agent_frequency`` turns of this agent.
         """
-        return self._run(self.create_agent_async(name, enable_sleeptime=enable_sleeptime,
+        return self.run_sync(self.create_agent_async(name, enable_sleeptime=enable_sleeptime,
                                                  sleeptime_agent_frequency=sleeptime_agent_frequency, **kwargs))
 
     async def create_agents_async(self, states: list[AgentState]) -> list[AgentHandle]:
@@ -369,73 +291,53 @@ class Client:
         if not states:
             return []
         await self._check_tools(states)
-        placed = await await_ref(self.deployment.directory.place.remote([s.id for s in states]))
-        by_host = self._by_host(states, [s.id for s in states], placed)
-        await asyncio.gather(*(await_ref(host.create_agents.remote(group)) for host, group in by_host))
-        await self._blocks_now_shared([b.id for s in states for b in s.blocks])
-        return [AgentHandle(self, s.id, s.name) for s in states]
-
-    async def _blocks_now_shared(self, block_ids: list[str]) -> None:
-        """Blocks that new agents share (with each other, on other hosts, or with older
-        agents): every agent attached to them re-checks which of its blocks are shared."""
-        shared = await self._store("shared_blocks", block_ids) if block_ids else []
-        if not shared:
-            return
-        agents = sorted({a for block_id in shared for a in await self._store("agents_of_block", block_id)})
-        where = await await_ref(self.deployment.directory.locate_many.remote(agents))
-        by_host = self._by_host(agents, agents, where)
-        await asyncio.gather(*(await_ref(host.forget_shared.remote(ids)) for host, ids in by_host))
-
-    def _by_host(self, items: list[Item], agent_ids: list[str], where: list[tuple[str, Any]]
-                 ) -> list[tuple[Any, list[Item]]]:
-        """``items`` grouped by the host of their agent, in order (remembering where each agent is)."""
-        groups: dict[str, tuple[Any, list[Item]]] = {}
-        for item, agent_id, (host_id, host) in zip(items, agent_ids, where, strict=True):
-            self._where[agent_id] = (host_id, host)
-            groups.setdefault(host_id, (host, []))[1].append(item)
-        return list(groups.values())
+        ids = [s.id for s in states]
+        by_host = self.hosts.by_host(states, ids, await self.hosts.place(ids))
+        await asyncio.gather(*(host.create_agents(group) for host, group in by_host))
+        await self.hosts.blocks_now_shared([b.id for s in states for b in s.blocks])
+        return [self.agent(s.id, s.name) for s in states]
 
     def create_agents(self, states: list[AgentState]) -> list[AgentHandle]:
-        return self._run(self.create_agents_async(states))
+        return self.run_sync(self.create_agents_async(states))
 
     async def get_agent_async(self, id_or_name: str) -> AgentHandle:
         if id_or_name.startswith("agent-"):
             try:
-                state = await self._store("get_agent", id_or_name)
-                return AgentHandle(self, state.id, state.name)
+                state = await self.runtime.store.get_agent(id_or_name)
+                return self.agent(state.id, state.name)
             except NotFoundError:
                 pass
-        state = await self._store("get_agent_by_name", id_or_name)
-        return AgentHandle(self, state.id, state.name)
+        state = await self.runtime.store.get_agent_by_name(id_or_name)
+        return self.agent(state.id, state.name)
 
     def get_agent(self, id_or_name: str) -> AgentHandle:
         """An agent by id or name; raises NotFoundError."""
-        return self._run(self.get_agent_async(id_or_name))
+        return self.run_sync(self.get_agent_async(id_or_name))
 
     async def list_agents_async(self, *, name: str | None = None, tags: list[str] | None = None,
                                 match_all_tags: bool = False, limit: int | None = 50, after: str | None = None,
                                 before: str | None = None, order: str = "asc") -> list[AgentState]:
-        return await self._store("list_agents", name=name, tags=tags, match_all_tags=match_all_tags,
+        return await self.runtime.store.list_agents(name=name, tags=tags, match_all_tags=match_all_tags,
                                  limit=limit, after=after, before=before, order=order)
 
     def list_agents(self, **kwargs: Any) -> list[AgentState]:
         """Stored agents, oldest first, filtered by name or tags, paged by id."""
-        return self._run(self.list_agents_async(**kwargs))
+        return self.run_sync(self.list_agents_async(**kwargs))
 
     async def delete_agent_async(self, agent_id: str) -> None:
-        await self._store("get_agent", agent_id)  # NotFoundError for an unknown id
+        await self.runtime.store.get_agent(agent_id)  # NotFoundError for an unknown id
         try:
-            await self.call_agent(agent_id, "drop")
+            await self.hosts.call(agent_id, lambda host: host.drop(agent_id))
         except NotFoundError:
             pass
-        await self._store_write("delete_agent", agent_id)
-        await self._archive("delete_agent", agent_id)
-        await await_ref(self.deployment.directory.forget.remote(agent_id))
-        self._where.pop(agent_id, None)
+        await self.runtime.store.delete_agent(agent_id)
+        await self.runtime.archive.delete_agent(agent_id)
+        await self.runtime.directory.forget(agent_id)
+        self.hosts.forget(agent_id)
 
     def delete_agent(self, agent_id: str) -> None:
         """Delete an agent with its messages and passages (shared blocks stay for the others)."""
-        self._run(self.delete_agent_async(agent_id))
+        self.run_sync(self.delete_agent_async(agent_id))
 
     # ---------------------------------------------------------------- tools
 
@@ -445,122 +347,112 @@ class Client:
             raise InvalidInputError(f"cannot read the source of {tf.name}; pass its source code as a string")
         if tf.name in BASE_TOOLS:
             raise InvalidInputError(f"{tf.name!r} is a built-in tool name; choose another")
-        tool = await self._store_write("upsert_tool", tf.tool)
-        await await_ref(self.deployment.directory.tools_changed.remote())
+        tool = await self.runtime.store.upsert_tool(tf.tool)
+        await self.runtime.directory.tools_changed()
         return tool
 
     def create_tool(self, source: Any, *, name: str | None = None, tags: list[str] | None = None) -> Tool:
         """Register a tool from a function or from Python source (the docstring is its schema)."""
-        return self._run(self.create_tool_async(source, name=name, tags=tags))
+        return self.run_sync(self.create_tool_async(source, name=name, tags=tags))
 
     def list_tools(self, limit: int | None = 50) -> list[Tool]:
-        return self._run(self._store("list_tools", limit=limit))
+        return self.run_sync(self.runtime.store.list_tools(limit=limit))
 
     async def list_tools_async(self, *, limit: int | None = 50, after: str | None = None) -> list[Tool]:
-        return await self._store("list_tools", limit=limit, after=after)
+        return await self.runtime.store.list_tools(limit=limit, after=after)
 
     async def get_tool_async(self, tool_id: str) -> Tool:
-        return await self._store("get_tool", tool_id)
+        return await self.runtime.store.get_tool(tool_id)
 
     async def delete_tool_async(self, tool_id: str) -> None:
-        await self._store_write("delete_tool", tool_id)
-        await await_ref(self.deployment.directory.tools_changed.remote())
+        await self.runtime.store.delete_tool(tool_id)
+        await self.runtime.directory.tools_changed()
 
     # ---------------------------------------------------------------- blocks and runs
 
     async def get_agent_state_async(self, agent_id: str) -> AgentState:
         """The stored state of an agent (without hosting it); NotFoundError if unknown."""
-        return await self._store("get_agent", agent_id)
+        return await self.runtime.store.get_agent(agent_id)
 
     async def create_block_async(self, block: Block) -> Block:
         """Store a block of its own, to attach to agents later (a shared block)."""
-        await self._store_write("upsert_block", block)
+        await self.runtime.store.upsert_block(block)
         return block
 
     async def get_block_async(self, block_id: str) -> Block:
-        return await self._store("get_block", block_id)
+        return await self.runtime.store.get_block(block_id)
 
     async def list_blocks_async(self, *, label: str | None = None, limit: int | None = 50,
                                 after: str | None = None) -> list[Block]:
-        return await self._store("list_blocks", label=label, limit=limit, after=after)
+        return await self.runtime.store.list_blocks(label=label, limit=limit, after=after)
 
     async def agents_of_block_async(self, block_id: str) -> list[str]:
-        return await self._store("agents_of_block", block_id)
+        return await self.runtime.store.agents_of_block(block_id)
 
     async def update_block_async(self, block_id: str, **changes: Any) -> Block:
         """Edit a block by id; every agent it is attached to sees the edit before its next turn."""
-        block = (await self._store("get_block", block_id)).updated(**changes)
-        await self._store_write("upsert_block", block)
-        await self._reload(await self._store("agents_of_block", block_id))
+        block = (await self.runtime.store.get_block(block_id)).updated(**changes)
+        await self.runtime.store.upsert_block(block)
+        await self.hosts.reload(await self.runtime.store.agents_of_block(block_id))
         return block
 
     async def delete_block_async(self, block_id: str) -> None:
         """Delete a block, detaching it from every agent."""
-        agents = await self._store("agents_of_block", block_id)
-        await self._store_write("delete_block", block_id)
-        await self._reload(agents)
+        agents = await self.runtime.store.agents_of_block(block_id)
+        await self.runtime.store.delete_block(block_id)
+        await self.hosts.reload(agents)
 
     async def attach_block_async(self, agent_id: str, block_id: str) -> AgentState:
         """Attach a stored block to an agent (blocks attached to several agents are shared)."""
-        await self._store_write("attach_block", agent_id, block_id)
+        await self.runtime.store.attach_block(agent_id, block_id)
         # every holder reloads: the block may have just become shared
-        await self._reload(await self._store("agents_of_block", block_id))
-        return await self._store("get_agent", agent_id)
+        await self.hosts.reload(await self.runtime.store.agents_of_block(block_id))
+        return await self.runtime.store.get_agent(agent_id)
 
     def attach_block(self, agent_id: str, block_id: str) -> AgentState:
-        return self._run(self.attach_block_async(agent_id, block_id))
+        return self.run_sync(self.attach_block_async(agent_id, block_id))
 
     async def detach_block_async(self, agent_id: str, block_id: str) -> AgentState:
-        await self._store_write("detach_block", agent_id, block_id)
-        await self._reload([agent_id])
-        return await self._store("get_agent", agent_id)
+        await self.runtime.store.detach_block(agent_id, block_id)
+        await self.hosts.reload([agent_id])
+        return await self.runtime.store.get_agent(agent_id)
 
     def detach_block(self, agent_id: str, block_id: str) -> AgentState:
-        return self._run(self.detach_block_async(agent_id, block_id))
-
-    async def _reload(self, agent_ids: list[str]) -> None:
-        """Make the hosts of these agents re-read them (their blocks changed in the store)."""
-        async def one(agent_id: str) -> None:
-            try:
-                await self.call_agent(agent_id, "reload")
-            except NotFoundError:  # deleted meanwhile
-                pass
-        await asyncio.gather(*(one(a) for a in agent_ids))
+        return self.run_sync(self.detach_block_async(agent_id, block_id))
 
     async def upsert_run_async(self, run_id: str, doc: dict[str, Any]) -> None:
         """Store a run record (``agent_id``, ``status``, ...): a turn that runs in the background."""
-        await self._store_write("upsert_run", run_id, doc)
+        await self.runtime.store.upsert_run(run_id, doc)
 
     async def get_run_async(self, run_id: str) -> dict[str, Any]:
-        return await self._store("get_run", run_id)
+        return await self.runtime.store.get_run(run_id)
 
     async def list_runs_async(self, *, agent_id: str | None = None, status: str | None = None,
                               limit: int | None = 50) -> list[dict[str, Any]]:
-        return await self._store("list_runs", agent_id, status=status, limit=limit)
+        return await self.runtime.store.list_runs(agent_id, status=status, limit=limit)
 
     # ---------------------------------------------------------------- timers
 
     async def schedule_async(self, agent_id: str, *, every_s: float | None = None, at: datetime | None = None,
-                             message: str | None = None) -> Any:
-        return await await_ref(self.deployment.directory.schedule.remote(agent_id, every_s=every_s, at=at,
-                                                                          message=message))
+                             message: str | None = None) -> Schedule:
+        return await self.runtime.directory.schedule(agent_id, every_s=every_s, at=at, message=message)
 
     def schedule(self, agent_id: str, *, every_s: float | None = None, at: datetime | None = None,
-                 message: str | None = None) -> Any:
+                 message: str | None = None) -> Schedule:
         """Wake an agent every ``every_s`` seconds, or once ``at`` a time, with a system message."""
-        return self._run(self.schedule_async(agent_id, every_s=every_s, at=at, message=message))
+        return self.run_sync(self.schedule_async(agent_id, every_s=every_s, at=at, message=message))
 
     def list_schedules(self, agent_id: str | None = None) -> list[Any]:
-        return self._run(await_ref(self.deployment.directory.schedules.remote(agent_id)))
+        return self.run_sync(self.runtime.directory.schedules(agent_id))
 
     def cancel_schedule(self, schedule_id: str) -> None:
-        self._run(await_ref(self.deployment.directory.cancel_schedule.remote(schedule_id)))
+        self.run_sync(self.runtime.directory.cancel_schedule(schedule_id))
 
     # ---------------------------------------------------------------- lifecycle
 
     def export_parquet(self, out_dir: str | None = None) -> dict[str, Any]:
         """Snapshot the metadata tables to Parquet (default: ``<home>/export``)."""
-        return self._run(self._store("export_parquet", out_dir or str(self.settings.export_path)))
+        return self.run_sync(self.runtime.store.export_parquet(out_dir or str(self.settings.export_path)))
 
     def close(self, *, shutdown: bool | None = None) -> None:
         """Disconnect. With an embedded Ray (or ``shutdown=True``) the actors stop too."""
@@ -568,9 +460,9 @@ class Client:
             return
         stop = self.settings.embedded if shutdown is None else shutdown
         if stop:
-            stop_deployment(self.deployment)
+            stop_runtime(self.runtime)
         self._closed = True
-        self._loop.stop()
+        self.connection.loop.stop()
         if self._owns_ray and stop:
             ray.shutdown()
 

@@ -13,38 +13,51 @@ import itertools
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from letta_ray.errors import NotFoundError
 from letta_ray.messages import MessageCreate
 
+from ._facade import ActorFacade, remote_method
 from .limits import LLMLimit, LLMLimiter
 from .messaging import WaitGraph
 from .scheduler import Schedule, Scheduler
 
 log = logging.getLogger(__name__)
 
+class _Host(Protocol):
+    """What the directory needs of a host's handle (``HostHandle``)."""
+
+    async def send(self, agent_id: str, messages: list[Any]) -> Any: ...
+
+    async def set_llm_limits(self, version: int, limits: dict[str, LLMLimit]) -> None: ...
+
+    async def forget_tools(self) -> None: ...
+
+    async def ping(self) -> str: ...
+
+
 HostFactory = Callable[[str], Any]
-"""Makes a host from its id and returns its handle (a Ray actor handle, or a local proxy)."""
+"""Makes a host from its id and returns its handle (a ``HostHandle``, on a Ray actor or local)."""
 
 
 class Directory:
-    """Maps agent ids to hosts. ``ping`` checks whether a host handle still answers."""
+    """Maps agent ids to hosts, each host a ``HostHandle`` made by ``make_host``."""
 
     def __init__(self, make_host: HostFactory, *, placement: str = "packed", agents_per_host: int = 5_000,
                  max_hosts: int | None = None, exists: Callable[[list[str]], Awaitable[set[str]]] | None = None,
-                 ping: Callable[[Any], Any] | None = None, timers: Any = None,
-                 llm_limits: dict[str, LLMLimit] | None = None,
-                 call_host: Callable[..., Awaitable[Any]] | None = None) -> None:
-        """``timers`` persists schedules: ``await timers.load()`` / ``await timers.save(docs)``;
-        ``deliver`` of wake-ups goes to the agent's host via ``send``."""
+                 timers: Any = None, llm_limits: dict[str, LLMLimit] | None = None,
+                 host_timeout_s: float = 30.0) -> None:
+        """``exists`` says which agent ids the store knows; ``timers`` persists schedules
+        (``await timers.load()`` / ``await timers.save(docs)``); wake-ups go to the agent's
+        host. A host that does not answer a ping within 10 s, or a broadcast within
+        ``host_timeout_s``, is taken for gone."""
         self._make_host = make_host
         self.placement = placement
         self.agents_per_host = agents_per_host
         self.max_hosts = max_hosts or max(1, os.cpu_count() or 1)
         self._exists = exists
-        self._ping = ping
-        self.hosts: dict[str, Any] = {}
+        self.hosts: dict[str, _Host] = {}
         self.load: dict[str, int] = {}
         self.where: dict[str, str] = {}
         self._ids = itertools.count()
@@ -53,7 +66,7 @@ class Directory:
         self.scheduler = Scheduler(self._wake_agent, save=timers.save if timers is not None else None)
         self._lock = asyncio.Lock()
         self.limiter = LLMLimiter(llm_limits)
-        self._call_host = call_host  # (handle, method, *args): how to tell every host something
+        self._host_timeout_s = host_timeout_s
 
     def _new_host(self) -> str:
         host_id = f"host-{next(self._ids)}"
@@ -72,7 +85,7 @@ class Directory:
                 return self._new_host()
         return min(open_hosts, key=lambda h: self.load[h])
 
-    def _assign(self, agent_id: str) -> tuple[str, Any]:
+    def _assign(self, agent_id: str) -> tuple[str, _Host]:
         host_id = self.where.get(agent_id)
         if host_id is None or host_id not in self.hosts:
             host_id = self._choose()
@@ -114,11 +127,9 @@ class Directory:
                     del self.where[orphan]
             return self._assign(agent_id)
 
-    async def _alive(self, handle: Any) -> bool:
-        if self._ping is None:
-            return True
+    async def _alive(self, handle: _Host) -> bool:
         try:
-            await asyncio.wait_for(self._ping(handle), timeout=10.0)
+            await asyncio.wait_for(handle.ping(), timeout=10.0)
             return True
         except Exception:
             return False
@@ -152,10 +163,8 @@ class Directory:
         await self.scheduler.cancel(schedule_id)
 
     async def _wake_agent(self, agent_id: str, message: MessageCreate) -> Any:
-        from ._proxy import await_ref
-
         _, host = await self.locate(agent_id)
-        return await await_ref(host.send.remote(agent_id, [message]))
+        return await host.send(agent_id, [message])
 
     async def forget(self, agent_id: str) -> None:
         await self.scheduler.cancel_agent(agent_id)
@@ -169,17 +178,17 @@ class Directory:
     async def set_llm_limits(self, limits: dict[str, LLMLimit]) -> int:
         """Replace the LLM limits; returns once every live host applies them."""
         version = await self.limiter.configure(limits)
-        await self._tell_hosts("set_llm_limits", version, limits)  # a replaced host fetches them afresh
+        await self._tell_hosts(lambda host: host.set_llm_limits(version, limits))  # a new host fetches them
         return version
 
     async def tools_changed(self) -> None:
         """A tool was created, changed or deleted: hosts drop the tools they cached."""
-        await self._tell_hosts("forget_tools")
+        await self._tell_hosts(lambda host: host.forget_tools())
 
-    async def _tell_hosts(self, method: str, *args: Any) -> None:
-        """Call ``method`` on every live host and wait for all (a dead host is skipped)."""
-        if self._call_host is not None and self.hosts:
-            await asyncio.gather(*(self._call_host(h, method, *args) for h in self.hosts.values()),
+    async def _tell_hosts(self, call: Callable[[_Host], Awaitable[Any]]) -> None:
+        """Make ``call`` on every live host and wait for all (a dead or stuck host is skipped)."""
+        if self.hosts:
+            await asyncio.gather(*(asyncio.wait_for(call(h), self._host_timeout_s) for h in self.hosts.values()),
                                  return_exceptions=True)
 
     async def llm_limits(self) -> tuple[int, dict[str, LLMLimit]]:
@@ -200,3 +209,27 @@ class Directory:
     async def describe(self) -> dict[str, Any]:
         return {"placement": self.placement, "agents_per_host": self.agents_per_host, "max_hosts": self.max_hosts,
                 "hosts": dict(self.load), "agents": len(self.where)}
+
+
+class DirectoryHandle(ActorFacade):
+    """The directory's methods, awaited (see ``Directory``)."""
+
+    place = remote_method(Directory.place)
+    locate = remote_method(Directory.locate)
+    locate_many = remote_method(Directory.locate_many)
+    host_failed = remote_method(Directory.host_failed)
+    forget = remote_method(Directory.forget)
+    wait_begin = remote_method(Directory.wait_begin)
+    wait_end = remote_method(Directory.wait_end)
+    start_timers = remote_method(Directory.start_timers)
+    schedule = remote_method(Directory.schedule)
+    schedules = remote_method(Directory.schedules)
+    cancel_schedule = remote_method(Directory.cancel_schedule)
+    set_llm_limits = remote_method(Directory.set_llm_limits)
+    llm_limits = remote_method(Directory.llm_limits)
+    llm_acquire = remote_method(Directory.llm_acquire)
+    llm_release = remote_method(Directory.llm_release)
+    llm_stats = remote_method(Directory.llm_stats)
+    tools_changed = remote_method(Directory.tools_changed)
+    all_hosts = remote_method(Directory.all_hosts)
+    describe = remote_method(Directory.describe)

@@ -31,9 +31,12 @@ from letta_ray.messages import LettaResponse, Message, MessageCreate
 from letta_ray.schemas import AgentState, Block, LLMLimit, new_id, utcnow
 from letta_ray.tools import ToolFunction, Toolset, tool_from_source
 
-from ._journal import GroupCommit, Journal, TurnRecord
-from .limits import LimitedLLM, LimitsView
+from ._facade import ActorFacade, remote_method, streaming_method
+from ._journal import Journal, JournalWriter, TurnRecord
+from .archive import ArchiveHandle
+from .limits import LimitedLLM, LimitsView, LLMLimiterSource
 from .messaging import AgentMessenger, Router
+from .metadata_store import MetadataStoreHandle
 
 log = logging.getLogger(__name__)
 
@@ -87,22 +90,22 @@ class _Hosted:
 
 
 class AgentHost:
-    """Hosts agents; ``store`` and ``archive`` are awaitable proxies (actors or local objects)."""
+    """Hosts agents; ``store`` and ``archive`` are handles on the store actors (or local ones in tests)."""
 
-    def __init__(self, host_id: str, store: Any, archive: Any, llm: LLM | None = None,
-                 router: Router | None = None, agent_call_timeout_s: float = 120.0,
-                 journal_dir: str | None = None, limiter: Any = None) -> None:
+    def __init__(self, host_id: str, store: MetadataStoreHandle, archive: ArchiveHandle | None,
+                 llm: LLM | None = None, router: Router | None = None, agent_call_timeout_s: float = 120.0,
+                 journal_dir: str | None = None, limiter: LLMLimiterSource | None = None) -> None:
         """With ``journal_dir`` (the store's ``host_journals`` folder) a turn is acknowledged
         once this host has fsync'ed it to its own journal file; the store applies it from
         there. Without, the turn is committed through the store actor before the reply.
-        ``limiter`` (the directory, through a proxy) caps LLM requests cluster-wide."""
+        ``limiter`` (the directory's handle) caps LLM requests cluster-wide."""
         self.host_id = host_id
         self._journal_dir = Path(journal_dir) if journal_dir is not None else None
         self._journal_name = f"{host_id}-{uuid.uuid4().hex[:8]}"
         self._journal_part = 0
         self._journal = self._open_journal() if self._journal_dir is not None else None
         self._journal_seq = 0
-        self._writer = GroupCommit(self._current_journal, lambda _: self._rotate_journal_if_full(), "host-journal")
+        self._writer = JournalWriter(self._current_journal, lambda _: self._rotate_journal_if_full(), "host-journal")
         self._turns_running = 0
         self.store = store
         self.archive = archive
@@ -137,7 +140,7 @@ class AgentHost:
         initial = initial or [[] for _ in states]
         pairs = list(zip(states, initial, strict=True))
         await self.store.create_agents(states, initial)
-        shared = set(await self.store.read("shared_blocks", [b.id for s in states for b in s.blocks]))
+        shared = set(await self.store.shared_blocks([b.id for s in states for b in s.blocks]))
         for state, messages in pairs:
             self.agents[state.id] = _Hosted(state, list(messages), MemoryStats(recall_messages=len(messages)),
                                             shared={b.id for b in state.blocks} & shared)
@@ -145,7 +148,7 @@ class AgentHost:
 
     async def _load(self, agent_id: str) -> _Hosted:
         state: AgentState = await self.store.get_agent(agent_id)
-        context: list[Message] = await self.store.read("get_messages", state.message_ids) if state.message_ids else []
+        context: list[Message] = await self.store.get_messages(state.message_ids) if state.message_ids else []
         recall = await self.store.count_messages(agent_id)
         archival = await self.archive.count(agent_id) if self.archive is not None else 0
         return _Hosted(state, context, MemoryStats(recall_messages=recall, archival_passages=archival))
@@ -275,10 +278,10 @@ class AgentHost:
     async def _sleeptime_run(self, main: AgentState, sleeper_id: str, through: Message) -> None:
         run = {"id": new_id("run"), "agent_id": sleeper_id, "main_agent_id": main.id, "status": "running",
                "kind": "sleeptime", "created_at": utcnow().isoformat()}
-        await self.store.write("upsert_run", run["id"], run)
+        await self.store.upsert_run(run["id"], run)
         try:
-            history: list[Message] = await self.store.read(
-                "list_messages", main.id, limit=None, after=main.metadata.get(SLEEPTIME_LAST_MESSAGE),
+            history: list[Message] = await self.store.list_messages(
+                main.id, limit=None, after=main.metadata.get(SLEEPTIME_LAST_MESSAGE),
                 end=through.created_at)
             text = transcript(history, char_budget=60_000)
             prompt = (f"[Transcript of agent {main.id} since your last run]\n{text}\n\n"
@@ -296,7 +299,7 @@ class AgentHost:
             log.exception("sleep-time run of %s failed", sleeper_id)
             run.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         run["completed_at"] = utcnow().isoformat()
-        await self.store.write("upsert_run", run["id"], run)
+        await self.store.upsert_run(run["id"], run)
 
     async def _persist_turn(self, state: AgentState, messages: list[Message], edited: list[Block]) -> None:
         """Make a turn durable before its reply goes out."""
@@ -341,7 +344,7 @@ class AgentHost:
         return Journal(self._journal_dir / f"{self._journal_name}-{self._journal_part:06d}.log")
 
     async def _shared_blocks(self, state: AgentState) -> set[str]:
-        return set(await self.store.read("shared_blocks", [b.id for b in state.blocks]))
+        return set(await self.store.shared_blocks([b.id for b in state.blocks]))
 
     async def _toolset(self, state: AgentState) -> Toolset:
         tools: list[ToolFunction] = []
@@ -351,7 +354,7 @@ class AgentHost:
                 continue
             if name not in self._custom_tools:  # cached until the directory says tools changed
                 try:
-                    tool = await self.store.read("get_tool_by_name", name)
+                    tool = await self.store.get_tool_by_name(name)
                     self._custom_tools[name] = tool_from_source(tool.source_code or "", name=name)
                 except NotFoundError:
                     self._custom_tools[name] = None  # detached or deleted: the model doesn't see it
@@ -401,19 +404,9 @@ class AgentHost:
                                        ("description", description), ("read_only", read_only)) if v is not None}
             updated = block.updated(**changes)
             state = hosted.state.replace_block(updated)
-            await self.store.write("upsert_agent", state)
+            await self.store.upsert_agent(state)
             hosted.state = state
             return updated
-
-    async def refresh_block(self, block: Block) -> int:
-        """A shared block changed elsewhere: take the newer copy in every agent hosting it."""
-        touched = 0
-        for hosted in self.agents.values():
-            current = next((b for b in hosted.state.blocks if b.id == block.id), None)
-            if current is not None and current.updated_at <= block.updated_at:
-                hosted.state = hosted.state.replace_block(block)
-                touched += 1
-        return touched
 
     async def reload(self, agent_id: str) -> bool:
         """Re-read a hosted agent from the stores after its blocks changed elsewhere.
@@ -430,7 +423,7 @@ class AgentHost:
                 return False
             state: AgentState = await self.store.get_agent(agent_id)
             if state.message_ids != [m.id for m in hosted.context]:
-                hosted.context = await self.store.read("get_messages", state.message_ids) if state.message_ids else []
+                hosted.context = await self.store.get_messages(state.message_ids) if state.message_ids else []
             hosted.state = state
             hosted.shared = None  # attachments may have changed: recompute at the next turn
         return True
@@ -446,7 +439,7 @@ class AgentHost:
                 state = AgentState.model_validate(merged)
             except ValueError as exc:
                 raise InvalidInputError(f"invalid agent change: {exc}") from exc
-            await self.store.write("upsert_agent", state)
+            await self.store.upsert_agent(state)
             hosted.state = state
             return state
 
@@ -455,7 +448,7 @@ class AgentHost:
         hosted = await self._get(agent_id)
         async with hosted.lock:
             state = hosted.state.model_copy(update={"message_ids": [], "summary": None})
-            await self.store.write("upsert_agent", state)
+            await self.store.upsert_agent(state)
             hosted.state, hosted.context = state, []
             return state
 
@@ -486,7 +479,7 @@ class AgentHost:
 class _SharedBlocks:
     """The BlockStore of one agent's turn: its shared blocks live at the metadata store."""
 
-    def __init__(self, store: Any, shared: set[str]) -> None:
+    def __init__(self, store: MetadataStoreHandle, shared: set[str]) -> None:
         self.store = store
         self.shared = shared
 
@@ -498,3 +491,25 @@ class _SharedBlocks:
         if block.id not in self.shared:
             return None
         return await self.store.edit_block(block.id, op, args)
+
+
+class HostHandle(ActorFacade):
+    """An agent host's methods, awaited (see ``AgentHost``)."""
+
+    create_agents = remote_method(AgentHost.create_agents)
+    drop = remote_method(AgentHost.drop)
+    send = remote_method(AgentHost.send)
+    send_many = remote_method(AgentHost.send_many)
+    send_stream = streaming_method(AgentHost.send_stream)
+    get_state = remote_method(AgentHost.get_state)
+    context = remote_method(AgentHost.context)
+    update_block = remote_method(AgentHost.update_block)
+    reload = remote_method(AgentHost.reload)
+    modify = remote_method(AgentHost.modify)
+    reset_messages = remote_method(AgentHost.reset_messages)
+    forget_shared = remote_method(AgentHost.forget_shared)
+    forget_tools = remote_method(AgentHost.forget_tools)
+    set_llm_limits = remote_method(AgentHost.set_llm_limits)
+    hosted = remote_method(AgentHost.hosted)
+    info = remote_method(AgentHost.info)
+    ping = remote_method(AgentHost.ping)

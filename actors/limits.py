@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from letta_ray.deps import LLM, LLMResponse
 from letta_ray.errors import InvalidInputError
@@ -133,11 +133,22 @@ class LLMLimiter:
                         "waiting": g.waiting} for model, g in self._gates.items()}
 
 
+class LLMLimiterSource(Protocol):
+    """Where a host's limits come from and its slots are taken: the directory's handle
+    (or a ``Directory`` itself, in tests)."""
+
+    async def llm_limits(self) -> tuple[int, dict[str, LLMLimit]]: ...
+
+    async def llm_acquire(self, model: str) -> None: ...
+
+    async def llm_release(self, model: str) -> None: ...
+
+
 class LimitsView:
     """A host's copy of the cluster's LLM limits: fetched once from the directory, then
     kept current by the directory pushing every change (``update``) before it returns."""
 
-    def __init__(self, limiter: Any) -> None:
+    def __init__(self, limiter: LLMLimiterSource) -> None:
         self.limiter = limiter
         self.version = -1
         self.limits: dict[str, LLMLimit] | None = None
@@ -156,8 +167,7 @@ class LimitsView:
 class LimitedLLM:
     """An ``LLM`` that takes a slot from the cluster's limiter around each limited request.
 
-    ``view.limiter`` is anything with awaitable ``llm_limits()``, ``llm_acquire(model)``
-    and ``llm_release(model)``: the directory actor through a proxy, or a ``Directory``.
+    ``view.limiter`` is an ``LLMLimiterSource``.
     """
 
     def __init__(self, inner: LLM, view: LimitsView) -> None:

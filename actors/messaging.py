@@ -11,11 +11,14 @@ a ``Router`` — the Ray one below, or a local one in unit tests.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from typing import Any, Protocol
 
 from letta_ray.errors import AgentBusyTimeout, AgentCycleError
 from letta_ray.messages import LettaResponse, MessageCreate
+
+log = logging.getLogger(__name__)
 
 
 class WaitGraph:
@@ -110,47 +113,61 @@ class AgentMessenger:
         return list(await asyncio.gather(*(ask(t) for t in targets)))
 
 
-class RayRouter:
-    """Reaches agents through the directory actor; picklable, resolves actors lazily."""
+class _AgentHost(Protocol):
+    async def send(self, agent_id: str, messages: list[Any]) -> LettaResponse: ...
 
-    def __init__(self, directory_name: str, namespace: str, store: Any, timeout_s: float = 120.0) -> None:
-        self.directory_name = directory_name
-        self.namespace = namespace
+
+class _Directory(Protocol):
+    """What the router needs of the directory's handle."""
+
+    async def locate(self, agent_id: str) -> tuple[str, _AgentHost]: ...
+
+    async def wait_begin(self, waiter: str, target: str) -> None: ...
+
+    async def wait_end(self, waiter: str, target: str) -> None: ...
+
+
+class _AgentsByTag(Protocol):
+    async def list_agents(self, *, tags: list[str] | None = None, match_all_tags: bool = False,
+                          limit: int | None = 50) -> list[Any]: ...
+
+
+class DirectoryRouter:
+    """The ``Router`` of agent hosts: reaches agents wherever the directory placed them.
+
+    ``directory`` is the directory's handle (picklable; a host gets one before the
+    directory actor exists, looked up by name on first use), ``store`` the metadata
+    store's handle (for finding agents by tag).
+    """
+
+    def __init__(self, directory: _Directory, store: _AgentsByTag) -> None:
+        self.directory = directory
         self.store = store
-        self.timeout_s = timeout_s
-        self._directory: Any = None
-
-    def _dir(self) -> Any:
-        if self._directory is None:
-            import ray
-
-            self._directory = ray.get_actor(self.directory_name, namespace=self.namespace)
-        return self._directory
+        self._background: set[asyncio.Future[Any]] = set()
 
     async def deliver(self, target_id: str, message: MessageCreate, *, wait: bool) -> LettaResponse | None:
-        from ._proxy import await_ref
+        _, host = await self.directory.locate(target_id)
+        turn = host.send(target_id, [message])
+        if wait:
+            return await turn
+        task = asyncio.ensure_future(turn)  # queued now; its reply goes nowhere
+        self._background.add(task)
+        task.add_done_callback(self._delivered)
+        return None
 
-        _, host = await await_ref(self._dir().locate.remote(target_id))
-        ref = host.send.remote(target_id, [message])
-        if not wait:
-            return None
-        return await await_ref(ref)
+    def _delivered(self, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("a message sent without waiting failed: %s", task.exception())
 
     async def wait_begin(self, waiter: str, target: str) -> None:
-        from ._proxy import await_ref
-
-        await await_ref(self._dir().wait_begin.remote(waiter, target))
+        await self.directory.wait_begin(waiter, target)
 
     async def wait_end(self, waiter: str, target: str) -> None:
-        from ._proxy import await_ref
-
-        await await_ref(self._dir().wait_end.remote(waiter, target))
+        await self.directory.wait_end(waiter, target)
 
     async def find_by_tags(self, match_all: list[str], match_some: list[str]) -> list[str]:
-        from ._proxy import await_ref
-
         tags = match_all or match_some
-        states = await await_ref(self.store.read.remote("list_agents", tags=tags, match_all_tags=bool(match_all),
-                                                        limit=None))
+        states = await self.store.list_agents(tags=tags, match_all_tags=bool(match_all), limit=None)
         some = set(match_some)
         return [s.id for s in states if not some or some & set(s.tags)]

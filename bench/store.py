@@ -6,8 +6,10 @@ Prints medians, in one run, against a DuckDB file in a temp dir:
   transaction (a durable commit each), and 20 calls per transaction as the store actor
   group-commits concurrent turns; without and with an edited block;
 - ``upsert_agent`` of a new agent and of a changed one, each its own transaction;
-- one DuckDB statement with 10 parameters, without and with the pandas import guard of
-  ``letta_ray.storage.metadata`` (each in a fresh process).
+- ``append_messages`` of 10,000 messages in one call;
+- one DuckDB statement with 10 parameters as installed (pandas importable: DuckDB looks
+  it up for every parameter) and with pandas blocked (no lookup at all: the floor), each
+  in a fresh process.
 
 Run: .venv/bin/python bench/store.py [--turns 2000]
 """
@@ -33,8 +35,8 @@ GROUP = 20  # turns per transaction in the group-committed figure
 
 _STATEMENT_PROBE = """
 import statistics, sys, time
-if sys.argv[1] == "guard":
-    import letta_ray.storage.metadata  # noqa: F401  (installs the guard)
+if sys.argv[1] == "blocked":
+    sys.modules["pandas"] = None  # any import of it fails at once
 import duckdb
 conn = duckdb.connect()
 conn.execute("CREATE TABLE t (k VARCHAR PRIMARY KEY, a VARCHAR, b VARCHAR, c BIGINT, d VARCHAR, e VARCHAR, "
@@ -119,6 +121,16 @@ def bench_turns(store: MetadataStore, turns: int, *, edit: bool, grouped: bool) 
     )
 
 
+def bench_append(store: MetadataStore, n: int, repeats: int) -> float:
+    """Median seconds of one append_messages call of ``n`` messages."""
+    costs = []
+    for r in range(repeats):
+        messages = [Message(agent_id=f"agent-{r}", role="user", content=f"message {i} with some words in it")
+                    for i in range(n)]
+        costs.append(per_call(lambda messages=messages: store.messages.append_messages(messages)))
+    return statistics.median(costs)
+
+
 def bench_upsert(store: MetadataStore, calls: int) -> tuple[float, float]:
     """Median upsert_agent cost: a new agent, then the same agents with a changed summary."""
     agents = [make_agent(i) for i in range(calls)]
@@ -158,14 +170,18 @@ def main() -> None:
                 grouped = bench_turns(store, args.turns, edit=edit, grouped=True)
             print(f"  {label}  own transaction: {ms(own)}   {GROUP} per transaction: {ms(grouped)} per turn")
 
+        with fresh("append") as store:
+            print(f"append_messages, 10,000 messages in one call: {ms(bench_append(store, 10_000, 3))} "
+                  "(median of 3 calls)")
+
         print(f"upsert_agent, its own transaction, median of {args.upserts:,} calls:")
         with fresh("upsert") as store:
             new, existing = bench_upsert(store, args.upserts)
         print(f"  new agent: {ms(new)}   changed agent: {ms(existing)}")
 
-    print("one DuckDB statement with 10 parameters (fresh process, pandas not installed):")
-    print(f"  without the pandas import guard: {ms(statement_cost('plain'))}"
-          f"   with it: {ms(statement_cost('guard'))}")
+    print("one DuckDB statement with 10 parameters (fresh process each):")
+    print(f"  as installed (pandas importable): {ms(statement_cost('installed'))}"
+          f"   pandas blocked (the floor): {ms(statement_cost('blocked'))}")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ from typing import Any
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import letta_ray
+from letta_ray.fake_llm_server import FakeOpenAIServer
 from letta_ray.messages import AssistantMessage, ReasoningMessage, ToolCallMessage, ToolReturnMessage
-from letta_ray.testing import FakeOpenAIServer, last_user_text, send_message, tool_call
+from letta_ray.testing import last_user_text, send_message, tool_call
 
 PERSONAS = {
     "lead": "I am lead, the release manager. I ask my specialists and decide.",

@@ -18,10 +18,10 @@ from pathlib import Path
 from rich.console import Console
 
 import letta_ray
+from letta_ray.fake_llm_server import FakeOpenAIServer
 from letta_ray.sim import load_config, run
 from letta_ray.sim.fake import town_responder
 from letta_ray.sim.metrics import summary_table
-from letta_ray.testing import FakeOpenAIServer
 
 HERE = Path(__file__).resolve().parent
 

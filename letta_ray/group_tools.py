@@ -6,8 +6,8 @@ The manager's ``metadata["group_id"]`` names its group; the workers carry the ta
 
 from __future__ import annotations
 
-from letta_ray._group_schema import group_tag
 from letta_ray.errors import ToolError
+from letta_ray.group_schema import group_tag
 from letta_ray.tools import ToolContext
 
 

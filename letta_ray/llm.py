@@ -1,6 +1,7 @@
 """The LLM boundary: chat completions, token counts and embeddings through litellm.
 
-The only module of letta_ray that imports litellm. Importing it costs ~4 s, so it is
+The only module of letta_ray that imports litellm, with ``_litellm_internals`` beside
+it: the three places it reaches past litellm's public API, kept there and tested. Importing it costs ~4 s, so it is
 imported on first use (``LiteLLM()`` does it at construction, before any event loop
 step depends on it) rather than when this module is imported.
 
@@ -22,7 +23,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("MAX_BASE64_LENGTH_FOR_LOGGING", "0")
 
 import asyncio
-import contextvars
 import functools
 import hashlib
 import json
@@ -37,13 +37,23 @@ from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import Any, TypeVar
 
+from letta_ray import _litellm_internals
+from letta_ray._litellm_internals import HTTP_HANDLER_ENV, use_litellm_http_handler
 from letta_ray._urls import is_loopback_url
 from letta_ray.deps import LLMResponse
 from letta_ray.errors import LLMError
 from letta_ray.messages import ToolCall
 from letta_ray.schemas import LLMConfig, new_id
 
-__all__ = ["ContextWindowExceededError", "LiteLLM", "TokenCounter", "aembed", "count_tokens"]
+__all__ = [
+    "HTTP_HANDLER_ENV",
+    "ContextWindowExceededError",
+    "LiteLLM",
+    "TokenCounter",
+    "aembed",
+    "count_tokens",
+    "use_litellm_http_handler",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +97,7 @@ def _lib() -> ModuleType:
                 litellm.disable_hf_tokenizer_download = True
                 for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
                     logging.getLogger(name).setLevel(logging.WARNING)
-                _price_only_when_asked()
+                _litellm_internals.price_only_when_asked()
                 _litellm = litellm
     return _litellm
 
@@ -128,34 +138,6 @@ def _route(model: str, api_base: str | None, api_key: str | None) -> dict[str, A
     if api_key is not None:
         kwargs["api_key"] = api_key
     return kwargs
-
-
-# litellm reads it on every OpenAI-protocol call: "true" sends the request through
-# litellm's own HTTP handler, otherwise through the openai SDK underneath litellm.
-HTTP_HANDLER_ENV = "EXPERIMENTAL_OPENAI_BASE_LLM_HTTP_HANDLER"
-# The openai SDK sends these as OpenAI-Organization / OpenAI-Project headers; litellm's
-# own handler does not.
-_OPENAI_ACCOUNT_ENV = ("OPENAI_ORGANIZATION", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID")
-
-
-def use_litellm_http_handler() -> bool:
-    """Send this process's OpenAI-protocol calls through litellm's own HTTP handler.
-
-    For the processes letta_ray owns (agent hosts), where the only litellm calls are its
-    own: the same request and response without the openai SDK's request building and
-    typed parsing underneath litellm's, ~1 ms less CPU per call, a fifth of litellm's
-    share of a turn. litellm reads the switch per call from the environment, so it is
-    process-wide: a driver script that imports letta_ray keeps litellm's default for
-    its own calls. Left alone when the variable is already set (``false`` keeps the SDK
-    path) and when an OpenAI organisation or project is set in the environment, which
-    only the SDK path sends. Returns whether the handler is in use.
-    """
-    value = os.environ.get(HTTP_HANDLER_ENV)
-    if value is None:
-        if any(os.environ.get(name) for name in _OPENAI_ACCOUNT_ENV):
-            return False
-        value = os.environ[HTTP_HANDLER_ENV] = "true"
-    return value.strip().lower() in ("1", "true", "yes", "on")
 
 
 # --------------------------------------------------------------------------- errors
@@ -472,7 +454,7 @@ class LiteLLM:
         if "custom_llm_provider" in kwargs:
             _describe_served_model(config)
         response = await _with_retries(
-            lambda: _unlogged(lib.acompletion(**kwargs)),
+            lambda: _litellm_internals.unlogged(lib.acompletion(**kwargs)),
             f"LLM call to {config.model!r}",
             max_retries=self.max_retries,
             base_delay=self.base_delay,
@@ -485,72 +467,6 @@ class LiteLLM:
         self, messages: list[dict[str, Any]], config: LLMConfig, tools: list[dict[str, Any]] | None = None
     ) -> int:
         return self.tokens.count(messages, config.model, tools)
-
-
-_CALLBACK_LISTS = ("callbacks", "success_callback", "_async_success_callback", "failure_callback",
-                   "_async_failure_callback", "input_callback", "_async_input_callback", "service_callback")
-
-
-def _no_litellm_callbacks() -> bool:
-    """No litellm callback and no litellm budget (which its logging keeps count for)."""
-    lib = _lib()
-    return not any(getattr(lib, name, None) for name in _CALLBACK_LISTS) and not getattr(lib, "max_budget", None)
-
-
-async def _unlogged(call: Awaitable[T]) -> T:
-    """Await a litellm call without litellm's logging and pricing, when nobody reads them.
-
-    After every call litellm prices the response (~0.5-1 ms of CPU: its cost map, tiered
-    prices, a zero-cost diagnosis for free models) and builds a logging payload for its
-    callbacks, then hands that to a background task and a thread (~1 ms more, competing
-    with the next turn for the host's event loop). letta_ray reads neither. With no
-    litellm callback or budget configured (the default), the call runs as litellm runs
-    its own internal calls, which skip the logging, and is not priced. Register a
-    litellm callback (e.g. ``litellm.success_callback = ["langfuse"]``) or set
-    ``litellm.max_budget`` and both run as usual.
-    """
-    if not _no_litellm_callbacks():
-        return await call
-    try:
-        from litellm._internal_context import is_internal_call
-    except ImportError:  # another litellm layout: log as litellm always does
-        is_internal_call = None
-    internal = is_internal_call.set(True) if is_internal_call is not None else None
-    unpriced = _unpriced.set(True)
-    try:
-        return await call
-    finally:
-        _unpriced.reset(unpriced)
-        if internal is not None:
-            is_internal_call.reset(internal)
-
-
-_unpriced: contextvars.ContextVar[bool] = contextvars.ContextVar("letta_ray_unpriced", default=False)
-
-
-def _price_only_when_asked() -> None:
-    """Make litellm's response pricing a no-op inside ``_unlogged`` calls.
-
-    litellm has no switch for it, so its ``Logging.response_cost_calculator`` is wrapped
-    once; outside ``_unlogged`` (anyone else's litellm call in the process, or ours once
-    a callback listens) it runs unchanged. On a litellm without that method, nothing is
-    wrapped and responses are priced as usual."""
-    try:
-        from litellm.litellm_core_utils.litellm_logging import Logging
-    except ImportError:
-        return
-    original = getattr(Logging, "response_cost_calculator", None)
-    if original is None or getattr(original, "_letta_ray_wrapped", False):
-        return
-
-    @functools.wraps(original)
-    def response_cost_calculator(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if _unpriced.get():
-            return None
-        return original(self, *args, **kwargs)
-
-    response_cost_calculator._letta_ray_wrapped = True  # type: ignore[attr-defined]
-    Logging.response_cost_calculator = response_cost_calculator
 
 
 _described: set[str] = set()

@@ -11,8 +11,9 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from letta_ray.errors import InvalidInputError, describe_validation_error
 from letta_ray.schemas import new_id, utcnow
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -97,6 +98,28 @@ class MessageCreate(_Model):
         if isinstance(self.content, str):
             return self.content
         return "\n".join(str(part.get("text", "")) for part in self.content if isinstance(part, dict))
+
+
+def as_messages(message: Any, *, to: str = "an agent") -> list[MessageCreate | Message]:
+    """What a caller sends ``to`` someone as messages: text, a message, or a list of them
+    (or of dicts shaped like ``MessageCreate``); InvalidInputError for anything else."""
+    items = message if isinstance(message, list) else [message]
+    out: list[MessageCreate | Message] = []
+    for item in items:
+        if isinstance(item, MessageCreate | Message):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(MessageCreate(content=item))
+        elif isinstance(item, dict):
+            try:
+                out.append(MessageCreate.model_validate(item))
+            except ValidationError as exc:
+                raise InvalidInputError(f"invalid message {item!r}: {describe_validation_error(exc)}") from exc
+        else:
+            raise InvalidInputError(f"cannot send {type(item).__name__} to {to}")
+    if not out:
+        raise InvalidInputError(f"no message to send to {to}")
+    return out
 
 
 # --------------------------------------------------------------------------- events

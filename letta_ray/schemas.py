@@ -18,6 +18,9 @@ from letta_ray.errors import BlockLimitError, InvalidInputError
 DEFAULT_BLOCK_LIMIT = 20_000
 DEFAULT_CONTEXT_WINDOW = 32_000
 
+Order = Literal["asc", "desc"]
+"""The direction of a listing, by creation time (then id)."""
+
 
 def new_id(prefix: str) -> str:
     """A Letta-style id: ``<prefix>-<uuid4>``."""

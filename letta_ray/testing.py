@@ -6,13 +6,13 @@ Each scenario is one local function (``FunctionLLM``) or one list of turns
     llm = ScriptedLLM([tool_call("core_memory_append", label="human", content="likes tea"),
                        send_message("Noted!")])
 
-``FakeOpenAIServer`` serves the same fakes over an OpenAI-compatible HTTP API on
-127.0.0.1, so the real litellm path (``letta_ray.llm``) runs end to end without a
-provider. ``forbid_real_llm_calls(monkeypatch)`` makes any litellm call that would
-leave the machine raise.
+``letta_ray.fake_llm_server.FakeOpenAIServer`` (a shell of its own: it needs a web
+stack) serves the same fakes over an OpenAI-compatible HTTP API on 127.0.0.1, so the
+real litellm path (``letta_ray.llm``) runs end to end without a provider.
+``forbid_real_llm_calls(monkeypatch)`` makes any litellm call that would leave the
+machine raise.
 
-This module imports neither litellm nor ``letta_ray.llm``; the server's web stack
-(fastapi, uvicorn) is imported only when ``FakeOpenAIServer`` is first used.
+This module imports neither litellm nor ``letta_ray.llm``.
 """
 
 from __future__ import annotations
@@ -23,19 +23,15 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 from letta_ray._urls import is_loopback_url
 from letta_ray.deps import LLMResponse
 from letta_ray.messages import ToolCall
 from letta_ray.schemas import LLMConfig
 
-if TYPE_CHECKING:
-    from letta_ray._fake_openai import FakeOpenAIServer
-
 __all__ = [
     "CallInfo",
-    "FakeOpenAIServer",
     "FunctionLLM",
     "LLMCall",
     "ScriptExhausted",
@@ -378,12 +374,3 @@ def forbid_real_llm_calls(monkeypatch: Any) -> None:
     from letta_ray.llm import refuse_non_loopback_calls
 
     refuse_non_loopback_calls(monkeypatch)
-
-
-def __getattr__(name: str) -> Any:
-    # The server pulls in fastapi and uvicorn: import them only when it is wanted.
-    if name == "FakeOpenAIServer":
-        from letta_ray._fake_openai import FakeOpenAIServer
-
-        return FakeOpenAIServer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

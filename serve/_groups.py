@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 
-from letta_ray.groups import Group, GroupCreate
+from letta_ray.group_policies import Group, GroupCreate
 
 from ._common import ClientDep, json_response, message_response
 from .schemas import SendMessageRequest

@@ -16,7 +16,7 @@ from letta_ray.actors.client import Client
 from letta_ray.messages import LettaMessage, LettaResponse, to_events
 from letta_ray.schemas import utcnow
 
-from ._common import ClientDep, Order, handle, json_response, page, status_of, store_cursors
+from ._common import ClientDep, Order, json_response, page, status_of, store_cursors
 from .schemas import RunView, SendMessageRequest
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def _shown(response: LettaResponse, types: list[str] | None) -> LettaResponse:
 async def send_message(agent_id: str, body: SendMessageRequest, client: ClientDep) -> Response:
     if body.streaming:
         return await _stream(client, agent_id, body)
-    response = await client.call_agent(agent_id, "send", body.to_core(), max_steps=body.max_steps)
+    response = await client.agent(agent_id).send_async(body.to_core(), max_steps=body.max_steps)
     return json_response(_shown(response, body.include_return_message_types))
 
 
@@ -50,7 +50,7 @@ async def send_message_stream(agent_id: str, body: SendMessageRequest, client: C
 
 async def _stream(client: Client, agent_id: str, body: SendMessageRequest) -> Response:
     types = body.include_return_message_types
-    events = client.stream_agent(agent_id, body.to_core(), max_steps=body.max_steps)
+    events = client.agent(agent_id).stream_async(body.to_core(), max_steps=body.max_steps)
     # Errors before the turn starts (an unknown agent, say) are ordinary 4xx responses.
     first = await anext(events, None)
 
@@ -96,7 +96,7 @@ async def list_messages(
     include_return_message_types: Annotated[list[str] | None, Query()] = None,
 ) -> Response:
     first, last = store_cursors(order, after, before)
-    history = handle(client, agent_id)
+    history = client.agent(agent_id)
     state, stored = await asyncio.gather(client.get_agent_state_async(agent_id),
                                          history.messages_async(limit=limit, after=first, before=last, order=order))
     types = include_return_message_types
@@ -136,8 +136,8 @@ async def _run_turn(client: Client, run: RunView, body: SendMessageRequest) -> N
     try:
         run = run.model_copy(update={"status": "running"})
         await client.upsert_run_async(run.id, run.model_dump(mode="json"))
-        response: LettaResponse = await client.call_agent(run.agent_id, "send", body.to_core(),
-                                                          max_steps=body.max_steps, run_id=run.id)
+        response: LettaResponse = await client.agent(run.agent_id).send_async(
+            body.to_core(), max_steps=body.max_steps, run_id=run.id)
         run = run.model_copy(update={"status": "completed", "stop_reason": response.stop_reason.stop_reason,
                                      "usage": response.usage.model_dump()})
     except Exception as exc:

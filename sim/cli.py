@@ -27,7 +27,7 @@ def run_from_cli(client: Client, config_path: Path, *, out: Path | None, resume:
     run_dir = (out or client.settings.home / "sims" / config.name).expanduser().resolve()
     started = time.perf_counter()
     with console.status(f"{'Loading' if resume else 'Creating'} {config.name}: agents, topology ..."):
-        sim = client._run(Simulation.open(config, client, run_dir, resume=resume))
+        sim = client.run_sync(Simulation.open(config, client, run_dir, resume=resume))
     done = sim.completed_rounds()
     console.print(Text(f"Simulation {config.name} ({sim.sim_id}): {len(sim.profiles):,} agents ready in "
                        f"{time.perf_counter() - started:.1f} s; rounds {done + 1}..{config.rounds} to play. "
@@ -45,7 +45,7 @@ def run_from_cli(client: Client, config_path: Path, *, out: Path | None, resume:
 
     try:
         with progress:
-            client._run(sim.run(on_turns=on_turns))
+            client.run_sync(sim.run(on_turns=on_turns))
     except KeyboardInterrupt:
         console.print(Text(f"Stopped after round {sim.completed_rounds()}. Continue with: "
                            f"letta-ray sim {config_path} --resume"
@@ -54,7 +54,7 @@ def run_from_cli(client: Client, config_path: Path, *, out: Path | None, resume:
     table = sim.metrics.table()
     console.print(summary_table(table))
     chart = sim.plot()
-    digest = client._run(sim.transcript_hash())
+    digest = client.run_sync(sim.transcript_hash())
     console.print(Text(f"Metrics: {run_dir / 'metrics'} (Parquet, one file per round); chart: {chart}\n"
                        f"Transcript hash: {digest}"), soft_wrap=True)
     return sim

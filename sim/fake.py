@@ -6,7 +6,7 @@ of news of its own; in later rounds it passes on the first piece it heard, and e
 third round it notes in its ``human`` block whom it heard from (a real memory edit,
 then the reply). Serve it on 127.0.0.1 with::
 
-    python -m letta_ray._fake_openai --responder letta_ray.sim.fake:town_responder
+    python -m letta_ray.fake_llm_server --responder letta_ray.sim.fake:town_responder
 """
 
 from __future__ import annotations

@@ -366,4 +366,4 @@ def run(config: SimConfig, client: Client, out: str | Path | None = None, *, res
         await sim.run(rounds, on_turns=on_turns)
         return sim
 
-    return client._run(go())
+    return client.run_sync(go())

@@ -89,7 +89,7 @@ async def _after(seconds, value):
 @pytest.fixture(scope="session")
 def fake_llm_server():
     """A loopback OpenAI-compatible server: agents reach it through real litellm."""
-    from letta_ray.testing import FakeOpenAIServer
+    from letta_ray.fake_llm_server import FakeOpenAIServer
 
     with FakeOpenAIServer(remembering_responder) as server:
         yield server

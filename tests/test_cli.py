@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from letta_ray.cli import app
-from letta_ray.demo import demo_responder
+from letta_ray.cli.demo import demo_responder
 from letta_ray.schemas import LLMConfig
 from letta_ray.settings import PROVIDER_KEYS
 from letta_ray.testing import CallInfo
@@ -28,7 +28,7 @@ def no_provider_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     for env, _ in PROVIDER_KEYS:
         monkeypatch.delenv(env, raising=False)
     monkeypatch.delenv("LETTA_RAY_DEFAULT_MODEL", raising=False)
-    monkeypatch.setenv("LETTA_RAY_LOCAL_MODEL", "0")  # as if the local-llm extra were not installed
+    monkeypatch.setenv("LETTA_RAY_LOCAL_LLM", "0")  # as if the local-llm extra were not installed
 
 
 # --------------------------------------------------------------------------- no Ray

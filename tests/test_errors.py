@@ -11,13 +11,12 @@ from letta_ray.errors import (
     InvalidInputError,
     LLMError,
     NotFoundError,
-    ReadOnlyBlockError,
 )
 
 
 @pytest.mark.parametrize(
     "error",
-    [NotFoundError("agent", "agent-1"), BlockLimitError("human", 30, 20), ReadOnlyBlockError("persona"),
+    [NotFoundError("agent", "agent-1"), BlockLimitError("human", 30, 20),
      LLMError("503 from provider", status_code=503, retryable=True), InvalidInputError("bad limit")],
 )
 def test_errors_round_trip_through_pickle(error: Exception) -> None:

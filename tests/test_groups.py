@@ -15,7 +15,7 @@ from letta_ray.agent import step
 from letta_ray.base_tools import DEFAULT_SYSTEM_PROMPTS, DEFAULT_TOOLS, base_toolset
 from letta_ray.deps import StepDeps
 from letta_ray.errors import InvalidInputError, LLMError, NotFoundError
-from letta_ray.groups import (
+from letta_ray.group_policies import (
     GROUP_TOOL,
     DynamicManager,
     Group,
@@ -352,7 +352,7 @@ def group_responder(messages: list[dict[str, Any]], info: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def group_llm_server():
-    from letta_ray.testing import FakeOpenAIServer
+    from letta_ray.fake_llm_server import FakeOpenAIServer
 
     with FakeOpenAIServer(group_responder) as server:
         yield server
@@ -412,7 +412,7 @@ def test_round_robin_and_dynamic_groups_on_ray(client: Any, groups: Any, group_l
     assert assistant_names(response) == [ann.name, bob.name, ann.name]
     assert response.usage.step_count == 3
     # bob missed ann's last words: they are kept with the group and reach bob on the next run
-    backlog = client._run(client._store("get_group", rr.id))["backlog"]
+    backlog = client.run_sync(client.runtime.store.get_group(rr.id))["backlog"]
     assert [u["text"] for u in backlog[bob.id]] == ["ann says yes"] and ann.id not in backlog
     groups.send_group(rr.id, "again")
     bob_heard = [m.content for m in bob.messages(limit=50) if m.role == "user"]

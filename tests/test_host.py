@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from letta_ray.actors._proxy import LocalProxy
+from letta_ray.actors.archive import ArchiveActor, ArchiveHandle
 from letta_ray.actors.directory import Directory
+from letta_ray.actors.embedder import EmbedderActor, EmbedderHandle
 from letta_ray.actors.host import AgentHost
-from letta_ray.actors.stores import ArchiveActor, EmbedderActor, MetadataStoreActor
+from letta_ray.actors.metadata_store import MetadataStoreActor, MetadataStoreHandle
 from letta_ray.base_tools import DEFAULT_SYSTEM_PROMPTS, DEFAULT_TOOLS
 from letta_ray.errors import BlockLimitError, NotFoundError
 from letta_ray.messages import Message, MessageCreate
@@ -46,8 +47,8 @@ def remembering_llm(delay: float = 0.0) -> FunctionLLM:
 async def stores(tmp_path: Path):
     meta = MetadataStoreActor(tmp_path / "meta.duckdb", batch_ms=1.0)
     embedder = EmbedderActor(EmbeddingConfig(embedding_model="hash", embedding_dim=64))
-    archive = ArchiveActor(tmp_path / "archive", LocalProxy(embedder), dim=64)
-    yield LocalProxy(meta), LocalProxy(archive), meta
+    archive = ArchiveActor(tmp_path / "archive", EmbedderHandle.local(embedder), dim=64)
+    yield MetadataStoreHandle.local(meta), ArchiveHandle.local(archive), meta
     await meta.close()
 
 
@@ -59,7 +60,7 @@ async def test_turns_of_one_agent_run_one_after_another(stores: Any) -> None:
     replies = await asyncio.gather(*(host.send(state.id, [MessageCreate(content=f"m{i}")]) for i in range(8)))
 
     assert [r.assistant_text() for r in replies] == [f"echo: m{i}" for i in range(8)]
-    stored = await store.read("list_messages", state.id, limit=100)
+    stored = await store.list_messages(state.id, limit=100)
     users = [m.content for m in stored if m.role == "user"]
     assert users == [f"m{i}" for i in range(8)]  # none lost, in arrival order
     # each turn saw the previous turns in its context
@@ -68,13 +69,19 @@ async def test_turns_of_one_agent_run_one_after_another(stores: Any) -> None:
 
 async def test_different_agents_run_concurrently(stores: Any) -> None:
     store, archive, _ = stores
-    host = AgentHost("h", store, archive, llm=remembering_llm(delay=0.2))
+    together = asyncio.Barrier(5)  # opens only once all five turns are inside the LLM at once
+
+    async def fn(messages: list[dict[str, Any]], info: Any) -> Any:
+        await together.wait()
+        return send_message("done")
+
+    host = AgentHost("h", store, archive, llm=FunctionLLM(fn))
     states = [agent_state(f"a{i}") for i in range(5)]
     await host.create_agents(states)
-    started = asyncio.get_running_loop().time()
-    await asyncio.gather(*(host.send(s.id, [MessageCreate(content="hi")]) for s in states))
-    elapsed = asyncio.get_running_loop().time() - started
-    assert elapsed < 0.9  # run one after another they would take at least 1 s
+    turns = asyncio.gather(*(host.send(s.id, [MessageCreate(content="hi")]) for s in states))
+    # one after another, the first turn would wait at the barrier for ever
+    replies = await asyncio.wait_for(turns, timeout=30)
+    assert [r.assistant_text() for r in replies] == ["done"] * 5
 
 
 async def test_a_fresh_host_rehydrates_an_agent_from_the_stores(stores: Any) -> None:
@@ -117,8 +124,8 @@ async def test_unknown_agent_and_bad_block_edits_raise_typed_errors(stores: Any)
 async def test_group_commit_batches_concurrent_writes(stores: Any) -> None:
     store, _, _meta = stores
     states = [agent_state(f"g{i}") for i in range(50)]
-    await asyncio.gather(*(store.write("upsert_agent", s) for s in states))
-    assert await store.read("count_agents") == 50
+    await asyncio.gather(*(store.upsert_agent(s) for s in states))
+    assert await store.count_agents() == 50
     stats = await store.stats()
     assert stats["writes"] == 50 and stats["batches"] < 50
 
@@ -127,13 +134,13 @@ async def test_one_bad_write_in_a_batch_fails_alone(stores: Any) -> None:
     store, _, _ = stores
     good = [agent_state(f"ok{i}") for i in range(3)]
     results = await asyncio.gather(
-        *(store.write("upsert_agent", s) for s in good),
-        store.write("get_agent", "agent-missing"),  # raises inside the batch
+        *(store.upsert_agent(s) for s in good),
+        store.delete_agent("agent-missing"),  # raises inside the batch
         return_exceptions=True,
     )
     assert isinstance(results[-1], NotFoundError)
     assert results[:3] == [None, None, None]
-    assert await store.read("count_agents") == 3
+    assert await store.count_agents() == 3
 
 
 async def test_agents_are_created_in_bulk_with_their_first_messages(stores: Any) -> None:
@@ -147,22 +154,27 @@ async def test_agents_are_created_in_bulk_with_their_first_messages(stores: Any)
 
     fresh = AgentHost("h2", store, archive, llm=remembering_llm())
     assert [m.content for m in await fresh.context(states[2].id)] == ["hello b2"]
-    assert await store.read("count_agents") == 3
+    assert await store.count_agents() == 3
 
 
 async def test_directory_packs_agents_and_replaces_a_dead_host() -> None:
     made: list[str] = []
     dead: set[str] = set()
 
-    def make_host(host_id: str) -> str:
+    class FakeHost:
+        def __init__(self, host_id: str) -> None:
+            self.host_id = host_id
+
+        async def ping(self) -> str:
+            if self.host_id in dead:
+                raise RuntimeError("gone")
+            return self.host_id
+
+    def make_host(host_id: str) -> FakeHost:
         made.append(host_id)
-        return host_id
+        return FakeHost(host_id)
 
-    async def ping(handle: str) -> None:
-        if handle in dead:
-            raise RuntimeError("gone")
-
-    directory = Directory(make_host, placement="packed", agents_per_host=3, max_hosts=2, ping=ping)
+    directory = Directory(make_host, placement="packed", agents_per_host=3, max_hosts=2)
     placed = await directory.place([f"a{i}" for i in range(6)])
     assert sorted({h for h, _ in placed}) == ["host-0", "host-1"]
     assert (await directory.describe())["hosts"] == {"host-0": 3, "host-1": 3}

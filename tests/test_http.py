@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from letta_ray.serve.deployment import free_port
+from letta_ray.serve.startup import free_port
 
 pytestmark = pytest.mark.ray
 
@@ -283,7 +283,7 @@ def test_the_proxy_and_the_replica_run_with_the_lean_request_path(base_url: str)
 
     from test_network import _descendants, _socket_inodes, listening_sockets
 
-    from letta_ray.serve.deployment import PROXY_ENV, REPLICA_ENV, direct_ingress_env
+    from letta_ray.serve.startup import PROXY_ENV, REPLICA_ENV, direct_ingress_env
 
     def environ(pid: int) -> dict[str, str]:
         raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")

@@ -6,9 +6,8 @@ import asyncio
 from pathlib import Path
 
 from letta_ray.actors._journal import Journal, TurnRecord
-from letta_ray.actors._proxy import LocalProxy
 from letta_ray.actors.host import AgentHost
-from letta_ray.actors.stores import MetadataStoreActor
+from letta_ray.actors.metadata_store import MetadataStoreActor, MetadataStoreHandle
 from letta_ray.messages import Message, MessageCreate
 from letta_ray.schemas import AgentState, Block, LLMConfig
 from letta_ray.testing import FunctionLLM, send_message
@@ -69,7 +68,7 @@ async def chat_through_a_journaling_host(tmp_path: Path, turns: int) -> tuple[Me
     """A store tailing the hosts' journals, a host journaling its turns, and ``turns`` turns."""
     journals = tmp_path / "journal"
     store = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=journals)
-    host = AgentHost("h", LocalProxy(store), None, llm=FunctionLLM(lambda m, i: send_message("ok")),
+    host = AgentHost("h", MetadataStoreHandle.local(store), None, llm=FunctionLLM(lambda m, i: send_message("ok")),
                      journal_dir=str(journals))
     state = agent().model_copy(update={"tools": ["send_message"]})
     await host.create_agents([state])

@@ -11,10 +11,11 @@ import pytest
 
 from letta_ray.deps import LLM, LLMResponse
 from letta_ray.errors import LLMError
+from letta_ray.fake_llm_server import FakeOpenAIServer
 from letta_ray.llm import ContextWindowExceededError, LiteLLM, TokenCounter, aembed, count_tokens
 from letta_ray.messages import ToolCall
 from letta_ray.schemas import LLMConfig
-from letta_ray.testing import FakeOpenAIServer, forbid_real_llm_calls, reply
+from letta_ray.testing import forbid_real_llm_calls, reply
 
 SEND_MESSAGE_TOOL = {
     "type": "function",
@@ -181,6 +182,24 @@ async def test_litellm_logs_and_prices_only_when_a_callback_listens(server: Fake
 
 
 # --------------------------------------------------------------------------- retries
+
+
+def test_the_litellm_internals_letta_ray_relies_on_are_where_it_left_them():
+    """Fails loudly on a litellm upgrade that moved them (the behaviour tests beside this
+    one check that each still does its job)."""
+    from letta_ray import _litellm_internals
+
+    _litellm_internals.check()
+
+
+def test_a_moved_litellm_internal_is_named(monkeypatch: pytest.MonkeyPatch):
+    from litellm.litellm_core_utils.litellm_logging import Logging
+
+    from letta_ray import _litellm_internals
+
+    monkeypatch.delattr(Logging, "response_cost_calculator")
+    with pytest.raises(RuntimeError, match=r"response_cost_calculator is gone"):
+        _litellm_internals.check()
 
 
 @pytest.mark.parametrize("switch", ["true", "false"])

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from letta_ray.base_tools import BASE_TOOLS, DEFAULT_SYSTEM_PROMPTS, DEFAULT_TOOLS
-from letta_ray.local_llm import (
-    LOCAL_MODEL,
-    LOCAL_MODEL_NAME,
+from letta_ray.local_llm.model import (
+    LOCAL_LLM_MODEL,
+    LOCAL_LLM_NAME,
     TEXT_OPTION,
     local_llm_available,
     plan_request,
@@ -28,7 +28,7 @@ from letta_ray.local_llm import (
 )
 from letta_ray.memory import MemoryStats, compile_system_prompt
 from letta_ray.schemas import Block
-from letta_ray.settings import LOCAL_MODEL_BANNER, Settings
+from letta_ray.settings import LOCAL_LLM_BANNER, Settings
 from letta_ray.tools import openai_schema
 
 needs_llama = pytest.mark.skipif(not local_llm_available(), reason="needs the local-llm extra (llama.cpp + SmolLM2)")
@@ -162,7 +162,7 @@ def no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for env, _ in PROVIDER_KEYS:
         monkeypatch.delenv(env, raising=False)
-    for env in ("LETTA_RAY_DEFAULT_MODEL", "LETTA_RAY_LOCAL_MODEL", "LETTA_RAY_RAY_ADDRESS"):
+    for env in ("LETTA_RAY_DEFAULT_MODEL", "LETTA_RAY_LOCAL_LLM", "LETTA_RAY_RAY_ADDRESS"):
         monkeypatch.delenv(env, raising=False)
 
 
@@ -177,23 +177,23 @@ def test_a_provider_key_or_a_configured_model_wins_over_the_local_model(no_keys:
 
 def test_with_no_key_the_local_model_is_chosen_and_announced(no_keys: None) -> None:
     resolution = Settings().resolve_model(local_available=True)
-    assert (resolution.model, resolution.source) == (LOCAL_MODEL, "local")
-    assert resolution.why == LOCAL_MODEL_BANNER
-    assert LOCAL_MODEL_BANNER.startswith("no provider key found: using the bundled local model SmolLM2-135M")
-    assert "set OPENAI_API_KEY or --model" in LOCAL_MODEL_BANNER
+    assert (resolution.model, resolution.source) == (LOCAL_LLM_MODEL, "local")
+    assert resolution.why == LOCAL_LLM_BANNER
+    assert LOCAL_LLM_BANNER.startswith("no provider key found: using the bundled local model SmolLM2-135M")
+    assert "set OPENAI_API_KEY or --model" in LOCAL_LLM_BANNER
 
 
 def test_no_local_model_when_missing_disabled_or_on_a_cluster(no_keys: None) -> None:
     missing = Settings().resolve_model(local_available=False)
     assert (missing.model, missing.source) == (None, "none")
     assert "pip install 'letta-ray[local-llm]'" in missing.why
-    assert Settings(local_model=False).resolve_model(local_available=True).model is None
+    assert Settings(local_llm=False).resolve_model(local_available=True).model is None
     assert Settings(ray_address="auto").resolve_model(local_available=True).model is None
 
 
 def test_the_default_endpoint_serves_the_default_model_only() -> None:
-    settings = Settings(default_model=LOCAL_MODEL, default_model_endpoint="http://127.0.0.1:1/local-llm/v1")
-    assert settings.endpoint_for(None) == settings.endpoint_for(LOCAL_MODEL) == "http://127.0.0.1:1/local-llm/v1"
+    settings = Settings(default_model=LOCAL_LLM_MODEL, default_model_endpoint="http://127.0.0.1:1/local-llm/v1")
+    assert settings.endpoint_for(None) == settings.endpoint_for(LOCAL_LLM_MODEL) == "http://127.0.0.1:1/local-llm/v1"
     assert settings.endpoint_for("openai/gpt-4o-mini") is None
     proxy = Settings(default_model_endpoint="http://127.0.0.1:2/v1")  # no default model: any model
     assert proxy.endpoint_for("openai/gpt-4o-mini") == "http://127.0.0.1:2/v1"
@@ -209,7 +209,7 @@ class _EchoModel:
         self.requests: list[dict[str, Any]] = []
 
     def card(self) -> dict[str, Any]:
-        return {"id": LOCAL_MODEL_NAME, "object": "model", "created": 0, "owned_by": "letta-ray"}
+        return {"id": LOCAL_LLM_NAME, "object": "model", "created": 0, "owned_by": "letta-ray"}
 
     def chat(self, request: dict[str, Any]) -> dict[str, Any]:
         self.requests.append(request)
@@ -228,23 +228,23 @@ class _EchoModel:
 def test_routes_answer_like_an_openai_server() -> None:
     from fastapi.testclient import TestClient
 
-    from letta_ray.serve.local_model import create_app
+    from letta_ray.local_llm.app import create_app
 
     model = _EchoModel()
     http = TestClient(create_app(model))  # type: ignore[arg-type]
-    assert http.get("/v1/models").json()["data"][0]["id"] == LOCAL_MODEL_NAME
+    assert http.get("/v1/models").json()["data"][0]["id"] == LOCAL_LLM_NAME
     tools = agent_tools()[:1]
-    reply = http.post("/v1/chat/completions", json={"model": LOCAL_MODEL_NAME, "messages": [user("hi")],
+    reply = http.post("/v1/chat/completions", json={"model": LOCAL_LLM_NAME, "messages": [user("hi")],
                                                     "tools": tools})
     assert reply.status_code == 200
     assert reply.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == tools[0]["function"]["name"]
-    for name in (f"openai/{LOCAL_MODEL_NAME}", LOCAL_MODEL):
+    for name in (f"openai/{LOCAL_LLM_NAME}", LOCAL_LLM_MODEL):
         assert http.post("/v1/chat/completions", json={"model": name, "messages": [user("hi")]}).status_code == 200
     wrong = http.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": [user("hi")]})
     assert wrong.status_code == 404 and wrong.json()["error"]["code"] == "model_not_found"
-    assert http.post("/v1/chat/completions", json={"model": LOCAL_MODEL_NAME}).status_code == 400
-    assert http.post("/v1/chat/completions", json={"model": LOCAL_MODEL_NAME, "messages": []}).status_code == 400
-    stream = http.post("/v1/chat/completions", json={"model": LOCAL_MODEL_NAME, "messages": [user("hi")],
+    assert http.post("/v1/chat/completions", json={"model": LOCAL_LLM_NAME}).status_code == 400
+    assert http.post("/v1/chat/completions", json={"model": LOCAL_LLM_NAME, "messages": []}).status_code == 400
+    stream = http.post("/v1/chat/completions", json={"model": LOCAL_LLM_NAME, "messages": [user("hi")],
                                                      "stream": True})
     events = [line.removeprefix("data: ") for line in stream.text.splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
@@ -256,10 +256,10 @@ def test_routes_answer_like_an_openai_server() -> None:
 def test_with_an_api_token_other_machines_need_it_and_loopback_callers_do_not() -> None:
     from fastapi.testclient import TestClient
 
-    from letta_ray.serve.local_model import create_app
+    from letta_ray.local_llm.app import create_app
 
     app = create_app(_EchoModel(), api_token="s3cret")  # type: ignore[arg-type]
-    body = {"model": LOCAL_MODEL_NAME, "messages": [user("hi")]}
+    body = {"model": LOCAL_LLM_NAME, "messages": [user("hi")]}
     remote = TestClient(app, client=("203.0.113.7", 50000))
     refused = remote.post("/v1/chat/completions", json=body)
     assert refused.status_code == 401 and "Bearer" in refused.json()["error"]["message"]
@@ -271,8 +271,8 @@ def test_with_an_api_token_other_machines_need_it_and_loopback_callers_do_not() 
 
 
 def test_the_model_url_is_loopback_when_serve_listens_on_every_interface() -> None:
-    from letta_ray.serve.deployment import free_port
-    from letta_ray.serve.local_model import loopback_url
+    from letta_ray.local_llm.app import loopback_url
+    from letta_ray.serve.startup import free_port
 
     assert loopback_url("0.0.0.0", 8283) == "http://127.0.0.1:8283/local-llm/v1"
     assert loopback_url("127.0.0.1", 9) == "http://127.0.0.1:9/local-llm/v1"
@@ -288,7 +288,7 @@ def test_the_model_url_is_loopback_when_serve_listens_on_every_interface() -> No
 
 @pytest.fixture(scope="module")
 def local_model() -> Any:
-    from letta_ray.local_llm import LocalModel
+    from letta_ray.local_llm.model import LocalModel
 
     return LocalModel()
 
@@ -339,10 +339,10 @@ def test_without_tools_it_answers_in_text(local_model: Any) -> None:
 def served_model(ray_session: Any) -> Any:
     from ray import serve
 
-    from letta_ray.serve.deployment import free_port
-    from letta_ray.serve.local_model import start_local_model
+    from letta_ray.local_llm.app import start_local_llm
+    from letta_ray.serve.startup import free_port
 
-    url = start_local_model(Settings(), host="127.0.0.1", port=free_port(18283))
+    url = start_local_llm(Settings(), host="127.0.0.1", port=free_port(18283))
     yield url
     serve.shutdown()
 
@@ -352,11 +352,11 @@ def served_model(ray_session: Any) -> Any:
 @needs_llama
 async def test_on_ray_serve_litellm_reaches_it_and_an_agent_edits_its_memory(served_model: str, client: Any) -> None:
     from letta_ray.llm import LiteLLM
-    from letta_ray.local_llm import LOCAL_CONTEXT_WINDOW
+    from letta_ray.local_llm.model import LOCAL_LLM_CONTEXT_WINDOW
     from letta_ray.schemas import LLMConfig
 
     assert served_model.startswith("http://127.0.0.1:") and served_model.endswith("/local-llm/v1")
-    config = LLMConfig(model=LOCAL_MODEL, model_endpoint=served_model)
+    config = LLMConfig(model=LOCAL_LLM_MODEL, model_endpoint=served_model)
     tools = agent_tools()
     response = await LiteLLM().complete(chat(user("What is my name?"), human="Name: Ada"), tools, config,
                                         tool_choice={"type": "function", "function": {"name": "send_message"}})
@@ -364,7 +364,7 @@ async def test_on_ray_serve_litellm_reaches_it_and_an_agent_edits_its_memory(ser
     assert call.name == "send_message" and json.loads(call.arguments)["message"].strip()
 
     agent = await client.create_agent_async(
-        "local-sam", model=LOCAL_MODEL, model_endpoint=served_model, context_window=LOCAL_CONTEXT_WINDOW,
+        "local-sam", model=LOCAL_LLM_MODEL, model_endpoint=served_model, context_window=LOCAL_LLM_CONTEXT_WINDOW,
         memory_blocks=[{"label": "human", "value": "", "description": "What you know about the user."},
                        {"label": "persona", "value": "I am Sam."}])
     reply = await agent.send_async("Hi! My name is Ada and I live in Lisbon.")

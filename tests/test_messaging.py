@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from letta_ray.actors._proxy import LocalProxy
+from letta_ray.actors.archive import ArchiveActor, ArchiveHandle
+from letta_ray.actors.embedder import EmbedderActor, EmbedderHandle
 from letta_ray.actors.host import AgentHost
 from letta_ray.actors.messaging import WaitGraph
-from letta_ray.actors.stores import ArchiveActor, EmbedderActor, MetadataStoreActor
+from letta_ray.actors.metadata_store import MetadataStoreActor, MetadataStoreHandle
 from letta_ray.base_tools import DEFAULT_SYSTEM_PROMPTS, DEFAULT_TOOLS, MULTI_AGENT_TOOLS
 from letta_ray.errors import AgentCycleError
 from letta_ray.messages import LettaResponse, MessageCreate
@@ -66,7 +67,7 @@ class World:
         self.waits.end(waiter, target)
 
     async def find_by_tags(self, match_all: list[str], match_some: list[str]) -> list[str]:
-        states = await self.store.read("list_agents", tags=match_all or match_some,
+        states = await self.store.list_agents(tags=match_all or match_some,
                                        match_all_tags=bool(match_all), limit=None)
         return [s.id for s in states if not match_some or set(match_some) & set(s.tags)]
 
@@ -92,8 +93,8 @@ def scripted(plan: dict[str, Any]) -> FunctionLLM:
 async def world(tmp_path: Path):
     meta = MetadataStoreActor(tmp_path / "meta.duckdb")
     embedder = EmbedderActor(EmbeddingConfig(embedding_model="hash", embedding_dim=64))
-    archive = ArchiveActor(tmp_path / "archive", LocalProxy(embedder), dim=64)
-    yield World(LocalProxy(meta), LocalProxy(archive))
+    archive = ArchiveActor(tmp_path / "archive", EmbedderHandle.local(embedder), dim=64)
+    yield World(MetadataStoreHandle.local(meta), ArchiveHandle.local(archive))
     await meta.close()
 
 
@@ -216,7 +217,7 @@ async def test_async_send_returns_at_once_and_the_message_arrives(world: World) 
     response = await world.send("alice", "tell bob")
     assert "Sent to" in tool_results(response)[0]
     await asyncio.gather(*world.background)
-    bob_history = await world.store.read("list_messages", world.ids["bob"], limit=10)
+    bob_history = await world.store.list_messages(world.ids["bob"], limit=10)
     assert any("fyi" in (m.content or "") for m in bob_history)
 
 
@@ -252,9 +253,9 @@ async def test_two_agents_appending_to_one_shared_block_at_once_both_land(world:
     await world.spawn(llm, ["alice"])
     await world.spawn(llm, ["bob"])  # another host: no shared memory between them but the store
     team = Block(label="team", value="Team notes:", limit=500)
-    await world.store.write("upsert_block", team)
+    await world.store.upsert_block(team)
     for name in ("alice", "bob"):
-        await world.store.write("attach_block", world.ids[name], team.id)
+        await world.store.attach_block(world.ids[name], team.id)
         await world.hosts[world.ids[name]].reload(world.ids[name])
     turns = [asyncio.ensure_future(world.send(n, "note it")) for n in ("alice", "bob")]
     await asyncio.sleep(0.05)
@@ -263,7 +264,7 @@ async def test_two_agents_appending_to_one_shared_block_at_once_both_land(world:
     results = [r for response in done for r in tool_results(response)]
     assert len(results) == 2 and all(r.startswith("The memory block 'team' was edited") for r in results)
 
-    stored = await world.store.read("get_block", team.id)
+    stored = await world.store.get_block(team.id)
     assert sorted(stored.value.splitlines()) == sorted(["Team notes:", "alice was here", "bob was here"])
     # each agent sees the other's edit at its next step
     for name in ("alice", "bob"):

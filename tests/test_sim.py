@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 import letta_ray
 from letta_ray.cli import app
 from letta_ray.errors import InvalidInputError
+from letta_ray.fake_llm_server import FakeOpenAIServer
 from letta_ray.messages import MessageCreate
 from letta_ray.sim import Simulation, load_config, parse_config
 from letta_ray.sim.fake import town_responder
-from letta_ray.testing import FakeOpenAIServer
 
 pytestmark = pytest.mark.ray
 
@@ -52,12 +52,12 @@ def play(client: Any, raw: dict[str, Any], run_dir: Path, *, resume: bool = Fals
         sim.reports = await sim.run()
         return sim
 
-    return client._run(go())
+    return client.run_sync(go())
 
 
 def turns_per_round(client: Any, sim: Simulation) -> Counter[str]:
     """How many turns each (round, agent) has in the store: exactly one each, or something was lost or doubled."""
-    transcript = client._run(sim.transcript())
+    transcript = client.run_sync(sim.transcript())
     per_turn = Counter(key for key, records in transcript for r in records if r["role"] == "user")
     assert all(n == 1 for n in per_turn.values()), [k for k, n in per_turn.items() if n != 1]
     return Counter(key.split("-")[0] for key in per_turn)
@@ -69,10 +69,10 @@ def test_same_config_and_seed_give_the_same_transcript(client: Any, town_llm: Fa
     first = play(client, raw, tmp_path / "a")
     second = play(client, raw, tmp_path / "b")
     assert first.sim_id != second.sim_id and first.agent_ids != second.agent_ids  # two separate populations
-    assert client._run(first.transcript_hash()) == client._run(second.transcript_hash())
+    assert client.run_sync(first.transcript_hash()) == client.run_sync(second.transcript_hash())
     assert turns_per_round(client, first) == {"r000001": 12, "r000002": 12, "r000003": 12}
     other = play(client, {**raw, "seed": 12}, tmp_path / "c")
-    assert client._run(other.transcript_hash()) != client._run(first.transcript_hash())
+    assert client.run_sync(other.transcript_hash()) != client.run_sync(first.transcript_hash())
 
     # Agents heard their neighbours: round 2's message lists exactly what the in-neighbours said in round 1.
     said = first.outbox(1)
@@ -113,7 +113,7 @@ def test_an_environment_hook_injects_events_and_activity_samples_agents(
     sim = play(client, raw, tmp_path / "run")
     assert [r.metrics.active_agents for r in sim.reports] == [6, 6]
     assert sim.active(1) != sim.active(2)
-    transcript = client._run(sim.transcript())
+    transcript = client.run_sync(sim.transcript())
     round_2 = [records[0]["content"] for key, records in transcript if key.startswith("r000002")]
     assert len(round_2) == 6
     assert all("- (event) A storm is coming" in text for text in round_2)
@@ -131,14 +131,14 @@ def test_the_llm_cap_holds_under_a_burst_and_429s_lose_no_turn(client: Any, tmp_
             async def burst() -> list[Any]:
                 return [r async for chunk in client.send_many_async(turns, concurrency=64) for r in chunk]
 
-            results = client._run(burst())
+            results = client.run_sync(burst())
             assert server.max_in_flight == 3, server.max_in_flight  # the cap, reached and never passed
             assert all(r.error is None and r.response.stop_reason.stop_reason == "end_turn" for r in results)
             stats = client.llm_stats()[f"openai/{server.model}"]
             assert stats["max_in_flight"] == 3 and stats["in_flight"] == 0
 
             server.fail_next(4, 429)
-            results = client._run(burst())
+            results = client.run_sync(burst())
             assert [r.response.stop_reason.stop_reason for r in results] == ["end_turn"] * 24
             assert len({r.agent_id for r in results}) == 24
         finally:
@@ -211,9 +211,9 @@ def test_a_run_killed_mid_round_resumes_with_no_turn_lost_or_doubled(
         assert round_2.round == 2 and len(acknowledged) <= round_2.recovered < 16, round_2.recovered
         assert round_2.metrics.recovered == round_2.recovered and round_2.metrics.active_agents == 16
         assert turns_per_round(again, resumed) == {"r000001": 16, "r000002": 16, "r000003": 16}
-        resumed_hash = again._run(resumed.transcript_hash())
+        resumed_hash = again.run_sync(resumed.transcript_hash())
     uninterrupted = play(client, raw, tmp_path / "whole")
-    assert resumed_hash == client._run(uninterrupted.transcript_hash())
+    assert resumed_hash == client.run_sync(uninterrupted.transcript_hash())
 
 
 def test_the_sim_command_runs_a_config_and_prints_the_summary(

@@ -15,11 +15,11 @@ import pytest
 
 from letta_ray.deps import LLM, LLMResponse
 from letta_ray.errors import LLMError
+from letta_ray.fake_llm_server import FakeOpenAIServer
 from letta_ray.messages import ToolCall
 from letta_ray.schemas import LLMConfig
 from letta_ray.testing import (
     CallInfo,
-    FakeOpenAIServer,
     FunctionLLM,
     ScriptedLLM,
     ScriptExhausted,
@@ -66,9 +66,9 @@ def test_fakes_satisfy_the_llm_protocol():
     assert isinstance(ScriptedLLM([]), LLM)
 
 
-def test_testing_imports_neither_litellm_nor_the_llm_module():
+def test_the_fakes_import_neither_litellm_nor_the_llm_module():
     code = (
-        "import sys, letta_ray.testing as t; t.FakeOpenAIServer; "
+        "import sys, letta_ray.testing, letta_ray.fake_llm_server; "
         "bad = [m for m in ('litellm', 'letta_ray.llm') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -1,19 +1,14 @@
 """The DuckDB layout behind ``MetadataStore``: tables derived from the pydantic schema.
 
 Each table keeps the few typed columns it is queried by plus the whole model as JSON.
-Also the SQL helpers the store's queries share, and the guard that keeps DuckDB from
-re-trying ``import pandas`` on every statement parameter.
+Also the SQL helpers the store's queries share.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import importlib.resources
-import importlib.util
 import json
 import re
-import sys
 import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -31,38 +26,10 @@ from letta_ray.errors import InvalidInputError, StorageError
 from letta_ray.messages import Message, Role
 from letta_ray.schemas import AgentState, Block, Tool
 
-
-class _FailPandasImportFast(importlib.abc.MetaPathFinder):
-    """Makes ``import pandas`` fail at once when pandas is not installed.
-
-    DuckDB's client tries ``import pandas`` twice per parameter value of every statement
-    (to recognise pandas values) and does not remember the failure; each failed import
-    stats every sys.path entry (~45 us), so a statement with ten parameters lost ~1 ms.
-    A None entry in sys.modules would fail faster still, but lancedb, scikit-learn and
-    pyarrow's Cython take an entry there for the module itself and break.
-    """
-
-    def find_spec(
-        self, name: str, path: Sequence[str] | None = None, target: types.ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        # Only an import statement comes through _find_and_load_unlocked. A probe such as
-        # importlib.util.find_spec (transformers, lancedb) must keep answering None, so it
-        # searches as usual. Should CPython rename that function, imports search as before.
-        if name == "pandas" and sys._getframe(2).f_code.co_name == "_find_and_load_unlocked":
-            raise ModuleNotFoundError("No module named 'pandas'", name="pandas")
-        return None
-
-
-if importlib.util.find_spec("pandas") is None and not any(
-    type(finder).__name__ == _FailPandasImportFast.__name__ for finder in sys.meta_path
-):
-    sys.meta_path.insert(0, _FailPandasImportFast())
-
 FTS_REBUILD_THRESHOLD = 2_000
 # Up to this many rows, one multi-row VALUES insert beats registering an Arrow table
 # (~1.5 ms of fixed cost); past it, VALUES grows by ~0.1 ms a row and Arrow barely at all.
 _VALUES_INSERT_MAX_ROWS = 8
-Order = Literal["asc", "desc"]
 _M = TypeVar("_M", bound=BaseModel)
 
 # The default FTS tokenizer drops digits and every non-ASCII letter; keep both.

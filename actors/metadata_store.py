@@ -1,91 +1,40 @@
-"""Store actors: the one process that owns each store, batching writes.
+"""The metadata store actor: the one process that owns ``meta.duckdb``, and its handle.
 
 DuckDB lets one process open a file read-write and no other process open it at all,
 so ``MetadataStoreActor`` owns ``meta.duckdb`` and every reader and writer goes
-through it. Writes arriving within a few milliseconds of each other commit in one
-transaction (group commit); each caller is answered only after that commit, so an
-acknowledged write is durable. ``ArchiveActor`` does the same for LanceDB appends and
-optimises the table now and then; ``EmbedderActor`` loads the embedding model once and
-batches concurrent requests.
+through it (``MetadataStoreHandle``). Writes arriving within a few milliseconds of each
+other commit in one transaction (group commit); each caller is answered only after that
+commit, so an acknowledged write is durable. Agent turns take a faster path: journaled
+(by the store, or by the hosts themselves), acknowledged, then applied to DuckDB behind.
 
-Each is a plain class, unit-tested directly; ``ray.remote`` wraps it where it is created.
+A plain class, unit-tested directly; ``ray.remote`` wraps it where it is created.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from letta_ray.deps import Embedder, TagMatchMode
 from letta_ray.messages import Message, Role
-from letta_ray.schemas import AgentState, Block, EmbeddingConfig, Passage
+from letta_ray.schemas import AgentState, Block, Order, Tool
 
-from ._journal import GroupCommit, Journal, TurnRecord, read_complete
+from ._facade import ActorFacade, remote_method
+from ._group_commit import GroupCommitter
+from ._journal import Journal, JournalWriter, TurnRecord, read_complete
 
 if TYPE_CHECKING:
-    from letta_ray.storage.archive import ArchivalStore
     from letta_ray.storage.metadata import MetadataStore
 
-# The storage engines are imported inside the actors, not here: a driver that imports
-# this module to create the actors must not load lancedb before Ray forks its processes.
+# The storage engine is imported inside the actor, not here: every process that holds a
+# handle imports this module, and only the store's own process needs DuckDB.
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _JOURNAL_MARK = "journal_applied_seq"
-
-
-class _GroupCommitter:
-    """Runs write callables in batches on one thread, one transaction per batch."""
-
-    def __init__(self, run_batch: Callable[[list[Callable[[], Any]]], list[tuple[bool, Any]]],
-                 window_s: float, max_batch: int = 512) -> None:
-        self._run_batch = run_batch
-        self._window_s = window_s
-        self._max_batch = max_batch
-        self._pending: list[tuple[Callable[[], Any], asyncio.Future[Any]]] = []
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-commit")
-        self._flusher: asyncio.Task[None] | None = None
-        self.batches = 0
-        self.writes = 0
-
-    async def submit(self, fn: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((fn, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._pending:
-            # No fixed wait by default: writes that arrive while a batch is committing
-            # form the next batch, so batching grows with load and adds no latency idle.
-            if len(self._pending) < self._max_batch:
-                await asyncio.sleep(self._window_s)
-            batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
-            try:
-                results = await loop.run_in_executor(self._executor, self._run_batch, [fn for fn, _ in batch])
-            except BaseException as exc:  # the batch runner itself failed: fail everyone in it
-                results = [(False, exc)] * len(batch)
-            self.batches += 1
-            self.writes += len(batch)
-            for (_, future), (ok, value) in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
 
 
 class MetadataStoreActor:
@@ -103,7 +52,7 @@ class MetadataStoreActor:
         from letta_ray.storage.metadata import MetadataStore
 
         self.store: MetadataStore = MetadataStore(path)
-        self._writes = _GroupCommitter(self._commit, batch_ms / 1000.0)
+        self._writes = GroupCommitter(self._commit, batch_ms / 1000.0)
         self._journal: Journal | None = None
         self._seq = 0  # last turn record numbered
         self._journaled = 0  # last turn record acknowledged
@@ -112,7 +61,7 @@ class MetadataStoreActor:
         self._apply_task: asyncio.Task[None] | None = None
         self._applied_changed = asyncio.Event()
         self._journal_broken = False
-        self._writer = GroupCommit(self._current_journal, self._journaled_now)
+        self._writer = JournalWriter(self._current_journal, self._journaled_now)
         if journal and str(path) != ":memory:":
             self._journal = Journal(Path(path).with_suffix(".journal"))
             self._recover()
@@ -321,6 +270,10 @@ class MetadataStoreActor:
         await self._barrier()
         return await asyncio.to_thread(fn, *args, **kwargs)
 
+    async def _write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        await self._barrier()
+        return await self._writes.submit(lambda: fn(*args, **kwargs))
+
     # ---------------------------------------------------------------- writes
 
     async def commit_step(self, state: AgentState, messages: list[Message],
@@ -342,7 +295,7 @@ class MetadataStoreActor:
         await self._barrier()
 
         def write() -> None:
-            self.store.append_messages(messages)
+            self.store.messages.append_messages(messages)
             self.store.create_agents(states)
         await self._writes.submit(write)
 
@@ -362,40 +315,134 @@ class MetadataStoreActor:
             return block
         return await self._writes.submit(edit)
 
-    async def get_blocks(self, block_ids: list[str]) -> list[Block]:
-        return await self._read(lambda: [self.store.get_block(b) for b in block_ids])
-
-    async def write(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Any MetadataStore write method, group-committed."""
-        fn = getattr(self.store, method)
-        await self._barrier()
-        return await self._writes.submit(lambda: fn(*args, **kwargs))
-
-    async def write_many(self, calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
-        """Several writes committed together, answered once all are durable."""
-        await self._barrier()
-
-        def write() -> list[Any]:
-            return [getattr(self.store, m)(*a, **k) for m, a, k in calls]
-        return await self._writes.submit(write)
-
     # ---------------------------------------------------------------- reads
-
-    async def read(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Any MetadataStore read method, run in a worker thread."""
-        return await self._read(getattr(self.store, method), *args, **kwargs)
+    # Each runs MetadataStore's (or its MessageStore's) method of the same name in a
+    # worker thread, once every acknowledged turn is applied.
 
     async def get_agent(self, agent_id: str) -> AgentState:
         return await self._read(self.store.get_agent, agent_id)
 
+    async def get_agent_by_name(self, name: str) -> AgentState:
+        return await self._read(self.store.get_agent_by_name, name)
+
+    async def existing_agents(self, agent_ids: list[str]) -> list[str]:
+        return await self._read(self.store.existing_agents, agent_ids)
+
+    async def list_agents(self, *, name: str | None = None, tags: list[str] | None = None,
+                          match_all_tags: bool = False, limit: int | None = 50, after: str | None = None,
+                          before: str | None = None, order: Order = "asc") -> list[AgentState]:
+        return await self._read(self.store.list_agents, name=name, tags=tags, match_all_tags=match_all_tags,
+                                limit=limit, after=after, before=before, order=order)
+
+    async def count_agents(self) -> int:
+        return await self._read(self.store.count_agents)
+
+    async def get_block(self, block_id: str) -> Block:
+        return await self._read(self.store.get_block, block_id)
+
+    async def get_blocks(self, block_ids: list[str]) -> list[Block]:
+        return await self._read(lambda: [self.store.get_block(b) for b in block_ids])
+
+    async def list_blocks(self, *, label: str | None = None, limit: int | None = 50,
+                          after: str | None = None) -> list[Block]:
+        return await self._read(self.store.list_blocks, label=label, limit=limit, after=after)
+
+    async def agents_of_block(self, block_id: str) -> list[str]:
+        return await self._read(self.store.agents_of_block, block_id)
+
+    async def shared_blocks(self, block_ids: list[str]) -> list[str]:
+        return await self._read(self.store.shared_blocks, block_ids)
+
+    async def get_tool(self, tool_id: str) -> Tool:
+        return await self._read(self.store.get_tool, tool_id)
+
+    async def get_tool_by_name(self, name: str) -> Tool:
+        return await self._read(self.store.get_tool_by_name, name)
+
+    async def list_tools(self, *, limit: int | None = 50, after: str | None = None) -> list[Tool]:
+        return await self._read(self.store.list_tools, limit=limit, after=after)
+
+    async def get_group(self, group_id: str) -> dict[str, Any]:
+        return await self._read(self.store.get_group, group_id)
+
+    async def list_groups(self, *, limit: int | None = 50, after: str | None = None) -> list[dict[str, Any]]:
+        return await self._read(self.store.list_groups, limit=limit, after=after)
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        return await self._read(self.store.get_run, run_id)
+
+    async def list_runs(self, agent_id: str | None = None, *, status: str | None = None,
+                        limit: int | None = 50) -> list[dict[str, Any]]:
+        return await self._read(self.store.list_runs, agent_id, status=status, limit=limit)
+
+    async def get_meta(self, key: str) -> str | None:
+        return await self._read(self.store.get_meta, key)
+
+    async def export_parquet(self, out_dir: str) -> dict[str, Path]:
+        return await self._read(self.store.export_parquet, out_dir)
+
+    # ---------------------------------------------------------------- the message history
+
+    async def get_messages(self, ids: list[str]) -> list[Message]:
+        return await self._read(self.store.messages.get_messages, ids)
+
+    async def list_messages(self, agent_id: str, *, limit: int | None = 50, before: str | None = None,
+                            after: str | None = None, order: Order = "asc", roles: list[Role] | None = None,
+                            start: datetime | None = None, end: datetime | None = None) -> list[Message]:
+        return await self._read(self.store.messages.list_messages, agent_id, limit=limit, before=before,
+                                after=after, order=order, roles=roles, start=start, end=end)
+
+    async def count_messages(self, agent_id: str) -> int:
+        return await self._read(self.store.messages.count_messages, agent_id)
+
     async def search_messages(self, agent_id: str, query: str | None, *, roles: list[Role] | None = None,
                               limit: int = 10, start: datetime | None = None,
                               end: datetime | None = None) -> list[Message]:
-        return await self._read(self.store.search_messages, agent_id, query, roles=roles, limit=limit,
+        return await self._read(self.store.messages.search_messages, agent_id, query, roles=roles, limit=limit,
                                 start=start, end=end)
 
-    async def count_messages(self, agent_id: str) -> int:
-        return await self._read(self.store.count_messages, agent_id)
+    async def messages_of_runs(self, run_id_prefix: str) -> dict[str, list[Message]]:
+        return await self._read(self.store.messages.messages_of_runs, run_id_prefix)
+
+    # ---------------------------------------------------------------- writes, group-committed
+
+    async def upsert_agent(self, state: AgentState) -> None:
+        await self._write(self.store.upsert_agent, state)
+
+    async def delete_agent(self, agent_id: str) -> None:
+        await self._write(self.store.delete_agent, agent_id)
+
+    async def upsert_block(self, block: Block) -> None:
+        await self._write(self.store.upsert_block, block)
+
+    async def delete_block(self, block_id: str) -> None:
+        await self._write(self.store.delete_block, block_id)
+
+    async def attach_block(self, agent_id: str, block_id: str) -> None:
+        await self._write(self.store.attach_block, agent_id, block_id)
+
+    async def detach_block(self, agent_id: str, block_id: str) -> None:
+        await self._write(self.store.detach_block, agent_id, block_id)
+
+    async def upsert_tool(self, tool: Tool) -> Tool:
+        return await self._write(self.store.upsert_tool, tool)
+
+    async def delete_tool(self, tool_id: str) -> None:
+        await self._write(self.store.delete_tool, tool_id)
+
+    async def upsert_group(self, group_id: str, doc: dict[str, Any]) -> None:
+        await self._write(self.store.upsert_group, group_id, doc)
+
+    async def delete_group(self, group_id: str) -> None:
+        await self._write(self.store.delete_group, group_id)
+
+    async def upsert_run(self, run_id: str, doc: dict[str, Any]) -> None:
+        await self._write(self.store.upsert_run, run_id, doc)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._write(self.store.set_meta, key, value)
+
+    # ---------------------------------------------------------------- upkeep
 
     async def stats(self) -> dict[str, int]:
         return {"batches": self._writes.batches, "writes": self._writes.writes}
@@ -417,128 +464,53 @@ class MetadataStoreActor:
         self.store.close()
 
 
-class EmbedderActor:
-    """Loads an embedding model once; concurrent requests are encoded in one batch."""
+class MetadataStoreHandle(ActorFacade):
+    """The metadata store actor's methods, awaited (see ``MetadataStoreActor``)."""
 
-    def __init__(self, config: EmbeddingConfig, batch_ms: float = 2.0, max_batch: int = 256) -> None:
-        from letta_ray.embeddings import make_embedder
+    commit_step = remote_method(MetadataStoreActor.commit_step)
+    create_agents = remote_method(MetadataStoreActor.create_agents)
+    edit_block = remote_method(MetadataStoreActor.edit_block)
+    get_blocks = remote_method(MetadataStoreActor.get_blocks)
 
-        self.embedder: Embedder = make_embedder(config)
-        self._window_s = batch_ms / 1000.0
-        self._max_batch = max_batch
-        self._pending: list[tuple[list[str], asyncio.Future[list[list[float]]]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+    get_agent = remote_method(MetadataStoreActor.get_agent)
+    get_agent_by_name = remote_method(MetadataStoreActor.get_agent_by_name)
+    existing_agents = remote_method(MetadataStoreActor.existing_agents)
+    list_agents = remote_method(MetadataStoreActor.list_agents)
+    count_agents = remote_method(MetadataStoreActor.count_agents)
+    get_block = remote_method(MetadataStoreActor.get_block)
+    list_blocks = remote_method(MetadataStoreActor.list_blocks)
+    agents_of_block = remote_method(MetadataStoreActor.agents_of_block)
+    shared_blocks = remote_method(MetadataStoreActor.shared_blocks)
+    get_tool = remote_method(MetadataStoreActor.get_tool)
+    get_tool_by_name = remote_method(MetadataStoreActor.get_tool_by_name)
+    list_tools = remote_method(MetadataStoreActor.list_tools)
+    get_group = remote_method(MetadataStoreActor.get_group)
+    list_groups = remote_method(MetadataStoreActor.list_groups)
+    get_run = remote_method(MetadataStoreActor.get_run)
+    list_runs = remote_method(MetadataStoreActor.list_runs)
+    get_meta = remote_method(MetadataStoreActor.get_meta)
+    export_parquet = remote_method(MetadataStoreActor.export_parquet)
 
-    async def dim(self) -> int:
-        return self.embedder.dim
+    get_messages = remote_method(MetadataStoreActor.get_messages)
+    list_messages = remote_method(MetadataStoreActor.list_messages)
+    count_messages = remote_method(MetadataStoreActor.count_messages)
+    search_messages = remote_method(MetadataStoreActor.search_messages)
+    messages_of_runs = remote_method(MetadataStoreActor.messages_of_runs)
 
-    async def embed(self, texts: list[str]) -> list[list[float]]:
-        future: asyncio.Future[list[list[float]]] = asyncio.get_running_loop().create_future()
-        self._pending.append((texts, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return await future
+    upsert_agent = remote_method(MetadataStoreActor.upsert_agent)
+    delete_agent = remote_method(MetadataStoreActor.delete_agent)
+    upsert_block = remote_method(MetadataStoreActor.upsert_block)
+    delete_block = remote_method(MetadataStoreActor.delete_block)
+    attach_block = remote_method(MetadataStoreActor.attach_block)
+    detach_block = remote_method(MetadataStoreActor.detach_block)
+    upsert_tool = remote_method(MetadataStoreActor.upsert_tool)
+    delete_tool = remote_method(MetadataStoreActor.delete_tool)
+    upsert_group = remote_method(MetadataStoreActor.upsert_group)
+    delete_group = remote_method(MetadataStoreActor.delete_group)
+    upsert_run = remote_method(MetadataStoreActor.upsert_run)
+    set_meta = remote_method(MetadataStoreActor.set_meta)
 
-    async def _flush(self) -> None:
-        while self._pending:
-            if self._window_s > 0:
-                await asyncio.sleep(self._window_s)
-            batch: list[tuple[list[str], asyncio.Future[list[list[float]]]]] = []
-            size = 0
-            while self._pending and (not batch or size + len(self._pending[0][0]) <= self._max_batch):
-                item = self._pending.pop(0)
-                batch.append(item)
-                size += len(item[0])
-            texts = [t for chunk, _ in batch for t in chunk]
-            try:
-                vectors = await self.embedder.embed(texts)
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            offset = 0
-            for chunk, future in batch:
-                if not future.done():
-                    future.set_result(vectors[offset: offset + len(chunk)])
-                offset += len(chunk)
-
-
-class ArchiveActor:
-    """Owner of the LanceDB archive: batched appends, searches, periodic optimize()."""
-
-    def __init__(self, path: str | Path, embedder: Any, dim: int, batch_ms: float = 5.0,
-                 optimize_every: int = 2_000) -> None:
-        """``embedder`` is anything with ``await embedder.embed(texts)`` (a proxy to EmbedderActor)."""
-        from letta_ray.storage.archive import ArchivalStore
-
-        self.store: ArchivalStore = ArchivalStore(path, dim)
-        self.embedder = embedder
-        self._optimize_every = optimize_every
-        self._since_optimize = 0
-        self._optimizing: asyncio.Task[None] | None = None
-        self._writes = _GroupCommitter(self._append, batch_ms / 1000.0)
-
-    def _append(self, fns: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
-        passages: list[Passage] = []
-        for fn in fns:
-            passages.extend(fn())
-        self.store.insert(passages)  # one LanceDB version for the whole batch
-        return [(True, None)] * len(fns)
-
-    async def insert(self, agent_id: str, text: str, tags: list[str] | None = None) -> Passage:
-        [passage] = await self.insert_many(agent_id, [text], tags)
-        return passage
-
-    async def insert_many(self, agent_id: str, texts: list[str], tags: list[str] | None = None) -> list[Passage]:
-        vectors = await self.embedder.embed(texts)
-        passages = [Passage(agent_id=agent_id, text=t, tags=list(tags or []), embedding=v)
-                    for t, v in zip(texts, vectors, strict=True)]
-        await self._writes.submit(lambda: passages)
-        self._since_optimize += len(passages)
-        if self._since_optimize >= self._optimize_every and (self._optimizing is None or self._optimizing.done()):
-            self._since_optimize = 0
-            self._optimizing = asyncio.create_task(self._optimize())
-        return [p.model_copy(update={"embedding": None}) for p in passages]
-
-    async def _optimize(self) -> None:
-        started = time.perf_counter()
-        try:
-            await asyncio.to_thread(self.store.optimize)
-        except Exception:  # optimisation is housekeeping; a failure must not fail writes
-            log.exception("archive optimize failed")
-        else:
-            log.info("archive optimized in %.2fs", time.perf_counter() - started)
-
-    async def optimize(self) -> None:
-        await self._optimize()
-
-    async def search(self, agent_id: str, query: str | None, *, tags: list[str] | None = None,
-                     tag_match_mode: TagMatchMode = "any", top_k: int = 5, start: datetime | None = None,
-                     end: datetime | None = None) -> list[Passage]:
-        vector = None
-        if query is not None and query.strip():
-            [vector] = await self.embedder.embed([query])
-        else:
-            query = None
-        return await asyncio.to_thread(self.store.search, agent_id, query_text=query, query_vector=vector,
-                                       tags=tags, tag_match_mode=tag_match_mode, top_k=top_k, start=start, end=end)
-
-    async def count(self, agent_id: str) -> int:
-        return await asyncio.to_thread(self.store.count, agent_id)
-
-    async def list(self, agent_id: str, *, limit: int = 100, after: str | None = None,
-                   ascending: bool = True) -> list[Passage]:
-        return await asyncio.to_thread(self.store.list, agent_id, limit=limit, after=after, ascending=ascending)
-
-    async def get(self, passage_id: str, agent_id: str | None = None) -> Passage:
-        return await asyncio.to_thread(self.store.get, passage_id, agent_id=agent_id)
-
-    async def delete(self, passage_id: str, agent_id: str | None = None) -> None:
-        await asyncio.to_thread(self.store.delete, passage_id, agent_id=agent_id)
-
-    async def delete_agent(self, agent_id: str) -> int:
-        return await asyncio.to_thread(self.store.delete_agent, agent_id)
-
-    async def ping(self) -> str:
-        return "ok"
+    ingest_host_journals = remote_method(MetadataStoreActor.ingest_host_journals)
+    stats = remote_method(MetadataStoreActor.stats)
+    ping = remote_method(MetadataStoreActor.ping)
+    close = remote_method(MetadataStoreActor.close)

@@ -1,4 +1,4 @@
-"""Groups: several agents answering one message together, under a policy.
+"""Group policies: several agents answering one message together, taking turns by a rule.
 
 A group is persisted like an agent (``Group``, shaped like Letta's) and sent a message
 like an agent; it answers with every participant's messages in order, one stop reason
@@ -25,9 +25,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from letta_ray._group_schema import (
+from letta_ray.errors import InvalidInputError
+from letta_ray.group_schema import (
     DEFAULT_TERMINATION_TOKEN,
     GROUP_TOOL,
     MANAGER_CONFIG_ADAPTER,
@@ -39,11 +40,9 @@ from letta_ray._group_schema import (
     RoundRobinManager,
     SleeptimeManager,
     SupervisorManager,
-    describe_validation_error,
     group_tag,
     parse_manager_config,
 )
-from letta_ray.errors import InvalidInputError
 from letta_ray.messages import (
     AssistantMessage,
     LettaMessage,
@@ -58,6 +57,7 @@ from letta_ray.messages import (
     UserMessage,
     to_events,
 )
+from letta_ray.messages import as_messages as to_messages
 
 __all__ = [
     "DEFAULT_TERMINATION_TOKEN",
@@ -159,23 +159,12 @@ def user_utterances(messages: list[MessageCreate]) -> list[Utterance]:
 
 def as_messages(message: str | MessageCreate | list[Any]) -> list[MessageCreate]:
     """A group's input: text, a ``MessageCreate``, or a list of them (or of dicts)."""
-    items = message if isinstance(message, list) else [message]
-    out: list[MessageCreate] = []
-    for item in items:
-        if isinstance(item, MessageCreate):
-            out.append(item)
-        elif isinstance(item, str):
-            out.append(MessageCreate(content=item))
-        elif isinstance(item, dict):
-            try:
-                out.append(MessageCreate.model_validate(item))
-            except ValidationError as exc:
-                raise InvalidInputError(f"invalid message {item!r}: {describe_validation_error(exc)}") from exc
-        else:
-            raise InvalidInputError(f"cannot send {type(item).__name__} to a group")
-    if not out or not any(m.text().strip() for m in out):
+    out = to_messages(message, to="a group")
+    if not all(isinstance(m, MessageCreate) for m in out):
+        raise InvalidInputError("a group is sent new messages (MessageCreate), not stored ones")
+    if not any(m.text().strip() for m in out):
         raise InvalidInputError("no message to send to the group")
-    return out
+    return [m for m in out if isinstance(m, MessageCreate)]
 
 
 # --------------------------------------------------------------------------- protocols and results

@@ -1,7 +1,7 @@
-"""The ``letta-ray`` command: chat with an agent, manage agents, export the metadata.
+"""The ``letta-ray`` command: chat with an agent, manage agents, serve, simulate, export.
 
-Ray is imported only inside commands (through ``letta_ray.actors.client``), so
-``letta-ray --help`` stays fast and this module stays in the core layer.
+A shell over the runtime: Ray is imported only inside commands (through
+``letta_ray.actors.client``), so ``letta-ray --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from letta_ray.demo import DEMO_MODEL, demo_responder
 from letta_ray.errors import InvalidInputError, LettaRayError, NotFoundError
-from letta_ray.local_llm import LOCAL_CONTEXT_WINDOW, LOCAL_MODEL, local_llm_available
 from letta_ray.messages import (
     AssistantMessage,
     LettaMessage,
@@ -36,7 +34,15 @@ from letta_ray.messages import (
     to_events,
 )
 from letta_ray.schemas import LLMConfig
-from letta_ray.settings import NO_LOCAL_MODEL, Settings
+from letta_ray.settings import (
+    LOCAL_LLM_CONTEXT_WINDOW,
+    LOCAL_LLM_MODEL,
+    NO_LOCAL_LLM,
+    Settings,
+    local_llm_available,
+)
+
+from .demo import DEMO_MODEL, demo_responder
 
 if TYPE_CHECKING:
     from letta_ray.actors.client import AgentHandle, Client
@@ -257,17 +263,17 @@ def _choose_model(settings: Settings, state: AgentState | None, model: str | Non
         return _ModelChoice(model, endpoint, "--model given")
     if state is not None and state.llm_config.model == DEMO_MODEL:
         return _ModelChoice(DEMO_MODEL, None, "this agent was created with --demo", demo=True)
-    if state is not None and state.llm_config.model == LOCAL_MODEL and endpoint is None:
+    if state is not None and state.llm_config.model == LOCAL_LLM_MODEL and endpoint is None:
         if not local_llm_available():
-            raise InvalidInputError(f"this agent thinks with the bundled local model, but {NO_LOCAL_MODEL}")
-        return _ModelChoice(LOCAL_MODEL, None, "the agent's own model: the bundled local model", local=True)
+            raise InvalidInputError(f"this agent thinks with the bundled local model, but {NO_LOCAL_LLM}")
+        return _ModelChoice(LOCAL_LLM_MODEL, None, "the agent's own model: the bundled local model", local=True)
     if state is not None:
         return _ModelChoice(state.llm_config.model, endpoint or state.llm_config.model_endpoint,
                             "the agent's own model")
     resolution = settings.resolve_model()
     if resolution.source == "local":
         out.print(Text(resolution.why, style="yellow"), soft_wrap=True)
-        return _ModelChoice(LOCAL_MODEL, None, "no provider key: the bundled local model", local=True)
+        return _ModelChoice(LOCAL_LLM_MODEL, None, "no provider key: the bundled local model", local=True)
     if resolution.model is not None:
         return _ModelChoice(resolution.model, endpoint or settings.endpoint_for(resolution.model), resolution.why)
     out.print(Text(f"No model: {resolution.why}.", style="bold yellow"), soft_wrap=True)
@@ -327,13 +333,13 @@ def _chat(out: Console, handle: AgentHandle, messages: list[str]) -> int:
         _show_response(out, handle, response)
 
 
-def _start_local_model(out: Console, settings: Settings) -> str:
+def _start_local_llm(out: Console, settings: Settings) -> str:
     """Serve the bundled local model on this process's Ray (127.0.0.1, a free port); its URL."""
-    from letta_ray.serve.deployment import free_port
-    from letta_ray.serve.local_model import start_local_model
+    from letta_ray.local_llm.app import start_local_llm
+    from letta_ray.serve.startup import free_port
 
     with out.status("loading the local model on Ray Serve…") if out.is_terminal else _no_status():
-        return start_local_model(settings, host="127.0.0.1", port=free_port(settings.http_port))
+        return start_local_llm(settings, host="127.0.0.1", port=free_port(settings.http_port))
 
 
 @contextmanager
@@ -368,17 +374,17 @@ def run(
             state = handle.state() if handle is not None else None
             choice = _choose_model(client.settings, state, model, model_endpoint, demo, out)
             if choice.demo:
-                from letta_ray.testing import FakeOpenAIServer
+                from letta_ray.fake_llm_server import FakeOpenAIServer
 
                 server = FakeOpenAIServer(demo_responder, model=DEMO_MODEL).start()
                 choice.endpoint = server.url
             if choice.local:
-                choice.endpoint = _start_local_model(out, client.settings)
+                choice.endpoint = _start_local_llm(out, client.settings)
                 local_started = True
             if handle is None or state is None:
                 handle = client.create_agent(key, model=choice.model, model_endpoint=choice.endpoint,
                                              memory_blocks=DEFAULT_BLOCKS,
-                                             context_window=LOCAL_CONTEXT_WINDOW if choice.local else None)
+                                             context_window=LOCAL_LLM_CONTEXT_WINDOW if choice.local else None)
                 status = "created"
             else:
                 status = "existing"
@@ -399,9 +405,9 @@ def run(
             if server is not None:
                 server.stop()
             if local_started:
-                from letta_ray.serve.local_model import stop_local_model
+                from letta_ray.local_llm.app import stop_local_llm
 
-                stop_local_model()
+                stop_local_llm()
     if code:
         raise typer.Exit(code)
 
@@ -503,7 +509,7 @@ def serve(
 ) -> None:
     """Serve Letta's REST API (/v1, docs at /docs) on Ray Serve, for Letta's SDKs and clients."""
     with _errors():
-        from letta_ray.serve.deployment import serve_forever
+        from .serving import serve_forever
 
         serve_forever(ctx.obj.settings(), host=host, port=port, replicas=replicas,
                       on_ready=lambda text: _console().print(Text(text), soft_wrap=True))

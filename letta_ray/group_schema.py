@@ -1,6 +1,7 @@
 """The group schema: a stored group, shaped like Letta's, and its manager configs.
 
-Re-exported by ``letta_ray.groups``; import from there.
+How a group runs is ``letta_ray.group_policies``; the supervisor's fan-out tool is
+``letta_ray.group_tools``; on the runtime, ``letta_ray.actors.groups_api``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from letta_ray.errors import InvalidInputError
+from letta_ray.errors import InvalidInputError, describe_validation_error
 from letta_ray.schemas import new_id, utcnow
 
 GROUP_TOOL = "send_message_to_all_agents_in_group"
@@ -72,15 +73,6 @@ def parse_manager_config(value: ManagerConfig | dict[str, Any] | None) -> Manage
         return MANAGER_CONFIG_ADAPTER.validate_python(value)
     except ValidationError as exc:
         raise InvalidInputError(f"invalid manager_config {value!r}: {describe_validation_error(exc)}") from exc
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for e in exc.errors():
-        where = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)
 
 
 class GroupCreate(_Model):

@@ -1,6 +1,6 @@
 """A loopback OpenAI-compatible server that answers from a fake LLM.
 
-Re-exported as ``letta_ray.testing.FakeOpenAIServer``. It runs uvicorn in a daemon
+An HTTP shell over the fakes of ``letta_ray.testing``. It runs uvicorn in a daemon
 thread of the calling process, bound to 127.0.0.1 only, so tests and benchmarks can
 drive the real litellm path without any provider.
 """
@@ -386,7 +386,7 @@ def _usage(response: LLMResponse) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> None:
     """Serve a fake model (the echo model unless ``--responder``) in its own process until stdin closes.
 
-    ``python -m letta_ray._fake_openai`` prints the base URL on its first line of
+    ``python -m letta_ray.fake_llm_server`` prints the base URL on its first line of
     output; benchmarks use it so the fake provider does not share their GIL.
     """
     import argparse

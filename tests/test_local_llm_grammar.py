@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from letta_ray.base_tools import BASE_TOOLS
-from letta_ray.grammar import choice_grammar, gbnf_literal, schema_grammar
+from letta_ray.local_llm.grammar import choice_grammar, gbnf_literal, schema_grammar
 from letta_ray.tools import openai_schema
 
 _TOKEN = re.compile(r'\s*("(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|\{\d+,\d+\}|[()|?*+]|[a-zA-Z0-9-]+)')

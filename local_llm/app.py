@@ -23,10 +23,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
-from letta_ray.local_llm import LOCAL_MODEL_NAME, LocalModel
-from letta_ray.settings import Settings
+from letta_ray.serve.startup import direct_ingress_running, is_loopback, keep_replica_grpc_on_loopback, start_serve
+from letta_ray.settings import LOCAL_LLM_NAME, Settings
 
-from .deployment import _is_loopback, _keep_replica_grpc_on_loopback, direct_ingress_running, start_serve
+from .model import LocalModel
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class LocalModelServer:
     async def __init__(self, loopback: bool = True, n_threads: int | None = None, api_token: str | None = None
                        ) -> None:
         if loopback:
-            _keep_replica_grpc_on_loopback()
+            keep_replica_grpc_on_loopback()
         self.api_token = api_token
         self.model = await asyncio.to_thread(LocalModel, n_threads=n_threads)
 
@@ -66,7 +66,7 @@ def create_app(model: LocalModel, *, api_token: str | None = None) -> FastAPI:
     @app.middleware("http")
     async def require_token(request: Request, call_next: Any) -> Response:
         peer = request.client.host if request.client else ""
-        if api_token and not _is_loopback(peer):
+        if api_token and not is_loopback(peer):
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_token.encode()):
                 return _error(401, "the local model needs Authorization: Bearer <token> from other machines")
@@ -84,10 +84,10 @@ def create_app(model: LocalModel, *, api_token: str | None = None) -> FastAPI:
             return _error(400, "the body is not JSON")
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return _error(400, "the body must be a JSON object with a list of messages")
-        name = str(body.get("model") or LOCAL_MODEL_NAME).removeprefix("openai/").removeprefix("local/")
-        if name != LOCAL_MODEL_NAME:
+        name = str(body.get("model") or LOCAL_LLM_NAME).removeprefix("openai/").removeprefix("local/")
+        if name != LOCAL_LLM_NAME:
             return _error(404, f"model {body.get('model')!r} is not served here; this server has "
-                               f"{LOCAL_MODEL_NAME!r}", code="model_not_found")
+                               f"{LOCAL_LLM_NAME!r}", code="model_not_found")
         try:
             async with lock:
                 response = await asyncio.to_thread(model.chat, body)
@@ -125,11 +125,11 @@ def loopback_url(host: str, port: int) -> str:
         wildcard = ipaddress.ip_address(host).is_unspecified
     except ValueError:
         wildcard = False
-    reach = "127.0.0.1" if wildcard or _is_loopback(host) else host
+    reach = "127.0.0.1" if wildcard or is_loopback(host) else host
     return f"http://{reach}:{port}{ROUTE_PREFIX}/v1"
 
 
-def start_local_model(settings: Settings, *, host: str | None = None, port: int | None = None) -> str:
+def start_local_llm(settings: Settings, *, host: str | None = None, port: int | None = None) -> str:
     """Start Serve (if needed) and the local model app on ``host:port``; Ray must be up.
 
     Returns the model's OpenAI base URL (``http://127.0.0.1:<port>/local-llm/v1``). Start
@@ -141,10 +141,10 @@ def start_local_model(settings: Settings, *, host: str | None = None, port: int 
         raise RuntimeError("the API runs on Serve's direct ingress, which serves no other application: "
                            "start the local model before the API (as `letta-ray serve` does)")
     start_serve(host, port)
-    app = LocalModelServer.bind(_is_loopback(host), None, settings.api_token)
+    app = LocalModelServer.bind(is_loopback(host), None, settings.api_token)
     serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, blocking=False)
     return loopback_url(host, port)
 
 
-def stop_local_model() -> None:
+def stop_local_llm() -> None:
     serve.delete(APP_NAME)

@@ -1,6 +1,6 @@
 """The bundled local model (SmolLM2-135M Q4_1 on llama.cpp): tokens/s and seconds per agent step.
 
-    python bench/local_model.py [--repeats 5] [--turns 6] [--threads N]
+    python bench/local_llm.py [--repeats 5] [--turns 6] [--threads N]
 
 Needs the ``letta-ray[local-llm]`` extra. In this process, no Ray, no HTTP:
 
@@ -36,8 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from letta_ray.agent import step
 from letta_ray.base_tools import BASE_TOOLS, DEFAULT_SYSTEM_PROMPTS, DEFAULT_TOOLS, base_toolset
 from letta_ray.deps import StepDeps
-from letta_ray.grammar import schema_grammar
-from letta_ray.local_llm import LOCAL_CONTEXT_WINDOW, LOCAL_MODEL, LocalLLM, LocalModel, local_llm_available
+from letta_ray.local_llm.grammar import schema_grammar
+from letta_ray.local_llm.model import (
+    LOCAL_LLM_CONTEXT_WINDOW,
+    LOCAL_LLM_MODEL,
+    LocalLLM,
+    LocalModel,
+    local_llm_available,
+)
 from letta_ray.memory import MemoryStats, compile_system_prompt
 from letta_ray.messages import MessageCreate
 from letta_ray.schemas import AgentState, Block, LLMConfig
@@ -63,7 +69,7 @@ def load_average() -> str:
 
 
 def agent_prompt(model: LocalModel) -> list[int]:
-    from letta_ray.local_llm import render_chatml
+    from letta_ray.local_llm.model import render_chatml
 
     system = compile_system_prompt(DEFAULT_SYSTEM_PROMPTS["memgpt_v2_agent"], BLOCKS, MemoryStats())
     messages = [{"role": "system", "content": system}]
@@ -103,7 +109,7 @@ async def bench_steps(model: LocalModel, turns: int) -> tuple[list[float], list[
     llm = LocalLLM(model)
     state = AgentState(name="bench", agent_type="memgpt_v2_agent", system=DEFAULT_SYSTEM_PROMPTS["memgpt_v2_agent"],
                        blocks=[b.model_copy() for b in BLOCKS], tools=list(DEFAULT_TOOLS["memgpt_v2_agent"]),
-                       llm_config=LLMConfig(model=LOCAL_MODEL, context_window=LOCAL_CONTEXT_WINDOW))
+                       llm_config=LLMConfig(model=LOCAL_LLM_MODEL, context_window=LOCAL_LLM_CONTEXT_WINDOW))
     context: list[Any] = []
     per_step, per_turn, calls = [], [], []
     for text in (CONVERSATION * 2)[:turns]:

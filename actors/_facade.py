@@ -1,0 +1,156 @@
+"""Typed handles on actors: facades whose methods are the actor class's own methods.
+
+A plain class becomes a Ray actor only where it is created (``ray.remote(cls)``, see
+``get_or_create``); everything else holds a facade over it, declared from the plain
+class's methods::
+
+    class ArchiveHandle(ActorFacade):
+        search = remote_method(ArchiveActor.search)
+
+``await archive.search(agent_id, "query")`` runs ``ArchiveActor.search`` on the actor
+and returns its result, the actor's own exceptions raised as themselves (not wrapped in
+Ray's ``RayTaskError``). Each facade method has the signature, docstring and return type
+of the actor method it names, so grep and a type checker follow every call, and a
+renamed actor method fails when the facade's module is imported, not at run time.
+
+``Facade.local(instance)`` makes the same facade over a plain instance in this process
+(unit tests of one actor against another, without Ray).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import ray
+from ray.exceptions import RayTaskError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound="ActorFacade")
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The user exception inside a RayTaskError, or ``exc`` itself."""
+    if isinstance(exc, RayTaskError):
+        cause = exc.cause
+        if isinstance(cause, BaseException):
+            return cause
+    return exc
+
+
+async def await_ref(ref: Any, timeout: float | None = None) -> Any:
+    """The value of an ObjectRef, with the actor's exception raised as itself."""
+    try:
+        if timeout is None:
+            return await ref
+        return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout)
+    except RayTaskError as exc:
+        raise unwrap(exc) from None
+
+
+class ActorFacade:
+    """A handle on one actor: a Ray actor handle, a named actor found on first use, or a
+    plain instance in this process. Subclasses declare methods with ``remote_method``."""
+
+    def __init__(self, actor: Any = None, *, timeout: float | None = None, name: str | None = None,
+                 namespace: str | None = None, local: bool = False) -> None:
+        self._actor = actor
+        self._timeout = timeout
+        self._name = name
+        self._namespace = namespace
+        self._local = local
+
+    @classmethod
+    def named(cls: type[F], name: str, namespace: str, *, timeout: float | None = None) -> F:
+        """A facade of the named actor ``name``, looked up on first use (so it can be handed
+        to actors created before that one exists)."""
+        return cls(None, timeout=timeout, name=name, namespace=namespace)
+
+    @classmethod
+    def local(cls: type[F], instance: Any) -> F:
+        """A facade over a plain instance of the actor class, in this process."""
+        return cls(instance, local=True)
+
+    @property
+    def actor(self) -> Any:
+        """The Ray actor handle (or the plain instance of a local facade)."""
+        if self._actor is None:
+            assert self._name is not None and self._namespace is not None
+            self._actor = ray.get_actor(self._name, namespace=self._namespace)
+        return self._actor
+
+    async def _invoke(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        bound = getattr(self.actor, method)
+        if self._local:
+            return await bound(*args, **kwargs)
+        return await await_ref(bound.remote(*args, **kwargs), self._timeout)
+
+    async def _stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        bound = getattr(self.actor, method)
+        if self._local:
+            async for item in bound(*args, **kwargs):
+                yield item
+            return
+        async for ref in bound.options(num_returns="streaming").remote(*args, **kwargs):
+            yield await await_ref(ref)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._local:
+            raise TypeError(f"a local {type(self).__name__} cannot leave its process")
+        return (_rebuild, (type(self), self._actor, self._timeout, self._name, self._namespace))
+
+
+def _rebuild(cls: type[F], actor: Any, timeout: float | None, name: str | None, namespace: str | None) -> F:
+    return cls(actor, timeout=timeout, name=name, namespace=namespace)
+
+
+def remote_method(fn: Callable[Concatenate[Any, P], Awaitable[R]]
+                  ) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]:
+    """A facade method that runs the actor class's method ``fn`` on the facade's actor."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def call(self: ActorFacade, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self._invoke(name, args, kwargs)
+
+    return call
+
+
+def streaming_method(fn: Callable[Concatenate[Any, P], AsyncIterator[R]]
+                     ) -> Callable[Concatenate[Any, P], AsyncIterator[R]]:
+    """A facade method for an async-generator actor method: its items as they are yielded
+    (a Ray streaming generator on a real actor)."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def call(self: ActorFacade, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[R]:
+        return self._stream(name, args, kwargs)
+
+    return call
+
+
+def run_blocking(call: Callable[[], Awaitable[R]], timeout: float | None = None) -> R:
+    """Run ``call()`` (facade calls) to completion from sync code: start-up and shut-down,
+    which run both where an event loop runs (a notebook) and where none does."""
+
+    async def main() -> R:
+        return await asyncio.wait_for(call(), timeout)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="letta-ray-blocking") as pool:
+        return pool.submit(asyncio.run, main()).result()
+
+
+def get_or_create(cls: type, name: str, namespace: str, args: tuple[Any, ...] = (),
+                  kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+    """A named actor: the existing one, or a new one made from the plain class ``cls``."""
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        pass
+    remote_cls = ray.remote(cls)
+    return remote_cls.options(name=name, namespace=namespace, get_if_exists=True, **options).remote(
+        *args, **(kwargs or {}))

@@ -1,0 +1,136 @@
+"""Where a driver's agents run, and calls to them that outlive a host.
+
+``Hosts`` remembers which host runs each agent (asking the directory once), and makes
+calls on an agent's host through its ``HostHandle``: ``await hosts.call(agent_id, lambda
+host: host.get_state(agent_id))``. When the host died under a call, the directory
+re-places the agent (it reloads from the stores) and the call is made again, up to
+twice more. ``Connection`` bundles what handles on agents need: the runtime's actors,
+these hosts and the loop sync calls run on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from letta_ray.errors import NotFoundError
+
+from ._loop import EventLoopThread
+from .directory import DirectoryHandle
+from .host import HostHandle
+from .metadata_store import MetadataStoreHandle
+from .runtime import Runtime
+
+T = TypeVar("T")
+Item = TypeVar("Item")
+HOST_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
+_ATTEMPTS = 3
+
+
+class Hosts:
+    """The hosts of agents, as one driver process knows them."""
+
+    def __init__(self, directory: DirectoryHandle, store: MetadataStoreHandle, call_timeout_s: float | None) -> None:
+        self.directory = directory
+        self.store = store
+        self.call_timeout_s = call_timeout_s
+        self._where: dict[str, tuple[str, HostHandle]] = {}
+
+    async def locate(self, agent_id: str) -> tuple[str, HostHandle]:
+        """The id and handle of the agent's host (NotFoundError for an unknown agent)."""
+        where = self._where.get(agent_id)
+        if where is None:
+            where = await self.directory.locate(agent_id)
+            self._where[agent_id] = where
+        return where
+
+    async def locate_many(self, agent_ids: list[str]) -> list[tuple[str, HostHandle]]:
+        where = await self.directory.locate_many(agent_ids)
+        self._where.update(zip(agent_ids, where, strict=True))
+        return where
+
+    async def place(self, agent_ids: list[str]) -> list[tuple[str, HostHandle]]:
+        """Hosts for new agents, in order."""
+        where = await self.directory.place(agent_ids)
+        self._where.update(zip(agent_ids, where, strict=True))
+        return where
+
+    def forget(self, agent_id: str) -> None:
+        self._where.pop(agent_id, None)
+
+    async def _replace(self, agent_id: str, host_id: str) -> None:
+        self._where.pop(agent_id, None)
+        self._where[agent_id] = await self.directory.host_failed(host_id, agent_id)
+
+    async def call(self, agent_id: str, call: Callable[[HostHandle], Awaitable[T]]) -> T:
+        """``call(host)`` on the agent's host, re-placing the agent if that host died."""
+        for attempt in range(_ATTEMPTS):
+            host_id, host = await self.locate(agent_id)
+            try:
+                return await asyncio.wait_for(call(host), self.call_timeout_s)
+            except HOST_GONE:
+                if attempt == _ATTEMPTS - 1:
+                    self.forget(agent_id)
+                    raise
+                await self._replace(agent_id, host_id)
+        raise AssertionError("unreachable")
+
+    async def stream(self, agent_id: str, call: Callable[[HostHandle], AsyncIterator[T]]) -> AsyncIterator[T]:
+        """The items of ``call(host)``; re-placed and retried only if its host died before the first."""
+        for attempt in range(_ATTEMPTS):
+            host_id, host = await self.locate(agent_id)
+            started = False
+            try:
+                async for item in call(host):
+                    started = True
+                    yield item
+                return
+            except HOST_GONE:
+                if started or attempt == _ATTEMPTS - 1:  # items already went out: a retry would repeat them
+                    self.forget(agent_id)
+                    raise
+                await self._replace(agent_id, host_id)
+
+    def by_host(self, items: list[Item], agent_ids: list[str], where: list[tuple[str, HostHandle]]
+                ) -> list[tuple[HostHandle, list[Item]]]:
+        """``items`` grouped by the host of their agent (``where``, in order), keeping the order."""
+        groups: dict[str, tuple[HostHandle, list[Item]]] = {}
+        for item, agent_id, (host_id, host) in zip(items, agent_ids, where, strict=True):
+            self._where[agent_id] = (host_id, host)
+            groups.setdefault(host_id, (host, []))[1].append(item)
+        return list(groups.values())
+
+    async def reload(self, agent_ids: list[str]) -> None:
+        """Make the hosts of these agents re-read them (their blocks changed in the store)."""
+
+        async def one(agent_id: str) -> None:
+            try:
+                await self.call(agent_id, lambda host: host.reload(agent_id))
+            except NotFoundError:  # deleted meanwhile
+                pass
+
+        await asyncio.gather(*(one(a) for a in agent_ids))
+
+    async def blocks_now_shared(self, block_ids: list[str]) -> None:
+        """Blocks new agents share (with each other, on other hosts, or with older agents):
+        every agent attached to them re-checks which of its blocks are shared."""
+        shared = await self.store.shared_blocks(block_ids) if block_ids else []
+        if not shared:
+            return
+        attached = await asyncio.gather(*(self.store.agents_of_block(block_id) for block_id in shared))
+        agents = sorted({a for ids in attached for a in ids})
+        where = await self.locate_many(agents)
+        await asyncio.gather(*(host.forget_shared(ids) for host, ids in self.by_host(agents, agents, where)))
+
+
+@dataclass(frozen=True)
+class Connection:
+    """What a driver holds on one runtime: its actors, where its agents run, the sync loop."""
+
+    runtime: Runtime
+    hosts: Hosts
+    loop: EventLoopThread
