@@ -33,13 +33,16 @@ SEND_MESSAGE_TOOL = {
 }
 
 
+FAKE_SERVER_MODULE = "letta_ray.fake_llm_server"  # in the command line of the fake server's process
+
+
 @contextmanager
 def spawned_fake_server(latency_s: float = 0.0, responder: str | None = None) -> Iterator[str]:
     """A FakeOpenAIServer in a child process (so it does not share our GIL); yields its URL.
 
     ``responder`` is a ``module:function`` answering requests (default: the echo model)."""
     extra = ["--responder", responder] if responder else []
-    with url_printing_child([sys.executable, "-m", "letta_ray.fake_llm_server", "--latency-s", str(latency_s),
+    with url_printing_child([sys.executable, "-m", FAKE_SERVER_MODULE, "--latency-s", str(latency_s),
                              *extra]) as url:
         yield url
 
@@ -112,7 +115,7 @@ def process_name(pid: int) -> str:
     line = cmdline(pid)
     if "ray::" in line:
         return line.split()[0]
-    if "_fake_openai" in line:
+    if FAKE_SERVER_MODULE in line:
         return "fake LLM server"
     for known in ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env"):
         if known in line:

@@ -25,7 +25,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cmdline, measure_raw_litellm, percentile, session_pids, spawned_fake_server, total_uss
+from _common import (
+    FAKE_SERVER_MODULE,
+    cmdline,
+    measure_raw_litellm,
+    percentile,
+    session_pids,
+    spawned_fake_server,
+    total_uss,
+)
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
@@ -40,7 +48,7 @@ def main() -> None:
 
     with spawned_fake_server() as url, tempfile.TemporaryDirectory() as home:
         client = letta_ray.connect(home=home)
-        fake_server_pids = {p for p in session_pids() if p != os.getpid() and cmdline(p).find("_fake_openai") >= 0}
+        fake_server_pids = {p for p in session_pids() if p != os.getpid() and cmdline(p).find(FAKE_SERVER_MODULE) >= 0}
 
         def spec(i: int) -> letta_ray.AgentState:
             return client.build_agent_state(

@@ -28,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    FAKE_SERVER_MODULE,
     cmdline,
     cpu_seconds,
     measure_raw_litellm,
@@ -122,7 +123,7 @@ def main() -> None:
         else:
             client = letta_ray.connect(address="local", home=home)
         ray_start_s = time.perf_counter() - started
-        fake = {p for p in session_pids() if "_fake_openai" in cmdline(p)}
+        fake = {p for p in session_pids() if FAKE_SERVER_MODULE in cmdline(p)}
         base_pss, base_rss, _ = memory(fake)
         config = parse_config({
             "name": "bench", "seed": 1, "rounds": args.rounds,
