@@ -26,7 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+
+ACTOR_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
+"""What a call raises when its actor died or cannot be reached."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -140,6 +143,10 @@ def run_blocking(call: Callable[[], Awaitable[R]], timeout: float | None = None)
     async def main() -> R:
         return await asyncio.wait_for(call(), timeout)
 
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop runs in this thread (a script, atexit): run one here
+        return asyncio.run(main())
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="letta-ray-blocking") as pool:
         return pool.submit(asyncio.run, main()).result()
 

@@ -19,6 +19,7 @@ import ray
 from letta_ray.base_tools import BASE_TOOLS, DEFAULT_SYSTEM_PROMPTS, DEFAULT_TOOLS
 from letta_ray.errors import InvalidInputError, NotFoundError
 from letta_ray.messages import Message, MessageCreate
+from letta_ray.sandbox import SandboxResult
 from letta_ray.schemas import (
     AgentState,
     AgentType,
@@ -27,21 +28,24 @@ from letta_ray.schemas import (
     EmbeddingConfig,
     LLMConfig,
     LLMLimit,
+    PipRequirement,
     Tool,
     ToolRule,
     new_id,
 )
 from letta_ray.settings import Settings
-from letta_ray.tools import build_tool, tool_from_source
+from letta_ray.tools import build_tool
 
+from ._facade import ACTOR_GONE
 from ._loop import EventLoopThread
 from .groups_api import GroupsAPI
 from .handles import AgentHandle, ArchivalView, BlocksView
 from .host import SLEEPTIME_AGENT, SLEEPTIME_FREQUENCY, HostHandle, TurnResult
-from .hosts import HOST_GONE, Connection, Hosts
+from .hosts import Connection, Hosts
 from .limits import parse_limits
 from .runtime import Runtime, init_ray, start_runtime, stop_runtime
 from .scheduler import Schedule
+from .tool_executor import parse_requirements
 
 __all__ = ["AgentHandle", "ArchivalView", "BlocksView", "Client", "connect"]
 
@@ -142,7 +146,7 @@ class Client:
                              ) -> list[TurnResult]:
         try:
             return await running
-        except HOST_GONE as exc:
+        except ACTOR_GONE as exc:
             for agent_id, *_ in batch:
                 self.hosts.forget(agent_id)
             return [TurnResult(agent_id, None, f"host died: {exc}", 0.0) for agent_id, *_ in batch]
@@ -193,6 +197,7 @@ class Client:
         metadata: dict[str, Any] | None = None,
         embedding_config: EmbeddingConfig | None = None,
         max_steps: int = 50,
+        secrets: dict[str, str] | None = None,
     ) -> AgentState:
         """Validate a new agent's definition and resolve its model; raises InvalidInputError."""
         config = self._llm_config(model, llm_config, model_endpoint, context_window)
@@ -214,7 +219,8 @@ class Client:
                 blocks=blocks, tools=names, tool_rules=tool_rules or [], llm_config=config,
                 embedding_config=embedding_config or EmbeddingConfig(
                     embedding_model=self.settings.embedding_model, embedding_dim=self.settings.embedding_dim),
-                tags=tags or [], description=description, metadata=metadata or {}, max_steps=max_steps)
+                tags=tags or [], description=description, metadata=metadata or {}, max_steps=max_steps,
+                secrets=secrets or {})
         except InvalidInputError:
             raise
         except ValueError as exc:
@@ -341,19 +347,63 @@ class Client:
 
     # ---------------------------------------------------------------- tools
 
-    async def create_tool_async(self, source: Any, *, name: str | None = None, tags: list[str] | None = None) -> Tool:
-        tf = tool_from_source(source, name=name, tags=tags) if isinstance(source, str) else build_tool(source)
-        if tf.tool.source_code is None:
-            raise InvalidInputError(f"cannot read the source of {tf.name}; pass its source code as a string")
-        if tf.name in BASE_TOOLS:
-            raise InvalidInputError(f"{tf.name!r} is a built-in tool name; choose another")
-        tool = await self.runtime.store.upsert_tool(tf.tool)
-        await self.runtime.directory.tools_changed()
-        return tool
+    async def create_tool_async(self, source: Any, *, name: str | None = None, tags: list[str] | None = None,
+                                description: str | None = None, json_schema: dict[str, Any] | None = None,
+                                return_char_limit: int | None = None,
+                                pip_requirements: list[PipRequirement | dict[str, Any] | str] | None = None,
+                                default_requires_approval: bool | None = None) -> Tool:
+        """Register a tool (replacing one of its name): a function of this script, or Python source.
 
-    def create_tool(self, source: Any, *, name: str | None = None, tags: list[str] | None = None) -> Tool:
-        """Register a tool from a function or from Python source (the docstring is its schema)."""
-        return self.run_sync(self.create_tool_async(source, name=name, tags=tags))
+        Source is read in the tool sandbox, never here; ``pip_requirements`` are installed
+        into the tool's sandbox environment now, so one that cannot be installed fails here.
+        """
+        reqs = parse_requirements(pip_requirements)
+        executor = await self.runtime.tools.get(reqs)  # ToolDefinitionError if they cannot be installed
+        if isinstance(source, str):
+            described = await executor.describe(source, name)
+            tool = Tool.model_validate({**described["tool"], "takes_agent_state": described["takes_agent_state"]})
+        else:
+            tf = build_tool(source, name=name)
+            if tf.tool.source_code is None:
+                raise InvalidInputError(f"cannot read the source of {tf.name}; pass its source code as a string")
+            if tf.takes_context and tf.context_param != "agent_state":
+                raise InvalidInputError(f"tool {tf.name!r} takes a ToolContext, which only built-in tools can")
+            tool = tf.tool.model_copy(update={"takes_agent_state": tf.takes_context})
+        if tool.name in BASE_TOOLS:
+            raise InvalidInputError(f"{tool.name!r} is a built-in tool name; choose another")
+        changes: dict[str, Any] = {"pip_requirements": reqs, "tags": list(tags or tool.tags),
+                                   "default_requires_approval": default_requires_approval}
+        if description is not None:
+            changes["description"] = description
+        if json_schema is not None:
+            changes["json_schema"] = json_schema
+        if return_char_limit is not None:
+            changes["return_char_limit"] = return_char_limit
+        try:
+            tool = Tool.model_validate({**tool.model_dump(), **changes})
+        except ValueError as exc:
+            raise InvalidInputError(f"invalid tool {tool.name!r}: {exc}") from exc
+        stored = await self.runtime.store.upsert_tool(tool)
+        await self.runtime.directory.tools_changed()
+        return stored
+
+    def create_tool(self, source: Any, *, name: str | None = None, tags: list[str] | None = None,
+                    **options: Any) -> Tool:
+        """Register a tool from a function or from Python source (the docstring is its schema);
+        see ``create_tool_async`` for the options."""
+        return self.run_sync(self.create_tool_async(source, name=name, tags=tags, **options))
+
+    async def run_tool_from_source_async(self, source: str, args: dict[str, Any], *, name: str | None = None,
+                                         env: dict[str, str] | None = None,
+                                         pip_requirements: list[PipRequirement | dict[str, Any] | str] | None = None
+                                         ) -> SandboxResult:
+        """Run a tool's source on ``args`` in the sandbox, with no agent (Letta's tools/run)."""
+        executor = await self.runtime.tools.get(parse_requirements(pip_requirements))
+        described = await executor.describe(source, name)
+        return await executor.call(source, described["tool"]["name"], args, env=env)
+
+    def run_tool_from_source(self, source: str, args: dict[str, Any], **options: Any) -> SandboxResult:
+        return self.run_sync(self.run_tool_from_source_async(source, args, **options))
 
     def list_tools(self, limit: int | None = 50) -> list[Tool]:
         return self.run_sync(self.runtime.store.list_tools(limit=limit))

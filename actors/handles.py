@@ -12,8 +12,9 @@ from typing import Any
 
 from letta_ray.base_tools import BASE_TOOLS
 from letta_ray.deps import TagMatchMode
-from letta_ray.errors import InvalidInputError
+from letta_ray.errors import InvalidInputError, NotFoundError
 from letta_ray.messages import LettaResponse, Message, MessageCreate, as_messages
+from letta_ray.sandbox import SandboxResult
 from letta_ray.schemas import AgentState, Block, Order, Passage
 
 from .archive import ArchiveHandle
@@ -100,6 +101,23 @@ class AgentHandle:
 
     def attach_tool(self, name: str) -> AgentState:
         return self._sync(self.attach_tool_async(name))
+
+    async def run_tool_async(self, name: str, args: dict[str, Any] | None = None) -> SandboxResult:
+        """Run one of the agent's own tools on ``args`` in the sandbox, with the agent's secrets,
+        outside any turn (Letta's ``agents.tools.run``)."""
+        state = await self.state_async()
+        if name in BASE_TOOLS:
+            raise InvalidInputError(f"{name!r} is a built-in tool: it runs inside the agent's turns only")
+        if name not in state.tools:
+            raise NotFoundError("tool attached to this agent", name)
+        tool = await self.connection.runtime.store.get_tool_by_name(name)
+        executor = await self.connection.runtime.tools.get(tool.pip_requirements)
+        return await executor.call(tool.source_code or "", tool.name, dict(args or {}), env=state.secrets,
+                                   agent_state=state.model_dump(mode="json") if tool.takes_agent_state else None,
+                                   return_char_limit=tool.return_char_limit)
+
+    def run_tool(self, name: str, args: dict[str, Any] | None = None) -> SandboxResult:
+        return self._sync(self.run_tool_async(name, args))
 
 
 class BlocksView(Mapping[str, Block]):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import threading
@@ -25,18 +26,19 @@ from letta_ray.agent import EventSink, step
 from letta_ray.base_tools import BASE_TOOLS
 from letta_ray.context import MessageCache, transcript
 from letta_ray.deps import LLM, StepDeps
-from letta_ray.errors import InvalidInputError, NotFoundError, StorageError
+from letta_ray.errors import InvalidInputError, NotFoundError, StorageError, ToolDefinitionError
 from letta_ray.memory import MemoryStats
 from letta_ray.messages import LettaResponse, Message, MessageCreate
-from letta_ray.schemas import AgentState, Block, LLMLimit, new_id, utcnow
-from letta_ray.tools import ToolFunction, Toolset, tool_from_source
+from letta_ray.schemas import AgentState, Block, LLMLimit, Tool, new_id, utcnow
+from letta_ray.tools import ToolContext, ToolFunction, ToolOutcome, Toolset, sandboxed_tool
 
-from ._facade import ActorFacade, remote_method, streaming_method
+from ._facade import ACTOR_GONE, ActorFacade, remote_method, streaming_method
 from ._journal import Journal, JournalWriter, TurnRecord
 from .archive import ArchiveHandle
 from .limits import LimitedLLM, LimitsView, LLMLimiterSource
 from .messaging import AgentMessenger, Router
 from .metadata_store import MetadataStoreHandle
+from .tool_executor import ToolExecutors
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ JOURNAL_ROTATE_BYTES = 64 * 2**20
 
 # Fields of an agent a caller may change after creation.
 MODIFIABLE = frozenset({"name", "system", "tags", "description", "metadata", "llm_config", "embedding_config",
-                        "tools", "tool_rules", "max_steps", "agent_type"})
+                        "tools", "tool_rules", "max_steps", "agent_type", "secrets"})
 
 
 def _warm_litellm() -> None:
@@ -94,11 +96,14 @@ class AgentHost:
 
     def __init__(self, host_id: str, store: MetadataStoreHandle, archive: ArchiveHandle | None,
                  llm: LLM | None = None, router: Router | None = None, agent_call_timeout_s: float = 120.0,
-                 journal_dir: str | None = None, limiter: LLMLimiterSource | None = None) -> None:
+                 journal_dir: str | None = None, limiter: LLMLimiterSource | None = None,
+                 tools: ToolExecutors | None = None) -> None:
         """With ``journal_dir`` (the store's ``host_journals`` folder) a turn is acknowledged
         once this host has fsync'ed it to its own journal file; the store applies it from
         there. Without, the turn is committed through the store actor before the reply.
-        ``limiter`` (the directory's handle) caps LLM requests cluster-wide."""
+        ``limiter`` (the directory's handle) caps LLM requests cluster-wide; ``tools`` are the
+        tool executors user tools run in (never in this process)."""
+        self.tools = tools
         self.host_id = host_id
         self._journal_dir = Path(journal_dir) if journal_dir is not None else None
         self._journal_name = f"{host_id}-{uuid.uuid4().hex[:8]}"
@@ -355,13 +360,31 @@ class AgentHost:
             if name not in self._custom_tools:  # cached until the directory says tools changed
                 try:
                     tool = await self.store.get_tool_by_name(name)
-                    self._custom_tools[name] = tool_from_source(tool.source_code or "", name=name)
+                    self._custom_tools[name] = sandboxed_tool(tool, functools.partial(self._run_in_sandbox, tool))
                 except NotFoundError:
                     self._custom_tools[name] = None  # detached or deleted: the model doesn't see it
             function = self._custom_tools[name]
             if function is not None:
                 tools.append(function)
         return Toolset(tools)
+
+    async def _run_in_sandbox(self, tool: Tool, args: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
+        """A user tool's call, in the sandbox of its environment, with the agent's secrets."""
+        if self.tools is None:
+            return ToolOutcome(False, f"Error running {tool.name}: this host has no tool sandbox")
+        try:
+            executor = await self.tools.get(tool.pip_requirements)
+            result = await executor.call(
+                tool.source_code or "", tool.name, args, env=ctx.agent.secrets,
+                agent_state=ctx.agent.model_dump(mode="json") if tool.takes_agent_state else None,
+                return_char_limit=tool.return_char_limit)
+        except ToolDefinitionError as exc:
+            return ToolOutcome(False, f"Error running {tool.name}: {exc}")
+        except ACTOR_GONE as exc:  # the executor died under the call; the next call makes it again
+            self.tools.forget(tool.pip_requirements)
+            return ToolOutcome(False, f"Error running {tool.name}: the tool sandbox went away ({type(exc).__name__}); "
+                                      "try again")
+        return ToolOutcome(result.ok, result.message)
 
     async def forget_shared(self, agent_ids: list[str]) -> None:
         """These agents' blocks may have become shared: re-check at their next turn."""

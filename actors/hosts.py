@@ -15,10 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-
 from letta_ray.errors import NotFoundError
 
+from ._facade import ACTOR_GONE
 from ._loop import EventLoopThread
 from .directory import DirectoryHandle
 from .host import HostHandle
@@ -27,7 +26,6 @@ from .runtime import Runtime
 
 T = TypeVar("T")
 Item = TypeVar("Item")
-HOST_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
 _ATTEMPTS = 3
 
 
@@ -72,7 +70,7 @@ class Hosts:
             host_id, host = await self.locate(agent_id)
             try:
                 return await asyncio.wait_for(call(host), self.call_timeout_s)
-            except HOST_GONE:
+            except ACTOR_GONE:
                 if attempt == _ATTEMPTS - 1:
                     self.forget(agent_id)
                     raise
@@ -89,7 +87,7 @@ class Hosts:
                     started = True
                     yield item
                 return
-            except HOST_GONE:
+            except ACTOR_GONE:
                 if started or attempt == _ATTEMPTS - 1:  # items already went out: a retry would repeat them
                     self.forget(agent_id)
                     raise

@@ -30,6 +30,7 @@ from .embedder import EmbedderActor, EmbedderHandle
 from .host import AgentHost, HostHandle
 from .messaging import DirectoryRouter
 from .metadata_store import MetadataStoreActor, MetadataStoreHandle
+from .tool_executor import SandboxConfig, ToolExecutors
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,9 @@ class _HostMaker:
     """Creates AgentHost actors; a picklable callable the directory actor holds."""
 
     def __init__(self, prefix: str, namespace: str, store: MetadataStoreHandle, archive: ArchiveHandle,
-                 llm: Any = None, agent_call_timeout_s: float = 120.0, journal_dir: str | None = None) -> None:
+                 tools: ToolExecutors, llm: Any = None, agent_call_timeout_s: float = 120.0,
+                 journal_dir: str | None = None) -> None:
+        self.tools = tools
         self.journal_dir = journal_dir
         self.prefix = prefix
         self.namespace = namespace
@@ -96,7 +99,7 @@ class _HostMaker:
         directory = DirectoryHandle.named(f"{self.prefix}-directory", self.namespace)
         router = DirectoryRouter(directory, self.store)
         return HostHandle(remote.remote(host_id, self.store, self.archive, self.llm, router,
-                                        self.agent_call_timeout_s, self.journal_dir, directory))
+                                        self.agent_call_timeout_s, self.journal_dir, directory, self.tools))
 
     @staticmethod
     def _node_for(host_id: str) -> Any:
@@ -143,7 +146,8 @@ class _TimerStore:
 
 @dataclass
 class Runtime:
-    """Handles on the named actors of one data directory: the stores, the embedder, the directory."""
+    """Handles on the named actors of one data directory: the stores, the embedder, the
+    directory, and the tool executors (made on first use)."""
 
     settings: Settings
     prefix: str
@@ -151,6 +155,7 @@ class Runtime:
     archive: ArchiveHandle
     embedder: EmbedderHandle
     directory: DirectoryHandle
+    tools: ToolExecutors
 
 
 def start_runtime(settings: Settings, *, llm: Any = None) -> Runtime:
@@ -174,7 +179,8 @@ def start_runtime(settings: Settings, *, llm: Any = None) -> Runtime:
     archive = ArchiveHandle(get_or_create(ArchiveActor, f"{prefix}-archive", ns,
                                           (str(settings.archive_path), embedder, settings.embedding_dim),
                                           **detached))
-    maker = _HostMaker(prefix, ns, store, archive, llm, settings.agent_call_timeout_s, journals)
+    tools = ToolExecutors(prefix, ns, sandbox_config(settings))
+    maker = _HostMaker(prefix, ns, store, archive, tools, llm, settings.agent_call_timeout_s, journals)
     directory = DirectoryHandle(get_or_create(
         Directory, f"{prefix}-directory", ns, (maker,),
         {"placement": settings.placement, "agents_per_host": settings.agents_per_host,
@@ -185,7 +191,14 @@ def start_runtime(settings: Settings, *, llm: Any = None) -> Runtime:
     async def ready() -> None:
         await asyncio.gather(store.ping(), archive.ping(), directory.start_timers())
     run_blocking(ready)
-    return Runtime(settings, prefix, store, archive, embedder, directory)
+    return Runtime(settings, prefix, store, archive, embedder, directory, tools)
+
+
+def sandbox_config(settings: Settings) -> SandboxConfig:
+    """How tools are shut in: the settings' limits, and the data directory out of reach."""
+    return SandboxConfig(limits=settings.sandbox_limits(), isolation=settings.tool_isolation,
+                         workers=settings.tool_workers, forbidden=(str(settings.home.resolve()),),
+                         install_timeout_s=settings.tool_install_timeout_s)
 
 
 def _cluster_cpus() -> int:
@@ -203,6 +216,7 @@ def stop_runtime(runtime: Runtime) -> None:
         run_blocking(runtime.store.close, timeout=60)
     except Exception:
         log.warning("metadata store did not close cleanly", exc_info=True)
+    runtime.tools.stop_all()
     handles = [host.actor for host in hosts.values()]
     for handle in [*handles, runtime.directory.actor, runtime.archive.actor, runtime.embedder.actor,
                    runtime.store.actor]:

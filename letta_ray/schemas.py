@@ -173,6 +173,16 @@ class Passage(_Model):
 # --------------------------------------------------------------------------- tools
 
 
+class PipRequirement(_Model):
+    """A package a tool needs, as Letta writes it: a name, and optionally an exact version."""
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-\[\],]*$")
+    version: str | None = Field(default=None, max_length=100, pattern=r"^[A-Za-z0-9._+!*\-]+$")
+
+    def __str__(self) -> str:
+        return f"{self.name}=={self.version}" if self.version else self.name
+
+
 class Tool(_Model):
     """A function the model can call: its name, description, JSON schema and source."""
 
@@ -184,7 +194,13 @@ class Tool(_Model):
     source_type: Literal["python"] = "python"
     tool_type: str = "custom"
     tags: list[str] = Field(default_factory=list)
-    return_char_limit: int = 50_000
+    return_char_limit: int = Field(default=50_000, ge=1, le=1_000_000)
+    pip_requirements: list[PipRequirement] = Field(
+        default_factory=list, description="packages the tool's sandbox installs for it (pip)")
+    default_requires_approval: bool | None = None
+    takes_agent_state: bool = Field(
+        default=False, description="the function's first parameter is agent_state: it is handed the agent's state")
+
 
 
 class _ToolRuleBase(_Model):
@@ -264,6 +280,8 @@ class AgentState(_Model):
     tags: list[str] = Field(default_factory=list)
     description: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    secrets: dict[str, str] = Field(default_factory=dict, description="environment variables this agent's "
+                                    "tools run with (Letta's secrets / tool_exec_environment_variables)")
     message_ids: list[str] = Field(default_factory=list, description="in-context message ids")
     summary: str | None = None
     max_steps: int = Field(default=50, ge=1)

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from letta_ray.sandbox.runner import SandboxLimits
 from letta_ray.schemas import LLMLimit
 
 # Provider keys we look for, in order, when no default model is configured.
@@ -82,6 +83,17 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8283
     api_token: str | None = Field(default=None, description="bearer token the HTTP API requires, if set")
+    tool_isolation: Literal["landlock", "process"] = Field(
+        default="landlock", description="how user tools are shut in: 'landlock' (the filesystem closed but for "
+        "the Python installation; needs Linux 5.13+) or 'process' (a separate process only)")
+    tool_timeout_s: float = Field(default=60.0, gt=0, le=3600, description="wall-clock limit of one tool call")
+    tool_cpu_s: float = Field(default=30.0, gt=0, le=3600, description="CPU-time limit of one tool call")
+    tool_memory_mb: int = Field(default=1024, ge=64, description="address-space limit of a tool's process")
+    tool_file_mb: int = Field(default=64, ge=1, description="largest file (stdout included) a tool may write")
+    tool_output_kb: int = Field(default=64, ge=1, description="stdout/stderr of a call kept, each")
+    tool_workers: int = Field(default=8, ge=1, le=256, description="warm tool processes per tool environment")
+    tool_install_timeout_s: float = Field(default=600.0, gt=0, description="how long installing a tool's "
+                                          "pip_requirements may take")
     local_llm: bool = Field(default=True, description="with no provider key, think with the bundled local "
                               "model (needs the local-llm extra) instead of failing")
 
@@ -107,6 +119,10 @@ class Settings(BaseSettings):
     @property
     def export_path(self) -> Path:
         return self.home / "export"
+
+    def sandbox_limits(self) -> SandboxLimits:
+        return SandboxLimits(timeout_s=self.tool_timeout_s, cpu_s=self.tool_cpu_s, memory_mb=self.tool_memory_mb,
+                             file_mb=self.tool_file_mb, output_kb=self.tool_output_kb)
 
     def llm_limits(self) -> dict[str, LLMLimit]:
         """The cluster's default LLM limits, for every model (``{"*": ...}``), if any are set."""

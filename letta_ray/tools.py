@@ -14,7 +14,7 @@ import inspect
 import json
 import textwrap
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, get_type_hints
@@ -55,14 +55,21 @@ class ToolContext:
         return self.deps.clock()
 
 
+SandboxedCall = Callable[[dict[str, Any], "ToolContext"], Awaitable["ToolOutcome"]]
+"""How a user tool runs: its validated arguments and the call's context in, its outcome out
+(the runtime sends it to the tool sandbox; see ``letta_ray.sandbox``)."""
+
+
 @dataclass(frozen=True)
 class ToolFunction:
-    """A tool's schema together with the function that runs it."""
+    """A tool's schema together with what runs it: a function in this process (built-in
+    tools), or ``sandboxed``, a call into the tool sandbox (user tools)."""
 
     tool: Tool
-    fn: Callable[..., Any]
+    fn: Callable[..., Any] | None
     takes_context: bool
     context_param: str | None = None
+    sandboxed: SandboxedCall | None = None
 
     @property
     def name(self) -> str:
@@ -188,14 +195,20 @@ def _build_openai_schema(tool: Tool, with_heartbeat: bool) -> dict[str, Any]:
     return {"type": "function", "function": fn}
 
 
+def sandboxed_tool(tool: Tool, run: SandboxedCall) -> ToolFunction:
+    """A stored user tool whose calls go to ``run`` (the sandbox); its code never runs here."""
+    return ToolFunction(tool=tool, fn=None, takes_context=False, sandboxed=run)
+
+
 @dataclass
 class ToolOutcome:
-    """What running one tool call produced."""
+    """What running one tool call produced (``error_type``: the exception's type, if it raised)."""
 
     ok: bool
     message: str
     request_heartbeat: bool = False
     value: Any = None
+    error_type: str | None = None
 
 
 def _format_exception(exc: BaseException) -> str:
@@ -216,9 +229,15 @@ async def run_tool(tf: ToolFunction, raw_arguments: str, ctx: ToolContext) -> To
     heartbeat = args.pop(HEARTBEAT_PARAM, False)
     heartbeat = heartbeat is True or (isinstance(heartbeat, str) and heartbeat.lower() == "true")
     try:
+        _check_argument_names(tf, args)
+        if tf.sandboxed is not None:
+            outcome = await tf.sandboxed(args, ctx)
+            outcome.request_heartbeat = heartbeat
+            return outcome
         bound = _validate_args(tf, args)
     except ToolError as exc:
         return ToolOutcome(False, str(exc), heartbeat)
+    assert tf.fn is not None
     try:
         if tf.takes_context:
             ctx_value: Any = ctx.agent if tf.context_param == "agent_state" else ctx
@@ -232,7 +251,8 @@ async def run_tool(tf: ToolFunction, raw_arguments: str, ctx: ToolContext) -> To
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        return ToolOutcome(False, f"Error running {tf.name}: {_format_exception(exc)}", heartbeat)
+        return ToolOutcome(False, f"Error running {tf.name}: {_format_exception(exc)}", heartbeat,
+                           error_type=type(exc).__name__)
     text = result if isinstance(result, str) else ("None" if result is None else _to_text(result))
     limit = tf.tool.return_char_limit
     if len(text) > limit:
@@ -250,7 +270,8 @@ def _to_text(value: Any) -> str:
 _ADAPTERS: dict[str, dict[str, TypeAdapter[Any]]] = {}
 
 
-def _validate_args(tf: ToolFunction, args: dict[str, Any]) -> dict[str, Any]:
+def _check_argument_names(tf: ToolFunction, args: dict[str, Any]) -> None:
+    """ToolError for arguments the schema does not name, or required ones left out."""
     props = tf.tool.json_schema.get("parameters", {}).get("properties", {})
     required = tf.tool.json_schema.get("parameters", {}).get("required", [])
     unknown = sorted(set(args) - set(props))
@@ -259,6 +280,11 @@ def _validate_args(tf: ToolFunction, args: dict[str, Any]) -> dict[str, Any]:
     missing = [r for r in required if r not in args]
     if missing:
         raise ToolError(f"{tf.name} is missing required arguments {missing}.")
+
+
+def _validate_args(tf: ToolFunction, args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments converted to the function's annotated types; ToolError if one does not fit."""
+    props = tf.tool.json_schema.get("parameters", {}).get("properties", {})
     adapters = _ADAPTERS.get(tf.tool.id)
     if adapters is None:
         hints = get_type_hints(tf.fn)
