@@ -358,27 +358,40 @@ class Client:
         into the tool's sandbox environment now, so one that cannot be installed fails here.
         """
         reqs = parse_requirements(pip_requirements)
+        tool = await self._tool_from(source, name, reqs)
+        return await self._store_tool(tool, tags=list(tags or tool.tags), description=description,
+                                      json_schema=json_schema, return_char_limit=return_char_limit,
+                                      pip_requirements=reqs, default_requires_approval=default_requires_approval)
+
+    async def update_tool_async(self, tool_id: str, *, source_code: str | None = None, **changes: Any) -> Tool:
+        """Change a stored tool (Letta's ``tools.update``): new source is read in the sandbox
+        again; ``changes`` are ``create_tool_async``'s options (None leaves a field as it is)."""
+        tool = await self.runtime.store.get_tool(tool_id)
+        if "pip_requirements" in changes and changes["pip_requirements"] is not None:
+            changes["pip_requirements"] = parse_requirements(changes["pip_requirements"])
+        reqs = changes.get("pip_requirements") or tool.pip_requirements
+        if source_code is not None or changes.get("pip_requirements") is not None:
+            rebuilt = await self._tool_from(source_code or tool.source_code or "", None, reqs)
+            tool = rebuilt.model_copy(update={"id": tool.id, "tags": tool.tags, "pip_requirements": reqs,
+                                              "default_requires_approval": tool.default_requires_approval})
+        return await self._store_tool(tool, **{k: v for k, v in changes.items() if v is not None})
+
+    async def _tool_from(self, source: Any, name: str | None, reqs: list[PipRequirement]) -> Tool:
         executor = await self.runtime.tools.get(reqs)  # ToolDefinitionError if they cannot be installed
         if isinstance(source, str):
             described = await executor.describe(source, name)
-            tool = Tool.model_validate({**described["tool"], "takes_agent_state": described["takes_agent_state"]})
-        else:
-            tf = build_tool(source, name=name)
-            if tf.tool.source_code is None:
-                raise InvalidInputError(f"cannot read the source of {tf.name}; pass its source code as a string")
-            if tf.takes_context and tf.context_param != "agent_state":
-                raise InvalidInputError(f"tool {tf.name!r} takes a ToolContext, which only built-in tools can")
-            tool = tf.tool.model_copy(update={"takes_agent_state": tf.takes_context})
+            return Tool.model_validate({**described["tool"], "takes_agent_state": described["takes_agent_state"]})
+        tf = build_tool(source, name=name)
+        if tf.tool.source_code is None:
+            raise InvalidInputError(f"cannot read the source of {tf.name}; pass its source code as a string")
+        if tf.takes_context and tf.context_param != "agent_state":
+            raise InvalidInputError(f"tool {tf.name!r} takes a ToolContext, which only built-in tools can")
+        return tf.tool.model_copy(update={"takes_agent_state": tf.takes_context})
+
+    async def _store_tool(self, tool: Tool, **changes: Any) -> Tool:
         if tool.name in BASE_TOOLS:
             raise InvalidInputError(f"{tool.name!r} is a built-in tool name; choose another")
-        changes: dict[str, Any] = {"pip_requirements": reqs, "tags": list(tags or tool.tags),
-                                   "default_requires_approval": default_requires_approval}
-        if description is not None:
-            changes["description"] = description
-        if json_schema is not None:
-            changes["json_schema"] = json_schema
-        if return_char_limit is not None:
-            changes["return_char_limit"] = return_char_limit
+        changes = {k: v for k, v in changes.items() if v is not None or k == "default_requires_approval"}
         try:
             tool = Tool.model_validate({**tool.model_dump(), **changes})
         except ValueError as exc:

@@ -147,7 +147,10 @@ def _source_of(fn: Callable[..., Any]) -> str | None:
 
 def tool_from_source(source_code: str, *, name: str | None = None, tags: list[str] | None = None) -> ToolFunction:
     """Build a tool from Python source defining one function (the last one, or ``name``)."""
-    namespace: dict[str, Any] = {"ToolContext": ToolContext, "ToolError": ToolError}
+    from letta_ray.schemas import AgentState
+
+    # What Letta's tool sources may name without importing it.
+    namespace: dict[str, Any] = {"ToolContext": ToolContext, "ToolError": ToolError, "AgentState": AgentState}
     try:
         compiled = compile(source_code, f"<tool {name or 'source'}>", "exec")
         exec(compiled, namespace)

@@ -35,6 +35,8 @@ from .schemas import (
     CreatePassageRequest,
     MemoryView,
     PassageView,
+    RunAgentToolRequest,
+    ToolExecutionResultView,
     ToolView,
     UpdateAgentRequest,
     UpdateBlockRequest,
@@ -57,7 +59,8 @@ async def create_agent(body: CreateAgentRequest, client: ClientDep) -> Response:
         "agent_type": body.agent_type or "memgpt_v2_agent", "system": body.system, "memory_blocks": blocks,
         "tools": tools, "include_base_tools": body.include_base_tools, "tool_rules": body.tool_rules,
         "tags": body.tags, "description": body.description, "metadata": body.metadata,
-        "max_steps": body.max_steps or 50}
+        "max_steps": body.max_steps or 50,
+        "secrets": {**(body.tool_exec_environment_variables or {}), **(body.secrets or {})}}
     overrides = {k: v for k, v in (("context_window", body.context_window_limit), ("max_tokens", body.max_tokens))
                  if v is not None}
     if body.llm_config is not None:
@@ -115,6 +118,8 @@ async def modify_agent(agent_id: str, body: UpdateAgentRequest, client: ClientDe
                                                        "max_steps"}, exclude_none=True)
     if body.tool_rules is not None:
         changes["tool_rules"] = [rule.model_dump() for rule in body.tool_rules]
+    if body.secrets is not None or body.tool_exec_environment_variables is not None:
+        changes["secrets"] = {**(body.tool_exec_environment_variables or {}), **(body.secrets or {})}
     if body.tool_ids is not None:
         changes["tools"] = list(dict.fromkeys(await asyncio.gather(*(tool_name(client, i) for i in body.tool_ids))))
     llm_fields = {k: v for k, v in (("context_window", body.context_window_limit), ("max_tokens", body.max_tokens))
@@ -164,6 +169,16 @@ async def _set_tool(client: Client, agent_id: str, tool_id: str, attach: bool) -
     if tools != state.tools:
         state = await client.agent(agent_id).modify_async(tools=tools)
     return json_response(await agent_view(client, state))
+
+
+@agents.post("/{agent_id}/tools/{tool_name}/run", response_model=ToolExecutionResultView,
+             summary="Run one of the agent's tools in the sandbox, with the agent's secrets")
+async def run_tool_for_agent(agent_id: str, tool_name: str, client: ClientDep,
+                             body: RunAgentToolRequest | None = None) -> ToolExecutionResultView:
+    result = await client.agent(agent_id).run_tool_async(tool_name, (body or RunAgentToolRequest()).args)
+    return ToolExecutionResultView(status="success" if result.ok else "error", func_return=result.message,
+                                   stdout=[result.stdout] if result.stdout else None,
+                                   stderr=[result.stderr] if result.stderr else None)
 
 
 @agents.patch("/{agent_id}/tools/attach/{tool_id}", response_model=AgentStateView, summary="Attach a tool")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
@@ -19,7 +19,11 @@ from .schemas import (
     BASE_TOOL_IDS,
     BASE_TOOL_VIEWS,
     CreateToolRequest,
+    PipRequirementView,
+    RunToolFromSourceRequest,
+    ToolRunView,
     ToolView,
+    UpdateToolRequest,
 )
 
 # --------------------------------------------------------------------------- tools
@@ -35,10 +39,17 @@ async def list_tools(client: ClientDep, name: str | None = None, after: str | No
     return page([v for v in views if name is None or v.name == name], after, before, limit)
 
 
+def _requirements(views: list[PipRequirementView] | None) -> list[dict[str, Any]] | None:
+    return None if views is None else [v.model_dump() for v in views]
+
+
 async def _create_tool(body: CreateToolRequest, client: Client) -> ToolView:
     if body.source_type != "python":
         raise InvalidInputError(f"source_type {body.source_type!r} is not supported; tools are Python functions")
-    tool = await client.create_tool_async(body.source_code, tags=body.tags)
+    tool = await client.create_tool_async(
+        body.source_code, tags=body.tags, description=body.description, json_schema=body.json_schema,
+        return_char_limit=body.return_char_limit, pip_requirements=_requirements(body.pip_requirements),
+        default_requires_approval=body.default_requires_approval)
     return ToolView.of(tool)
 
 
@@ -50,6 +61,29 @@ async def create_tool(body: CreateToolRequest, client: ClientDep) -> ToolView:
 @tools.put("/", response_model=ToolView, summary="Create or replace a tool from Python source")
 async def upsert_tool(body: CreateToolRequest, client: ClientDep) -> ToolView:
     return await _create_tool(body, client)
+
+
+@tools.post("/run", response_model=ToolRunView, summary="Run a tool's source on arguments in the sandbox")
+async def run_tool_from_source(body: RunToolFromSourceRequest, client: ClientDep) -> ToolRunView:
+    if body.source_type not in (None, "python"):
+        raise InvalidInputError(f"source_type {body.source_type!r} is not supported; tools are Python functions")
+    result = await client.run_tool_from_source_async(body.source_code, body.args, name=body.name,
+                                                     env=body.env_vars,
+                                                     pip_requirements=_requirements(body.pip_requirements))
+    return ToolRunView(name=body.name, tool_return=result.message, status="success" if result.ok else "error",
+                       stdout=[result.stdout] if result.stdout else None,
+                       stderr=[result.stderr] if result.stderr else None)
+
+
+@tools.patch("/{tool_id}", response_model=ToolView, summary="Modify a tool")
+async def modify_tool(tool_id: str, body: UpdateToolRequest, client: ClientDep) -> ToolView:
+    if tool_id in BASE_TOOL_IDS:
+        raise InvalidInputError(f"{BASE_TOOL_IDS[tool_id]!r} is a built-in tool and cannot be changed")
+    return ToolView.of(await client.update_tool_async(
+        tool_id, source_code=body.source_code, tags=body.tags, description=body.description,
+        json_schema=body.json_schema, return_char_limit=body.return_char_limit,
+        pip_requirements=_requirements(body.pip_requirements),
+        default_requires_approval=body.default_requires_approval))
 
 
 @tools.get("/{tool_id}", response_model=ToolView, summary="Retrieve a tool")

@@ -28,6 +28,8 @@ from letta_ray.schemas import (
     Passage,
     Tool,
     ToolRule,
+    new_id,
+    utcnow,
 )
 
 
@@ -194,30 +196,105 @@ class ToolView(_Shape):
     tool_type: str = "custom"
     tags: list[str] = Field(default_factory=list)
     return_char_limit: int = 50_000
+    pip_requirements: list[PipRequirementView] | None = None
+    default_requires_approval: bool | None = None
 
     @classmethod
     def of(cls, tool: Tool) -> ToolView:
         tool_id = base_tool_id(tool.name) if tool.name in BASE_TOOLS else tool.id
         return cls(id=tool_id, name=tool.name, description=tool.description, json_schema=tool.json_schema,
                    source_code=tool.source_code, source_type=tool.source_type, tool_type=tool.tool_type,
-                   tags=tool.tags, return_char_limit=tool.return_char_limit)
+                   tags=tool.tags, return_char_limit=tool.return_char_limit,
+                   pip_requirements=[PipRequirementView(name=r.name, version=r.version)
+                                     for r in tool.pip_requirements] or None,
+                   default_requires_approval=tool.default_requires_approval)
 
 
 BASE_TOOL_VIEWS: dict[str, ToolView] = {name: ToolView.of(tf.tool) for name, tf in BASE_TOOLS.items()}
 
 
+class PipRequirementView(_Shape):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-\[\],]*$")
+    version: str | None = Field(default=None, max_length=100, pattern=r"^[A-Za-z0-9._+!*\-]+$")
+
+
 class CreateToolRequest(_Shape):
     """A tool from Python source: one typed function whose docstring is its description."""
 
-    source_code: str = Field(min_length=1)
+    source_code: str = Field(min_length=1, max_length=1_000_000)
     source_type: str = "python"
     tags: list[str] | None = None
     description: str | None = None
     json_schema: dict[str, Any] | None = None
-    return_char_limit: int | None = Field(default=None, ge=1)
+    args_json_schema: dict[str, Any] | None = None
+    return_char_limit: int | None = Field(default=None, ge=1, le=1_000_000)
+    pip_requirements: list[PipRequirementView] | None = None
+    default_requires_approval: bool | None = None
+
+
+class UpdateToolRequest(_Shape):
+    """Letta's ToolUpdate: what a tool's PATCH may change."""
+
+    source_code: str | None = Field(default=None, min_length=1, max_length=1_000_000)
+    tags: list[str] | None = None
+    description: str | None = None
+    json_schema: dict[str, Any] | None = None
+    return_char_limit: int | None = Field(default=None, ge=1, le=1_000_000)
+    pip_requirements: list[PipRequirementView] | None = None
+    default_requires_approval: bool | None = None
+
+
+class RunToolFromSourceRequest(_Shape):
+    """Letta's ToolRunFromSource: run a tool's source on arguments, with no agent."""
+
+    source_code: str = Field(min_length=1, max_length=1_000_000)
+    args: dict[str, Any] = Field(default_factory=dict)
+    env_vars: dict[str, str] | None = None
+    name: str | None = None
+    source_type: str | None = None
+    args_json_schema: dict[str, Any] | None = None
+    json_schema: dict[str, Any] | None = None
+    pip_requirements: list[PipRequirementView] | None = None
+
+
+class RunAgentToolRequest(_Shape):
+    """Letta's ToolExecuteRequest."""
+
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolRunView(_Shape):
+    """Letta's ToolReturnMessage, as ``POST /v1/tools/run`` answers."""
+
+    id: str = Field(default_factory=lambda: new_id("message"))
+    date: datetime = Field(default_factory=utcnow)
+    message_type: Literal["tool_return_message"] = "tool_return_message"
+    name: str | None = None
+    tool_return: str
+    status: Literal["success", "error"]
+    tool_call_id: str = Field(default_factory=lambda: new_id("call"))
+    stdout: list[str] | None = None
+    stderr: list[str] | None = None
+
+
+class ToolExecutionResultView(_Shape):
+    """Letta's ToolExecutionResult, as ``POST /v1/agents/{id}/tools/{name}/run`` answers."""
+
+    status: Literal["success", "error"]
+    func_return: Any = None
+    stdout: list[str] | None = None
+    stderr: list[str] | None = None
 
 
 # --------------------------------------------------------------------------- agents
+
+
+class AgentSecretView(_Shape):
+    """Letta's AgentEnvironmentVariable: one environment variable of an agent's tools."""
+
+    key: str
+    value: str
+    agent_id: str | None = None
 
 
 class AgentStateView(_Shape):
@@ -241,6 +318,8 @@ class AgentStateView(_Shape):
     embedding: str | None = None
     message_ids: list[str] = Field(default_factory=list)
     identity_ids: list[str] = Field(default_factory=list)
+    secrets: list[AgentSecretView] = Field(default_factory=list)
+    tool_exec_environment_variables: list[AgentSecretView] = Field(default_factory=list)
     created_at: datetime
     updated_at: datetime
 
@@ -248,6 +327,7 @@ class AgentStateView(_Shape):
     def of(cls, state: AgentState, tools: dict[str, Tool] | None = None) -> AgentStateView:
         """The view of ``state``; ``tools`` maps the names of its custom tools to the stored tools."""
         blocks = [BlockView.of(b) for b in state.blocks]
+        secrets = [AgentSecretView(key=k, value=v, agent_id=state.id) for k, v in state.secrets.items()]
         views = []
         for name in state.tools:
             if name in BASE_TOOL_VIEWS:
@@ -261,7 +341,8 @@ class AgentStateView(_Shape):
                    embedding_config=EmbeddingConfigView.of(state.embedding_config),
                    model=state.llm_config.handle or state.llm_config.model,
                    embedding=state.embedding_config.handle or state.embedding_config.embedding_model,
-                   message_ids=state.message_ids, created_at=state.created_at, updated_at=state.updated_at)
+                   message_ids=state.message_ids, secrets=secrets, tool_exec_environment_variables=secrets,
+                   created_at=state.created_at, updated_at=state.updated_at)
 
 
 class CreateAgentRequest(_Shape):
@@ -285,6 +366,8 @@ class CreateAgentRequest(_Shape):
     context_window_limit: int | None = Field(default=None, ge=256)
     max_tokens: int | None = Field(default=None, ge=1)
     max_steps: int | None = Field(default=None, ge=1, description="letta_ray: most steps in one turn")
+    secrets: dict[str, str] | None = Field(default=None, description="environment variables of this agent's tools")
+    tool_exec_environment_variables: dict[str, str] | None = Field(default=None, description="Deprecated: secrets")
     enable_sleeptime: bool = Field(default=False, description="also create a sleep-time agent sharing the blocks")
     sleeptime_agent_frequency: int = Field(default=5, ge=1, description="letta_ray: wake it every N turns")
 
@@ -306,6 +389,8 @@ class UpdateAgentRequest(_Shape):
     max_tokens: int | None = Field(default=None, ge=1)
     block_ids: list[str] | None = None
     max_steps: int | None = Field(default=None, ge=1)
+    secrets: dict[str, str] | None = None
+    tool_exec_environment_variables: dict[str, str] | None = None
 
 
 # --------------------------------------------------------------------------- messages

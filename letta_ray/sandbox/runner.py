@@ -266,12 +266,14 @@ class ToolSandbox:
             raise
 
     async def _evict_one(self) -> bool:
-        """Stop the least recently used idle worker (of any key); False if none is idle."""
+        """Stop the least recently used idle worker (of any key), making room for one more;
+        False if none is idle. Called with ``_freed`` held."""
         for key in list(self._idle):
             workers = self._idle[key]
             worker = workers.pop(0)
             if not workers:
                 del self._idle[key]
+            self._count -= 1
             task = asyncio.ensure_future(worker.kill())
             self._background.add(task)
             task.add_done_callback(self._background.discard)

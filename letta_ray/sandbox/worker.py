@@ -5,9 +5,9 @@ argument), it shuts
 itself in before it runs any user code:
 
 1. a user namespace and a PID namespace of its own (where the kernel allows them): it
-   forks, and the child is process 1 of the new namespace, so when it dies every process
-   a tool started dies with it, and it holds no capability of the real user (root
-   outside included), so it cannot raise its limits back;
+   forks twice, and the worker is process 2 of the new namespace under a reaping process
+   1, so when the worker dies every process a tool started dies with it, and it holds no
+   capability of the real user (root outside included), so it cannot raise its limits;
 2. Landlock: from then on it can read only the Python installation and the system's
    libraries, and write only its own scratch folder; it cannot signal processes outside;
 3. resource limits: address space, file size, CPU time (the budget of a worker; each
@@ -89,13 +89,18 @@ def _enter_namespaces() -> bool:
                        ("/proc/self/gid_map", f"0 {gid} 1")):
         with contextlib.suppress(OSError), open(path, "w") as file:
             file.write(text)
-    child = os.fork()
-    if child:
-        # The outer process: stay until the inner one ends, and die with the sandbox's
-        # parent (its socket closes; the parent also kills this process group).
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        _, status = os.waitpid(child, 0)
-        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    # The outer process stays outside; process 1 of the namespace only reaps; process 2 is
+    # the worker. (Process 1 of a namespace ignores the signals it has no handler for, the
+    # CPU limit's SIGXCPU among them, so the worker must not be it.) Each waits for the next
+    # and exits with its status, so the sandbox sees how the worker ended; when process 1
+    # ends, the kernel kills whatever is left in the namespace.
+    for _ in range(2):
+        child = os.fork()
+        if child:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            _, status = os.waitpid(child, 0)
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(128 - code if code < 0 else code & 0xFF)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     return True
 
@@ -232,7 +237,8 @@ class _Worker:
         return text + ("\n[output truncated]" if len(data) > self.output_bytes else "")
 
     def _stop_stray_processes(self) -> None:
-        """Processes a tool left behind: as process 1 of the namespace, kill them all."""
+        """Processes a tool left behind: alone in its namespace but for process 1, the worker
+        kills every other process there."""
         if self.in_namespace:
             with contextlib.suppress(OSError):
                 os.kill(-1, signal.SIGKILL)
