@@ -177,7 +177,8 @@ async def test_describe_builds_the_schema_in_the_sandbox(sandbox: Any, tmp_path:
 async def test_a_tool_may_read_the_agent_state_it_is_handed(sandbox: Any) -> None:
     from letta_ray.schemas import AgentState, LLMConfig
 
-    source = 'def whoami(agent_state: "AgentState") -> str:\n    """Say the agent\'s name."""\n    return agent_state.name\n'
+    source = ('def whoami(agent_state: "AgentState") -> str:\n'
+              '    """Say the agent\'s name."""\n    return agent_state.name\n')
     described = await sandbox.describe(source)
     assert described["takes_agent_state"]
     state = AgentState(name="sam", system="s", llm_config=LLMConfig(model="x"))
