@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 from collections.abc import AsyncIterator, Coroutine
 from datetime import datetime
 from typing import Any, TypeVar
@@ -45,11 +46,12 @@ from .hosts import Connection, Hosts
 from .limits import parse_limits
 from .runtime import Runtime, init_ray, start_runtime, stop_runtime
 from .scheduler import Schedule
-from .tool_executor import parse_requirements
+from .tool_sandboxes import parse_requirements
 
 __all__ = ["AgentHandle", "ArchivalView", "BlocksView", "Client", "connect"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def connect(address: str | None = None, *, home: str | None = None, settings: Settings | None = None,
@@ -377,9 +379,9 @@ class Client:
         return await self._store_tool(tool, **{k: v for k, v in changes.items() if v is not None})
 
     async def _tool_from(self, source: Any, name: str | None, reqs: list[PipRequirement]) -> Tool:
-        executor = await self.runtime.tools.get(reqs)  # ToolDefinitionError if they cannot be installed
+        sandbox = await self.runtime.tools.get(reqs)  # ToolDefinitionError if they cannot be installed
         if isinstance(source, str):
-            described = await executor.describe(source, name)
+            described = await sandbox.describe(source, name)
             return Tool.model_validate({**described["tool"], "takes_agent_state": described["takes_agent_state"]})
         tf = build_tool(source, name=name)
         if tf.tool.source_code is None:
@@ -411,9 +413,9 @@ class Client:
                                          pip_requirements: list[PipRequirement | dict[str, Any] | str] | None = None
                                          ) -> SandboxResult:
         """Run a tool's source on ``args`` in the sandbox, with no agent (Letta's tools/run)."""
-        executor = await self.runtime.tools.get(parse_requirements(pip_requirements))
-        described = await executor.describe(source, name)
-        return await executor.call(source, described["tool"]["name"], args, env=env)
+        sandbox = await self.runtime.tools.get(parse_requirements(pip_requirements))
+        described = await sandbox.describe(source, name)
+        return await sandbox.call(source, described["tool"]["name"], args, env=env)
 
     def run_tool_from_source(self, source: str, args: dict[str, Any], **options: Any) -> SandboxResult:
         return self.run_sync(self.run_tool_from_source_async(source, args, **options))
@@ -522,6 +524,10 @@ class Client:
         if self._closed:
             return
         stop = self.settings.embedded if shutdown is None else shutdown
+        try:  # this process's tool workers
+            self.run_sync(asyncio.wait_for(self.runtime.tools.close(), 30))
+        except Exception:
+            log.debug("tool sandboxes did not close cleanly", exc_info=True)
         if stop:
             stop_runtime(self.runtime)
         self._closed = True

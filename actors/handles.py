@@ -111,8 +111,8 @@ class AgentHandle:
         if name not in state.tools:
             raise NotFoundError("tool attached to this agent", name)
         tool = await self.connection.runtime.store.get_tool_by_name(name)
-        executor = await self.connection.runtime.tools.get(tool.pip_requirements)
-        return await executor.call(tool.source_code or "", tool.name, dict(args or {}), env=state.secrets,
+        sandbox = await self.connection.runtime.tools.get(tool.pip_requirements)
+        return await sandbox.call(tool.source_code or "", tool.name, dict(args or {}), env=state.secrets,
                                    agent_state=state.model_dump(mode="json") if tool.takes_agent_state else None,
                                    return_char_limit=tool.return_char_limit)
 

@@ -32,13 +32,13 @@ from letta_ray.messages import LettaResponse, Message, MessageCreate
 from letta_ray.schemas import AgentState, Block, LLMLimit, Tool, new_id, utcnow
 from letta_ray.tools import ToolContext, ToolFunction, ToolOutcome, Toolset, sandboxed_tool
 
-from ._facade import ACTOR_GONE, ActorFacade, remote_method, streaming_method
+from ._facade import ActorFacade, remote_method, streaming_method
 from ._journal import Journal, JournalWriter, TurnRecord
 from .archive import ArchiveHandle
 from .limits import LimitedLLM, LimitsView, LLMLimiterSource
 from .messaging import AgentMessenger, Router
 from .metadata_store import MetadataStoreHandle
-from .tool_executor import ToolExecutors
+from .tool_sandboxes import ToolSandboxes
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +97,12 @@ class AgentHost:
     def __init__(self, host_id: str, store: MetadataStoreHandle, archive: ArchiveHandle | None,
                  llm: LLM | None = None, router: Router | None = None, agent_call_timeout_s: float = 120.0,
                  journal_dir: str | None = None, limiter: LLMLimiterSource | None = None,
-                 tools: ToolExecutors | None = None) -> None:
+                 tools: ToolSandboxes | None = None) -> None:
         """With ``journal_dir`` (the store's ``host_journals`` folder) a turn is acknowledged
         once this host has fsync'ed it to its own journal file; the store applies it from
         there. Without, the turn is committed through the store actor before the reply.
         ``limiter`` (the directory's handle) caps LLM requests cluster-wide; ``tools`` are the
-        tool executors user tools run in (never in this process)."""
+        tool sandboxes user tools run in (their workers: never this process)."""
         self.tools = tools
         self.host_id = host_id
         self._journal_dir = Path(journal_dir) if journal_dir is not None else None
@@ -373,17 +373,13 @@ class AgentHost:
         if self.tools is None:
             return ToolOutcome(False, f"Error running {tool.name}: this host has no tool sandbox")
         try:
-            executor = await self.tools.get(tool.pip_requirements)
-            result = await executor.call(
+            sandbox = await self.tools.get(tool.pip_requirements)
+            result = await sandbox.call(
                 tool.source_code or "", tool.name, args, env=ctx.agent.secrets,
                 agent_state=ctx.agent.model_dump(mode="json") if tool.takes_agent_state else None,
                 return_char_limit=tool.return_char_limit)
         except ToolDefinitionError as exc:
             return ToolOutcome(False, f"Error running {tool.name}: {exc}")
-        except ACTOR_GONE as exc:  # the executor died under the call; the next call makes it again
-            self.tools.forget(tool.pip_requirements)
-            return ToolOutcome(False, f"Error running {tool.name}: the tool sandbox went away ({type(exc).__name__}); "
-                                      "try again")
         return ToolOutcome(result.ok, result.message)
 
     async def forget_shared(self, agent_ids: list[str]) -> None:

@@ -30,7 +30,7 @@ from .embedder import EmbedderActor, EmbedderHandle
 from .host import AgentHost, HostHandle
 from .messaging import DirectoryRouter
 from .metadata_store import MetadataStoreActor, MetadataStoreHandle
-from .tool_executor import SandboxConfig, ToolExecutors
+from .tool_sandboxes import SandboxConfig, ToolSandboxes
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class _HostMaker:
     """Creates AgentHost actors; a picklable callable the directory actor holds."""
 
     def __init__(self, prefix: str, namespace: str, store: MetadataStoreHandle, archive: ArchiveHandle,
-                 tools: ToolExecutors, llm: Any = None, agent_call_timeout_s: float = 120.0,
+                 tools: ToolSandboxes, llm: Any = None, agent_call_timeout_s: float = 120.0,
                  journal_dir: str | None = None) -> None:
         self.tools = tools
         self.journal_dir = journal_dir
@@ -147,7 +147,7 @@ class _TimerStore:
 @dataclass
 class Runtime:
     """Handles on the named actors of one data directory: the stores, the embedder, the
-    directory, and the tool executors (made on first use)."""
+    directory, and this process's tool sandboxes (made on first use)."""
 
     settings: Settings
     prefix: str
@@ -155,7 +155,7 @@ class Runtime:
     archive: ArchiveHandle
     embedder: EmbedderHandle
     directory: DirectoryHandle
-    tools: ToolExecutors
+    tools: ToolSandboxes
 
 
 def start_runtime(settings: Settings, *, llm: Any = None) -> Runtime:
@@ -179,7 +179,7 @@ def start_runtime(settings: Settings, *, llm: Any = None) -> Runtime:
     archive = ArchiveHandle(get_or_create(ArchiveActor, f"{prefix}-archive", ns,
                                           (str(settings.archive_path), embedder, settings.embedding_dim),
                                           **detached))
-    tools = ToolExecutors(prefix, ns, sandbox_config(settings))
+    tools = ToolSandboxes(prefix, ns, sandbox_config(settings))
     maker = _HostMaker(prefix, ns, store, archive, tools, llm, settings.agent_call_timeout_s, journals)
     directory = DirectoryHandle(get_or_create(
         Directory, f"{prefix}-directory", ns, (maker,),
@@ -216,7 +216,7 @@ def stop_runtime(runtime: Runtime) -> None:
         run_blocking(runtime.store.close, timeout=60)
     except Exception:
         log.warning("metadata store did not close cleanly", exc_info=True)
-    runtime.tools.stop_all()
+    runtime.tools.stop_environments()
     handles = [host.actor for host in hosts.values()]
     for handle in [*handles, runtime.directory.actor, runtime.archive.actor, runtime.embedder.actor,
                    runtime.store.actor]:

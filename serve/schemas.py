@@ -185,6 +185,11 @@ def base_tool_id(name: str) -> str:
 BASE_TOOL_IDS: dict[str, str] = {base_tool_id(name): name for name in BASE_TOOLS}
 
 
+class PipRequirementView(_Shape):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-\[\],]*$")
+    version: str | None = Field(default=None, max_length=100, pattern=r"^[A-Za-z0-9._+!*\-]+$")
+
+
 class ToolView(_Shape):
     id: str
     name: str
@@ -211,11 +216,6 @@ class ToolView(_Shape):
 
 
 BASE_TOOL_VIEWS: dict[str, ToolView] = {name: ToolView.of(tf.tool) for name, tf in BASE_TOOLS.items()}
-
-
-class PipRequirementView(_Shape):
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-\[\],]*$")
-    version: str | None = Field(default=None, max_length=100, pattern=r"^[A-Za-z0-9._+!*\-]+$")
 
 
 class CreateToolRequest(_Shape):

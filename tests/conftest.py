@@ -11,6 +11,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Any LLM call to a non-loopback endpoint fails, in this process and every Ray worker.
 os.environ["LETTA_RAY_OFFLINE_LLM"] = "1"
+# Ray tries a failing runtime environment (a tool's pip_requirements) three times by
+# default; once is enough to see that it fails.
+os.environ.setdefault("RUNTIME_ENV_RETRY_TIMES", "1")
 
 
 @pytest.fixture(autouse=True)

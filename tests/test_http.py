@@ -223,6 +223,65 @@ def test_tool_from_source_attached_and_detached(sdk: Any, fake_llm_server: Any) 
     assert "flip_coin" not in [t.name for t in state.tools]
 
 
+PEEK = textwrap.dedent('''
+    import glob, os
+
+    def peek(what: str, where: str = "") -> str:
+        """Look at the process the tool runs in.
+
+        Args:
+            what: env, files or exit
+            where: a folder to list
+        """
+        if what == "exit":
+            os._exit(1)
+        if what == "files":
+            return repr(glob.glob(where + "/*"))
+        return repr(sorted(os.environ))
+''')
+
+
+def test_a_user_tool_sees_neither_the_servers_keys_nor_its_data_and_cannot_stop_its_host(
+        client: Any, sdk: Any, http: Any, fake_llm_server: Any) -> None:
+    """The three findings of issue 13, tried over HTTP with Letta's SDK."""
+    tool = sdk.tools.create(source_code=PEEK, return_char_limit=2000)
+    assert tool.return_char_limit == 2000
+    agent = new_agent(sdk, fake_llm_server, tool_ids=[tool.id], secrets={"MY_TOKEN": "t0k"})
+    neighbour = new_agent(sdk, fake_llm_server)
+
+    def peek(what: str, **extra: str) -> Any:
+        reply = sdk.agents.messages.create(agent.id, messages=[
+            {"role": "user", "content": f"call peek {json.dumps({'what': what, **extra})}"}])
+        [result] = [m for m in reply.messages if m.message_type == "tool_return_message"]
+        return json.loads(result.tool_return)
+
+    env = peek("env")
+    assert env["status"] == "OK" and "MY_TOKEN" in env["message"]
+    # the hosts run with LETTA_RAY_OFFLINE_LLM (the test session sets it everywhere); the tool must not
+    assert "LETTA_RAY" not in env["message"] and "OPENAI" not in env["message"]
+
+    home = str(client.settings.home)
+    assert os.listdir(home), "the data directory has files to hide"
+    assert peek("files", where=home)["message"] == "[]"
+
+    started = time.monotonic()
+    died = peek("exit")
+    assert died["status"] == "Failed" and "exit status 1" in died["message"]
+    assert time.monotonic() - started < 10
+    for who in (agent, neighbour):  # both agents answer at once, on the same host as before
+        reply = sdk.agents.messages.create(who.id, messages=[{"role": "user", "content": "still there?"}])
+        assert reply.messages[-1].content == "You said: still there?"
+
+    run = sdk.agents.tools.run("peek", agent_id=agent.id, args={"what": "env"})
+    assert run.status == "success" and "MY_TOKEN" in str(run.func_return)
+    updated = sdk.tools.update(tool.id, description="Peek around.", tags=["probe"])
+    assert updated.description == "Peek around." and updated.tags == ["probe"]
+    answer = http.post("/v1/tools/run", json={"source_code": PEEK, "args": {"what": "env"},
+                                              "env_vars": {"ONLY_THIS": "1"}}).json()
+    assert answer["status"] == "success" and "ONLY_THIS" in answer["tool_return"]
+    assert "MY_TOKEN" not in answer["tool_return"]
+
+
 def test_health_models_and_docs(sdk: Any, http: Any) -> None:
     assert sdk.health().status == "ok"
     assert isinstance(sdk.models.list(), list)
