@@ -29,6 +29,7 @@ from letta_ray.deps import LLM, StepDeps
 from letta_ray.errors import InvalidInputError, NotFoundError, StorageError, ToolDefinitionError
 from letta_ray.memory import MemoryStats
 from letta_ray.messages import LettaResponse, Message, MessageCreate
+from letta_ray.sandbox import SandboxError
 from letta_ray.schemas import AgentState, Block, LLMLimit, Tool, new_id, utcnow
 from letta_ray.tools import ToolContext, ToolFunction, ToolOutcome, Toolset, sandboxed_tool
 
@@ -378,7 +379,7 @@ class AgentHost:
                 tool.source_code or "", tool.name, args, env=ctx.agent.secrets,
                 agent_state=ctx.agent.model_dump(mode="json") if tool.takes_agent_state else None,
                 return_char_limit=tool.return_char_limit)
-        except ToolDefinitionError as exc:
+        except (ToolDefinitionError, SandboxError) as exc:
             return ToolOutcome(False, f"Error running {tool.name}: {exc}")
         return ToolOutcome(result.ok, result.message)
 

@@ -91,7 +91,9 @@ class Settings(BaseSettings):
     tool_memory_mb: int = Field(default=1024, ge=64, description="address-space limit of a tool's process")
     tool_file_mb: int = Field(default=64, ge=1, description="largest file (stdout included) a tool may write")
     tool_output_kb: int = Field(default=64, ge=1, description="stdout/stderr of a call kept, each")
-    tool_workers: int = Field(default=8, ge=1, le=256, description="warm tool processes per tool environment")
+    tool_workers: int = Field(default=4, ge=1, le=256, description="warm tool processes per tool environment, "
+                              "in each agent host")
+    tool_idle_s: float = Field(default=300.0, gt=0, description="a warm tool process unused this long is stopped")
     tool_install_timeout_s: float = Field(default=600.0, gt=0, description="how long installing a tool's "
                                           "pip_requirements may take")
     local_llm: bool = Field(default=True, description="with no provider key, think with the bundled local "
@@ -122,7 +124,7 @@ class Settings(BaseSettings):
 
     def sandbox_limits(self) -> SandboxLimits:
         return SandboxLimits(timeout_s=self.tool_timeout_s, cpu_s=self.tool_cpu_s, memory_mb=self.tool_memory_mb,
-                             file_mb=self.tool_file_mb, output_kb=self.tool_output_kb)
+                             file_mb=self.tool_file_mb, output_kb=self.tool_output_kb, idle_s=self.tool_idle_s)
 
     def llm_limits(self) -> dict[str, LLMLimit]:
         """The cluster's default LLM limits, for every model (``{"*": ...}``), if any are set."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -188,6 +189,19 @@ async def test_a_tool_may_read_the_agent_state_it_is_handed(sandbox: Any) -> Non
     state = AgentState(name="sam", system="s", llm_config=LLMConfig(model="x"))
     result = await sandbox.call(source, "whoami", {}, agent_state=state.model_dump(mode="json"))
     assert result.ok and result.message == "sam"
+
+
+async def test_warm_workers_left_unused_are_stopped() -> None:
+    box = ToolSandbox(SandboxLimits(idle_s=0.5), spares=0)
+    try:
+        assert (await box.call(tool("    return 'once'\n"), "t", {})).ok
+        assert box.stats()["idle"] == 1
+        deadline = time.monotonic() + 10
+        while box.stats()["alive"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert box.stats() == {"started": 1, "alive": 0, "spare": 0, "idle": 0}
+    finally:
+        await box.close()
 
 
 def test_a_data_directory_inside_a_readable_folder_is_refused() -> None:

@@ -28,6 +28,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +51,9 @@ SYSTEM_READ = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/ssl", 
 SYSTEM_WRITE = ("/dev/null",)
 
 
+WORKER_SCRIPT = str(Path(__file__).with_name("worker.py"))
+
+
 class SandboxError(LettaRayError):
     """The sandbox cannot be set up here (the reason says what is missing)."""
 
@@ -64,6 +68,7 @@ class SandboxLimits:
     file_mb: int = 64
     output_kb: int = 64
     cpu_budget_s: int = 600  # a worker's CPU time in all; it is replaced before a call could pass it
+    idle_s: float = 300.0  # a warm worker unused this long is stopped
 
 
 @dataclass
@@ -95,6 +100,7 @@ class _Worker:
         self.root = root
         self.info = info
         self.cpu_used_s = 0.0
+        self.last_used = time.monotonic()
 
     @property
     def alive(self) -> bool:
@@ -161,6 +167,7 @@ class ToolSandbox:
         self._refilling: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[None]] = set()
         self._read_paths: list[str] | None = None
+        self._reaper: asyncio.Task[None] | None = None
         self.started = 0  # worker processes started, for tests and benchmarks
 
     # ---------------------------------------------------------------- set-up
@@ -208,8 +215,10 @@ class ToolSandbox:
         root = tempfile.mkdtemp(dir=self._root, prefix="worker-")
         ours, theirs = socket.socketpair()
         try:
+            # By path, not -m: the processes that only wait (outside and as the namespace's
+            # first process) then never import letta_ray and stay small.
             process = await asyncio.create_subprocess_exec(
-                self.python, "-I", "-m", "letta_ray.sandbox.worker", str(theirs.fileno()), env={},
+                self.python, "-I", WORKER_SCRIPT, str(theirs.fileno()), env={},
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL, start_new_session=True, cwd=root)
         finally:
@@ -288,10 +297,34 @@ class ToolSandbox:
                 self._count -= 1
                 self._freed.notify()
             return
+        worker.last_used = time.monotonic()
         async with self._freed:
             self._idle.setdefault(key, []).append(worker)
             self._idle.move_to_end(key)
             self._freed.notify()
+        self._start_reaper()
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.ensure_future(self._reap())
+
+    async def _reap(self) -> None:
+        """Stop warm workers left unused for ``idle_s`` (the spares stay), while any are idle."""
+        while self._idle:
+            await asyncio.sleep(min(30.0, self.limits.idle_s / 2))
+            cutoff = time.monotonic() - self.limits.idle_s
+            stale: list[_Worker] = []
+            async with self._freed:
+                for key in list(self._idle):
+                    keep = [w for w in self._idle[key] if w.last_used >= cutoff]
+                    stale += [w for w in self._idle[key] if w.last_used < cutoff]
+                    if keep:
+                        self._idle[key] = keep
+                    else:
+                        del self._idle[key]
+                self._count -= len(stale)
+                self._freed.notify(len(stale))
+            await asyncio.gather(*(w.kill() for w in stale), return_exceptions=True)
 
     def _refill(self) -> None:
         if self.spares and (self._refilling is None or self._refilling.done()):
@@ -377,8 +410,9 @@ class ToolSandbox:
         return SandboxResult(False, f"Error running {name}: the tool {why}.", limit="exit")
 
     async def close(self) -> None:
-        if self._refilling is not None:
-            self._refilling.cancel()
+        for task in (self._refilling, self._reaper):
+            if task is not None:
+                task.cancel()
         workers = [w for ws in self._idle.values() for w in ws] + self._spare
         self._idle.clear()
         self._spare.clear()
