@@ -15,7 +15,7 @@ from letta_ray.deps import TagMatchMode
 from letta_ray.errors import InvalidInputError, NotFoundError
 from letta_ray.messages import LettaResponse, Message, MessageCreate, as_messages
 from letta_ray.sandbox import SandboxResult
-from letta_ray.schemas import AgentState, Block, Order, Passage
+from letta_ray.schemas import AgentState, Block, Order, Passage, RequiresApprovalToolRule
 
 from .archive import ArchiveHandle
 from .hosts import Connection
@@ -101,6 +101,20 @@ class AgentHandle:
 
     def attach_tool(self, name: str) -> AgentState:
         return self._sync(self.attach_tool_async(name))
+
+    async def set_approval_async(self, tool_name: str, requires_approval: bool) -> AgentState:
+        """Make the agent's calls to ``tool_name`` wait for a person's approval, or not
+        (a ``requires_approval`` tool rule)."""
+        state = await self.state_async()
+        if tool_name not in state.tools:
+            raise NotFoundError("tool attached to this agent", tool_name)
+        rules = [r for r in state.tool_rules if not (r.type == "requires_approval" and r.tool_name == tool_name)]
+        if requires_approval:
+            rules.append(RequiresApprovalToolRule(tool_name=tool_name))
+        return await self.modify_async(tool_rules=[r.model_dump() for r in rules])
+
+    def set_approval(self, tool_name: str, requires_approval: bool) -> AgentState:
+        return self._sync(self.set_approval_async(tool_name, requires_approval))
 
     async def run_tool_async(self, name: str, args: dict[str, Any] | None = None) -> SandboxResult:
         """Run one of the agent's own tools on ``args`` in the sandbox, with the agent's secrets,

@@ -28,9 +28,10 @@ from letta_ray.context import (
     summarise,
 )
 from letta_ray.deps import LLMResponse, StepDeps
-from letta_ray.errors import LLMError
+from letta_ray.errors import ConflictError, InvalidInputError, LLMError
 from letta_ray.memory import Memory, MemoryStats
 from letta_ray.messages import (
+    ApprovalDecision,
     LettaMessage,
     LettaResponse,
     Message,
@@ -40,7 +41,7 @@ from letta_ray.messages import (
     UsageStatistics,
     to_events,
 )
-from letta_ray.schemas import AgentState, Block, new_id
+from letta_ray.schemas import AgentState, Block, PendingToolCall, new_id
 from letta_ray.tool_rules import ToolRuleSolver
 from letta_ray.tools import ToolContext, ToolOutcome, Toolset, openai_schema, run_tool
 
@@ -172,12 +173,18 @@ async def step(
     ``cache`` (kept by the caller across turns) saves re-serialising and re-counting
     the messages already in context.
     """
+    approvals = [m for m in inbound if isinstance(m, MessageCreate) and m.type == "approval"]
+    _check_approval_order(state, inbound, approvals)
     if stats is None:
         stats = await gather_stats(state, deps)
     turn = _Turn(state, context, deps, toolset, stats, run_id, on_event, cache)
-    for item in inbound:
-        await turn.add(_inbound_message(item, state.id, run_id))
-    stop = await _loop(turn, max_steps or state.max_steps, cancel)
+    ended = None
+    if approvals:
+        ended = await _answer_approvals(turn, approvals)
+    else:
+        for item in inbound:
+            await turn.add(_inbound_message(item, state.id, run_id))
+    stop = turn.stop(ended) if ended else await _loop(turn, max_steps or state.max_steps, cancel)
     edited = [b for b in turn.memory.blocks if b.label in turn.memory.edited]
     final_state = turn.state.model_copy(
         update={"blocks": turn.memory.blocks, "message_ids": [m.id for m in turn.context]}
@@ -203,6 +210,80 @@ async def gather_stats(state: AgentState, deps: StepDeps) -> MemoryStats:
     recall = await deps.recall.count_messages(state.id) if deps.recall else 0
     archival = await deps.archive.count(state.id) if deps.archive else 0
     return MemoryStats(recall_messages=recall, archival_passages=archival)
+
+
+def _check_approval_order(state: AgentState, inbound: list[MessageCreate | Message],
+                          approvals: list[MessageCreate]) -> None:
+    """A turn that stopped for approval takes an approval next, and only then one."""
+    if state.pending_approvals and not approvals:
+        waiting = ", ".join(f"{p.name} ({p.tool_call_id})" for p in state.pending_approvals)
+        raise ConflictError(f"agent {state.id} is waiting for approval of its tool call(s) {waiting}: answer with "
+                            "a message of type 'approval' (approve, or deny with a reason) before sending another")
+    if approvals and not state.pending_approvals:
+        raise InvalidInputError(f"agent {state.id} has no tool call waiting for approval")
+    if approvals and len(approvals) != len(inbound):
+        raise InvalidInputError("an approval message is sent on its own, not with other messages")
+
+
+async def _answer_approvals(turn: _Turn, approvals: list[MessageCreate]) -> StopReasonType | None:
+    """Run the approved calls the last turn stopped for and refuse the denied ones; returns
+    a stop reason if one of them ends the turn."""
+    pending = list(turn.state.pending_approvals)
+    ids = {p.tool_call_id for p in pending}
+    decisions: dict[str, ApprovalDecision] = {}
+    for message in approvals:
+        for decision in message.approvals or []:
+            decisions[decision.tool_call_id] = decision
+        if message.approve is not None:  # Letta's older form: one answer for the request message's calls
+            for p in pending:
+                if message.approval_request_id in (None, p.message_id, p.tool_call_id):
+                    decisions.setdefault(p.tool_call_id, ApprovalDecision(
+                        tool_call_id=p.tool_call_id, approve=message.approve, reason=message.reason))
+    unknown = sorted(set(decisions) - ids)
+    if unknown:
+        raise InvalidInputError(f"no tool call {unknown} waits for approval; waiting: {sorted(ids)}")
+    missing = [p.tool_call_id for p in pending if p.tool_call_id not in decisions]
+    if missing:
+        raise InvalidInputError(f"answer every tool call that waits for approval; unanswered: {missing}")
+    ctx = ToolContext(agent=turn.state, memory=turn.memory, deps=turn.deps, state=turn.tool_state)
+    ended: StopReasonType | None = None
+    for p in pending:
+        decision = decisions[p.tool_call_id]
+        tf = turn.toolset.get(p.name) if p.name in turn.state.tools else None
+        if not decision.approve:
+            outcome = ToolOutcome(False, f"The user denied this call to {p.name}"
+                                         + (f": {decision.reason}" if decision.reason else ".")
+                                         + " Do not call it again unless the user agrees.")
+        elif tf is None:
+            outcome = ToolOutcome(False, f"{p.name} was approved but is no longer one of your tools.")
+        else:
+            turn.solver.record(p.name)
+            outcome = await run_tool(tf, p.arguments, ctx)
+            turn.solver.record_output(outcome.message)
+        verdict = await _record_result(turn, p.tool_call_id, p.name, outcome, p.step_id)
+        if verdict in ("end_turn", "tool_rule"):
+            ended = ended or verdict
+    turn.state = turn.state.model_copy(update={"pending_approvals": []})
+    return ended
+
+
+async def _record_result(turn: _Turn, call_id: str, name: str, outcome: ToolOutcome,
+                         step_id: str | None) -> str:
+    """Add a tool call's result to the turn; say what it means for the turn: "end_turn",
+    "tool_rule" (a terminal tool), "continue", or "rest" (it did not ask to go on)."""
+    state = turn.state
+    await turn.add(Message(agent_id=state.id, role="tool", content=tool_result_text(outcome, turn.now_text()),
+                           tool_call_id=call_id, name=name, tool_status="success" if outcome.ok else "error",
+                           step_id=step_id, run_id=turn.run_id))
+    if not outcome.ok:
+        return "continue"  # let the model see its mistake and fix it
+    if name in TERMINAL_TOOLS and state.uses_send_message:
+        return "end_turn"
+    if turn.solver.is_terminal(name):
+        return "tool_rule"
+    if turn.solver.forces_continue(name) or not state.uses_send_message:
+        return "continue"
+    return "continue" if outcome.request_heartbeat else "rest"
 
 
 def _inbound_message(item: MessageCreate | Message, agent_id: str, run_id: str | None) -> Message:
@@ -245,7 +326,12 @@ async def _loop(turn: _Turn, max_steps: int, cancel: asyncio.Event | None) -> St
                     f"context window of {config.context_window}",
                 )
         required = turn.solver.required_tool()
-        tool_choice = {"type": "function", "function": {"name": required}} if required else None
+        tool_choice: str | dict[str, object] | None = None
+        if required:
+            tool_choice = {"type": "function", "function": {"name": required}}
+        elif turn.solver.constrained() and schemas:
+            only = [sch["function"]["name"] for sch in schemas]  # type: ignore[index]
+            tool_choice = {"type": "function", "function": {"name": only[0]}} if len(only) == 1 else "required"
         steps += 1
         try:
             response = await turn.deps.llm.complete(compiled.messages, schemas, config, tool_choice=tool_choice)
@@ -279,22 +365,30 @@ async def _loop(turn: _Turn, max_steps: int, cancel: asyncio.Event | None) -> St
 async def _handle_response(turn: _Turn, response: LLMResponse) -> str:
     """Record the assistant turn and run its tools; say how the loop goes on.
 
-    Returns "continue", "invalid" (only unusable calls), or a stop reason.
+    Returns "continue", "invalid" (only unusable calls), or a stop reason; a call that needs
+    approval is not run: the turn stops with "requires_approval" once the others ran.
     """
     state = turn.state
     step_id = new_id("step")
-    await turn.add(Message(agent_id=state.id, role="assistant", content=response.content,
-                           reasoning=response.reasoning, tool_calls=response.tool_calls,
-                           step_id=step_id, run_id=turn.run_id))
+    allowed = set(turn.solver.allowed([n for n in state.tools if n in turn.toolset]))
+    tools = {call.id: turn.toolset.get(call.name) if call.name in state.tools else None for call in response.tool_calls}
+    waiting = [call for call in response.tool_calls if call.name in allowed and (tf := tools[call.id]) is not None
+               and (turn.solver.requires_approval(call.name) or bool(tf.tool.default_requires_approval))]
+    message = Message(agent_id=state.id, role="assistant", content=response.content, reasoning=response.reasoning,
+                      tool_calls=response.tool_calls, step_id=step_id, run_id=turn.run_id,
+                      approval_required=[call.id for call in waiting])
+    await turn.add(message)
     if not response.tool_calls:
         return "no_tool_call" if state.uses_send_message else "end_turn"
-    allowed = set(turn.solver.allowed([n for n in state.tools if n in turn.toolset]))
     ctx = ToolContext(agent=state, memory=turn.memory, deps=turn.deps, state=turn.tool_state)
     keep_going = False
     ended: str | None = None
     valid_calls = 0
     for call in response.tool_calls:
-        tf = turn.toolset.get(call.name) if call.name in state.tools else None
+        tf = tools[call.id]
+        if call in waiting:
+            valid_calls += 1
+            continue
         if tf is None:
             known = ", ".join(sorted(allowed)) or "none"
             outcome = ToolOutcome(False, f"There is no tool named {call.name!r}. Tools you can call: {known}.")
@@ -305,20 +399,17 @@ async def _handle_response(turn: _Turn, response: LLMResponse) -> str:
             valid_calls += 1
             turn.solver.record(call.name)
             outcome = await run_tool(tf, call.arguments, ctx)
-        await turn.add(Message(agent_id=state.id, role="tool", content=tool_result_text(outcome, turn.now_text()),
-                               tool_call_id=call.id, name=call.name,
-                               tool_status="success" if outcome.ok else "error",
-                               step_id=step_id, run_id=turn.run_id))
-        if not outcome.ok:
-            keep_going = True  # let the model see its mistake and fix it
-        elif call.name in TERMINAL_TOOLS and state.uses_send_message:
-            ended = "end_turn"
-        elif turn.solver.is_terminal(call.name):
-            ended = ended or "tool_rule"
-        elif turn.solver.forces_continue(call.name) or not state.uses_send_message:
+            turn.solver.record_output(outcome.message)
+        verdict = await _record_result(turn, call.id, call.name, outcome, step_id)
+        if verdict in ("end_turn", "tool_rule"):
+            ended = ended or verdict
+        elif verdict == "continue":
             keep_going = True
-        else:
-            keep_going = keep_going or outcome.request_heartbeat
+    if waiting:
+        turn.state = turn.state.model_copy(update={"pending_approvals": [
+            PendingToolCall(tool_call_id=c.id, name=c.name, arguments=c.arguments, message_id=message.id,
+                            step_id=step_id) for c in waiting]})
+        return "requires_approval"
     if ended:
         return ended
     if valid_calls == 0:

@@ -11,7 +11,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from letta_ray.errors import InvalidInputError, describe_validation_error
 from letta_ray.schemas import new_id, utcnow
@@ -62,6 +62,8 @@ class Message(_Model):
     run_id: str | None = None
     group_id: str | None = None
     otid: str | None = None
+    approval_required: list[str] = Field(
+        default_factory=list, description="ids of this message's tool calls that waited for approval")
 
     def to_openai(self) -> dict[str, Any]:
         """The OpenAI chat format, which litellm accepts for every provider."""
@@ -85,14 +87,39 @@ class Message(_Model):
         return out
 
 
-class MessageCreate(_Model):
-    """What a caller sends to an agent (Letta's ``MessageCreate``)."""
+class ApprovalDecision(_Model):
+    """A person's answer to one tool call that waited for approval (Letta's ``ApprovalReturn``)."""
 
+    type: Literal["approval"] = "approval"
+    tool_call_id: str
+    approve: bool
+    reason: str | None = None
+
+
+class MessageCreate(_Model):
+    """What a caller sends to an agent (Letta's ``MessageCreate``), or, with
+    ``type="approval"``, the answer to the tool calls a turn stopped for (``ApprovalCreate``)."""
+
+    type: Literal["message", "approval"] = "message"
     role: Literal["user", "system"] = "user"
-    content: str | list[dict[str, Any]]
+    content: str | list[dict[str, Any]] = ""
     name: str | None = None
     sender_id: str | None = None
     otid: str | None = None
+    approvals: list[ApprovalDecision] | None = None
+    # Letta's older form of one approval: the approval request's message id
+    approve: bool | None = None
+    approval_request_id: str | None = None
+    reason: str | None = None
+
+    @model_validator(mode="after")
+    def _approval_or_text(self) -> MessageCreate:
+        if self.type == "approval":
+            if not self.approvals and self.approve is None:
+                raise ValueError("an approval message needs approvals (or approve and approval_request_id)")
+        elif self.approvals or self.approve is not None:
+            raise ValueError("approvals go in a message of type 'approval'")
+        return self
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -179,13 +206,22 @@ class AssistantMessage(_Event):
     content: str
 
 
+class ApprovalRequestMessage(_Event):
+    """A tool call that waits for a person's approval (answer with an approval message)."""
+
+    message_type: Literal["approval_request_message"] = "approval_request_message"
+    tool_call: ToolCallEvent
+    tool_calls: list[ToolCallEvent] | None = None
+
+
 LettaMessage = Annotated[
     SystemMessage
     | UserMessage
     | ReasoningMessage
     | ToolCallMessage
     | ToolReturnMessage
-    | AssistantMessage,
+    | AssistantMessage
+    | ApprovalRequestMessage,
     Field(discriminator="message_type"),
 ]
 LETTA_MESSAGE_ADAPTER: TypeAdapter[LettaMessage] = TypeAdapter(LettaMessage)
@@ -272,7 +308,10 @@ def to_events(message: Message, *, uses_send_message: bool = True) -> list[Letta
             events.append(AssistantMessage(content=message.content, **common))
     for call in message.tool_calls:
         text = _send_message_text(call) if uses_send_message and call.name == "send_message" else None
-        if text is not None:
+        if call.id in message.approval_required:
+            event = ToolCallEvent(name=call.name, arguments=call.arguments, tool_call_id=call.id)
+            events.append(ApprovalRequestMessage(tool_call=event, tool_calls=[event], **common))
+        elif text is not None:
             events.append(AssistantMessage(content=text, **common))
         else:
             events.append(

@@ -239,10 +239,52 @@ class MaxCountPerStepToolRule(_ToolRuleBase):
     max_count_limit: int = Field(ge=1)
 
 
+class ParentToolRule(_ToolRuleBase):
+    """``children`` may be called only right after this tool (and then only they)."""
+
+    type: Literal["parent_last_tool"] = "parent_last_tool"
+    children: list[str]
+
+
+class ConditionalToolRule(_ToolRuleBase):
+    """After this tool, the next tool depends on its output: ``child_output_mapping`` maps an
+    output to the tool that must follow; otherwise ``default_child`` (or any tool, or none
+    with ``require_output_mapping``)."""
+
+    type: Literal["conditional"] = "conditional"
+    default_child: str | None = None
+    child_output_mapping: dict[str, str] = Field(min_length=1)
+    require_output_mapping: bool = False
+
+    @field_validator("child_output_mapping", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value: Any) -> Any:
+        # JSON keys are text; Letta also takes true/false and numbers, matched as their text.
+        if isinstance(value, dict):
+            return {(str(k).lower() if isinstance(k, bool) else str(k)): v for k, v in value.items()}
+        return value
+
+
+class RequiresApprovalToolRule(_ToolRuleBase):
+    """A call to this tool waits for a person's approval (the turn stops, ``requires_approval``)."""
+
+    type: Literal["requires_approval"] = "requires_approval"
+
+
 class RequiredBeforeExitToolRule(_ToolRuleBase):
     """The turn may not end until this tool was called."""
 
     type: Literal["required_before_exit"] = "required_before_exit"
+
+
+class PendingToolCall(_Model):
+    """A tool call that waits for a person's approval before it runs."""
+
+    tool_call_id: str
+    name: str
+    arguments: str = "{}"
+    message_id: str | None = Field(default=None, description="the assistant message that made the call")
+    step_id: str | None = None
 
 
 ToolRule = Annotated[
@@ -251,7 +293,10 @@ ToolRule = Annotated[
     | InitToolRule
     | ChildToolRule
     | MaxCountPerStepToolRule
-    | RequiredBeforeExitToolRule,
+    | RequiredBeforeExitToolRule
+    | ParentToolRule
+    | ConditionalToolRule
+    | RequiresApprovalToolRule,
     Field(discriminator="type"),
 ]
 
@@ -280,6 +325,8 @@ class AgentState(_Model):
     tags: list[str] = Field(default_factory=list)
     description: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    pending_approvals: list[PendingToolCall] = Field(
+        default_factory=list, description="tool calls of the last turn that wait for approval")
     secrets: dict[str, str] = Field(default_factory=dict, description="environment variables this agent's "
                                     "tools run with (Letta's secrets / tool_exec_environment_variables)")
     message_ids: list[str] = Field(default_factory=list, description="in-context message ids")

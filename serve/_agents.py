@@ -34,6 +34,7 @@ from .schemas import (
     CreateAgentRequest,
     CreatePassageRequest,
     MemoryView,
+    ModifyApprovalRequest,
     PassageView,
     RunAgentToolRequest,
     ToolExecutionResultView,
@@ -179,6 +180,18 @@ async def run_tool_for_agent(agent_id: str, tool_name: str, client: ClientDep,
     return ToolExecutionResultView(status="success" if result.ok else "error", func_return=result.message,
                                    stdout=[result.stdout] if result.stdout else None,
                                    stderr=[result.stderr] if result.stderr else None)
+
+
+@agents.patch("/{agent_id}/tools/approval/{tool_name}", response_model=AgentStateView,
+              summary="Require (or stop requiring) approval before the agent calls a tool")
+async def modify_approval_for_tool(agent_id: str, tool_name: str, client: ClientDep,
+                                   body: ModifyApprovalRequest | None = None,
+                                   requires_approval: bool | None = None) -> Response:
+    wanted = body.requires_approval if body is not None else requires_approval
+    if wanted is None:
+        raise InvalidInputError("say requires_approval (true or false) in the body")
+    state = await client.agent(agent_id).set_approval_async(tool_name, wanted)
+    return json_response(await agent_view(client, state))
 
 
 @agents.patch("/{agent_id}/tools/attach/{tool_id}", response_model=AgentStateView, summary="Attach a tool")

@@ -81,6 +81,7 @@ async def _stream(client: Client, agent_id: str, body: SendMessageRequest) -> Re
 
 
 _EVENT_KINDS = frozenset({"system_message", "user_message", "reasoning_message", "tool_call_message",
+                          "approval_request_message",
                           "tool_return_message", "assistant_message"})
 
 

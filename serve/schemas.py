@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from letta_ray.base_tools import BASE_TOOLS
 from letta_ray.errors import BlockLimitError, InvalidInputError
-from letta_ray.messages import MessageCreate
+from letta_ray.messages import ApprovalDecision, MessageCreate
 from letta_ray.schemas import (
     DEFAULT_CONTEXT_WINDOW,
     AgentState,
@@ -396,19 +396,52 @@ class UpdateAgentRequest(_Shape):
 # --------------------------------------------------------------------------- messages
 
 
-class MessageCreateRequest(_Shape):
-    """One input message (Letta's MessageCreate)."""
+class ApprovalReturnRequest(_Shape):
+    """Letta's ApprovalReturn: the answer to one tool call that waits for approval."""
 
-    type: Literal["message"] | None = None
+    type: Literal["approval"] = "approval"
+    tool_call_id: str = Field(min_length=1)
+    approve: bool
+    reason: str | None = None
+
+
+class MessageCreateRequest(_Shape):
+    """One input message: Letta's MessageCreate, or its ApprovalCreate (``type: "approval"``)."""
+
+    type: Literal["message", "approval"] | None = None
     role: Literal["user", "system"] = "user"
-    content: str | list[dict[str, Any]]
+    content: str | list[dict[str, Any]] | None = None
     name: str | None = None
     otid: str | None = None
     sender_id: str | None = None
+    approvals: list[ApprovalReturnRequest] | None = None
+    approve: bool | None = None
+    approval_request_id: str | None = None
+    reason: str | None = None
+
+    @model_validator(mode="after")
+    def _content_or_approval(self) -> MessageCreateRequest:
+        if self.type == "approval":
+            if not self.approvals and self.approve is None:
+                raise ValueError("an approval message needs approvals (or approve and approval_request_id)")
+        elif self.content is None:
+            raise ValueError("a message needs content")
+        return self
 
     def to_core(self) -> MessageCreate:
-        return MessageCreate(role=self.role, content=self.content, name=self.name, otid=self.otid,
+        if self.type == "approval":
+            return MessageCreate(type="approval", approvals=[ApprovalDecision(**a.model_dump())
+                                                             for a in self.approvals or []] or None,
+                                 approve=self.approve, approval_request_id=self.approval_request_id,
+                                 reason=self.reason, otid=self.otid)
+        return MessageCreate(role=self.role, content=self.content or "", name=self.name, otid=self.otid,
                              sender_id=self.sender_id)
+
+
+class ModifyApprovalRequest(_Shape):
+    """Letta's ModifyApprovalRequest."""
+
+    requires_approval: bool
 
 
 class SendMessageRequest(_Shape):

@@ -282,6 +282,47 @@ def test_a_user_tool_sees_neither_the_servers_keys_nor_its_data_and_cannot_stop_
     assert "MY_TOKEN" not in answer["tool_return"]
 
 
+def test_a_tool_that_needs_approval_waits_for_it_over_http(sdk: Any, http: Any, fake_llm_server: Any) -> None:
+    source = textwrap.dedent('''
+        def launch(target: str) -> str:
+            """Launch something.
+
+            Args:
+                target: what to launch
+            """
+            return "launched " + target
+    ''')
+    tool = sdk.tools.create(source_code=source)
+    agent = new_agent(sdk, fake_llm_server, tool_ids=[tool.id])
+    state = sdk.agents.tools.update_approval("launch", agent_id=agent.id, body_requires_approval=True)
+    assert {"type": "requires_approval", "tool_name": "launch"} in [
+        {"type": r.type, "tool_name": r.tool_name} for r in state.tool_rules]
+
+    ask = {"role": "user", "content": 'call launch {"target": "rocket"}'}
+    first = sdk.agents.messages.create(agent.id, messages=[ask])
+    assert first.stop_reason.stop_reason == "requires_approval"
+    [request] = [m for m in first.messages if m.message_type == "approval_request_message"]
+    assert request.tool_call.name == "launch"
+    assert not [m for m in first.messages if m.message_type == "tool_return_message"]
+
+    busy = http.post(f"/v1/agents/{agent.id}/messages", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert busy.status_code == 409 and "waiting for approval" in busy.json()["detail"]
+
+    approval = {"type": "approval", "approvals": [
+        {"type": "approval", "tool_call_id": request.tool_call.tool_call_id, "approve": True}]}
+    second = sdk.agents.messages.create(agent.id, messages=[approval])
+    [result] = [m for m in second.messages if m.message_type == "tool_return_message"]
+    assert result.status == "success" and "launched rocket" in result.tool_return
+    assert second.stop_reason.stop_reason == "end_turn"
+    history = [m.message_type for m in sdk.agents.messages.list(agent.id, order="asc", limit=50)]
+    assert "approval_request_message" in history
+
+    sdk.agents.tools.update_approval("launch", agent_id=agent.id, body_requires_approval=False)
+    third = sdk.agents.messages.create(agent.id, messages=[ask])
+    assert third.stop_reason.stop_reason == "end_turn"
+    assert [m.message_type for m in third.messages if m.message_type == "tool_return_message"]
+
+
 def test_health_models_and_docs(sdk: Any, http: Any) -> None:
     assert sdk.health().status == "ok"
     assert isinstance(sdk.models.list(), list)
