@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -22,6 +23,8 @@ from .schemas import (
     PipRequirementView,
     RunToolFromSourceRequest,
     ToolRunView,
+    ToolSearchRequest,
+    ToolSearchResultView,
     ToolView,
     UpdateToolRequest,
 )
@@ -61,6 +64,27 @@ async def create_tool(body: CreateToolRequest, client: ClientDep) -> ToolView:
 @tools.put("/", response_model=ToolView, summary="Create or replace a tool from Python source")
 async def upsert_tool(body: CreateToolRequest, client: ClientDep) -> ToolView:
     return await _create_tool(body, client)
+
+
+@tools.post("/search", response_model=list[ToolSearchResultView],
+            summary="Search tools by words of their name, description and tags")
+async def search_tools(body: ToolSearchRequest, client: ClientDep) -> list[ToolSearchResultView]:
+    views = sorted(BASE_TOOL_VIEWS.values(), key=lambda t: t.name)
+    views += [ToolView.of(t) for t in await client.list_tools_async(limit=None)]
+    if body.tool_types:
+        views = [v for v in views if v.tool_type in body.tool_types]
+    if body.tags:
+        views = [v for v in views if set(v.tags) & set(body.tags)]
+    words = [w for w in re.findall(r"\w+", (body.query or "").lower())]
+    scored = []
+    for view in views:
+        text = " ".join([view.name.replace("_", " "), view.description or "", *view.tags]).lower()
+        hits = sum(1 for w in words if w in text)
+        if hits or not words:
+            scored.append((-hits, view.name, view, text))
+    scored.sort(key=lambda item: (item[0], item[1]))
+    return [ToolSearchResultView(tool=view, embedded_text=text[:500], fts_rank=rank + 1 if words else None)
+            for rank, (_, _, view, text) in enumerate(scored[: body.limit])]
 
 
 @tools.post("/run", response_model=ToolRunView, summary="Run a tool's source on arguments in the sandbox")

@@ -257,6 +257,23 @@ class RunToolFromSourceRequest(_Shape):
     pip_requirements: list[PipRequirementView] | None = None
 
 
+class ToolSearchRequest(_Shape):
+    """Letta's ToolSearchRequest."""
+
+    query: str | None = Field(default=None, max_length=2000)
+    search_mode: Literal["vector", "fts", "hybrid"] = "hybrid"
+    tool_types: list[str] | None = None
+    tags: list[str] | None = None
+    limit: int = Field(default=50, ge=1, le=100)
+
+
+class ToolSearchResultView(_Shape):
+    tool: ToolView
+    embedded_text: str | None = None
+    fts_rank: int | None = None
+    vector_rank: int | None = None
+
+
 class RunAgentToolRequest(_Shape):
     """Letta's ToolExecuteRequest."""
 

@@ -276,6 +276,8 @@ def test_a_user_tool_sees_neither_the_servers_keys_nor_its_data_and_cannot_stop_
     assert run.status == "success" and "MY_TOKEN" in str(run.func_return)
     updated = sdk.tools.update(tool.id, description="Peek around.", tags=["probe"])
     assert updated.description == "Peek around." and updated.tags == ["probe"]
+    found = sdk.tools.search(query="peek around", tags=["probe"])
+    assert [r.tool.name for r in found] == ["peek"]
     answer = http.post("/v1/tools/run", json={"source_code": PEEK, "args": {"what": "env"},
                                               "env_vars": {"ONLY_THIS": "1"}}).json()
     assert answer["status"] == "success" and "ONLY_THIS" in answer["tool_return"]
