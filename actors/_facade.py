@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+
+log = logging.getLogger(__name__)
 
 ACTOR_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
 """What a call raises when its actor died or cannot be reached."""
@@ -161,3 +164,13 @@ def get_or_create(cls: type, name: str, namespace: str, args: tuple[Any, ...] = 
     remote_cls = ray.remote(cls)
     return remote_cls.options(name=name, namespace=namespace, get_if_exists=True, **options).remote(
         *args, **(kwargs or {}))
+
+
+def kill_named(prefix: str, namespace: str) -> None:
+    """Kill every named actor whose name starts with ``prefix`` (at shut-down)."""
+    for name in ray.util.list_named_actors():
+        if name.startswith(prefix):
+            try:
+                ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+            except Exception:
+                log.debug("could not stop %s", name, exc_info=True)

@@ -19,6 +19,7 @@ import ray
 
 from letta_ray.base_tools import BASE_TOOLS, DEFAULT_SYSTEM_PROMPTS, DEFAULT_TOOLS
 from letta_ray.errors import InvalidInputError, NotFoundError
+from letta_ray.mcp import server_of
 from letta_ray.messages import Message, MessageCreate
 from letta_ray.sandbox import SandboxResult
 from letta_ray.schemas import (
@@ -44,6 +45,7 @@ from .handles import AgentHandle, ArchivalView, BlocksView
 from .host import SLEEPTIME_AGENT, SLEEPTIME_FREQUENCY, HostHandle, TurnResult
 from .hosts import Connection, Hosts
 from .limits import parse_limits
+from .mcp_api import MCPServersAPI
 from .runtime import Runtime, init_ray, start_runtime, stop_runtime
 from .scheduler import Schedule
 from .tool_sandboxes import parse_requirements
@@ -85,6 +87,8 @@ class Client:
         self.connection = Connection(runtime, self.hosts, EventLoopThread())
         self.groups = GroupsAPI(self.connection)
         """Groups of agents: round robin, supervisor, dynamic (``client.groups.create_group(...)``)."""
+        self.mcp_servers = MCPServersAPI(self.connection)
+        """MCP servers and their tools (``client.mcp_servers.create("files", {...})``)."""
         self._owns_ray = owns_ray
         self._closed = False
         atexit.register(self._atexit)
@@ -369,6 +373,9 @@ class Client:
         """Change a stored tool (Letta's ``tools.update``): new source is read in the sandbox
         again; ``changes`` are ``create_tool_async``'s options (None leaves a field as it is)."""
         tool = await self.runtime.store.get_tool(tool_id)
+        if server_of(tool) is not None and (source_code is not None or changes.get("pip_requirements")):
+            raise InvalidInputError(f"{tool.name!r} is a tool of an MCP server: its server defines it "
+                                    "(refresh the server to update it)")
         if "pip_requirements" in changes and changes["pip_requirements"] is not None:
             changes["pip_requirements"] = parse_requirements(changes["pip_requirements"])
         reqs = changes.get("pip_requirements") or tool.pip_requirements

@@ -13,9 +13,11 @@ from typing import Any
 from letta_ray.base_tools import BASE_TOOLS
 from letta_ray.deps import TagMatchMode
 from letta_ray.errors import InvalidInputError, NotFoundError
+from letta_ray.mcp import server_of
 from letta_ray.messages import LettaResponse, Message, MessageCreate, as_messages
 from letta_ray.sandbox import SandboxResult
 from letta_ray.schemas import AgentState, Block, Order, Passage, RequiresApprovalToolRule
+from letta_ray.tools import clip
 
 from .archive import ArchiveHandle
 from .hosts import Connection
@@ -124,8 +126,13 @@ class AgentHandle:
             raise InvalidInputError(f"{name!r} is a built-in tool: it runs inside the agent's turns only")
         if name not in state.tools:
             raise NotFoundError("tool attached to this agent", name)
-        tool = await self.connection.runtime.store.get_tool_by_name(name)
-        sandbox = await self.connection.runtime.tools.get(tool.pip_requirements)
+        runtime = self.connection.runtime
+        tool = await runtime.store.get_tool_by_name(name)
+        if (server_id := server_of(tool)) is not None:  # an MCP server's tool: its server runs it
+            ok, text = await runtime.mcp.call_tool(await runtime.store.get_mcp_server(server_id), tool.name,
+                                                   dict(args or {}))
+            return SandboxResult(ok=ok, message=clip(text, tool.return_char_limit))
+        sandbox = await runtime.tools.get(tool.pip_requirements)
         return await sandbox.call(tool.source_code or "", tool.name, dict(args or {}), env=state.secrets,
                                    agent_state=state.model_dump(mode="json") if tool.takes_agent_state else None,
                                    return_char_limit=tool.return_char_limit)

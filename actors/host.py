@@ -27,16 +27,18 @@ from letta_ray.base_tools import BASE_TOOLS
 from letta_ray.context import MessageCache, transcript
 from letta_ray.deps import LLM, StepDeps
 from letta_ray.errors import InvalidInputError, NotFoundError, StorageError, ToolDefinitionError
+from letta_ray.mcp import MCPServer, server_of
 from letta_ray.memory import MemoryStats
 from letta_ray.messages import LettaResponse, Message, MessageCreate
 from letta_ray.sandbox import SandboxError
 from letta_ray.schemas import AgentState, Block, LLMLimit, Tool, new_id, utcnow
-from letta_ray.tools import ToolContext, ToolFunction, ToolOutcome, Toolset, sandboxed_tool
+from letta_ray.tools import ToolContext, ToolFunction, ToolOutcome, Toolset, clip, sandboxed_tool
 
 from ._facade import ActorFacade, remote_method, streaming_method
 from ._journal import Journal, JournalWriter, TurnRecord
 from .archive import ArchiveHandle
 from .limits import LimitedLLM, LimitsView, LLMLimiterSource
+from .mcp_servers import MCPServers
 from .messaging import AgentMessenger, Router
 from .metadata_store import MetadataStoreHandle
 from .tool_sandboxes import ToolSandboxes
@@ -98,13 +100,15 @@ class AgentHost:
     def __init__(self, host_id: str, store: MetadataStoreHandle, archive: ArchiveHandle | None,
                  llm: LLM | None = None, router: Router | None = None, agent_call_timeout_s: float = 120.0,
                  journal_dir: str | None = None, limiter: LLMLimiterSource | None = None,
-                 tools: ToolSandboxes | None = None) -> None:
+                 tools: ToolSandboxes | None = None, mcp: MCPServers | None = None) -> None:
         """With ``journal_dir`` (the store's ``host_journals`` folder) a turn is acknowledged
         once this host has fsync'ed it to its own journal file; the store applies it from
         there. Without, the turn is committed through the store actor before the reply.
         ``limiter`` (the directory's handle) caps LLM requests cluster-wide; ``tools`` are the
-        tool sandboxes user tools run in (their workers: never this process)."""
+        tool sandboxes user tools run in (their workers: never this process); ``mcp`` reaches
+        the MCP servers' actors, which MCP tools' calls go to."""
         self.tools = tools
+        self.mcp = mcp
         self.host_id = host_id
         self._journal_dir = Path(journal_dir) if journal_dir is not None else None
         self._journal_name = f"{host_id}-{uuid.uuid4().hex[:8]}"
@@ -121,6 +125,7 @@ class AgentHost:
         self.agents: dict[str, _Hosted] = {}
         self._loading: dict[str, asyncio.Task[_Hosted]] = {}
         self._custom_tools: dict[str, ToolFunction | None] = {}
+        self._mcp_servers: dict[str, MCPServer] = {}
         self._background: set[asyncio.Future[None]] = set()
         self._llm_http_handler = False
         if llm is None:  # import litellm (~4 s) now, off the event loop, not in the first turn
@@ -361,7 +366,8 @@ class AgentHost:
             if name not in self._custom_tools:  # cached until the directory says tools changed
                 try:
                     tool = await self.store.get_tool_by_name(name)
-                    self._custom_tools[name] = sandboxed_tool(tool, functools.partial(self._run_in_sandbox, tool))
+                    run = self._run_on_mcp_server if server_of(tool) else self._run_in_sandbox
+                    self._custom_tools[name] = sandboxed_tool(tool, functools.partial(run, tool))
                 except NotFoundError:
                     self._custom_tools[name] = None  # detached or deleted: the model doesn't see it
             function = self._custom_tools[name]
@@ -383,6 +389,20 @@ class AgentHost:
             return ToolOutcome(False, f"Error running {tool.name}: {exc}")
         return ToolOutcome(result.ok, result.message)
 
+    async def _run_on_mcp_server(self, tool: Tool, args: dict[str, Any], ctx: ToolContext) -> ToolOutcome:
+        """An MCP tool's call, through its server's actor (the same one for every agent)."""
+        server_id = server_of(tool)
+        if self.mcp is None or server_id is None:
+            return ToolOutcome(False, f"Error running {tool.name}: this host cannot reach MCP servers")
+        server = self._mcp_servers.get(server_id)
+        if server is None:
+            try:
+                server = self._mcp_servers[server_id] = await self.store.get_mcp_server(server_id)
+            except NotFoundError:
+                return ToolOutcome(False, f"Error running {tool.name}: its MCP server was deleted")
+        ok, text = await self.mcp.call_tool(server, tool.name, args)
+        return ToolOutcome(ok, clip(text, tool.return_char_limit))
+
     async def forget_shared(self, agent_ids: list[str]) -> None:
         """These agents' blocks may have become shared: re-check at their next turn."""
         for agent_id in agent_ids:
@@ -393,6 +413,7 @@ class AgentHost:
     async def forget_tools(self) -> None:
         """Drop the cached custom tools (the directory's call after any tool write)."""
         self._custom_tools.clear()
+        self._mcp_servers.clear()
 
     # ---------------------------------------------------------------- state
 

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from letta_ray.mcp import MCPServer
 from letta_ray.messages import Message, Role
 from letta_ray.schemas import AgentState, Block, Order, Tool
 
@@ -430,6 +431,24 @@ class MetadataStoreActor:
     async def delete_tool(self, tool_id: str) -> None:
         await self._write(self.store.delete_tool, tool_id)
 
+    async def get_mcp_server(self, server_id: str) -> MCPServer:
+        return await self._read(self.store.get_mcp_server, server_id)
+
+    async def list_mcp_servers(self) -> list[MCPServer]:
+        return await self._read(self.store.list_mcp_servers)
+
+    async def mcp_server_tools(self, server_id: str) -> list[Tool]:
+        return await self._read(self.store.mcp_server_tools, server_id)
+
+    async def upsert_mcp_server(self, server: MCPServer) -> MCPServer:
+        return await self._write(self.store.upsert_mcp_server, server)
+
+    async def sync_mcp_tools(self, server_id: str, tools: list[Tool]) -> dict[str, list[str]]:
+        return await self._write(self.store.sync_mcp_tools, server_id, tools)
+
+    async def delete_mcp_server(self, server_id: str) -> list[str]:
+        return await self._write(self.store.delete_mcp_server, server_id)
+
     async def upsert_group(self, group_id: str, doc: dict[str, Any]) -> None:
         await self._write(self.store.upsert_group, group_id, doc)
 
@@ -505,6 +524,12 @@ class MetadataStoreHandle(ActorFacade):
     detach_block = remote_method(MetadataStoreActor.detach_block)
     upsert_tool = remote_method(MetadataStoreActor.upsert_tool)
     delete_tool = remote_method(MetadataStoreActor.delete_tool)
+    get_mcp_server = remote_method(MetadataStoreActor.get_mcp_server)
+    list_mcp_servers = remote_method(MetadataStoreActor.list_mcp_servers)
+    mcp_server_tools = remote_method(MetadataStoreActor.mcp_server_tools)
+    upsert_mcp_server = remote_method(MetadataStoreActor.upsert_mcp_server)
+    sync_mcp_tools = remote_method(MetadataStoreActor.sync_mcp_tools)
+    delete_mcp_server = remote_method(MetadataStoreActor.delete_mcp_server)
     upsert_group = remote_method(MetadataStoreActor.upsert_group)
     delete_group = remote_method(MetadataStoreActor.delete_group)
     upsert_run = remote_method(MetadataStoreActor.upsert_run)

@@ -28,6 +28,7 @@ from .archive import ArchiveActor, ArchiveHandle
 from .directory import Directory, DirectoryHandle
 from .embedder import EmbedderActor, EmbedderHandle
 from .host import AgentHost, HostHandle
+from .mcp_servers import MCPConfig, MCPServers
 from .messaging import DirectoryRouter
 from .metadata_store import MetadataStoreActor, MetadataStoreHandle
 from .tool_sandboxes import SandboxConfig, ToolSandboxes
@@ -80,9 +81,10 @@ class _HostMaker:
     """Creates AgentHost actors; a picklable callable the directory actor holds."""
 
     def __init__(self, prefix: str, namespace: str, store: MetadataStoreHandle, archive: ArchiveHandle,
-                 tools: ToolSandboxes, llm: Any = None, agent_call_timeout_s: float = 120.0,
+                 tools: ToolSandboxes, mcp: MCPServers, llm: Any = None, agent_call_timeout_s: float = 120.0,
                  journal_dir: str | None = None) -> None:
         self.tools = tools
+        self.mcp = mcp
         self.journal_dir = journal_dir
         self.prefix = prefix
         self.namespace = namespace
@@ -99,7 +101,8 @@ class _HostMaker:
         directory = DirectoryHandle.named(f"{self.prefix}-directory", self.namespace)
         router = DirectoryRouter(directory, self.store)
         return HostHandle(remote.remote(host_id, self.store, self.archive, self.llm, router,
-                                        self.agent_call_timeout_s, self.journal_dir, directory, self.tools))
+                                        self.agent_call_timeout_s, self.journal_dir, directory, self.tools,
+                                        self.mcp))
 
     @staticmethod
     def _node_for(host_id: str) -> Any:
@@ -147,7 +150,7 @@ class _TimerStore:
 @dataclass
 class Runtime:
     """Handles on the named actors of one data directory: the stores, the embedder, the
-    directory, and this process's tool sandboxes (made on first use)."""
+    directory, this process's tool sandboxes (made on first use) and the MCP servers' actors."""
 
     settings: Settings
     prefix: str
@@ -156,6 +159,7 @@ class Runtime:
     embedder: EmbedderHandle
     directory: DirectoryHandle
     tools: ToolSandboxes
+    mcp: MCPServers
 
 
 def start_runtime(settings: Settings, *, llm: Any = None) -> Runtime:
@@ -180,7 +184,10 @@ def start_runtime(settings: Settings, *, llm: Any = None) -> Runtime:
                                           (str(settings.archive_path), embedder, settings.embedding_dim),
                                           **detached))
     tools = ToolSandboxes(prefix, ns, sandbox_config(settings))
-    maker = _HostMaker(prefix, ns, store, archive, tools, llm, settings.agent_call_timeout_s, journals)
+    mcp = MCPServers(prefix, ns, MCPConfig(call_timeout_s=settings.mcp_timeout_s,
+                                           connect_timeout_s=settings.mcp_connect_timeout_s,
+                                           allow_stdio=settings.mcp_stdio))
+    maker = _HostMaker(prefix, ns, store, archive, tools, mcp, llm, settings.agent_call_timeout_s, journals)
     directory = DirectoryHandle(get_or_create(
         Directory, f"{prefix}-directory", ns, (maker,),
         {"placement": settings.placement, "agents_per_host": settings.agents_per_host,
@@ -191,7 +198,7 @@ def start_runtime(settings: Settings, *, llm: Any = None) -> Runtime:
     async def ready() -> None:
         await asyncio.gather(store.ping(), archive.ping(), directory.start_timers())
     run_blocking(ready)
-    return Runtime(settings, prefix, store, archive, embedder, directory, tools)
+    return Runtime(settings, prefix, store, archive, embedder, directory, tools, mcp)
 
 
 def sandbox_config(settings: Settings) -> SandboxConfig:
@@ -217,6 +224,7 @@ def stop_runtime(runtime: Runtime) -> None:
     except Exception:
         log.warning("metadata store did not close cleanly", exc_info=True)
     runtime.tools.stop_environments()
+    runtime.mcp.stop_all()
     handles = [host.actor for host in hosts.values()]
     for handle in [*handles, runtime.directory.actor, runtime.archive.actor, runtime.embedder.actor,
                    runtime.store.actor]:

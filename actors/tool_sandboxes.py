@@ -25,7 +25,7 @@ from letta_ray.errors import ToolDefinitionError
 from letta_ray.sandbox import Isolation, SandboxLimits, ToolSandbox
 from letta_ray.schemas import PipRequirement
 
-from ._facade import ActorFacade, get_or_create, remote_method
+from ._facade import ActorFacade, get_or_create, kill_named, remote_method
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +156,7 @@ class ToolSandboxes:
 
     def stop_environments(self) -> None:
         """Kill every tool environment actor of this runtime (at shut-down)."""
-        for name in ray.util.list_named_actors():
-            if name.startswith(f"{self.prefix}-toolenv-"):
-                try:
-                    ray.kill(ray.get_actor(name, namespace=self.namespace), no_restart=True)
-                except Exception:
-                    log.debug("could not stop %s", name, exc_info=True)
+        kill_named(f"{self.prefix}-toolenv-", self.namespace)
 
 
 def _pip_says(text: str) -> str:

@@ -200,6 +200,7 @@ class Tool(_Model):
     default_requires_approval: bool | None = None
     takes_agent_state: bool = Field(
         default=False, description="the function's first parameter is agent_state: it is handed the agent's state")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="e.g. the MCP server a tool comes from")
 
 
 

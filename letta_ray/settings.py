@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     tool_idle_s: float = Field(default=300.0, gt=0, description="a warm tool process unused this long is stopped")
     tool_install_timeout_s: float = Field(default=600.0, gt=0, description="how long installing a tool's "
                                           "pip_requirements may take")
+    mcp_timeout_s: float = Field(default=60.0, gt=0, le=3600, description="how long an MCP server may take "
+                                 "to answer one tool call")
+    mcp_connect_timeout_s: float = Field(default=15.0, gt=0, le=600, description="how long connecting to an "
+                                         "MCP server (starting a stdio one) may take")
+    mcp_stdio: bool = Field(default=True, description="allow MCP servers of type stdio: commands this machine "
+                            "runs for whoever may call the API")
     local_llm: bool = Field(default=True, description="with no provider key, think with the bundled local "
                               "model (needs the local-llm extra) instead of failing")
 

@@ -257,10 +257,14 @@ async def run_tool(tf: ToolFunction, raw_arguments: str, ctx: ToolContext) -> To
         return ToolOutcome(False, f"Error running {tf.name}: {_format_exception(exc)}", heartbeat,
                            error_type=type(exc).__name__)
     text = result if isinstance(result, str) else ("None" if result is None else _to_text(result))
-    limit = tf.tool.return_char_limit
-    if len(text) > limit:
-        text = text[:limit] + f"... [truncated {len(text) - limit} characters]"
-    return ToolOutcome(True, text, heartbeat, result)
+    return ToolOutcome(True, clip(text, tf.tool.return_char_limit), heartbeat, result)
+
+
+def clip(text: str, limit: int) -> str:
+    """A tool's result cut to its ``return_char_limit``, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"... [truncated {len(text) - limit} characters]"
 
 
 def _to_text(value: Any) -> str:

@@ -18,6 +18,7 @@ from letta_ray.errors import (
     LLMError,
     NotFoundError,
 )
+from letta_ray.mcp import MCPServerUnavailableError
 from letta_ray.sandbox import SandboxError
 from letta_ray.schemas import AgentState, Order, Tool
 
@@ -94,6 +95,8 @@ def status_of(exc: BaseException) -> tuple[int, str]:
         return 502, f"LLM provider error: {exc}"
     if isinstance(exc, AgentBusyTimeout | TimeoutError):
         return 504, f"timed out: {exc}" if str(exc) else "timed out waiting for the agent"
+    if isinstance(exc, MCPServerUnavailableError):
+        return 503, str(exc)
     if isinstance(exc, SandboxError):
         return 503, f"the tool sandbox is unavailable on this server: {exc}"
     if isinstance(exc, ActorDiedError | ActorUnavailableError | RayActorError):

@@ -28,6 +28,7 @@ from ._agents import agents
 from ._blocks import blocks
 from ._common import ClientDep, status_of
 from ._groups import groups
+from ._mcp import mcp_servers
 from ._messages import messages, runs
 from ._tools import tools
 from .schemas import EmbeddingConfigView, EmbeddingModelView, HealthView, ModelView
@@ -112,7 +113,7 @@ def create_app(client: Client) -> FastAPI:
     # matches a messages path, so the order changes nothing else.
     app.include_router(messages, dependencies=auth)
     app.include_router(health)
-    for router in (agents, blocks, tools, runs, models, groups):
+    for router in (agents, blocks, tools, runs, models, groups, mcp_servers):
         app.include_router(router, dependencies=auth)
     app.add_exception_handler(_Unauthorized, _on_unauthorized)
     app.add_exception_handler(RequestValidationError, _on_validation)

@@ -203,6 +203,7 @@ class ToolView(_Shape):
     return_char_limit: int = 50_000
     pip_requirements: list[PipRequirementView] | None = None
     default_requires_approval: bool | None = None
+    metadata_: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, tool: Tool) -> ToolView:
@@ -212,7 +213,7 @@ class ToolView(_Shape):
                    tags=tool.tags, return_char_limit=tool.return_char_limit,
                    pip_requirements=[PipRequirementView(name=r.name, version=r.version)
                                      for r in tool.pip_requirements] or None,
-                   default_requires_approval=tool.default_requires_approval)
+                   default_requires_approval=tool.default_requires_approval, metadata_=tool.metadata or None)
 
 
 BASE_TOOL_VIEWS: dict[str, ToolView] = {name: ToolView.of(tf.tool) for name, tf in BASE_TOOLS.items()}
@@ -436,22 +437,16 @@ class MessageCreateRequest(_Shape):
     approval_request_id: str | None = None
     reason: str | None = None
 
-    @model_validator(mode="after")
-    def _content_or_approval(self) -> MessageCreateRequest:
-        if self.type == "approval":
-            if not self.approvals and self.approve is None:
-                raise ValueError("an approval message needs approvals (or approve and approval_request_id)")
-        elif self.content is None:
-            raise ValueError("a message needs content")
-        return self
-
     def to_core(self) -> MessageCreate:
+        """The core message (which checks that an approval carries answers and a message content)."""
         if self.type == "approval":
             return MessageCreate(type="approval", approvals=[ApprovalDecision(**a.model_dump())
                                                              for a in self.approvals or []] or None,
                                  approve=self.approve, approval_request_id=self.approval_request_id,
                                  reason=self.reason, otid=self.otid)
-        return MessageCreate(role=self.role, content=self.content or "", name=self.name, otid=self.otid,
+        if self.content is None:
+            raise InvalidInputError("a message needs content")
+        return MessageCreate(role=self.role, content=self.content, name=self.name, otid=self.otid,
                              sender_id=self.sender_id)
 
 

@@ -570,3 +570,44 @@ def test_a_killed_api_replica_is_replaced_on_the_same_port(base_url: str, http: 
     assert answered.json()["id"] == agent.id
     reply = http.post(f"/v1/agents/{agent.id}/messages", json={"messages": [{"role": "user", "content": "again"}]})
     assert reply.status_code == 200 and reply.json()["messages"][-1]["content"] == "You said: again"
+
+
+# --------------------------------------------------------------------------- MCP servers
+
+
+def test_the_mcp_server_routes_with_the_letta_sdk(sdk: Any, http: Any, fake_llm_server: Any) -> None:
+    demo = {"mcp_server_type": "stdio", "command": sys.executable,
+            "args": [str(Path(__file__).with_name("mcp_demo_server.py")), "stdio"]}
+    created = sdk.mcp_servers.create(server_name="demo-sdk", config=demo)
+    try:
+        assert created.server_name == "demo-sdk" and created.mcp_server_type == "stdio"
+        assert [s.id for s in sdk.mcp_servers.list()].count(created.id) == 1
+        assert sdk.mcp_servers.retrieve(created.id).command == sys.executable
+        tools = sdk.mcp_servers.tools.list(created.id)
+        add = next(t for t in tools if t.name == "add")
+        assert add.tool_type == "external_mcp" and sdk.mcp_servers.tools.retrieve(
+            add.id, mcp_server_id=created.id).name == "add"
+        result = sdk.mcp_servers.tools.run(add.id, mcp_server_id=created.id, args={"a": 3, "b": 4})
+        assert result.status == "success" and result.func_return == "7"
+        failed = sdk.mcp_servers.tools.run(add.id, mcp_server_id=created.id, args={"a": "x", "b": 1})
+        assert failed.status == "error"
+        renamed = sdk.mcp_servers.update(created.id, server_name="demo-sdk-2", config={"mcp_server_type": "stdio"})
+        assert renamed.server_name == "demo-sdk-2"
+        assert sdk.tools.retrieve(add.id).tags == ["mcp:demo-sdk-2"]  # the same tool, retagged
+        changes = sdk.mcp_servers.refresh(created.id)
+        assert set(changes) >= {"added", "updated", "deleted"}
+        agent = new_agent(sdk, fake_llm_server)
+        sdk.agents.tools.attach(add.id, agent_id=agent.id)
+        assert "add" in [t.name for t in sdk.agents.tools.list(agent.id)]
+        run = http.post(f"/v1/agents/{agent.id}/tools/add/run", json={"args": {"a": 1, "b": 1}})
+        assert run.status_code == 200 and run.json()["func_return"] == "2"
+        bad = http.post("/v1/mcp-servers/", json={"server_name": "x", "config": {
+            "mcp_server_type": "streamable_http", "server_url": "not a url"}})
+        assert bad.status_code in (400, 422) and "server_url" in bad.text
+        duplicate = http.post("/v1/mcp-servers/", json={"server_name": "demo-sdk-2", "config": demo})
+        assert duplicate.status_code == 409
+        assert http.get("/v1/mcp-servers/mcp_server-nope").status_code == 404
+    finally:
+        sdk.mcp_servers.delete(created.id)
+    assert http.get(f"/v1/mcp-servers/{created.id}").status_code == 404
+    assert http.get(f"/v1/tools/{add.id}").status_code == 404

@@ -23,6 +23,7 @@ import pydantic_core
 from pydantic import BaseModel
 
 from letta_ray.errors import InvalidInputError, StorageError
+from letta_ray.mcp import MCPServer
 from letta_ray.messages import Message, Role
 from letta_ray.schemas import AgentState, Block, Tool
 
@@ -189,6 +190,7 @@ _MESSAGES = _Table(
     extra=(("seq", "BIGINT"), ("text", "VARCHAR")),
 )
 _TOOLS = _Table("tools", Tool, ("id", "name", "tool_type", "tags"))
+_MCP_SERVERS = _Table("mcp_servers", MCPServer, ("id", "server_name", "created_at"))
 _GROUPS = _Table("groups", None, extra=(("id", "VARCHAR"), ("updated_at", "TIMESTAMPTZ"), ("doc", "JSON")))
 _RUNS = _Table(
     "runs",
@@ -202,7 +204,7 @@ _RUNS = _Table(
     ),
 )
 _STORE_META = _Table("store_meta", None, extra=(("key", "VARCHAR"), ("value", "VARCHAR")), key=("key",))
-_DATA_TABLES = (_AGENTS, _BLOCKS, _AGENT_BLOCKS, _MESSAGES, _TOOLS, _GROUPS, _RUNS)
+_DATA_TABLES = (_AGENTS, _BLOCKS, _AGENT_BLOCKS, _MESSAGES, _TOOLS, _MCP_SERVERS, _GROUPS, _RUNS)
 
 # A stale copy of a shared block (held by another agent's host) must not undo a newer edit.
 _UPDATE_BLOCK_IF_NEWER = _BLOCKS.update_sql(where="updated_at <= ?")

@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 
 from letta_ray.errors import ConflictError, InvalidInputError, NotFoundError
+from letta_ray.mcp import MCP_TOOL_TYPE, MCPServer
 from letta_ray.messages import Message
 from letta_ray.schemas import AgentState, Block, Order, Tool
 from letta_ray.storage._duckdb_file import DuckDBFile
@@ -27,6 +28,7 @@ from letta_ray.storage._duckdb_layout import (
     _BLOCKS,
     _DATA_TABLES,
     _GROUPS,
+    _MCP_SERVERS,
     _MESSAGES,
     _RUNS,
     _TOOLS,
@@ -44,6 +46,9 @@ from letta_ray.storage._duckdb_layout import (
     _where,
 )
 from letta_ray.storage.messages import MessageStore
+
+# The tools registered from one MCP server (parameters: the MCP tool type, the server's id).
+_OF_MCP_SERVER = "tool_type = ? AND json_extract_string(doc, '$.metadata.mcp.server_id') = ?"
 
 
 class MetadataStore:
@@ -452,6 +457,72 @@ class MetadataStore:
         with self._db.tx() as conn:
             self._db.require(conn, "tools", "tool", tool_id)
             conn.execute("DELETE FROM tools WHERE id = ?", [tool_id])
+
+    # ------------------------------------------------------------------ MCP servers
+
+    def upsert_mcp_server(self, server: MCPServer) -> MCPServer:
+        """Store an MCP server; its name is unique (ConflictError if another has it)."""
+        server = _utc_model(server)
+        with self._db.tx() as conn:
+            row = conn.execute("SELECT id FROM mcp_servers WHERE server_name = ? AND id <> ?",
+                               [server.server_name, server.id]).fetchone()
+            if row is not None:
+                raise ConflictError(f"an MCP server named {server.server_name!r} exists already ({row[0]})")
+            conn.execute(_MCP_SERVERS.upsert_sql(), _MCP_SERVERS.row(server))
+        return server
+
+    def get_mcp_server(self, server_id: str) -> MCPServer:
+        return self._db.get_doc(MCPServer, "mcp_servers", "MCP server", "id", server_id)
+
+    def list_mcp_servers(self) -> list[MCPServer]:
+        with self._db.locked() as conn:
+            rows = conn.execute("SELECT doc FROM mcp_servers ORDER BY created_at, id").fetchall()
+        return [MCPServer.model_validate_json(row[0]) for row in rows]
+
+    def mcp_server_tools(self, server_id: str) -> list[Tool]:
+        """The tools registered from one MCP server, by name."""
+        with self._db.locked() as conn:
+            rows = conn.execute(f"SELECT doc FROM tools WHERE {_OF_MCP_SERVER} ORDER BY name",
+                                [MCP_TOOL_TYPE, server_id]).fetchall()
+        return [Tool.model_validate_json(row[0]) for row in rows]
+
+    def sync_mcp_tools(self, server_id: str, tools: list[Tool]) -> dict[str, list[str]]:
+        """Make the server's registered tools ``tools``, in one transaction: new ones added,
+        changed ones updated (keeping their ids), gone ones deleted. A name another tool
+        already has (a custom tool, another server's) is skipped. Says which were which."""
+        result: dict[str, list[str]] = {"added": [], "updated": [], "deleted": [], "skipped": []}
+        with self._db.tx() as conn:
+            self._db.require(conn, "mcp_servers", "MCP server", server_id)
+            mine = {t.name: t for t in self.mcp_server_tools(server_id)}
+            wanted = {t.name: t for t in tools}
+            for name, old in mine.items():
+                if name not in wanted:
+                    conn.execute("DELETE FROM tools WHERE id = ?", [old.id])
+                    result["deleted"].append(name)
+            for name, tool in wanted.items():
+                old = mine.get(name)
+                if old is None:
+                    if conn.execute("SELECT 1 FROM tools WHERE name = ?", [name]).fetchone():
+                        result["skipped"].append(name)
+                        continue
+                    conn.execute(_TOOLS.upsert_sql(), _TOOLS.row(tool))
+                    result["added"].append(name)
+                elif (old.json_schema, old.description, old.tags, old.metadata) != (
+                        tool.json_schema, tool.description, tool.tags, tool.metadata):
+                    kept = tool.model_copy(update={"id": old.id, "default_requires_approval":
+                                                   old.default_requires_approval})
+                    conn.execute(_TOOLS.upsert_sql(), _TOOLS.row(kept))
+                    result["updated"].append(name)
+        return result
+
+    def delete_mcp_server(self, server_id: str) -> list[str]:
+        """Delete an MCP server and the tools registered from it; returns their names."""
+        with self._db.tx() as conn:
+            self._db.require(conn, "mcp_servers", "MCP server", server_id)
+            names = [t.name for t in self.mcp_server_tools(server_id)]
+            conn.execute(f"DELETE FROM tools WHERE {_OF_MCP_SERVER}", [MCP_TOOL_TYPE, server_id])
+            conn.execute("DELETE FROM mcp_servers WHERE id = ?", [server_id])
+        return names
 
     # ------------------------------------------------------------------ groups and runs
 
