@@ -16,7 +16,7 @@ from letta_ray.errors import InvalidInputError, NotFoundError
 from letta_ray.mcp import server_of
 from letta_ray.messages import LettaResponse, Message, MessageCreate, as_messages
 from letta_ray.sandbox import SandboxResult
-from letta_ray.schemas import AgentState, Block, Order, Passage, RequiresApprovalToolRule
+from letta_ray.schemas import AgentState, Block, ClientTool, Order, Passage, RequiresApprovalToolRule
 from letta_ray.tools import clip
 
 from .archive import ArchiveHandle
@@ -40,26 +40,38 @@ class AgentHandle:
         return self.connection.loop.run(coro)
 
     async def send_async(self, message: str | MessageCreate | list[MessageCreate | Message | dict[str, Any]], *,
-                         max_steps: int | None = None, run_id: str | None = None) -> LettaResponse:
+                         max_steps: int | None = None, run_id: str | None = None,
+                         client_tools: list[ClientTool | dict[str, Any]] | None = None) -> LettaResponse:
         messages = as_messages(message)
+        offered = _client_tools(client_tools)
         return await self.connection.hosts.call(
-            self.id, lambda host: host.send(self.id, messages, max_steps=max_steps, run_id=run_id))
+            self.id, lambda host: host.send(self.id, messages, max_steps=max_steps, run_id=run_id,
+                                            client_tools=offered))
 
-    def send(self, message: str | MessageCreate | list[Any], *, max_steps: int | None = None) -> LettaResponse:
-        """Send a message and run the agent's turn: typed events, stop reason and usage."""
-        return self._sync(self.send_async(message, max_steps=max_steps))
+    def send(self, message: str | MessageCreate | list[Any], *, max_steps: int | None = None,
+             client_tools: list[ClientTool | dict[str, Any]] | None = None) -> LettaResponse:
+        """Send a message and run the agent's turn: typed events, stop reason and usage.
 
-    async def stream_async(self, message: str | MessageCreate | list[Any], *, max_steps: int | None = None
-                           ) -> AsyncIterator[Any]:
+        ``client_tools`` are tools this caller runs: when the model calls one, the turn stops
+        (``requires_approval``) and the caller sends the result back with
+        ``send(MessageCreate(type="approval", approvals=[{"type": "tool", ...}]))``."""
+        return self._sync(self.send_async(message, max_steps=max_steps, client_tools=client_tools))
+
+    async def stream_async(self, message: str | MessageCreate | list[Any], *, max_steps: int | None = None,
+                           client_tools: list[ClientTool | dict[str, Any]] | None = None) -> AsyncIterator[Any]:
         """Each event of the turn as it happens, then ``StopReason`` and ``UsageStatistics``."""
         messages = as_messages(message)
+        offered = _client_tools(client_tools)
         async for item in self.connection.hosts.stream(
-                self.id, lambda host: host.send_stream(self.id, messages, max_steps=max_steps)):
+                self.id, lambda host: host.send_stream(self.id, messages, max_steps=max_steps,
+                                                       client_tools=offered)):
             yield item
 
-    def stream(self, message: str | MessageCreate | list[Any], *, max_steps: int | None = None) -> Iterator[Any]:
+    def stream(self, message: str | MessageCreate | list[Any], *, max_steps: int | None = None,
+               client_tools: list[ClientTool | dict[str, Any]] | None = None) -> Iterator[Any]:
         """Sync twin of ``stream_async``."""
-        return self.connection.loop.iterate(self.stream_async(message, max_steps=max_steps))
+        return self.connection.loop.iterate(self.stream_async(message, max_steps=max_steps,
+                                                              client_tools=client_tools))
 
     async def state_async(self) -> AgentState:
         return await self.connection.hosts.call(self.id, lambda host: host.get_state(self.id))
@@ -139,6 +151,15 @@ class AgentHandle:
 
     def run_tool(self, name: str, args: dict[str, Any] | None = None) -> SandboxResult:
         return self._sync(self.run_tool_async(name, args))
+
+
+def _client_tools(tools: list[ClientTool | dict[str, Any]] | None) -> list[ClientTool] | None:
+    if not tools:
+        return None
+    try:
+        return [t if isinstance(t, ClientTool) else ClientTool.model_validate(t) for t in tools]
+    except ValueError as exc:
+        raise InvalidInputError(f"invalid client tool: {exc}") from None
 
 
 class BlocksView(Mapping[str, Block]):

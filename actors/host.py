@@ -31,7 +31,7 @@ from letta_ray.mcp import MCPServer, server_of
 from letta_ray.memory import MemoryStats
 from letta_ray.messages import LettaResponse, Message, MessageCreate
 from letta_ray.sandbox import SandboxError
-from letta_ray.schemas import AgentState, Block, LLMLimit, Tool, new_id, utcnow
+from letta_ray.schemas import AgentState, Block, ClientTool, LLMLimit, Tool, new_id, utcnow
 from letta_ray.tools import ToolContext, ToolFunction, ToolOutcome, Toolset, clip, sandboxed_tool
 
 from ._facade import ActorFacade, remote_method, streaming_method
@@ -190,9 +190,9 @@ class AgentHost:
     # ---------------------------------------------------------------- turns
 
     async def send(self, agent_id: str, messages: list[MessageCreate | Message], *, max_steps: int | None = None,
-                   run_id: str | None = None) -> LettaResponse:
+                   run_id: str | None = None, client_tools: list[ClientTool] | None = None) -> LettaResponse:
         """Run one turn of the agent on ``messages``; returns once it is persisted."""
-        return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id)
+        return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id, client_tools=client_tools)
 
     async def send_many(self, turns: list[tuple[str, list[MessageCreate | Message], str | None]], *,
                         max_steps: int | None = None, concurrency: int = 256) -> list[TurnResult]:
@@ -218,7 +218,8 @@ class AgentHost:
         return list(await asyncio.gather(*(one(*turn) for turn in turns)))
 
     async def send_stream(self, agent_id: str, messages: list[MessageCreate | Message], *,
-                          max_steps: int | None = None, run_id: str | None = None) -> AsyncIterator[Any]:
+                          max_steps: int | None = None, run_id: str | None = None,
+                          client_tools: list[ClientTool] | None = None) -> AsyncIterator[Any]:
         """Like ``send``, yielding each event as it happens, then the stop reason and usage.
 
         Call it as a Ray streaming generator (``.options(num_returns="streaming")``).
@@ -229,7 +230,8 @@ class AgentHost:
 
         async def run() -> LettaResponse:
             try:
-                return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id, on_event=queue.put)
+                return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id, on_event=queue.put,
+                                        client_tools=client_tools)
             finally:
                 await queue.put(done)
 
@@ -241,7 +243,8 @@ class AgentHost:
         yield response.usage
 
     async def _send(self, agent_id: str, messages: list[MessageCreate | Message], *, max_steps: int | None,
-                    run_id: str | None, on_event: EventSink | None = None) -> LettaResponse:
+                    run_id: str | None, on_event: EventSink | None = None,
+                    client_tools: list[ClientTool] | None = None) -> LettaResponse:
         if not messages:
             raise InvalidInputError("send needs at least one message")
         hosted = await self._get(agent_id)
@@ -255,7 +258,7 @@ class AgentHost:
                             blocks=_SharedBlocks(self.store, hosted.shared))
             result = await step(hosted.state, hosted.context, messages, deps, toolset=toolset,
                                 stats=hosted.stats, max_steps=max_steps, run_id=run_id, on_event=on_event,
-                                cache=hosted.cache)
+                                cache=hosted.cache, client_tools=client_tools)
             sleeper = result.state.metadata.get(SLEEPTIME_AGENT)
             if sleeper:  # count main-agent turns in the persisted state, so a restart keeps the rhythm
                 turns = int(result.state.metadata.get(SLEEPTIME_TURNS, 0)) + 1

@@ -41,9 +41,9 @@ from letta_ray.messages import (
     UsageStatistics,
     to_events,
 )
-from letta_ray.schemas import AgentState, Block, PendingToolCall, new_id
+from letta_ray.schemas import AgentState, Block, ClientTool, PendingToolCall, new_id
 from letta_ray.tool_rules import ToolRuleSolver
-from letta_ray.tools import ToolContext, ToolOutcome, Toolset, openai_schema, run_tool
+from letta_ray.tools import ToolContext, ToolFunction, ToolOutcome, Toolset, openai_schema, run_tool
 
 EventSink = Callable[[LettaMessage], Awaitable[None]]
 
@@ -81,11 +81,17 @@ class _Turn:
 
     def __init__(self, state: AgentState, context: list[Message], deps: StepDeps, toolset: Toolset,
                  stats: MemoryStats, run_id: str | None, on_event: EventSink | None,
-                 cache: MessageCache | None = None) -> None:
+                 cache: MessageCache | None = None, client_tools: list[ClientTool] | None = None) -> None:
         self.cache = cache or MessageCache()
         self.state = state
         self.context = list(context)
         self.deps = deps
+        # Tools the caller runs, for this turn only; one of the agent's of the same name gives way.
+        self.client = {t.name for t in client_tools or []}
+        if client_tools:
+            toolset = Toolset([*(toolset.get(n) for n in toolset.names() if n not in self.client),  # type: ignore[misc]
+                               *(ToolFunction(tool=t.as_tool(), fn=None, takes_context=False)
+                                 for t in client_tools)])
         self.toolset = toolset
         self.stats = stats
         self.run_id = run_id
@@ -109,15 +115,20 @@ class _Turn:
     def now_text(self) -> str:
         return self.deps.clock().strftime("%Y-%m-%d %I:%M:%S %p %Z%z")
 
+    def callable(self) -> list[str]:
+        """The names of the tools the model may call this turn: the agent's, then the caller's."""
+        attached = [n for n in self.state.tools if n in self.toolset and n not in self.client]
+        return attached + sorted(self.client)
+
     def tool_schemas(self) -> list[dict[str, object]]:
-        attached = [n for n in self.state.tools if n in self.toolset]
         schemas = []
-        for name in self.solver.allowed(attached):
+        for name in self.solver.allowed(self.callable()):
             tf = self.toolset.get(name)
             assert tf is not None
             heartbeat = (
                 self.state.uses_send_message
                 and name not in TERMINAL_TOOLS
+                and name not in self.client  # the caller's schema goes out as it was given
                 and not self.solver.is_terminal(name)
             )
             schemas.append(openai_schema(tf.tool, with_heartbeat=heartbeat))
@@ -167,17 +178,20 @@ async def step(
     on_event: EventSink | None = None,
     run_id: str | None = None,
     cache: MessageCache | None = None,
+    client_tools: list[ClientTool] | None = None,
 ) -> StepResult:
     """Run one turn: take ``inbound``, loop LLM calls and tools until the turn ends.
 
     ``cache`` (kept by the caller across turns) saves re-serialising and re-counting
-    the messages already in context.
+    the messages already in context. ``client_tools`` are offered to the model for this
+    turn; a call to one stops it with "requires_approval" until the caller sends back the
+    result (an approval message with a ``type: "tool"`` answer).
     """
     approvals = [m for m in inbound if isinstance(m, MessageCreate) and m.type == "approval"]
     _check_approval_order(state, inbound, approvals)
     if stats is None:
         stats = await gather_stats(state, deps)
-    turn = _Turn(state, context, deps, toolset, stats, run_id, on_event, cache)
+    turn = _Turn(state, context, deps, toolset, stats, run_id, on_event, cache, client_tools)
     ended = None
     if approvals:
         ended = await _answer_approvals(turn, approvals)
@@ -245,12 +259,21 @@ async def _answer_approvals(turn: _Turn, approvals: list[MessageCreate]) -> Stop
     missing = [p.tool_call_id for p in pending if p.tool_call_id not in decisions]
     if missing:
         raise InvalidInputError(f"answer every tool call that waits for approval; unanswered: {missing}")
+    for p in pending:  # checked before any call runs
+        if p.client_side and decisions[p.tool_call_id].type == "approval" and decisions[p.tool_call_id].approve:
+            raise InvalidInputError(f"{p.name} ({p.tool_call_id}) is a client-side tool: answer with its result, "
+                                    '{"type": "tool", "tool_call_id": ..., "tool_return": ..., "status": '
+                                    '"success" or "error"}')
     ctx = ToolContext(agent=turn.state, memory=turn.memory, deps=turn.deps, state=turn.tool_state)
     ended: StopReasonType | None = None
     for p in pending:
         decision = decisions[p.tool_call_id]
         tf = turn.toolset.get(p.name) if p.name in turn.state.tools else None
-        if not decision.approve:
+        if decision.type == "tool":  # the caller ran it and says what came of it
+            turn.solver.record(p.name)
+            outcome = ToolOutcome(decision.status == "success", decision.return_text(), request_heartbeat=True)
+            turn.solver.record_output(outcome.message)
+        elif not decision.approve:
             outcome = ToolOutcome(False, f"The user denied this call to {p.name}"
                                          + (f": {decision.reason}" if decision.reason else ".")
                                          + " Do not call it again unless the user agrees.")
@@ -370,10 +393,13 @@ async def _handle_response(turn: _Turn, response: LLMResponse) -> str:
     """
     state = turn.state
     step_id = new_id("step")
-    allowed = set(turn.solver.allowed([n for n in state.tools if n in turn.toolset]))
-    tools = {call.id: turn.toolset.get(call.name) if call.name in state.tools else None for call in response.tool_calls}
+    callable_now = turn.callable()
+    allowed = set(turn.solver.allowed(callable_now))
+    tools = {call.id: turn.toolset.get(call.name) if call.name in callable_now else None
+             for call in response.tool_calls}
     waiting = [call for call in response.tool_calls if call.name in allowed and (tf := tools[call.id]) is not None
-               and (turn.solver.requires_approval(call.name) or bool(tf.tool.default_requires_approval))]
+               and (call.name in turn.client or turn.solver.requires_approval(call.name)
+                    or bool(tf.tool.default_requires_approval))]
     message = Message(agent_id=state.id, role="assistant", content=response.content, reasoning=response.reasoning,
                       tool_calls=response.tool_calls, step_id=step_id, run_id=turn.run_id,
                       approval_required=[call.id for call in waiting])
@@ -408,7 +434,7 @@ async def _handle_response(turn: _Turn, response: LLMResponse) -> str:
     if waiting:
         turn.state = turn.state.model_copy(update={"pending_approvals": [
             PendingToolCall(tool_call_id=c.id, name=c.name, arguments=c.arguments, message_id=message.id,
-                            step_id=step_id) for c in waiting]})
+                            step_id=step_id, client_side=c.name in turn.client) for c in waiting]})
         return "requires_approval"
     if ended:
         return ended

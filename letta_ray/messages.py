@@ -88,12 +88,31 @@ class Message(_Model):
 
 
 class ApprovalDecision(_Model):
-    """A person's answer to one tool call that waited for approval (Letta's ``ApprovalReturn``)."""
+    """The answer to one tool call a turn stopped for: a person's approval (Letta's
+    ``ApprovalReturn``: ``approve`` and a ``reason``), or the result of a tool the caller
+    ran itself (``ToolReturn``: type "tool", ``tool_return`` and ``status``)."""
 
-    type: Literal["approval"] = "approval"
+    type: Literal["approval", "tool"] = "approval"
     tool_call_id: str
-    approve: bool
+    approve: bool | None = None
     reason: str | None = None
+    tool_return: str | list[dict[str, Any]] | None = None
+    status: Literal["success", "error"] | None = None
+    stdout: list[str] | None = None
+    stderr: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _answer(self) -> ApprovalDecision:
+        if self.type == "approval" and self.approve is None:
+            raise ValueError(f"the approval of {self.tool_call_id} needs approve (true or false)")
+        if self.type == "tool" and (self.tool_return is None or self.status is None):
+            raise ValueError(f"the tool return for {self.tool_call_id} needs tool_return and status")
+        return self
+
+    def return_text(self) -> str:
+        if isinstance(self.tool_return, list):
+            return "\n".join(str(part.get("text", "")) for part in self.tool_return if isinstance(part, dict))
+        return self.tool_return or ""
 
 
 class MessageCreate(_Model):

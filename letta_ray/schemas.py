@@ -286,6 +286,30 @@ class PendingToolCall(_Model):
     arguments: str = "{}"
     message_id: str | None = Field(default=None, description="the assistant message that made the call")
     step_id: str | None = None
+    client_side: bool = Field(default=False, description="a client-side tool: the caller runs it and sends "
+                              "back its result")
+
+
+class ClientTool(_Model):
+    """A tool the caller runs (Letta's ``ClientToolSchema``): offered to the model for one
+    request; a call to it stops the turn until the caller sends back the result."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+    def as_tool(self) -> Tool:
+        """The tool the model sees; its id depends only on its definition (schemas are cached by id)."""
+        import hashlib
+        import json
+
+        parameters = self.parameters or {"type": "object", "properties": {}}
+        parameters = {"required": [], **parameters}
+        digest = hashlib.sha256(json.dumps([self.name, self.description, parameters], sort_keys=True,
+                                           default=str).encode()).hexdigest()[:24]
+        description = self.description or f"{self.name} (runs on the client)"
+        return Tool(id=f"tool-client-{digest}", name=self.name, description=description, tool_type="client",
+                    json_schema={"name": self.name, "description": description, "parameters": parameters})
 
 
 ToolRule = Annotated[

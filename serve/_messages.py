@@ -39,7 +39,8 @@ def _shown(response: LettaResponse, types: list[str] | None) -> LettaResponse:
 async def send_message(agent_id: str, body: SendMessageRequest, client: ClientDep) -> Response:
     if body.streaming:
         return await _stream(client, agent_id, body)
-    response = await client.agent(agent_id).send_async(body.to_core(), max_steps=body.max_steps)
+    response = await client.agent(agent_id).send_async(body.to_core(), max_steps=body.max_steps,
+                                                      client_tools=body.core_client_tools())
     return json_response(_shown(response, body.include_return_message_types))
 
 
@@ -50,7 +51,8 @@ async def send_message_stream(agent_id: str, body: SendMessageRequest, client: C
 
 async def _stream(client: Client, agent_id: str, body: SendMessageRequest) -> Response:
     types = body.include_return_message_types
-    events = client.agent(agent_id).stream_async(body.to_core(), max_steps=body.max_steps)
+    events = client.agent(agent_id).stream_async(body.to_core(), max_steps=body.max_steps,
+                                                client_tools=body.core_client_tools())
     # Errors before the turn starts (an unknown agent, say) are ordinary 4xx responses.
     first = await anext(events, None)
 
@@ -138,7 +140,7 @@ async def _run_turn(client: Client, run: RunView, body: SendMessageRequest) -> N
         run = run.model_copy(update={"status": "running"})
         await client.upsert_run_async(run.id, run.model_dump(mode="json"))
         response: LettaResponse = await client.agent(run.agent_id).send_async(
-            body.to_core(), max_steps=body.max_steps, run_id=run.id)
+            body.to_core(), max_steps=body.max_steps, run_id=run.id, client_tools=body.core_client_tools())
         run = run.model_copy(update={"status": "completed", "stop_reason": response.stop_reason.stop_reason,
                                      "usage": response.usage.model_dump()})
     except Exception as exc:

@@ -22,6 +22,7 @@ from letta_ray.schemas import (
     AgentState,
     AgentType,
     Block,
+    ClientTool,
     CreateBlock,
     EmbeddingConfig,
     LLMConfig,
@@ -415,30 +416,42 @@ class UpdateAgentRequest(_Shape):
 
 
 class ApprovalReturnRequest(_Shape):
-    """Letta's ApprovalReturn: the answer to one tool call that waits for approval."""
+    """Letta's ApprovalReturn (approve, or deny with a reason) or ToolReturn (the result of
+    a client-side tool the caller ran): the answer to one tool call a turn stopped for."""
 
-    type: Literal["approval"] = "approval"
+    type: Literal["approval", "tool"] = "approval"
     tool_call_id: str = Field(min_length=1)
-    approve: bool
+    approve: bool | None = None
     reason: str | None = None
+    tool_return: str | list[dict[str, Any]] | None = None
+    status: Literal["success", "error"] | None = None
+    stdout: list[str] | None = None
+    stderr: list[str] | None = None
 
 
 class MessageCreateRequest(_Shape):
-    """One input message: Letta's MessageCreate, or its ApprovalCreate (``type: "approval"``)."""
+    """One input message: Letta's MessageCreate, its ApprovalCreate (``type: "approval"``), or
+    its ToolReturnCreate (``type: "tool_return"``: the results of client-side tools)."""
 
-    type: Literal["message", "approval"] | None = None
+    type: Literal["message", "approval", "tool_return"] | None = None
     role: Literal["user", "system"] = "user"
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
     otid: str | None = None
     sender_id: str | None = None
     approvals: list[ApprovalReturnRequest] | None = None
+    tool_returns: list[ApprovalReturnRequest] | None = None
     approve: bool | None = None
     approval_request_id: str | None = None
     reason: str | None = None
 
     def to_core(self) -> MessageCreate:
         """The core message (which checks that an approval carries answers and a message content)."""
+        if self.type == "tool_return":
+            if not self.tool_returns:
+                raise InvalidInputError("a tool_return message needs tool_returns")
+            return MessageCreate(type="approval", otid=self.otid, approvals=[
+                ApprovalDecision(**{**r.model_dump(), "type": "tool"}) for r in self.tool_returns])
         if self.type == "approval":
             return MessageCreate(type="approval", approvals=[ApprovalDecision(**a.model_dump())
                                                              for a in self.approvals or []] or None,
@@ -456,6 +469,14 @@ class ModifyApprovalRequest(_Shape):
     requires_approval: bool
 
 
+class ClientToolRequest(_Shape):
+    """Letta's ClientToolSchema."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
 class SendMessageRequest(_Shape):
     """Letta's LettaRequest / LettaStreamingRequest."""
 
@@ -468,12 +489,18 @@ class SendMessageRequest(_Shape):
     background: bool = False
     use_assistant_message: bool = True
     include_return_message_types: list[str] | None = None
+    client_tools: list[ClientToolRequest] | None = Field(
+        default=None, description="tools the client runs: a call to one stops the turn (requires_approval) "
+        "until the client sends its result back as an approval message with a tool return")
 
     @model_validator(mode="after")
     def _has_messages(self) -> SendMessageRequest:
         if not self.messages and not self.input:
             raise ValueError("messages must not be empty")
         return self
+
+    def core_client_tools(self) -> list[ClientTool] | None:
+        return [ClientTool(**t.model_dump()) for t in self.client_tools] if self.client_tools else None
 
     def to_core(self) -> list[MessageCreate]:
         if self.messages:

@@ -611,3 +611,27 @@ def test_the_mcp_server_routes_with_the_letta_sdk(sdk: Any, http: Any, fake_llm_
         sdk.mcp_servers.delete(created.id)
     assert http.get(f"/v1/mcp-servers/{created.id}").status_code == 404
     assert http.get(f"/v1/tools/{add.id}").status_code == 404
+
+
+def test_client_side_tools_over_http(sdk: Any, http: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server)
+    lookup = {"name": "look_up", "description": "Look a word up on the client.",
+              "parameters": {"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]}}
+    ask = {"role": "user", "content": 'call look_up {"word": "ossify"}'}
+    first = sdk.agents.messages.create(agent.id, messages=[ask], client_tools=[lookup])
+    assert first.stop_reason.stop_reason == "requires_approval"
+    [request] = [m for m in first.messages if m.message_type == "approval_request_message"]
+    assert request.tool_call.name == "look_up"
+    call_id = request.tool_call.tool_call_id
+    wrong = http.post(f"/v1/agents/{agent.id}/messages", json={"messages": [
+        {"type": "approval", "approvals": [{"type": "approval", "tool_call_id": call_id, "approve": True}]}]})
+    assert wrong.status_code == 400 and "client-side tool" in wrong.json()["detail"]
+    # the SDK's ToolReturnCreate: the client ran it
+    second = sdk.agents.messages.create(agent.id, messages=[{"type": "tool_return", "tool_returns": [
+        {"type": "tool", "tool_call_id": call_id, "tool_return": "to turn into bone", "status": "success"}]}])
+    [result] = [m for m in second.messages if m.message_type == "tool_return_message"]
+    assert result.status == "success" and "to turn into bone" in result.tool_return
+    assert second.stop_reason.stop_reason == "end_turn"
+    assert "look_up" not in [t.name for t in sdk.agents.tools.list(agent.id)]
+    bad = http.post(f"/v1/agents/{agent.id}/messages", json={"messages": [ask], "client_tools": [{"name": "a b"}]})
+    assert bad.status_code == 422

@@ -16,6 +16,7 @@ from letta_ray.errors import ConflictError, InvalidInputError
 from letta_ray.messages import ApprovalDecision, MessageCreate
 from letta_ray.schemas import (
     AgentState,
+    ClientTool,
     ConditionalToolRule,
     LLMConfig,
     MaxCountPerStepToolRule,
@@ -223,3 +224,46 @@ async def test_a_tools_default_requires_approval_holds_without_a_rule() -> None:
     RAN.clear()
     result = await step(agent(), [], [MessageCreate(content="go")], StepDeps(llm=llm), toolset=tools)
     assert result.stop_reason.stop_reason == "requires_approval" and RAN == []
+
+
+LOOKUP = ClientTool(name="look_up", description="Look a word up in the client's dictionary.",
+                    parameters={"type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]})
+
+
+async def test_a_client_side_tool_stops_the_turn_and_its_result_comes_back_from_the_client() -> None:
+    llm = ScriptedLLM([tool_call("look_up", word="ossify"), send_message("it means to harden")])
+    first = await run(agent(), llm, client_tools=[LOOKUP])
+    schema = next(t["function"] for t in llm.history[0].tools if t["function"]["name"] == "look_up")
+    assert schema["parameters"]["properties"] == {"word": {"type": "string"}}  # as the client gave it
+    assert first.stop_reason.stop_reason == "requires_approval"
+    [request] = [e for e in first.events if e.message_type == "approval_request_message"]
+    assert json.loads(request.tool_call.arguments) == {"word": "ossify"}
+    [pending] = first.state.pending_approvals
+    assert pending.client_side and "look_up" not in first.state.tools  # offered for that request only
+    with pytest.raises(InvalidInputError, match="client-side tool: answer with its result"):
+        await run(first.state, llm, [MessageCreate(type="approval", approvals=[
+            ApprovalDecision(tool_call_id=pending.tool_call_id, approve=True)])], context=first.context)
+    answer = MessageCreate(type="approval", approvals=[ApprovalDecision(
+        type="tool", tool_call_id=pending.tool_call_id, tool_return="to turn into bone", status="success")])
+    second = await run(first.state, llm, [answer], context=first.context)
+    assert returns(second)[0] == {**returns(second)[0], "status": "OK", "message": "to turn into bone"}
+    assert second.response().assistant_text() == "it means to harden"  # the turn went on to the reply
+    assert second.state.pending_approvals == [] and second.stop_reason.stop_reason == "end_turn"
+    assert "look_up" not in offered(llm, 1)  # the next request did not offer it again
+
+
+async def test_a_client_tool_takes_the_place_of_an_agent_tool_of_its_name_and_errors_come_back() -> None:
+    mine = ClientTool(name="check", description="Check it on the client.")
+    llm = ScriptedLLM([tool_call("check", item="x"), send_message("it failed on your side")])
+    first = await run(agent(), llm, client_tools=[mine])
+    assert offered(llm, 0).count("check") == 1 and RAN == []  # the agent's own check did not run
+    [pending] = first.state.pending_approvals
+    answer = MessageCreate(type="approval", approvals=[ApprovalDecision(
+        type="tool", tool_call_id=pending.tool_call_id, tool_return=[{"type": "text", "text": "disk full"}],
+        status="error")])
+    second = await run(first.state, llm, [answer], context=first.context)
+    assert returns(second)[0]["status"] == "Failed" and returns(second)[0]["message"] == "disk full"
+    with pytest.raises(ValueError, match="tool_return and status"):
+        ApprovalDecision(type="tool", tool_call_id="c")
+    with pytest.raises(ValueError, match="needs approve"):
+        ApprovalDecision(tool_call_id="c")
