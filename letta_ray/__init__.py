@@ -19,8 +19,9 @@ from letta_ray.errors import (
     NotFoundError,
     ToolError,
 )
+from letta_ray.mcp import MCPServer, MCPServerUnavailableError
 from letta_ray.messages import LettaResponse, Message, MessageCreate
-from letta_ray.schemas import AgentState, Block, EmbeddingConfig, LLMConfig, Passage, Tool
+from letta_ray.schemas import AgentState, Block, ClientTool, EmbeddingConfig, LLMConfig, Passage, Tool
 from letta_ray.settings import Settings
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ __all__ = [
     "Block",
     "BlockLimitError",
     "Client",
+    "ClientTool",
     "ConflictError",
     "EmbeddingConfig",
     "InvalidInputError",
@@ -41,6 +43,8 @@ __all__ = [
     "LLMError",
     "LettaRayError",
     "LettaResponse",
+    "MCPServer",
+    "MCPServerUnavailableError",
     "Message",
     "MessageCreate",
     "NotFoundError",
