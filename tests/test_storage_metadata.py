@@ -8,11 +8,13 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
 from letta_ray.errors import ConflictError, InvalidInputError, NotFoundError
+from letta_ray.mcp import MCPServer, MCPToolInfo, StdioServerConfig, tool_of
 from letta_ray.messages import Message, ToolCall
 from letta_ray.schemas import AgentState, Block, ChildToolRule, LLMConfig, Tool
 from letta_ray.storage.metadata import MetadataStore
@@ -510,13 +512,37 @@ def test_export_parquet_writes_readable_files(store: MetadataStore, tmp_path: Pa
     store.messages.append_messages(make_messages(agent.id, ["a", "b", "c"]))
     store.upsert_tool(Tool(name="roll", json_schema={"name": "roll"}))
     store.upsert_run("run-1", {"agent_id": agent.id, "status": "completed"})
+    store.upsert_mcp_server(MCPServer(server_name="files", config=StdioServerConfig(command="serve-files")))
 
     paths = store.export_parquet(tmp_path / "export")
 
     counts = {name: pq.read_table(path).num_rows for name, path in paths.items()}
     assert counts == {"agents": 1, "blocks": 1, "agent_blocks": 1, "messages": 3, "tools": 1,
-                      "groups": 0, "runs": 1}
+                      "mcp_servers": 1, "groups": 0, "runs": 1}
     messages = pq.read_table(paths["messages"])
     assert messages.column("agent_id").to_pylist() == [agent.id] * 3
     doc = messages.column("doc").to_pylist()[0]
     assert Message.model_validate_json(doc).content == "a"
+
+
+def test_an_mcp_servers_tools_sync_in_one_go_and_go_with_it(store: MetadataStore) -> None:
+    server = store.upsert_mcp_server(MCPServer(server_name="files", config=StdioServerConfig(command="x")))
+    with pytest.raises(ConflictError, match="exists already"):
+        store.upsert_mcp_server(MCPServer(server_name="files", config=StdioServerConfig(command="y")))
+    store.upsert_tool(Tool(name="mine", json_schema={"name": "mine"}))
+
+    def info(name: str, description: str = "d") -> Any:
+        return tool_of(server, MCPToolInfo(name=name, description=description))
+
+    assert store.sync_mcp_tools(server.id, [info("read"), info("list"), info("mine")]) == {
+        "added": ["read", "list"], "updated": [], "deleted": [], "skipped": ["mine"]}
+    read_id = store.get_tool_by_name("read").id
+    assert store.sync_mcp_tools(server.id, [info("read", "new words")]) == {
+        "added": [], "updated": ["read"], "deleted": ["list"], "skipped": []}
+    assert store.get_tool_by_name("read").id == read_id  # updated in place
+    assert store.get_tool_by_name("read").description == "new words"
+    assert [t.name for t in store.mcp_server_tools(server.id)] == ["read"]
+    assert store.delete_mcp_server(server.id) == ["read"]
+    assert [t.name for t in store.list_tools(limit=None)] == ["mine"]  # the custom tool stays
+    with pytest.raises(NotFoundError):
+        store.get_mcp_server(server.id)
