@@ -56,6 +56,9 @@ class MCPServerActor:
     async def close(self) -> None:
         await self.session.close()
 
+    async def ping(self) -> str:
+        return "ok"
+
 
 class MCPServerHandle(ActorFacade):
     """An MCP server actor's methods, awaited."""
@@ -64,6 +67,7 @@ class MCPServerHandle(ActorFacade):
     list_tools = remote_method(MCPServerActor.list_tools)
     call_tool = remote_method(MCPServerActor.call_tool)
     close = remote_method(MCPServerActor.close)
+    ping = remote_method(MCPServerActor.ping)
 
 
 class MCPServers:
@@ -73,6 +77,13 @@ class MCPServers:
         self.prefix = prefix
         self.namespace = namespace
         self.config = config
+        self._handles: dict[str, MCPServerHandle] = {}  # found once per process: a lookup costs ms
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"prefix": self.prefix, "namespace": self.namespace, "config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["prefix"], state["namespace"], state["config"])  # type: ignore[misc]
 
     def check(self, server: MCPServer) -> None:
         """InvalidInputError if this runtime does not run servers like ``server``."""
@@ -86,9 +97,12 @@ class MCPServers:
     def handle(self, server: MCPServer) -> MCPServerHandle:
         """The server's actor, started if it is not running."""
         self.check(server)
-        return MCPServerHandle(get_or_create(
-            MCPServerActor, self.name_of(server.id), self.namespace, (server, self.config.connect_timeout_s),
-            lifetime="detached", num_cpus=0))
+        handle = self._handles.get(server.id)
+        if handle is None:
+            handle = self._handles[server.id] = MCPServerHandle(get_or_create(
+                MCPServerActor, self.name_of(server.id), self.namespace, (server, self.config.connect_timeout_s),
+                lifetime="detached", num_cpus=0))
+        return handle
 
     async def list_tools(self, server: MCPServer) -> list[MCPToolInfo]:
         return await self._retrying(server, lambda h: h.list_tools())
@@ -108,6 +122,7 @@ class MCPServers:
             return await call(self.handle(server))
         except RayActorError:
             log.warning("the actor of MCP server %s died; starting it again", server.server_name)
+            self._handles.pop(server.id, None)
             try:
                 return await call(self.handle(server))
             except RayActorError as exc:
@@ -123,6 +138,7 @@ class MCPServers:
 
     async def stop(self, server_id: str) -> None:
         """Close a server's connection and stop its actor (when the server is deleted)."""
+        self._handles.pop(server_id, None)
         try:
             actor = ray.get_actor(self.name_of(server_id), namespace=self.namespace)
         except ValueError:

@@ -5,10 +5,10 @@ demo MCP server (tests/mcp_demo_server.py, written with the MCP SDK), over stdio
 - in-process: a Python tool run by ``letta_ray.tools.run_tool`` in this process (the baseline);
 - MCP session: ``MCPSession.call_tool`` from this process, no Ray (the SDK and the server);
 - through the server's actor: what an agent host does, a Ray call to the one actor that
-  holds the server's connection, then the session;
+  holds the server's connection, then the session (and, apart, the Ray call alone);
 - 16 at once through the actor: calls per second when 16 agents call together.
 
-Run: .venv/bin/python bench/mcp.py [--calls 300]
+Run: .venv/bin/python bench/mcp_calls.py [--calls 300]
 """
 
 from __future__ import annotations
@@ -64,6 +64,12 @@ async def main_async(args: argparse.Namespace) -> None:
 
         await through_actor(-1)
         actor = await timed(args.calls, through_actor)
+        handle = mcp.handle(stored)
+
+        async def ping(i: int) -> None:
+            await handle.ping()
+
+        pings = await timed(args.calls, ping)
         rounds = max(1, args.calls // 16)
         started = time.perf_counter()
         for r in range(rounds):
@@ -77,6 +83,7 @@ async def main_async(args: argparse.Namespace) -> None:
     print(row("in-process tool (the baseline)", baseline))
     print(row("MCP session, no Ray", sessions))
     print(row("through the server's actor", actor))
+    print(row("a Ray call to that actor, no MCP", pings))
     print(f"  16 calls at once through the actor: {concurrent:.0f} calls/s")
     added = statistics.median(actor) - statistics.median(baseline)
     print(f"  added latency per call through the actor: {added * 1000:.2f} ms "
