@@ -13,6 +13,7 @@ import atexit
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import ray
@@ -298,14 +299,22 @@ class Client:
         return self.run_sync(self.create_agent_async(name, enable_sleeptime=enable_sleeptime,
                                                  sleeptime_agent_frequency=sleeptime_agent_frequency, **kwargs))
 
-    async def create_agents_async(self, states: list[AgentState]) -> list[AgentHandle]:
-        """Create many agents at once: one placement call and one write per host."""
+    async def create_agents_async(self, states: list[AgentState], *, context: list[list[Message]] | None = None,
+                                  history: list[list[Message]] | None = None) -> list[AgentHandle]:
+        """Create many agents at once: one placement call and one write per host. ``context``
+        (per agent: the messages of its context window) and ``history`` (older ones) are
+        stored with them (an agent file's messages)."""
         if not states:
             return []
         await self._check_tools(states)
         ids = [s.id for s in states]
         by_host = self.hosts.by_host(states, ids, await self.hosts.place(ids))
-        await asyncio.gather(*(host.create_agents(group) for host, group in by_host))
+        position = {s.id: i for i, s in enumerate(states)}
+
+        def of(group: list[AgentState], given: list[list[Message]] | None) -> list[list[Message]] | None:
+            return None if given is None else [given[position[s.id]] for s in group]
+        await asyncio.gather(*(host.create_agents(group, of(group, context), of(group, history))
+                               for host, group in by_host))
         await self.hosts.blocks_now_shared([b.id for s in states for b in s.blocks])
         return [self.agent(s.id, s.name) for s in states]
 
@@ -439,6 +448,53 @@ class Client:
     async def delete_tool_async(self, tool_id: str) -> None:
         await self.runtime.store.delete_tool(tool_id)
         await self.runtime.directory.tools_changed()
+
+    # ---------------------------------------------------------------- agent files
+
+    async def import_agent_file_async(self, source: str | bytes | dict[str, Any], **options: Any
+                                      ) -> list[AgentHandle]:
+        """Create the agents of a Letta agent file (a path, its bytes or its JSON), with their
+        blocks, tools, messages and groups, all of them or none; ``options`` are those of
+        ``ImportOptions`` (``name``, ``append_copy_suffix``, ``model``, ``strip_messages``,
+        ``override_existing_tools``, ``secrets``). Raises AgentFileError (an InvalidInputError)
+        naming the element that is wrong."""
+        from letta_ray.agent_file import ImportOptions
+
+        from .agent_files import import_agent_file
+
+        raw = source
+        if isinstance(source, str) and not source.lstrip().startswith(("{", '"')):
+            try:
+                raw = Path(source).expanduser().read_bytes()
+            except OSError as exc:
+                raise InvalidInputError(f"cannot read the agent file {source!r}: {exc.strerror}") from None
+        try:
+            parsed = ImportOptions(**options)
+        except TypeError as exc:
+            raise InvalidInputError(f"unknown import option: {exc}") from None
+        ids, warnings = await import_agent_file(self, raw, parsed)
+        for warning in warnings:
+            log.warning("importing an agent file: %s", warning)
+        states = [await self.runtime.store.get_agent(agent_id) for agent_id in ids]
+        return [self.agent(s.id, s.name) for s in states]
+
+    def import_agent_file(self, source: str | bytes | dict[str, Any], **options: Any) -> list[AgentHandle]:
+        """Sync twin of ``import_agent_file_async``: the new agents, in the file's order."""
+        return self.run_sync(self.import_agent_file_async(source, **options))
+
+    async def export_agent_file_async(self, agent_id: str, *, scrub_messages: bool = False,
+                                      max_messages: int | None = None) -> dict[str, Any]:
+        from .agent_files import export_agent_file
+
+        return await export_agent_file(self.connection, agent_id, scrub_messages=scrub_messages,
+                                       max_messages=max_messages)
+
+    def export_agent_file(self, agent_id: str, *, scrub_messages: bool = False,
+                          max_messages: int | None = None) -> dict[str, Any]:
+        """The agent as a Letta agent file (with its sleep-time agent and group, if any); secrets
+        are written with empty values; ``max_messages`` keeps the newest ones."""
+        return self.run_sync(self.export_agent_file_async(agent_id, scrub_messages=scrub_messages,
+                                                          max_messages=max_messages))
 
     # ---------------------------------------------------------------- blocks and runs
 

@@ -130,6 +130,13 @@ class AgentHandle:
     def set_approval(self, tool_name: str, requires_approval: bool) -> AgentState:
         return self._sync(self.set_approval_async(tool_name, requires_approval))
 
+    def export(self, *, scrub_messages: bool = False, max_messages: int | None = None) -> dict[str, Any]:
+        """This agent as a Letta agent file (see ``Client.export_agent_file``)."""
+        from .agent_files import export_agent_file
+
+        return self._sync(export_agent_file(self.connection, self.id, scrub_messages=scrub_messages,
+                                            max_messages=max_messages))
+
     async def run_tool_async(self, name: str, args: dict[str, Any] | None = None) -> SandboxResult:
         """Run one of the agent's own tools on ``args`` in the sandbox, with the agent's secrets,
         outside any turn (Letta's ``agents.tools.run``)."""

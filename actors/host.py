@@ -146,14 +146,18 @@ class AgentHost:
 
     # ---------------------------------------------------------------- lifecycle of agents
 
-    async def create_agents(self, states: list[AgentState], initial: list[list[Message]] | None = None) -> list[str]:
-        """Persist new agents (with optional initial messages) and host them."""
+    async def create_agents(self, states: list[AgentState], initial: list[list[Message]] | None = None,
+                            history: list[list[Message]] | None = None) -> list[str]:
+        """Persist new agents (with optional initial messages: their context window) and host
+        them; ``history`` are older messages of theirs, stored but out of context."""
         initial = initial or [[] for _ in states]
-        pairs = list(zip(states, initial, strict=True))
-        await self.store.create_agents(states, initial)
+        history = history or [[] for _ in states]
+        pairs = list(zip(states, initial, history, strict=True))
+        await self.store.create_agents(states, [[*old, *messages] for _, messages, old in pairs])
         shared = set(await self.store.shared_blocks([b.id for s in states for b in s.blocks]))
-        for state, messages in pairs:
-            self.agents[state.id] = _Hosted(state, list(messages), MemoryStats(recall_messages=len(messages)),
+        for state, messages, old in pairs:
+            self.agents[state.id] = _Hosted(state, list(messages),
+                                            MemoryStats(recall_messages=len(messages) + len(old)),
                                             shared={b.id for b in state.blocks} & shared)
         return [s.id for s in states]
 

@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from letta_ray.actors.client import Client
@@ -33,6 +33,7 @@ from .schemas import (
     BlockView,
     CreateAgentRequest,
     CreatePassageRequest,
+    ImportedAgentsView,
     MemoryView,
     ModifyApprovalRequest,
     PassageView,
@@ -46,6 +47,57 @@ from .schemas import (
 # --------------------------------------------------------------------------- agents
 
 agents = APIRouter(prefix="/v1/agents", tags=["agents"])
+
+
+MAX_AGENT_FILE_BYTES = 64 * 2**20
+
+
+@agents.post("/import", response_model=ImportedAgentsView,
+             summary="Import a Letta agent file (.af): all its agents, or none of them")
+async def import_agent_file(
+    client: ClientDep,
+    file: Annotated[UploadFile, File(description="the agent file")],
+    name: Annotated[str | None, Form()] = None,
+    override_name: Annotated[str | None, Form()] = None,
+    append_copy_suffix: Annotated[bool, Form()] = True,
+    model: Annotated[str | None, Form()] = None,
+    override_model_handle: Annotated[str | None, Form()] = None,
+    embedding: Annotated[str | None, Form()] = None,
+    override_embedding_handle: Annotated[str | None, Form()] = None,
+    override_existing_tools: Annotated[bool, Form()] = True,
+    strip_messages: Annotated[bool, Form()] = False,
+    secrets: Annotated[str | None, Form()] = None,
+    env_vars_json: Annotated[str | None, Form()] = None,
+    project_id: Annotated[str | None, Form()] = None,
+) -> ImportedAgentsView:
+    raw_secrets = secrets or env_vars_json
+    parsed: dict[str, str] | None = None
+    if raw_secrets:
+        try:
+            parsed = json.loads(raw_secrets)
+        except json.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise InvalidInputError("secrets must be a JSON object of names to values")
+        parsed = {str(k): str(v) for k, v in parsed.items()}
+    data = await file.read(MAX_AGENT_FILE_BYTES + 1)
+    if len(data) > MAX_AGENT_FILE_BYTES:
+        raise InvalidInputError(f"the agent file is larger than {MAX_AGENT_FILE_BYTES // 2**20} MiB")
+    handles = await client.import_agent_file_async(
+        data, name=name or override_name, append_copy_suffix=append_copy_suffix,
+        model=model or override_model_handle, embedding=embedding or override_embedding_handle,
+        override_existing_tools=override_existing_tools, strip_messages=strip_messages, secrets=parsed)
+    return ImportedAgentsView(agent_ids=[h.id for h in handles])
+
+
+@agents.get("/{agent_id}/export", summary="Export an agent (with its sleep-time agent) as a Letta agent file")
+async def export_agent_file(agent_id: str, client: ClientDep, scrub_messages: bool = False,
+                            max_steps: int | None = None, use_legacy_format: bool = False,
+                            max_messages: Annotated[int | None, Query(ge=0)] = None) -> JSONResponse:
+    if use_legacy_format:
+        raise InvalidInputError("the legacy agent file format is not written; use the current one")
+    return JSONResponse(await client.export_agent_file_async(agent_id, scrub_messages=scrub_messages,
+                                                             max_messages=max_messages))
 
 
 @agents.post("/", response_model=AgentStateView, summary="Create an agent")

@@ -296,6 +296,12 @@ class ToolRunView(_Shape):
     stderr: list[str] | None = None
 
 
+class ImportedAgentsView(_Shape):
+    """Letta's ImportedAgentsResponse."""
+
+    agent_ids: list[str]
+
+
 class ToolExecutionResultView(_Shape):
     """Letta's ToolExecutionResult, as ``POST /v1/agents/{id}/tools/{name}/run`` answers."""
 

@@ -635,3 +635,35 @@ def test_client_side_tools_over_http(sdk: Any, http: Any, fake_llm_server: Any) 
     assert "look_up" not in [t.name for t in sdk.agents.tools.list(agent.id)]
     bad = http.post(f"/v1/agents/{agent.id}/messages", json={"messages": [ask], "client_tools": [{"name": "a b"}]})
     assert bad.status_code == 422
+
+
+# --------------------------------------------------------------------------- agent files
+
+
+def test_agent_files_import_and_export_over_http(sdk: Any, http: Any) -> None:
+    fixtures = Path(__file__).with_name("fixtures") / "agent-files"
+    with open(fixtures / "customer_service.af", "rb") as f:  # JSON encoded twice, as the SDK saves it
+        imported = sdk.agents.import_file(file=f, override_existing_tools=True,
+                                          secrets=json.dumps({"SUPPORT_KEY": "s"}))
+    [agent_id] = imported.agent_ids
+    agent = sdk.agents.retrieve(agent_id)
+    assert agent.name == "customer_service_copy"  # the route's default, as in Letta
+    assert {"cancel_order", "check_order_status"} <= {t.name for t in sdk.agents.tools.list(agent_id)}
+    exported = http.get(f"/v1/agents/{agent_id}/export")
+    assert exported.status_code == 200
+    doc = exported.json()
+    assert doc["agents"][0]["name"] == "customer_service_copy"
+    assert {t["name"] for t in doc["tools"]} >= {"cancel_order", "conversation_search"}
+    text = sdk.agents.export_file(agent_id)  # the SDK reads it as text
+    assert json.loads(text)["agents"][0]["id"] == "agent-0"
+    again = http.post("/v1/agents/import", files={"file": ("a.af", exported.content)},
+                      data={"append_copy_suffix": "false", "name": "cs-2"})
+    assert again.status_code == 200
+    assert sdk.agents.retrieve(again.json()["agent_ids"][0]).name == "cs-2"
+    bad = http.post("/v1/agents/import", files={"file": ("a.af", b'{"agents": [{"id": "agent-0", "name": "x", '
+                                                               b'"block_ids": ["block-7"]}]}')})
+    assert bad.status_code == 400 and "block-7" in bad.json()["detail"]
+    assert http.post("/v1/agents/import", files={"file": ("a.af", b"\x00garbage")}).status_code == 400
+    assert http.get("/v1/agents/agent-nope/export").status_code == 404
+    for an_id in [agent_id, again.json()["agent_ids"][0]]:
+        sdk.agents.delete(an_id)

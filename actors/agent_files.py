@@ -1,0 +1,164 @@
+"""Agent files on the runtime: import one (all of it or nothing), export agents as one.
+
+The file is read and planned in the core (``letta_ray.agent_file``: new ids, references
+remapped, every element checked) before anything is written. Then the custom tools are
+stored, the agents created with their messages and context windows, and the groups made;
+if any of that fails, what was written is taken back.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from letta_ray.agent_file import ExportedAgent, ImportOptions, ImportPlan, export_agents, plan_import, read_agent_file
+from letta_ray.base_tools import BASE_TOOLS, DEFAULT_SYSTEM_PROMPTS
+from letta_ray.errors import InvalidInputError, NotFoundError
+from letta_ray.schemas import AgentState, EmbeddingConfig, Tool, new_id
+
+from .host import SLEEPTIME_AGENT, SLEEPTIME_FREQUENCY
+from .hosts import Connection
+
+log = logging.getLogger(__name__)
+
+
+async def import_agent_file(client: Any, raw: bytes | str | dict[str, Any], options: ImportOptions
+                            ) -> tuple[list[str], list[str]]:
+    """Create everything in an agent file through ``client`` (a ``Client``: this module is
+    below it); returns (the new agents' ids in file order, warnings)."""
+    if options.model is not None and "/" not in options.model:
+        raise InvalidInputError(f"model {options.model!r} is not a handle like 'openai/gpt-4o-mini'")
+    settings = client.settings
+    embedding = EmbeddingConfig(embedding_model=settings.embedding_model, embedding_dim=settings.embedding_dim)
+    plan = plan_import(read_agent_file(raw), options, embedding=embedding,
+                       base_tools={name: tf.tool for name, tf in BASE_TOOLS.items()},
+                       default_system=DEFAULT_SYSTEM_PROMPTS)
+    _pair_sleeptime_agents(plan)
+    store = client.runtime.store
+    written: list[Tool] = []
+    replaced: list[Tool] = []
+    created: list[str] = []
+    groups: list[str] = []
+    try:
+        for tool in plan.tools:
+            try:
+                existing = await store.get_tool_by_name(tool.name)
+            except NotFoundError:
+                existing = None
+            if existing is not None and not options.override_existing_tools:
+                continue  # the stored tool of that name serves the imported agents
+            if existing is not None:
+                replaced.append(existing)
+            written.append(await store.upsert_tool(tool))
+        if written:
+            await client.runtime.directory.tools_changed()
+        histories = [[m for m in plan.history if m.agent_id == a.id] for a in plan.agents]
+        await client.create_agents_async(plan.agents, context=plan.context, history=histories)
+        created = [a.id for a in plan.agents]
+        for group in plan.groups:
+            config = group["manager_config"]
+            if config.get("manager_type") == "sleeptime":
+                main = next(a for a in plan.agents if a.id == config["manager_agent_id"])
+                group_id = main.metadata["group_id"]
+                await store.upsert_group(group_id, {"id": group_id, **group,
+                                                    "shared_block_ids": [b.id for b in main.blocks]})
+            else:
+                made = await client.groups.create_group_async(group["agent_ids"], config, group["description"])
+                group_id = made.id
+            groups.append(group_id)
+    except BaseException:
+        await _take_back(client, created, groups, written, replaced)
+        raise
+    return created, plan.warnings
+
+
+def _pair_sleeptime_agents(plan: ImportPlan) -> None:
+    """A sleep-time group of the file runs here as a main agent with its sleep-time agent
+    (Letta writes ``enable_sleeptime: false`` in its files; the group says it is one)."""
+    by_id = {a.id: a for a in plan.agents}
+    for group in plan.groups:
+        config = group["manager_config"]
+        if config.get("manager_type") != "sleeptime":
+            continue
+        main = by_id.get(config.get("manager_agent_id"))
+        if main is None or len(group["agent_ids"]) != 1:
+            raise InvalidInputError("agent file: a sleep-time group needs its main agent (manager_agent_id) "
+                                    "and one sleep-time agent")
+        sleeper = by_id[group["agent_ids"][0]]
+        frequency = int(config.get("sleeptime_agent_frequency") or 5)
+        main.metadata = {**main.metadata, SLEEPTIME_AGENT: sleeper.id, SLEEPTIME_FREQUENCY: frequency,
+                         "group_id": new_id("group")}
+        sleeper.metadata = {**sleeper.metadata, "main_agent_id": main.id}
+
+
+async def _take_back(client: Any, agents: list[str], groups: list[str], written: list[Tool],
+                     replaced: list[Tool]) -> None:
+    """Undo a failed import: what it created goes, the tools it replaced come back."""
+    store = client.runtime.store
+    for group_id in groups:
+        try:
+            await store.delete_group(group_id)
+        except Exception:
+            log.warning("could not take back group %s", group_id, exc_info=True)
+    for agent_id in agents:
+        try:
+            await client.delete_agent_async(agent_id)
+        except Exception:
+            log.warning("could not take back agent %s", agent_id, exc_info=True)
+    back = {t.name: t for t in replaced}
+    for tool in written:
+        try:
+            if tool.name in back:
+                await store.upsert_tool(back[tool.name])
+            else:
+                await store.delete_tool(tool.id)
+        except Exception:
+            log.warning("could not take back tool %s", tool.name, exc_info=True)
+    if written:
+        await client.runtime.directory.tools_changed()
+
+
+async def export_agent_file(connection: Connection, agent_id: str, *, scrub_messages: bool = False,
+                            max_messages: int | None = None) -> dict[str, Any]:
+    """The agent file of an agent, with its sleep-time agent and their group when it has one."""
+    store = connection.runtime.store
+
+    async def state_of(an_id: str) -> AgentState:
+        return await connection.hosts.call(an_id, lambda host: host.get_state(an_id))
+
+    main = await state_of(agent_id)
+    states = [main]
+    groups: list[dict[str, Any]] = []
+    sleeper_id = main.metadata.get(SLEEPTIME_AGENT)
+    if sleeper_id:
+        try:
+            states.append(await state_of(sleeper_id))
+            group_id = main.metadata.get("group_id")
+            groups.append(await store.get_group(group_id) if group_id else {
+                "agent_ids": [sleeper_id], "description": "", "manager_config": {
+                    "manager_type": "sleeptime", "manager_agent_id": main.id,
+                    "sleeptime_agent_frequency": main.metadata.get(SLEEPTIME_FREQUENCY, 5)}})
+        except NotFoundError:
+            log.warning("the sleep-time agent %s of %s is gone; exporting the main agent alone", sleeper_id, agent_id)
+    exported = []
+    for state in states:
+        if scrub_messages:
+            messages = []
+            state = state.model_copy(update={"message_ids": []})
+        else:
+            newest = await store.list_messages(state.id, limit=max_messages, order="desc")
+            messages = list(reversed(newest))
+            kept = {m.id for m in messages}
+            state = state.model_copy(update={"message_ids": [m for m in state.message_ids if m in kept]})
+        exported.append(ExportedAgent(state, [m for m in messages if m.role != "system"], state.system))
+    names = {name for s in states for name in s.tools}
+    tools: dict[str, Tool] = {}
+    for name in names:
+        if name in BASE_TOOLS:
+            tools[name] = BASE_TOOLS[name].tool
+            continue
+        try:
+            tools[name] = await store.get_tool_by_name(name)
+        except NotFoundError:
+            pass
+    return export_agents(exported, tools, groups)
