@@ -494,6 +494,58 @@ def delete_agent(
     _console().print(f"Deleted agent {handle.name} ({handle.id}).")
 
 
+@app.command("import")
+def import_agent_file(
+    ctx: typer.Context,
+    path: Annotated[Path, typer.Argument(metavar="FILE", help="A Letta agent file (.af).")],
+    name: Annotated[str | None, typer.Option(help="Name every imported agent this.")] = None,
+    model: Annotated[str | None, typer.Option(help="Think with this model (a handle like openai/gpt-4o-mini).")
+                     ] = None,
+    copy_suffix: Annotated[bool, typer.Option("--copy-suffix", help="Append _copy to the agents' names.")] = False,
+    strip_messages: Annotated[bool, typer.Option("--strip-messages", help="Leave the file's messages out.")] = False,
+    keep_tools: Annotated[bool, typer.Option("--keep-tools", help="Keep stored tools of the same names "
+                                             "instead of replacing them with the file's.")] = False,
+    secret: Annotated[list[str] | None, typer.Option("--secret", help="NAME=VALUE for the agents' tools "
+                                                     "(repeatable).")] = None,
+) -> None:
+    """Import the agents of a Letta agent file, with their memory, tools, messages and groups."""
+    secrets = {}
+    for item in secret or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--secret takes NAME=VALUE, got {item!r}")
+        secrets[key] = value
+    with _connected(ctx) as client:
+        handles = client.import_agent_file(str(path), name=name, model=model, append_copy_suffix=copy_suffix,
+                                           strip_messages=strip_messages, override_existing_tools=not keep_tools,
+                                           secrets=secrets or None)
+    out = _console()
+    for handle in handles:
+        out.print(f"Imported agent {handle.name} ({handle.id}).")
+
+
+@app.command("export")
+def export_agent_file(
+    ctx: typer.Context,
+    id_or_name: Annotated[str, typer.Argument(metavar="AGENT", help="The agent's id or name.")],
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="Write the file here (default: stdout).")
+                        ] = None,
+    scrub_messages: Annotated[bool, typer.Option("--scrub-messages", help="Leave the messages out.")] = False,
+) -> None:
+    """Export an agent (with its sleep-time agent, if it has one) as a Letta agent file."""
+    import json
+
+    with _connected(ctx) as client:
+        handle = client.get_agent(id_or_name)
+        doc = client.export_agent_file(handle.id, scrub_messages=scrub_messages)
+    text = json.dumps(doc, indent=2, ensure_ascii=False, default=str)
+    if out_path is None:
+        typer.echo(text)
+        return
+    out_path.expanduser().write_text(text + "\n")
+    _console(stderr=True).print(f"Wrote {handle.name} to {out_path}.")
+
+
 # --------------------------------------------------------------------------- serve
 
 

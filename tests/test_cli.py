@@ -37,7 +37,7 @@ def no_provider_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_help_lists_the_commands() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0, result.output
-    for command in ("run", "agents", "export-parquet"):
+    for command in ("run", "agents", "export-parquet", "import", "export"):
         assert command in result.output
     result = runner.invoke(app, ["agents", "--help"])
     assert result.exit_code == 0
@@ -183,3 +183,20 @@ def test_export_parquet_writes_files_with_row_counts(ray_session: Any, fake_llm_
             if len(cells := [c.strip() for c in line.split("│")[1:-1]]) == 4}
     assert rows["agents"] == "1" and rows["messages"] == str(pq.read_metadata(out / "messages.parquet").num_rows)
 
+
+
+@pytest.mark.ray
+def test_import_then_export_an_agent_file(ray_session: Any, tmp_path: Path) -> None:
+    fixture = Path(__file__).with_name("fixtures") / "agent-files" / "deep_research_agent.af"
+    result = cli(tmp_path, "import", str(fixture), "--name", "scout", "--secret", "TAVILY_API_KEY=k")
+    assert result.exit_code == 0, result.output
+    assert "Imported agent scout (agent-" in result.output
+    out = tmp_path / "scout.af"
+    result = cli(tmp_path, "export", "scout", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["agents"][0]["name"] == "scout"
+    assert doc["agents"][0]["secrets"] == {"TAVILY_API_KEY": ""}  # never the value
+    assert {b["label"] for b in doc["blocks"]} == {"human", "persona", "research_citations", "research_plan"}
+    bad = cli(tmp_path, "import", str(tmp_path / "missing.af"))
+    assert bad.exit_code != 0 and "cannot read the agent file" in bad.output
