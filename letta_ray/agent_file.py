@@ -370,7 +370,11 @@ def plan_import(af: AgentFile, options: ImportOptions, *, embedding: EmbeddingCo
             raise AgentFileError(where, "this block id is used twice")
         try:
             value = fb.value or ""
-            blocks[fb.id] = Block(label=fb.label, value=value, limit=max(fb.limit or 100_000, len(value), 1),
+            limit = fb.limit or 100_000
+            if len(value) > limit:
+                raise AgentFileError(where, f"block {fb.label!r} holds {len(value)} characters, over its "
+                                            f"limit of {limit}")
+            blocks[fb.id] = Block(label=fb.label, value=value, limit=limit,
                                   description=fb.description, read_only=bool(fb.read_only),
                                   metadata={**(fb.metadata or {}), **({KEPT: fb.extras()} if fb.extras() else {})})
         except ValidationError as exc:
@@ -506,11 +510,12 @@ def export_agents(agents: list[ExportedAgent], tools: dict[str, Tool], groups: l
         state = exported.state
         agent_local = local("agent", state.id)
         kept = dict(state.metadata.get(KEPT) or {})
+        llm_config = _letta_llm_config(state.llm_config, kept.get("llm_config"))
         system_id = local("message", new_id("message"))
         messages = [{"type": "message", "role": "system", "id": system_id, "agent_id": agent_local,
                      "content": [{"type": "text", "text": exported.system_prompt}],
-                     "created_at": state.created_at.isoformat(), "model": state.llm_config.model}]
-        messages += [_file_message(m, local("message", m.id), agent_local, state.llm_config.model)
+                     "created_at": state.created_at.isoformat(), "model": llm_config["model"]}]
+        messages += [_file_message(m, local("message", m.id), agent_local, llm_config["model"])
                      for m in exported.messages]
         in_context = [system_id, *(ids[m] for m in state.message_ids if m in ids)]
         for block in state.blocks:
@@ -531,7 +536,7 @@ def export_agents(agents: list[ExportedAgent], tools: dict[str, Tool], groups: l
         agent.update({
             "id": agent_local, "name": state.name, "agent_type": kept.get("agent_type") or state.agent_type,
             "system": state.system, "description": state.description, "tags": state.tags, "metadata": metadata,
-            "llm_config": _letta_llm_config(state.llm_config, kept.get("llm_config")),
+            "llm_config": llm_config,
             "embedding_config": kept.get("embedding_config") or _letta_embedding_config(state.embedding_config),
             "tool_rules": [r.model_dump(mode="json") for r in state.tool_rules],
             "tool_ids": tool_ids, "block_ids": [ids[b.id] for b in state.blocks], "source_ids": [],

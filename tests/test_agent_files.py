@@ -106,6 +106,9 @@ def test_the_older_single_agent_layout_is_read() -> None:
 
 @pytest.mark.parametrize(("doc", "where"), [
     ("not json at all", "not JSON"),
+    ('{"agents": [{"id": "agent-0", "name": "a"', "not JSON"),  # truncated
+    ({"agents": [{"id": "agent-0", "name": "a", "block_ids": ["block-0"], "llm_config": {"model": "m"}}],
+      "blocks": [{"id": "block-0", "label": "human", "value": "x" * 50, "limit": 10}]}, "over its limit of 10"),
     ("[1, 2]", "not an object"),
     ({"blocks": []}, "agents"),
     ({"agents": [{"id": "agent-0", "name": "a", "block_ids": ["block-9"],

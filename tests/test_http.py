@@ -667,3 +667,49 @@ def test_agent_files_import_and_export_over_http(sdk: Any, http: Any) -> None:
     assert http.get("/v1/agents/agent-nope/export").status_code == 404
     for an_id in [agent_id, again.json()["agent_ids"][0]]:
         sdk.agents.delete(an_id)
+
+
+_VOLATILE = {"id", "agent_id", "created_at", "updated_at", "in_context_message_ids", "tool_ids", "block_ids",
+             "agent_ids", "manager_agent_id", "group_ids", "metadata", "otid"}
+
+
+def _normal(doc: Any) -> Any:
+    """An agent file up to its ids and timestamps (references kept as counts)."""
+    if isinstance(doc, dict):
+        return {k: (len(v) if isinstance(v, list) else None) if k in _VOLATILE else _normal(v)
+                for k, v in doc.items() if k not in ("exported_by",)}
+    if isinstance(doc, list):
+        return [_normal(v) for v in doc]
+    return doc
+
+
+def _differences(x: Any, y: Any, path: str = "") -> list[str]:
+    if isinstance(x, dict) and isinstance(y, dict):
+        return [d for k in sorted(set(x) | set(y)) for d in _differences(x.get(k), y.get(k), f"{path}.{k}")]
+    if isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+        return [d for i, (p, q) in enumerate(zip(x, y, strict=True)) for d in _differences(p, q, f"{path}[{i}]")]
+    return [] if x == y else [f"{path}: {x!r:.120} != {y!r:.120}"]
+
+
+@pytest.mark.parametrize("name", ["customer_service.af", "deep_research_agent.af", "outreach_workflow_agent.af",
+                                  "evie.af"])
+def test_real_agent_files_import_answer_and_round_trip(name: str, sdk: Any, http: Any, fake_llm_server: Any) -> None:
+    with open(Path(__file__).with_name("fixtures") / "agent-files" / name, "rb") as f:
+        ids = sdk.agents.import_file(file=f, append_copy_suffix=False).agent_ids
+    main = ids[0]
+    state = sdk.agents.retrieve(main)
+    sdk.agents.update(main, llm_config={"model": "fake-model", "model_endpoint_type": "openai",
+                                        "model_endpoint": fake_llm_server.url, "context_window": 32000})
+    reply = sdk.agents.messages.create(main, messages=[{"role": "user", "content": "hello there"}], max_steps=6)
+    # the fake model cannot follow outreach's workflow rules to their end: it answers, within its steps
+    assert reply.stop_reason.stop_reason in ("end_turn", "no_tool_call", "max_steps")
+    assert any(m.message_type in ("assistant_message", "tool_call_message") for m in reply.messages)
+    first = http.get(f"/v1/agents/{main}/export", params={"scrub_messages": True}).json()
+    again = http.post("/v1/agents/import", files={"file": (name, json.dumps(first).encode())},
+                      data={"append_copy_suffix": "false"}).json()["agent_ids"]
+    assert len(again) == len(ids)
+    second = http.get(f"/v1/agents/{again[0]}/export", params={"scrub_messages": True}).json()
+    assert _differences(_normal(first), _normal(second)) == []
+    assert [a["name"] for a in first["agents"]][0] == state.name
+    for an_id in [*ids, *again]:
+        sdk.agents.delete(an_id)
