@@ -710,6 +710,6 @@ def test_real_agent_files_import_answer_and_round_trip(name: str, sdk: Any, http
     assert len(again) == len(ids)
     second = http.get(f"/v1/agents/{again[0]}/export", params={"scrub_messages": True}).json()
     assert _differences(_normal(first), _normal(second)) == []
-    assert [a["name"] for a in first["agents"]][0] == state.name
+    assert first["agents"][0]["name"] == state.name
     for an_id in [*ids, *again]:
         sdk.agents.delete(an_id)
