@@ -8,6 +8,7 @@ if any of that fails, what was written is taken back.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -23,9 +24,9 @@ log = logging.getLogger(__name__)
 
 
 async def import_agent_file(client: Any, raw: bytes | str | dict[str, Any], options: ImportOptions
-                            ) -> tuple[list[str], list[str]]:
+                            ) -> tuple[list[tuple[str, str]], list[str]]:
     """Create everything in an agent file through ``client`` (a ``Client``: this module is
-    below it); returns (the new agents' ids in file order, warnings)."""
+    below it); returns (the new agents' (id, name) in file order, warnings)."""
     if options.model is not None and "/" not in options.model:
         raise InvalidInputError(f"model {options.model!r} is not a handle like 'openai/gpt-4o-mini'")
     settings = client.settings
@@ -69,7 +70,7 @@ async def import_agent_file(client: Any, raw: bytes | str | dict[str, Any], opti
     except BaseException:
         await _take_back(client, created, groups, written, replaced)
         raise
-    return created, plan.warnings
+    return [(a.id, a.name) for a in plan.agents], plan.warnings
 
 
 def _pair_sleeptime_agents(plan: ImportPlan) -> None:
@@ -151,14 +152,16 @@ async def export_agent_file(connection: Connection, agent_id: str, *, scrub_mess
             kept = {m.id for m in messages}
             state = state.model_copy(update={"message_ids": [m for m in state.message_ids if m in kept]})
         exported.append(ExportedAgent(state, [m for m in messages if m.role != "system"], state.system))
-    names = {name for s in states for name in s.tools}
-    tools: dict[str, Tool] = {}
-    for name in names:
-        if name in BASE_TOOLS:
-            tools[name] = BASE_TOOLS[name].tool
-            continue
+    names = sorted({name for s in states for name in s.tools})
+    tools: dict[str, Tool] = {name: BASE_TOOLS[name].tool for name in names if name in BASE_TOOLS}
+
+    async def stored(name: str) -> Tool | None:
         try:
-            tools[name] = await store.get_tool_by_name(name)
+            return await store.get_tool_by_name(name)
         except NotFoundError:
-            pass
+            return None
+    custom = [n for n in names if n not in BASE_TOOLS]
+    for name, tool in zip(custom, await asyncio.gather(*(stored(n) for n in custom)), strict=True):
+        if tool is not None:
+            tools[name] = tool
     return export_agents(exported, tools, groups)

@@ -472,11 +472,10 @@ class Client:
             parsed = ImportOptions(**options)
         except TypeError as exc:
             raise InvalidInputError(f"unknown import option: {exc}") from None
-        ids, warnings = await import_agent_file(self, raw, parsed)
+        agents, warnings = await import_agent_file(self, raw, parsed)
         for warning in warnings:
             log.warning("importing an agent file: %s", warning)
-        states = [await self.runtime.store.get_agent(agent_id) for agent_id in ids]
-        return [self.agent(s.id, s.name) for s in states]
+        return [self.agent(agent_id, name) for agent_id, name in agents]
 
     def import_agent_file(self, source: str | bytes | dict[str, Any], **options: Any) -> list[AgentHandle]:
         """Sync twin of ``import_agent_file_async``: the new agents, in the file's order."""

@@ -431,7 +431,9 @@ def plan_import(af: AgentFile, options: ImportOptions, *, embedding: EmbeddingCo
             secrets = {k: options.secrets.get(k, v) for k, v in secrets.items()} | {
                 k: v for k, v in options.secrets.items() if k not in secrets}
         kept = {**fa.extras(), "agent_type": fa.agent_type, "embedding_config": fa.embedding_config,
-                "unavailable_tools": unavailable, "llm_config": fa.llm_config}
+                "unavailable_tools": unavailable, "llm_config": fa.llm_config,
+                "unavailable_tool_defs": {ft.name: ft.model_dump(exclude={"id"}) for ft in tools_by_id.values()
+                                          if ft.name in unavailable}}
         messages_by_id: dict[str, list[Message]] = {}
         for j, fm in enumerate(fa.messages):
             if fm.id in messages_by_id:
@@ -530,9 +532,10 @@ def export_agents(agents: list[ExportedAgent], tools: dict[str, Tool], groups: l
             tool = tools.get(name)
             tool_local = local("tool", f"tool:{name}")
             tool_ids.append(tool_local)
-            file_tools[tool_local] = _file_tool(tool_local, name, tool)
+            file_tools[tool_local] = _file_tool(tool_local, name, tool, kept.get("unavailable_tool_defs"))
         metadata = {k: v for k, v in state.metadata.items() if k != KEPT}
-        agent = {k: v for k, v in kept.items() if k not in ("unavailable_tools", "llm_config", "embedding_config")}
+        agent = {k: v for k, v in kept.items()
+                 if k not in ("unavailable_tools", "unavailable_tool_defs", "llm_config", "embedding_config")}
         agent.update({
             "id": agent_local, "name": state.name, "agent_type": kept.get("agent_type") or state.agent_type,
             "system": state.system, "description": state.description, "tags": state.tags, "metadata": metadata,
@@ -586,10 +589,10 @@ def _file_message(m: Message, local_id: str, agent_local: str, model: str) -> di
     return out
 
 
-def _file_tool(local_id: str, name: str, tool: Tool | None) -> dict[str, Any]:
-    if tool is None:  # a Letta built-in we do not have: written back as a reference by name
-        return {"id": local_id, "name": name, "tool_type": "letta_builtin", "source_code": None,
-                "json_schema": None, "tags": [], "source_type": "python"}
+def _file_tool(local_id: str, name: str, tool: Tool | None, kept: dict[str, Any] | None) -> dict[str, Any]:
+    if tool is None:  # a tool we do not have (a Letta built-in): written back as the file had it
+        return {"name": name, "tool_type": "letta_builtin", "source_code": None, "json_schema": None, "tags": [],
+                "source_type": "python", **((kept or {}).get(name) or {}), "id": local_id}
     builtin = tool.tool_type == "letta_core"
     return {"id": local_id, "name": tool.name, "description": tool.description,
             "tool_type": _BASE_TOOL_TYPES.get(tool.name, "letta_core") if builtin else tool.tool_type,

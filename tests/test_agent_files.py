@@ -141,6 +141,16 @@ def test_an_export_reads_back_as_the_same_agents() -> None:
     assert doc["agents"][0]["llm_config"]["handle"] == "openai/gpt-4o-mini"
 
 
+def test_tools_this_server_lacks_are_written_back_as_the_file_had_them() -> None:
+    raw = json.loads(fixture("deep_research_agent.af"))
+    result = plan(raw)
+    [agent] = result.agents
+    doc = export_agents([ExportedAgent(agent, [], agent.system)], {t.name: t for t in result.tools}, [])
+    original = next(t for t in raw["tools"] if t["name"] == "web_search")
+    written = next(t for t in doc["tools"] if t["name"] == "web_search")
+    assert {k: v for k, v in written.items() if k != "id"} == {k: v for k, v in original.items() if k != "id"}
+
+
 # --------------------------------------------------------------------------- on Ray
 
 
