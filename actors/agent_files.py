@@ -12,9 +12,18 @@ import asyncio
 import logging
 from typing import Any
 
-from letta_ray.agent_file import ExportedAgent, ImportOptions, ImportPlan, export_agents, plan_import, read_agent_file
+from letta_ray.agent_file import (
+    KEPT,
+    ExportedAgent,
+    ImportOptions,
+    ImportPlan,
+    export_agents,
+    plan_import,
+    read_agent_file,
+)
 from letta_ray.base_tools import BASE_TOOLS, DEFAULT_SYSTEM_PROMPTS
 from letta_ray.errors import InvalidInputError, NotFoundError
+from letta_ray.mcp import server_of
 from letta_ray.schemas import AgentState, EmbeddingConfig, Tool, new_id
 
 from .host import SLEEPTIME_AGENT, SLEEPTIME_FREQUENCY
@@ -40,7 +49,10 @@ async def import_agent_file(client: Any, raw: bytes | str | dict[str, Any], opti
     replaced: list[Tool] = []
     created: list[str] = []
     groups: list[str] = []
+    servers: list[str] = []
     try:
+        if plan.mcp_servers:
+            servers = await _register_mcp_servers(client, plan)
         for tool in plan.tools:
             try:
                 existing = await store.get_tool_by_name(tool.name)
@@ -69,8 +81,37 @@ async def import_agent_file(client: Any, raw: bytes | str | dict[str, Any], opti
             groups.append(group_id)
     except BaseException:
         await _take_back(client, created, groups, written, replaced)
+        for server_id in servers:
+            try:
+                await client.mcp_servers.delete_async(server_id)
+            except Exception:
+                log.warning("could not take back MCP server %s", server_id, exc_info=True)
         raise
     return [(a.id, a.name) for a in plan.agents], plan.warnings
+
+
+async def _register_mcp_servers(client: Any, plan: ImportPlan) -> list[str]:
+    """Register the file's MCP servers (one of the same name already here is used as it is) and
+    give each agent the servers' tools it had; returns the ids of the servers registered."""
+    here = {s.server_name: s for s in await client.mcp_servers.list_async()}
+    registered = []
+    for server in plan.mcp_servers:
+        if server.server_name in here:
+            continue
+        made = await client.mcp_servers.create_async(server.server_name, server.config)
+        registered.append(made.id)
+    available = {t.name for s in await client.mcp_servers.list_async()
+                 for t in await client.mcp_servers.tools_async(s.id)}
+    for agent in plan.agents:
+        wanted = plan.mcp_tools.get(agent.id, [])
+        agent.tools = [*agent.tools, *(n for n in wanted if n in available)]
+        missing = [n for n in wanted if n not in available]
+        if missing:
+            kept = agent.metadata[KEPT]
+            kept["unavailable_tools"] = [*kept.get("unavailable_tools", []), *missing]
+            plan.warnings.append(f"{agent.name}: MCP tools {missing} are not offered by a server here (yet): "
+                                 "refresh the server when it is up, then attach them")
+    return registered
 
 
 def _pair_sleeptime_agents(plan: ImportPlan) -> None:
@@ -164,4 +205,10 @@ async def export_agent_file(connection: Connection, agent_id: str, *, scrub_mess
     for name, tool in zip(custom, await asyncio.gather(*(stored(n) for n in custom)), strict=True):
         if tool is not None:
             tools[name] = tool
-    return export_agents(exported, tools, groups)
+    servers = {}
+    for server_id in {server_of(t) for t in tools.values()} - {None}:
+        try:
+            servers[server_id] = await store.get_mcp_server(server_id)
+        except NotFoundError:
+            pass
+    return export_agents(exported, tools, groups, servers)

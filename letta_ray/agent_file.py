@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from letta_ray.errors import InvalidInputError
+from letta_ray.mcp import MCPServer, SSEServerConfig, StdioServerConfig, StreamableHTTPServerConfig, server_of
 from letta_ray.messages import Message, ToolCall
 from letta_ray.schemas import (
     AgentState,
@@ -230,6 +231,9 @@ class ImportPlan:
     tools: list[Tool]
     groups: list[dict[str, Any]]
     warnings: list[str] = field(default_factory=list)
+    mcp_servers: list[MCPServer] = field(default_factory=list)
+    # per agent (by new id): names of MCP servers' tools it had; attached if their server lists them here
+    mcp_tools: dict[str, list[str]] = field(default_factory=dict)
 
 
 def litellm_model(handle_or_model: str, endpoint_type: str | None = None) -> str:
@@ -393,11 +397,11 @@ def plan_import(af: AgentFile, options: ImportOptions, *, embedding: EmbeddingCo
                             "agents keep its name but cannot call it")
             continue
         if ft.tool_type == "external_mcp":
-            warnings.append(f"tool {ft.name!r} comes from an MCP server: register the server here "
-                            "and refresh it to give agents the tool")
-            continue
+            continue  # its server's, attached once the server is registered here
         custom[ft.name] = _tool_from_file(ft, where)  # type: ignore[index]
 
+    mcp_tools: dict[str, list[str]] = {}
+    servers = [_mcp_server_of(raw, f"mcp_servers[{i}]") for i, raw in enumerate(af.mcp_servers)]
     new_ids = {fa.id: new_id("agent") for fa in af.agents}
     if len(new_ids) != len(af.agents):
         raise AgentFileError("agents", "an agent id is used twice")
@@ -417,6 +421,9 @@ def plan_import(af: AgentFile, options: ImportOptions, *, embedding: EmbeddingCo
             ft = tools_by_id.get(tool_id)
             if ft is None or not ft.name:
                 raise AgentFileError(where, f"tool_ids names {tool_id!r}, which the file does not have")
+            if ft.tool_type == "external_mcp" and ft.name not in base_tools:
+                mcp_tools.setdefault(agent_id, []).append(ft.name)
+                continue
             (tool_names if ft.name in base_tools or ft.name in custom else unavailable).append(ft.name)
         try:
             rules = rules_adapter.validate_python(fa.tool_rules or [])
@@ -477,10 +484,30 @@ def plan_import(af: AgentFile, options: ImportOptions, *, embedding: EmbeddingCo
                 raise AgentFileError(where, f"manager_agent_id {config['manager_agent_id']!r} is not in the file")
             config["manager_agent_id"] = new_ids[config["manager_agent_id"]]
         groups.append({"agent_ids": members, "description": fg.description or "", "manager_config": config})
-    for kind in ("sources", "files", "mcp_servers"):
+    for kind in ("sources", "files"):
         if getattr(af, kind):
             warnings.append(f"the file's {kind} are not imported (this server does not have them yet)")
-    return ImportPlan(agents, contexts, history, list(custom.values()), groups, warnings)
+    return ImportPlan(agents, contexts, history, list(custom.values()), groups, warnings, servers, mcp_tools)
+
+
+def _mcp_server_of(raw: dict[str, Any], where: str) -> MCPServer:
+    """A server of the file (Letta writes no secrets: a stdio server's env and any token are
+    left out, so they are set again here)."""
+    kind = raw.get("server_type") or raw.get("mcp_server_type")
+    try:
+        if kind == "stdio":
+            stdio = raw.get("stdio_config") or {}
+            config: Any = StdioServerConfig(command=stdio.get("command", ""), args=stdio.get("args") or [],
+                                            env=stdio.get("env"))
+        elif kind == "sse":
+            config = SSEServerConfig(server_url=raw.get("server_url") or "")
+        elif kind == "streamable_http":
+            config = StreamableHTTPServerConfig(server_url=raw.get("server_url") or "")
+        else:
+            raise AgentFileError(where, f"unknown MCP server_type {kind!r}")
+        return MCPServer(server_name=raw.get("server_name") or "", config=config)
+    except ValidationError as exc:
+        raise AgentFileError(where, exc.errors()[0]["msg"]) from None
 
 
 # --------------------------------------------------------------------------- writing
@@ -496,8 +523,10 @@ class ExportedAgent:
     system_prompt: str  # the compiled system message Letta keeps first in context
 
 
-def export_agents(agents: list[ExportedAgent], tools: dict[str, Tool], groups: list[dict[str, Any]]) -> dict[str, Any]:
-    """The agent file of ``agents`` (secrets written with empty values), their tools and groups."""
+def export_agents(agents: list[ExportedAgent], tools: dict[str, Tool], groups: list[dict[str, Any]],
+                  mcp_servers: dict[str, MCPServer] | None = None) -> dict[str, Any]:
+    """The agent file of ``agents`` (secrets written with empty values), their tools, groups
+    and the MCP servers their tools come from (``mcp_servers``, by id; no env or token)."""
     ids: dict[str, str] = {}
     counters: dict[str, int] = {}
 
@@ -533,6 +562,11 @@ def export_agents(agents: list[ExportedAgent], tools: dict[str, Tool], groups: l
             tool_local = local("tool", f"tool:{name}")
             tool_ids.append(tool_local)
             file_tools[tool_local] = _file_tool(tool_local, name, tool, kept.get("unavailable_tool_defs"))
+            server_id = server_of(tool) if tool is not None else None
+            if server_id is not None:
+                file_tools[tool_local]["metadata_"] = {"mcp": {
+                    "server_name": tool.metadata["mcp"].get("server_name"),  # type: ignore[union-attr]
+                    "server_id": local("mcp_server", server_id)}}
         metadata = {k: v for k, v in state.metadata.items() if k != KEPT}
         agent = {k: v for k, v in kept.items()
                  if k not in ("unavailable_tools", "unavailable_tool_defs", "llm_config", "embedding_config")}
@@ -565,7 +599,9 @@ def export_agents(agents: list[ExportedAgent], tools: dict[str, Tool], groups: l
     return {"agents": file_agents, "groups": file_groups,
             "blocks": sorted(file_blocks.values(), key=lambda b: b["label"]),
             "files": [], "sources": [], "tools": sorted(file_tools.values(), key=lambda t: t["name"]),
-            "mcp_servers": [], "skills": [], "metadata": {"exported_by": "letta_ray"},
+            "mcp_servers": [_file_mcp_server(ids[sid], server) for sid, server in (mcp_servers or {}).items()
+                            if sid in ids],
+            "skills": [], "metadata": {"exported_by": "letta_ray"},
             "created_at": datetime.now(UTC).isoformat()}
 
 
@@ -600,6 +636,18 @@ def _file_tool(local_id: str, name: str, tool: Tool | None, kept: dict[str, Any]
             "json_schema": tool.json_schema, "tags": tool.tags, "return_char_limit": tool.return_char_limit,
             "pip_requirements": [r.model_dump() for r in tool.pip_requirements] or None,
             "default_requires_approval": tool.default_requires_approval, "metadata_": tool.metadata or {}}
+
+
+def _file_mcp_server(local_id: str, server: MCPServer) -> dict[str, Any]:
+    config = server.config
+    out: dict[str, Any] = {"id": local_id, "server_type": config.mcp_server_type, "server_name": server.server_name,
+                           "server_url": None, "stdio_config": None, "metadata_": None}
+    if isinstance(config, StdioServerConfig):
+        out["stdio_config"] = {"server_name": server.server_name, "type": "stdio", "command": config.command,
+                               "args": config.args}
+    else:
+        out["server_url"] = config.server_url
+    return out
 
 
 def _letta_llm_config(config: LLMConfig, original: dict[str, Any] | None) -> dict[str, Any]:

@@ -193,3 +193,28 @@ def test_an_import_that_fails_halfway_leaves_nothing_behind(client: Any, monkeyp
         client.import_agent_file(doc)
     assert {a.id for a in client.list_agents(limit=None)} == before_agents
     assert {t.name for t in client.list_tools(limit=None)} == before_tools
+
+
+@pytest.mark.ray
+def test_an_agents_mcp_server_travels_with_it(client: Any, fake_llm_server: Any) -> None:
+    import sys
+
+    demo = str(Path(__file__).with_name("mcp_demo_server.py"))
+    server = client.mcp_servers.create("demo-af", {"mcp_server_type": "stdio", "command": sys.executable,
+                                                   "args": [demo, "stdio"], "env": {"TOKEN": "tok-zq93"}})
+    agent = client.create_agent("mcp-af", model="fake-model", model_endpoint=fake_llm_server.url, tools=["add"])
+    doc = client.export_agent_file(agent.id)
+    [written] = doc["mcp_servers"]
+    assert written["server_type"] == "stdio" and written["stdio_config"]["args"] == [demo, "stdio"]
+    assert "tok-zq93" not in json.dumps(doc)  # the server's env stays here
+    [add] = [t for t in doc["tools"] if t["name"] == "add"]
+    assert add["tool_type"] == "external_mcp" and add["metadata_"]["mcp"]["server_id"] == written["id"]
+    client.delete_agent(agent.id)
+    client.mcp_servers.delete(server.id)
+
+    [again] = client.import_agent_file(doc)
+    [registered] = [s for s in client.mcp_servers.list() if s.server_name == "demo-af"]
+    assert "add" in again.state().tools
+    assert again.run_tool("add", {"a": 2, "b": 5}).message == "7"
+    client.delete_agent(again.id)
+    client.mcp_servers.delete(registered.id)
