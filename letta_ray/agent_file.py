@@ -374,13 +374,18 @@ def plan_import(af: AgentFile, options: ImportOptions, *, embedding: EmbeddingCo
             raise AgentFileError(where, "this block id is used twice")
         try:
             value = fb.value or ""
-            limit = fb.limit or 100_000
-            if len(value) > limit:
-                raise AgentFileError(where, f"block {fb.label!r} holds {len(value)} characters, over its "
-                                            f"limit of {limit}")
+            limit = 100_000 if fb.limit is None else fb.limit
+            if limit < 1:
+                raise AgentFileError(where, f"block {fb.label!r} has a limit of {limit}; it must be at least 1")
+            extras = fb.extras()
+            if len(value) > limit:  # Letta 0.16 no longer checks: real files have such blocks
+                warnings.append(f"block {fb.label!r} holds {len(value)} characters, over its limit of {limit}: "
+                                "its limit is raised to fit (the file's limit is written back on export)")
+                extras["limit"] = limit
+                limit = len(value)
             blocks[fb.id] = Block(label=fb.label, value=value, limit=limit,
                                   description=fb.description, read_only=bool(fb.read_only),
-                                  metadata={**(fb.metadata or {}), **({KEPT: fb.extras()} if fb.extras() else {})})
+                                  metadata={**(fb.metadata or {}), **({KEPT: extras} if extras else {})})
         except ValidationError as exc:
             raise AgentFileError(where, exc.errors()[0]["msg"]) from None
     tools_by_id: dict[str, FileTool] = {}
@@ -552,8 +557,8 @@ def export_agents(agents: list[ExportedAgent], tools: dict[str, Tool], groups: l
         for block in state.blocks:
             block_local = local("block", block.id)
             extra = dict(block.metadata.get(KEPT) or {})
-            file_blocks[block_local] = {**extra, "id": block_local, "label": block.label, "value": block.value,
-                                        "limit": block.limit, "description": block.description,
+            file_blocks[block_local] = {"limit": block.limit, **extra, "id": block_local, "label": block.label,
+                                        "value": block.value, "description": block.description,
                                         "read_only": block.read_only,
                                         "metadata": {k: v for k, v in block.metadata.items() if k != KEPT}}
         tool_ids = []

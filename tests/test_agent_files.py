@@ -108,7 +108,7 @@ def test_the_older_single_agent_layout_is_read() -> None:
     ("not json at all", "not JSON"),
     ('{"agents": [{"id": "agent-0", "name": "a"', "not JSON"),  # truncated
     ({"agents": [{"id": "agent-0", "name": "a", "block_ids": ["block-0"], "llm_config": {"model": "m"}}],
-      "blocks": [{"id": "block-0", "label": "human", "value": "x" * 50, "limit": 10}]}, "over its limit of 10"),
+      "blocks": [{"id": "block-0", "label": "human", "value": "x", "limit": -3}]}, "limit of -3"),
     ("[1, 2]", "not an object"),
     ({"blocks": []}, "agents"),
     ({"agents": [{"id": "agent-0", "name": "a", "block_ids": ["block-9"],
@@ -139,6 +139,18 @@ def test_an_export_reads_back_as_the_same_agents() -> None:
     assert [r.model_dump() for r in back.tool_rules] == [r.model_dump() for r in agent.tool_rules]
     assert {t.name: t.source_code for t in again.tools} == {n: t.source_code for n, t in tools.items()}
     assert doc["agents"][0]["llm_config"]["handle"] == "openai/gpt-4o-mini"
+
+
+def test_a_block_over_its_limit_imports_with_room_and_exports_its_limit_back() -> None:
+    # Letta 0.16 does not check block limits, and real files (ezra.af) hold blocks past theirs.
+    doc = {"agents": [{"id": "agent-0", "name": "a", "block_ids": ["block-0"], "llm_config": {"model": "m"}}],
+           "blocks": [{"id": "block-0", "label": "notes/long", "value": "x" * 50, "limit": 10}]}
+    result = plan(json.dumps(doc))
+    [agent] = result.agents
+    assert agent.blocks[0].value == "x" * 50 and agent.blocks[0].limit == 50
+    assert any("over its limit of 10" in w for w in result.warnings)
+    written = export_agents([ExportedAgent(agent, [], agent.system)], {}, [])
+    assert written["blocks"][0]["limit"] == 10 and written["blocks"][0]["value"] == "x" * 50
 
 
 def test_tools_this_server_lacks_are_written_back_as_the_file_had_them() -> None:
