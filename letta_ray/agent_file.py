@@ -442,7 +442,12 @@ def plan_import(af: AgentFile, options: ImportOptions, *, embedding: EmbeddingCo
         if options.secrets:
             secrets = {k: options.secrets.get(k, v) for k, v in secrets.items()} | {
                 k: v for k, v in options.secrets.items() if k not in secrets}
-        kept = {**fa.extras(), "agent_type": fa.agent_type, "embedding_config": fa.embedding_config,
+        embedding_config = fa.embedding_config
+        if options.embedding:  # here every agent uses the deployment's embedder: the handle is kept for export
+            provider, _, model_name = options.embedding.partition("/")
+            embedding_config = {**(embedding_config or {}), "handle": options.embedding,
+                                "embedding_endpoint_type": provider, "embedding_model": model_name or provider}
+        kept = {**fa.extras(), "agent_type": fa.agent_type, "embedding_config": embedding_config,
                 "unavailable_tools": unavailable, "llm_config": fa.llm_config,
                 "unavailable_tool_defs": {ft.name: ft.model_dump(exclude={"id"}) for ft in tools_by_id.values()
                                           if ft.name in unavailable}}

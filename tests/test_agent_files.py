@@ -77,6 +77,9 @@ def test_options_rename_remodel_and_fill_secrets() -> None:
     assert agent.secrets == {"TAVILY_API_KEY": "k"}
     copied = plan(fixture("customer_service.af"), append_copy_suffix=True)
     assert copied.agents[0].name == "customer_service_copy"
+    embedded = plan(fixture("customer_service.af"), embedding="openai/text-embedding-3-large")
+    kept = embedded.agents[0].metadata[KEPT]["embedding_config"]
+    assert kept["handle"] == "openai/text-embedding-3-large" and kept["embedding_model"] == "text-embedding-3-large"
     stripped = plan(fixture("evie.af"), strip_messages=True)
     assert stripped.context == [[], []] and stripped.history == []
 
