@@ -187,19 +187,19 @@ async def test_litellm_logs_and_prices_only_when_a_callback_listens(server: Fake
 def test_the_litellm_internals_letta_ray_relies_on_are_where_it_left_them():
     """Fails loudly on a litellm upgrade that moved them (the behaviour tests beside this
     one check that each still does its job)."""
-    from letta_ray import _litellm_internals
+    from letta_ray.llm import check_litellm_internals
 
-    _litellm_internals.check()
+    check_litellm_internals()
 
 
 def test_a_moved_litellm_internal_is_named(monkeypatch: pytest.MonkeyPatch):
     from litellm.litellm_core_utils.litellm_logging import Logging
 
-    from letta_ray import _litellm_internals
+    from letta_ray.llm import check_litellm_internals
 
     monkeypatch.delattr(Logging, "response_cost_calculator")
     with pytest.raises(RuntimeError, match=r"response_cost_calculator is gone"):
-        _litellm_internals.check()
+        check_litellm_internals()
 
 
 @pytest.mark.parametrize("switch", ["true", "false"])

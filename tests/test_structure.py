@@ -115,7 +115,7 @@ def test_the_core_imports_no_shell_and_no_web_or_ray_library() -> None:
 
 
 def test_each_engine_is_imported_by_its_adapter_only() -> None:
-    allowed = {"litellm": {"letta_ray.llm", "letta_ray._litellm_internals"},
+    allowed = {"litellm": {"letta_ray.llm"},
                "lancedb": {"letta_ray.storage.archive"},
                "mcp": {"letta_ray.mcp"},
                "duckdb": {"letta_ray.storage._duckdb_file", "letta_ray.storage._duckdb_layout",
