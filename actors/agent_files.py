@@ -24,9 +24,9 @@ from letta_ray.agent_file import (
 from letta_ray.base_tools import BASE_TOOLS, DEFAULT_SYSTEM_PROMPTS
 from letta_ray.errors import InvalidInputError, NotFoundError
 from letta_ray.mcp import server_of
-from letta_ray.schemas import AgentState, EmbeddingConfig, Tool, new_id
+from letta_ray.schemas import AgentState, EmbeddingConfig, Tool
 
-from .host import SLEEPTIME_AGENT, SLEEPTIME_FREQUENCY
+from .host import SLEEPTIME_AGENT, SLEEPTIME_FREQUENCY, pair_sleeptime
 from .hosts import Connection
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ async def import_agent_file(client: Any, raw: bytes | str | dict[str, Any], opti
     plan = plan_import(read_agent_file(raw), options, embedding=embedding,
                        base_tools={name: tf.tool for name, tf in BASE_TOOLS.items()},
                        default_system=DEFAULT_SYSTEM_PROMPTS)
-    _pair_sleeptime_agents(plan)
+    sleeptime_groups = _pair_sleeptime_agents(plan)
     store = client.runtime.store
     written: list[Tool] = []
     replaced: list[Tool] = []
@@ -68,17 +68,15 @@ async def import_agent_file(client: Any, raw: bytes | str | dict[str, Any], opti
         histories = [[m for m in plan.history if m.agent_id == a.id] for a in plan.agents]
         await client.create_agents_async(plan.agents, context=plan.context, history=histories)
         created = [a.id for a in plan.agents]
-        for group in plan.groups:
-            config = group["manager_config"]
-            if config.get("manager_type") == "sleeptime":
-                main = next(a for a in plan.agents if a.id == config["manager_agent_id"])
-                group_id = main.metadata["group_id"]
-                await store.upsert_group(group_id, {"id": group_id, **group,
-                                                    "shared_block_ids": [b.id for b in main.blocks]})
+        for position, group in enumerate(plan.groups):
+            doc = sleeptime_groups.get(position)
+            if doc is not None:
+                await store.upsert_group(doc["id"], doc)
+                groups.append(doc["id"])
             else:
-                made = await client.groups.create_group_async(group["agent_ids"], config, group["description"])
-                group_id = made.id
-            groups.append(group_id)
+                made = await client.groups.create_group_async(group["agent_ids"], group["manager_config"],
+                                                              group["description"])
+                groups.append(made.id)
     except BaseException:
         await _take_back(client, created, groups, written, replaced)
         for server_id in servers:
@@ -100,8 +98,7 @@ async def _register_mcp_servers(client: Any, plan: ImportPlan) -> list[str]:
             continue
         made = await client.mcp_servers.create_async(server.server_name, server.config)
         registered.append(made.id)
-    available = {t.name for s in await client.mcp_servers.list_async()
-                 for t in await client.mcp_servers.tools_async(s.id)}
+    available = {t.name for t in await client.runtime.store.list_tools(limit=None) if server_of(t) is not None}
     for agent in plan.agents:
         wanted = plan.mcp_tools.get(agent.id, [])
         agent.tools = [*agent.tools, *(n for n in wanted if n in available)]
@@ -114,11 +111,13 @@ async def _register_mcp_servers(client: Any, plan: ImportPlan) -> list[str]:
     return registered
 
 
-def _pair_sleeptime_agents(plan: ImportPlan) -> None:
+def _pair_sleeptime_agents(plan: ImportPlan) -> dict[int, dict[str, Any]]:
     """A sleep-time group of the file runs here as a main agent with its sleep-time agent
-    (Letta writes ``enable_sleeptime: false`` in its files; the group says it is one)."""
+    (Letta writes ``enable_sleeptime: false`` in its files; the group says it is one).
+    Returns the docs of those groups, by their place in ``plan.groups``."""
     by_id = {a.id: a for a in plan.agents}
-    for group in plan.groups:
+    docs = {}
+    for position, group in enumerate(plan.groups):
         config = group["manager_config"]
         if config.get("manager_type") != "sleeptime":
             continue
@@ -126,11 +125,9 @@ def _pair_sleeptime_agents(plan: ImportPlan) -> None:
         if main is None or len(group["agent_ids"]) != 1:
             raise InvalidInputError("agent file: a sleep-time group needs its main agent (manager_agent_id) "
                                     "and one sleep-time agent")
-        sleeper = by_id[group["agent_ids"][0]]
         frequency = int(config.get("sleeptime_agent_frequency") or 5)
-        main.metadata = {**main.metadata, SLEEPTIME_AGENT: sleeper.id, SLEEPTIME_FREQUENCY: frequency,
-                         "group_id": new_id("group")}
-        sleeper.metadata = {**sleeper.metadata, "main_agent_id": main.id}
+        docs[position] = pair_sleeptime(main, by_id[group["agent_ids"][0]], frequency, group["description"])
+    return docs
 
 
 async def _take_back(client: Any, agents: list[str], groups: list[str], written: list[Tool],

@@ -34,7 +34,6 @@ from letta_ray.schemas import (
     PipRequirement,
     Tool,
     ToolRule,
-    new_id,
 )
 from letta_ray.settings import Settings
 from letta_ray.tools import build_tool
@@ -43,7 +42,7 @@ from ._facade import ACTOR_GONE
 from ._loop import EventLoopThread
 from .groups_api import GroupsAPI
 from .handles import AgentHandle, ArchivalView, BlocksView
-from .host import SLEEPTIME_AGENT, SLEEPTIME_FREQUENCY, HostHandle, TurnResult
+from .host import HostHandle, TurnResult, pair_sleeptime
 from .hosts import Connection, Hosts
 from .limits import parse_limits
 from .mcp_api import MCPServersAPI
@@ -273,16 +272,10 @@ class Client:
             name=f"{main.name}-sleeptime", agent_type="sleeptime_agent",
             system=DEFAULT_SYSTEM_PROMPTS["sleeptime_agent"],
             blocks=main.blocks, tools=list(DEFAULT_TOOLS["sleeptime_agent"]), llm_config=main.llm_config,
-            embedding_config=main.embedding_config, tags=main.tags, metadata={"main_agent_id": main.id})
-        group_id = new_id("group")
-        main.metadata = {**main.metadata, SLEEPTIME_AGENT: sleeper.id, SLEEPTIME_FREQUENCY: frequency,
-                         "group_id": group_id}
+            embedding_config=main.embedding_config, tags=main.tags)
+        group = pair_sleeptime(main, sleeper, frequency, f"sleep-time agent of {main.name}")
         handle, _ = await self.create_agents_async([main, sleeper])
-        await self.runtime.store.upsert_group(group_id, {
-            "id": group_id, "agent_ids": [sleeper.id], "description": f"sleep-time agent of {main.name}",
-            "manager_config": {"manager_type": "sleeptime", "manager_agent_id": main.id,
-                               "sleeptime_agent_frequency": frequency},
-            "shared_block_ids": [b.id for b in main.blocks]})
+        await self.runtime.store.upsert_group(group["id"], group)
         return handle
 
     def list_runs(self, agent_id: str | None = None, *, limit: int = 50) -> list[dict[str, Any]]:

@@ -561,3 +561,16 @@ class HostHandle(ActorFacade):
     hosted = remote_method(AgentHost.hosted)
     info = remote_method(AgentHost.info)
     ping = remote_method(AgentHost.ping)
+
+
+def pair_sleeptime(main: AgentState, sleeper: AgentState, frequency: int, description: str) -> dict[str, Any]:
+    """Make ``sleeper`` the sleep-time agent of ``main`` (in both agents' metadata; the host
+    wakes it every ``frequency`` turns of ``main``); returns the doc of their group, to store."""
+    group_id = new_id("group")
+    main.metadata = {**main.metadata, SLEEPTIME_AGENT: sleeper.id, SLEEPTIME_FREQUENCY: frequency,
+                     "group_id": group_id}
+    sleeper.metadata = {**sleeper.metadata, "main_agent_id": main.id}
+    return {"id": group_id, "agent_ids": [sleeper.id], "description": description,
+            "manager_config": {"manager_type": "sleeptime", "manager_agent_id": main.id,
+                               "sleeptime_agent_frequency": frequency},
+            "shared_block_ids": [b.id for b in main.blocks]}

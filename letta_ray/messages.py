@@ -93,7 +93,7 @@ class ApprovalDecision(_Model):
     ran itself (``ToolReturn``: type "tool", ``tool_return`` and ``status``)."""
 
     type: Literal["approval", "tool"] = "approval"
-    tool_call_id: str
+    tool_call_id: str = Field(min_length=1)
     approve: bool | None = None
     reason: str | None = None
     tool_return: str | list[dict[str, Any]] | None = None

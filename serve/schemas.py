@@ -421,20 +421,6 @@ class UpdateAgentRequest(_Shape):
 # --------------------------------------------------------------------------- messages
 
 
-class ApprovalReturnRequest(_Shape):
-    """Letta's ApprovalReturn (approve, or deny with a reason) or ToolReturn (the result of
-    a client-side tool the caller ran): the answer to one tool call a turn stopped for."""
-
-    type: Literal["approval", "tool"] = "approval"
-    tool_call_id: str = Field(min_length=1)
-    approve: bool | None = None
-    reason: str | None = None
-    tool_return: str | list[dict[str, Any]] | None = None
-    status: Literal["success", "error"] | None = None
-    stdout: list[str] | None = None
-    stderr: list[str] | None = None
-
-
 class MessageCreateRequest(_Shape):
     """One input message: Letta's MessageCreate, its ApprovalCreate (``type: "approval"``), or
     its ToolReturnCreate (``type: "tool_return"``: the results of client-side tools)."""
@@ -445,8 +431,8 @@ class MessageCreateRequest(_Shape):
     name: str | None = None
     otid: str | None = None
     sender_id: str | None = None
-    approvals: list[ApprovalReturnRequest] | None = None
-    tool_returns: list[ApprovalReturnRequest] | None = None
+    approvals: list[ApprovalDecision] | None = None  # Letta's ApprovalReturn or ToolReturn
+    tool_returns: list[dict[str, Any]] | None = None  # Letta's ToolReturns (type "tool" implied)
     approve: bool | None = None
     approval_request_id: str | None = None
     reason: str | None = None
@@ -457,10 +443,9 @@ class MessageCreateRequest(_Shape):
             if not self.tool_returns:
                 raise InvalidInputError("a tool_return message needs tool_returns")
             return MessageCreate(type="approval", otid=self.otid, approvals=[
-                ApprovalDecision(**{**r.model_dump(), "type": "tool"}) for r in self.tool_returns])
+                ApprovalDecision(**{**r, "type": "tool"}) for r in self.tool_returns])
         if self.type == "approval":
-            return MessageCreate(type="approval", approvals=[ApprovalDecision(**a.model_dump())
-                                                             for a in self.approvals or []] or None,
+            return MessageCreate(type="approval", approvals=self.approvals or None,
                                  approve=self.approve, approval_request_id=self.approval_request_id,
                                  reason=self.reason, otid=self.otid)
         if self.content is None:

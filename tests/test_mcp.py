@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +69,20 @@ def http_server(transport: str = "streamable-http") -> Iterator[str]:
 # --------------------------------------------------------------------------- without Ray
 
 
+@contextlib.asynccontextmanager
+async def demo_session(**env: str) -> AsyncIterator[MCPSession]:
+    """A session with the demo server over stdio, closed after the block."""
+    session = MCPSession(MCPServer(server_name="demo", config=StdioServerConfig(
+        command=sys.executable, args=[DEMO, "stdio"], env=env or None)))
+    try:
+        yield session
+    finally:
+        await session.close()
+
+
 async def test_a_stdio_session_lists_and_calls_tools_and_the_server_gets_no_keys_of_ours(monkeypatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-leaves")
-    server = MCPServer(server_name="demo", config=StdioServerConfig(command=sys.executable, args=[DEMO, "stdio"],
-                                                                   env={"GREETING": "hello"}))
-    session = MCPSession(server)
-    try:
+    async with demo_session(GREETING="hello") as session:
         names = [t.name for t in await session.list_tools()]
         assert {"add", "slow", "fail", "env_value"} <= set(names)
         assert await session.call_tool("add", {"a": 2, "b": 3}, 10) == (True, "5")
@@ -86,27 +94,19 @@ async def test_a_stdio_session_lists_and_calls_tools_and_the_server_gets_no_keys
         started = time.monotonic()
         results = await asyncio.gather(*(session.call_tool("slow", {"seconds": 0.5}, 10) for _ in range(8)))
         assert all(ok for ok, _ in results) and time.monotonic() - started < 3.5
-    finally:
-        await session.close()
 
 
 async def test_a_slow_tool_times_out_and_the_session_goes_on() -> None:
-    session = MCPSession(MCPServer(server_name="demo", config=StdioServerConfig(
-        command=sys.executable, args=[DEMO, "stdio"])))
-    try:
+    async with demo_session() as session:
         started = time.monotonic()
         ok, text = await session.call_tool("slow", {"seconds": 30}, 1.0)
         assert not ok and "did not answer slow within 1 s" in text
         assert time.monotonic() - started < 5
         assert await session.call_tool("add", {"a": 1, "b": 1}, 10) == (True, "2")
-    finally:
-        await session.close()
 
 
 async def test_a_stdio_server_that_dies_is_started_again_on_the_next_call() -> None:
-    session = MCPSession(MCPServer(server_name="demo", config=StdioServerConfig(
-        command=sys.executable, args=[DEMO, "stdio"])))
-    try:
+    async with demo_session() as session:
         ok, pid = await session.call_tool("whoami", {}, 10)
         assert ok
         os.kill(int(pid), 9)
@@ -114,8 +114,6 @@ async def test_a_stdio_server_that_dies_is_started_again_on_the_next_call() -> N
         first = await session.call_tool("whoami", {}, 10)  # may be the call that finds it dead
         second = first if first[0] else await session.call_tool("whoami", {}, 10)
         assert second[0] and second[1] != pid
-    finally:
-        await session.close()
 
 
 async def test_servers_that_cannot_be_reached_are_a_clear_failure_not_a_hang() -> None:
