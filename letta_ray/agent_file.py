@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from letta_ray.errors import InvalidInputError
 from letta_ray.mcp import MCPServer, SSEServerConfig, StdioServerConfig, StreamableHTTPServerConfig, server_of
@@ -34,11 +34,13 @@ from letta_ray.schemas import (
     LLMConfig,
     PipRequirement,
     Tool,
+    ToolRule,
     new_id,
     utcnow,
 )
 
 KEPT = "letta_agent_file"  # agent metadata key: the file's fields we have no place for
+_RULES: TypeAdapter[Any] = TypeAdapter(list[ToolRule])
 _AGENT_TYPES = {"memgpt_v2_agent", "letta_v1_agent", "memgpt_agent", "sleeptime_agent"}
 # Letta's endpoint types -> litellm's provider prefixes (where they differ).
 _PROVIDERS = {"google_ai": "gemini", "google_vertex": "vertex_ai", "together": "together_ai",
@@ -361,11 +363,6 @@ def plan_import(af: AgentFile, options: ImportOptions, *, embedding: EmbeddingCo
                 base_tools: dict[str, Tool], default_system: dict[str, str]) -> ImportPlan:
     """New agents, tools, messages and groups for a file, with new ids; AgentFileError names
     the element that cannot be imported. Nothing is written."""
-    from pydantic import TypeAdapter
-
-    from letta_ray.schemas import ToolRule
-
-    rules_adapter: TypeAdapter[Any] = TypeAdapter(list[ToolRule])
     warnings: list[str] = []
     blocks: dict[str, Block] = {}
     for i, fb in enumerate(af.blocks):
@@ -431,7 +428,7 @@ def plan_import(af: AgentFile, options: ImportOptions, *, embedding: EmbeddingCo
                 continue
             (tool_names if ft.name in base_tools or ft.name in custom else unavailable).append(ft.name)
         try:
-            rules = rules_adapter.validate_python(fa.tool_rules or [])
+            rules = _RULES.validate_python(fa.tool_rules or [])
         except ValidationError as exc:
             raise AgentFileError(f"{where}.tool_rules", exc.errors()[0]["msg"]) from None
         agent_type = fa.agent_type if fa.agent_type in _AGENT_TYPES else "letta_v1_agent"

@@ -7,6 +7,8 @@ files and Letta clients map onto them directly.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -300,9 +302,6 @@ class ClientTool(_Model):
 
     def as_tool(self) -> Tool:
         """The tool the model sees; its id depends only on its definition (schemas are cached by id)."""
-        import hashlib
-        import json
-
         parameters = self.parameters or {"type": "object", "properties": {}}
         parameters = {"required": [], **parameters}
         digest = hashlib.sha256(json.dumps([self.name, self.description, parameters], sort_keys=True,
