@@ -17,12 +17,12 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from letta_ray.errors import StorageError
-from letta_ray.messages import Message
+from letta_ray.messages import Message, StepRecord
 from letta_ray.schemas import AgentState, Block
 
 T = TypeVar("T")
@@ -32,19 +32,24 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TurnRecord:
-    """One persisted agent turn."""
+    """One persisted agent turn: the agent's new state, its messages, the blocks it edited,
+    its LLM calls (steps) and its run's doc."""
 
     seq: int
     state: AgentState
     messages: list[Message]
     edited_blocks: list[Block]
+    steps: list[StepRecord] = field(default_factory=list)
+    run: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
         # Built from each model's own JSON: no intermediate dicts on the hot path.
         messages = ",".join(m.model_dump_json() for m in self.messages)
         blocks = ",".join(b.model_dump_json() for b in self.edited_blocks)
+        steps = ",".join(s.model_dump_json() for s in self.steps)
+        run = json.dumps(self.run, default=str) if self.run is not None else "null"
         line = (f'{{"seq":{self.seq},"state":{self.state.model_dump_json()},'
-                f'"messages":[{messages}],"edited_blocks":[{blocks}]}}\n')
+                f'"messages":[{messages}],"edited_blocks":[{blocks}],"steps":[{steps}],"run":{run}}}\n')
         return line.encode()
 
     @classmethod
@@ -55,6 +60,8 @@ class TurnRecord:
             state=AgentState.model_validate(raw["state"]),
             messages=[Message.model_validate(m) for m in raw["messages"]],
             edited_blocks=[Block.model_validate(b) for b in raw["edited_blocks"]],
+            steps=[StepRecord.model_validate(s) for s in raw.get("steps", ())],  # older journals have none
+            run=raw.get("run"),
         )
 
 

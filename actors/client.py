@@ -46,6 +46,7 @@ from .host import HostHandle, TurnResult, pair_sleeptime
 from .hosts import Connection, Hosts
 from .limits import parse_limits
 from .mcp_api import MCPServersAPI
+from .runs_api import MessagesAPI, RunsAPI, StepsAPI
 from .runtime import Runtime, init_ray, start_runtime, stop_runtime
 from .scheduler import Schedule
 from .tool_sandboxes import parse_requirements
@@ -89,6 +90,12 @@ class Client:
         """Groups of agents: round robin, supervisor, dynamic (``client.groups.create_group(...)``)."""
         self.mcp_servers = MCPServersAPI(self.connection)
         """MCP servers and their tools (``client.mcp_servers.create("files", {...})``)."""
+        self.runs = RunsAPI(self.connection)
+        """Runs: every turn is one (``client.runs.list(agent_id=...)``, ``.messages(run_id)``)."""
+        self.steps = StepsAPI(self.connection)
+        """Steps: every LLM call of a turn, with tokens and timings (``client.steps.list(run_id=...)``)."""
+        self.messages = MessagesAPI(self.connection)
+        """Every agent's history: list, retrieve, search (``client.messages.search("coffee")``)."""
         self._owns_ray = owns_ray
         self._closed = False
         atexit.register(self._atexit)
@@ -277,10 +284,6 @@ class Client:
         handle, _ = await self.create_agents_async([main, sleeper])
         await self.runtime.store.upsert_group(group["id"], group)
         return handle
-
-    def list_runs(self, agent_id: str | None = None, *, limit: int = 50) -> list[dict[str, Any]]:
-        """Runs (background work such as sleep-time runs, async message runs), newest first."""
-        return self.run_sync(self.list_runs_async(agent_id=agent_id, limit=limit))
 
     def create_agent(self, name: str, *, enable_sleeptime: bool = False, sleeptime_agent_frequency: int = 5,
                      **kwargs: Any) -> AgentHandle:
@@ -539,17 +542,6 @@ class Client:
 
     def detach_block(self, agent_id: str, block_id: str) -> AgentState:
         return self.run_sync(self.detach_block_async(agent_id, block_id))
-
-    async def upsert_run_async(self, run_id: str, doc: dict[str, Any]) -> None:
-        """Store a run record (``agent_id``, ``status``, ...): a turn that runs in the background."""
-        await self.runtime.store.upsert_run(run_id, doc)
-
-    async def get_run_async(self, run_id: str) -> dict[str, Any]:
-        return await self.runtime.store.get_run(run_id)
-
-    async def list_runs_async(self, *, agent_id: str | None = None, status: str | None = None,
-                              limit: int | None = 50) -> list[dict[str, Any]]:
-        return await self.runtime.store.list_runs(agent_id, status=status, limit=limit)
 
     # ---------------------------------------------------------------- timers
 

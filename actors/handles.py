@@ -58,12 +58,13 @@ class AgentHandle:
         return self._sync(self.send_async(message, max_steps=max_steps, client_tools=client_tools))
 
     async def stream_async(self, message: str | MessageCreate | list[Any], *, max_steps: int | None = None,
-                           client_tools: list[ClientTool | dict[str, Any]] | None = None) -> AsyncIterator[Any]:
+                           client_tools: list[ClientTool | dict[str, Any]] | None = None,
+                           run_id: str | None = None) -> AsyncIterator[Any]:
         """Each event of the turn as it happens, then ``StopReason`` and ``UsageStatistics``."""
         messages = as_messages(message)
         offered = _client_tools(client_tools)
         async for item in self.connection.hosts.stream(
-                self.id, lambda host: host.send_stream(self.id, messages, max_steps=max_steps,
+                self.id, lambda host: host.send_stream(self.id, messages, max_steps=max_steps, run_id=run_id,
                                                        client_tools=offered)):
             yield item
 
@@ -102,9 +103,51 @@ class AgentHandle:
     def modify(self, **changes: Any) -> AgentState:
         return self._sync(self.modify_async(**changes))
 
-    async def reset_messages_async(self) -> AgentState:
+    async def reset_messages_async(self, *, add_default_initial_messages: bool = False) -> AgentState:
         """Clear the in-context buffer (the history stays in recall)."""
-        return await self.connection.hosts.call(self.id, lambda host: host.reset_messages(self.id))
+        return await self.connection.hosts.call(
+            self.id, lambda host: host.reset_messages(self.id, add_default_initial_messages))
+
+    def reset_messages(self, *, add_default_initial_messages: bool = False) -> AgentState:
+        """Clear the in-context buffer (the history stays in recall); with
+        ``add_default_initial_messages`` start it again with Letta's default first messages."""
+        return self._sync(self.reset_messages_async(add_default_initial_messages=add_default_initial_messages))
+
+    async def cancel_async(self, run_ids: list[str] | None = None) -> list[str]:
+        return await self.connection.hosts.call(self.id, lambda host: host.cancel(self.id, run_ids))
+
+    def cancel(self, run_ids: list[str] | None = None) -> list[str]:
+        """Stop the agent's running turn (only if it is one of ``run_ids``, when given). It ends
+        with stop reason "cancelled" before its next LLM call (a call under way is dropped);
+        the steps it finished are kept. Returns the ids of the runs cancelled."""
+        return self._sync(self.cancel_async(run_ids))
+
+    async def compact_async(self) -> dict[str, Any]:
+        return await self.connection.hosts.call(self.id, lambda host: host.compact(self.id))
+
+    def compact(self) -> dict[str, Any]:
+        """Summarise the older part of the context now: ``{"summary", "num_messages_before",
+        "num_messages_after"}``."""
+        return self._sync(self.compact_async())
+
+    async def system_prompt_async(self) -> str:
+        return await self.connection.hosts.call(self.id, lambda host: host.system_prompt(self.id))
+
+    def system_prompt(self) -> str:
+        """The system message the agent's next step sends, with its memory rendered in."""
+        return self._sync(self.system_prompt_async())
+
+    async def preview_async(self, message: str | MessageCreate | list[Any], *,
+                            client_tools: list[ClientTool | dict[str, Any]] | None = None) -> dict[str, Any]:
+        messages = as_messages(message)
+        offered = _client_tools(client_tools)
+        return await self.connection.hosts.call(self.id, lambda host: host.preview(self.id, messages, offered))
+
+    def preview(self, message: str | MessageCreate | list[Any], *,
+                client_tools: list[ClientTool | dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The LLM request a turn on ``message`` would start with (model, messages, tools);
+        nothing is sent and nothing changes."""
+        return self._sync(self.preview_async(message, client_tools=client_tools))
 
     async def attach_tool_async(self, name: str) -> AgentState:
         if name not in BASE_TOOLS:

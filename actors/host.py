@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from letta_ray.agent import EventSink, step
+from letta_ray.agent import EventSink, compact, default_initial_messages, preview_request, step
 from letta_ray.base_tools import BASE_TOOLS
 from letta_ray.context import MessageCache, transcript
 from letta_ray.deps import LLM, StepDeps
 from letta_ray.errors import InvalidInputError, NotFoundError, StorageError, ToolDefinitionError
 from letta_ray.mcp import MCPServer, server_of
-from letta_ray.memory import MemoryStats
-from letta_ray.messages import LettaResponse, Message, MessageCreate
+from letta_ray.memory import MemoryStats, join_system_prompt, system_prompt_parts
+from letta_ray.messages import LettaResponse, Message, MessageCreate, StepRecord
 from letta_ray.sandbox import SandboxError
 from letta_ray.schemas import AgentState, Block, ClientTool, LLMLimit, Tool, new_id, utcnow
 from letta_ray.tools import ToolContext, ToolFunction, ToolOutcome, Toolset, clip, sandboxed_tool
@@ -50,6 +50,9 @@ SLEEPTIME_AGENT = "sleeptime_agent_id"
 SLEEPTIME_FREQUENCY = "sleeptime_agent_frequency"
 SLEEPTIME_TURNS = "sleeptime_turns"
 SLEEPTIME_LAST_MESSAGE = "sleeptime_last_message_id"
+
+# A run's status from its turn's stop reason (any other: "completed").
+_RUN_STATUS = {"cancelled": "cancelled", "error": "failed", "llm_api_error": "failed"}
 
 # A host starts a new journal file past this size (the store deletes applied ones).
 JOURNAL_ROTATE_BYTES = 64 * 2**20
@@ -92,6 +95,8 @@ class _Hosted:
     shared: set[str] | None = None  # ids of this agent's blocks attached to other agents too
     last_used: float = field(default_factory=time.monotonic)
     turns: int = 0
+    run_id: str | None = None  # the turn running now, and the event that cancels it
+    cancel: asyncio.Event | None = None
 
 
 class AgentHost:
@@ -182,6 +187,18 @@ class AgentHost:
             self._loading.pop(agent_id, None)
         return self.agents.setdefault(agent_id, hosted)
 
+    async def cancel(self, agent_id: str, run_ids: list[str] | None = None) -> list[str]:
+        """Stop the agent's running turn (if it is one of ``run_ids``, when given): it ends
+        with stop reason "cancelled" before its next LLM call, dropping a call under way;
+        the steps it finished are kept. Returns the ids of the runs cancelled."""
+        hosted = self.agents.get(agent_id)
+        if hosted is None or hosted.cancel is None or hosted.run_id is None:
+            return []
+        if run_ids is not None and hosted.run_id not in run_ids:
+            return []
+        hosted.cancel.set()
+        return [hosted.run_id]
+
     async def drop(self, agent_id: str) -> bool:
         """Stop hosting an agent (after a delete, or to move it); waits for its turn to end."""
         hosted = self.agents.get(agent_id)
@@ -252,22 +269,31 @@ class AgentHost:
         if not messages:
             raise InvalidInputError("send needs at least one message")
         hosted = await self._get(agent_id)
+        run_id = run_id or new_id("run")  # every turn is a run, as in Letta
+        created_at, started = utcnow(), time.perf_counter_ns()
         async with hosted.lock, self._running_turn():
             if agent_id not in self.agents:  # deleted while we waited our turn
                 raise NotFoundError("agent", agent_id)
-            toolset = await self._toolset(hosted.state)
-            if hosted.shared is None:
-                hosted.shared = await self._shared_blocks(hosted.state)
-            deps = StepDeps(llm=self.llm, archive=self.archive, recall=self.store, messenger=self.messenger,
-                            blocks=_SharedBlocks(self.store, hosted.shared))
-            result = await step(hosted.state, hosted.context, messages, deps, toolset=toolset,
-                                stats=hosted.stats, max_steps=max_steps, run_id=run_id, on_event=on_event,
-                                cache=hosted.cache, client_tools=client_tools)
+            hosted.run_id, hosted.cancel = run_id, asyncio.Event()
+            try:
+                toolset = await self._toolset(hosted.state)
+                if hosted.shared is None:
+                    hosted.shared = await self._shared_blocks(hosted.state)
+                result = await step(hosted.state, hosted.context, messages, self._deps(hosted), toolset=toolset,
+                                    stats=hosted.stats, max_steps=max_steps, run_id=run_id, on_event=on_event,
+                                    cache=hosted.cache, client_tools=client_tools, cancel=hosted.cancel)
+            finally:
+                hosted.run_id = hosted.cancel = None
             sleeper = result.state.metadata.get(SLEEPTIME_AGENT)
             if sleeper:  # count main-agent turns in the persisted state, so a restart keeps the rhythm
                 turns = int(result.state.metadata.get(SLEEPTIME_TURNS, 0)) + 1
                 result.state.metadata = {**result.state.metadata, SLEEPTIME_TURNS: turns}
-            await self._persist_turn(result.state, result.new_messages, result.edited_blocks)
+            reason = result.stop_reason.stop_reason
+            result.usage.run_ids = [run_id]
+            run = {"id": run_id, "agent_id": agent_id, "status": _RUN_STATUS.get(reason, "completed"),
+                   "stop_reason": reason, "created_at": created_at.isoformat(), "completed_at": utcnow().isoformat(),
+                   "total_duration_ns": time.perf_counter_ns() - started, "usage": result.usage.model_dump()}
+            await self._persist_turn(result.state, result.new_messages, result.edited_blocks, result.steps, run)
             hosted.state = result.state
             hosted.context = result.context
             hosted.stats.recall_messages += len(result.new_messages)
@@ -306,7 +332,7 @@ class AgentHost:
                       "Update the memory blocks you share with it: record what is new, merge duplicates, "
                       "drop what is stale. Call memory_finish_edits when done.")
             response = await self.messenger.router.deliver(
-                sleeper_id, MessageCreate(content=prompt, sender_id=main.id), wait=True)
+                sleeper_id, MessageCreate(content=prompt, sender_id=main.id), wait=True, run_id=run["id"])
             assert response is not None
             run.update(status="completed", stop_reason=response.stop_reason.stop_reason,
                        message_count=len(response.messages), usage=response.usage.model_dump())
@@ -319,13 +345,14 @@ class AgentHost:
         run["completed_at"] = utcnow().isoformat()
         await self.store.upsert_run(run["id"], run)
 
-    async def _persist_turn(self, state: AgentState, messages: list[Message], edited: list[Block]) -> None:
+    async def _persist_turn(self, state: AgentState, messages: list[Message], edited: list[Block],
+                            steps: list[StepRecord], run: dict[str, Any] | None) -> None:
         """Make a turn durable before its reply goes out."""
         if self._journal is None:
-            await self.store.commit_step(state, messages, edited)
+            await self.store.commit_step(state, messages, edited, steps, run)
             return
         self._journal_seq += 1
-        record = TurnRecord(self._journal_seq, state, messages, list(edited))
+        record = TurnRecord(self._journal_seq, state, messages, list(edited), steps, run)
         if self._turns_running <= 1 and not self._writer.busy:
             # The only turn in flight: write it here (an fsync, ~0.2 ms) rather than pay a
             # thread hop and a loop round trip (~1 ms) for a batch of one.
@@ -491,14 +518,51 @@ class AgentHost:
             hosted.state = state
             return state
 
-    async def reset_messages(self, agent_id: str) -> AgentState:
-        """Clear the in-context buffer (history stays in recall)."""
+    async def reset_messages(self, agent_id: str, add_default_initial_messages: bool = False) -> AgentState:
+        """Clear the in-context buffer (history stays in recall); optionally start it again
+        with Letta's default first messages."""
         hosted = await self._get(agent_id)
         async with hosted.lock:
-            state = hosted.state.model_copy(update={"message_ids": [], "summary": None})
-            await self.store.upsert_agent(state)
-            hosted.state, hosted.context = state, []
+            fresh = default_initial_messages(hosted.state, utcnow()) if add_default_initial_messages else []
+            state = hosted.state.model_copy(update={"message_ids": [m.id for m in fresh], "summary": None})
+            if fresh:
+                await self._persist_turn(state, fresh, [], [], None)
+                hosted.stats.recall_messages += len(fresh)
+            else:
+                await self.store.upsert_agent(state)
+            hosted.state, hosted.context = state, fresh
             return state
+
+    async def compact(self, agent_id: str) -> dict[str, Any]:
+        """Summarise the older part of the agent's context now (see ``letta_ray.agent.compact``);
+        returns the summary and the number of in-context messages before and after."""
+        hosted = await self._get(agent_id)
+        async with hosted.lock:
+            before = len(hosted.context)
+            done = await compact(hosted.state, hosted.context, self._deps(hosted), stats=hosted.stats,
+                                 cache=hosted.cache)
+            if done.evicted_ids:
+                await self.store.upsert_agent(done.state)
+                hosted.state, hosted.context = done.state, done.context
+            return {"summary": done.summary, "num_messages_before": before, "num_messages_after": len(done.context)}
+
+    async def system_prompt(self, agent_id: str) -> str:
+        """The agent's system message as its next step will send it (memory rendered in)."""
+        hosted = await self._get(agent_id)
+        state = await self.get_state(agent_id)
+        return join_system_prompt(*system_prompt_parts(state.system, state.blocks, hosted.stats))
+
+    async def preview(self, agent_id: str, messages: list[MessageCreate | Message],
+                      client_tools: list[ClientTool] | None = None) -> dict[str, Any]:
+        """The LLM request a turn on ``messages`` would start with; nothing runs or changes."""
+        hosted = await self._get(agent_id)
+        state = await self.get_state(agent_id)
+        return preview_request(state, hosted.context, messages, self._deps(hosted),
+                               toolset=await self._toolset(state), stats=hosted.stats, client_tools=client_tools)
+
+    def _deps(self, hosted: _Hosted) -> StepDeps:
+        return StepDeps(llm=self.llm, archive=self.archive, recall=self.store, messenger=self.messenger,
+                        blocks=_SharedBlocks(self.store, hosted.shared or set()))
 
     # ---------------------------------------------------------------- introspection
 
@@ -546,6 +610,7 @@ class HostHandle(ActorFacade):
 
     create_agents = remote_method(AgentHost.create_agents)
     drop = remote_method(AgentHost.drop)
+    cancel = remote_method(AgentHost.cancel)
     send = remote_method(AgentHost.send)
     send_many = remote_method(AgentHost.send_many)
     send_stream = streaming_method(AgentHost.send_stream)
@@ -555,6 +620,9 @@ class HostHandle(ActorFacade):
     reload = remote_method(AgentHost.reload)
     modify = remote_method(AgentHost.modify)
     reset_messages = remote_method(AgentHost.reset_messages)
+    compact = remote_method(AgentHost.compact)
+    system_prompt = remote_method(AgentHost.system_prompt)
+    preview = remote_method(AgentHost.preview)
     forget_shared = remote_method(AgentHost.forget_shared)
     forget_tools = remote_method(AgentHost.forget_tools)
     set_llm_limits = remote_method(AgentHost.set_llm_limits)

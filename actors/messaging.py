@@ -62,7 +62,8 @@ class WaitGraph:
 class Router(Protocol):
     """How a messenger reaches other agents."""
 
-    async def deliver(self, target_id: str, message: MessageCreate, *, wait: bool) -> LettaResponse | None: ...
+    async def deliver(self, target_id: str, message: MessageCreate, *, wait: bool,
+                      run_id: str | None = None) -> LettaResponse | None: ...
 
     async def wait_begin(self, waiter: str, target: str) -> None: ...
 
@@ -145,9 +146,10 @@ class DirectoryRouter:
         self.store = store
         self._background: set[asyncio.Future[Any]] = set()
 
-    async def deliver(self, target_id: str, message: MessageCreate, *, wait: bool) -> LettaResponse | None:
+    async def deliver(self, target_id: str, message: MessageCreate, *, wait: bool,
+                      run_id: str | None = None) -> LettaResponse | None:
         _, host = await self.directory.locate(target_id)
-        turn = host.send(target_id, [message])
+        turn = host.send(target_id, [message], run_id=run_id)
         if wait:
             return await turn
         task = asyncio.ensure_future(turn)  # queued now; its reply goes nowhere

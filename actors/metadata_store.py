@@ -19,8 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from letta_ray.errors import NotFoundError
 from letta_ray.mcp import MCPServer
-from letta_ray.messages import Message, Role
+from letta_ray.messages import Message, Role, StepRecord
 from letta_ray.schemas import AgentState, Block, Order, Tool
 
 from ._facade import ActorFacade, remote_method
@@ -98,11 +99,15 @@ class MetadataStoreActor:
             self._commit_turns(records)
             self.store.set_meta(_JOURNAL_MARK, str(records[-1].seq))
 
-    def _commit_turns(self, records: list[TurnRecord]) -> None:
-        """Apply journaled turns (inside the caller's transaction), one statement per table."""
-        gone = self.store.commit_turns([(r.state, r.messages, r.edited_blocks) for r in records])
+    def _commit_turns(self, records: list[TurnRecord]) -> list[str]:
+        """Apply journaled turns (inside the caller's transaction), one statement per table;
+        returns the ids of agents that are no longer stored (their turns are dropped)."""
+        gone = self.store.commit_turns([(r.state, r.messages, r.edited_blocks) for r in records],
+                                       runs=[r.run for r in records if r.run is not None],
+                                       steps=[s for r in records for s in r.steps])
         for agent_id in gone:  # deleted after its turn was acknowledged
             log.info("dropping journaled turns of deleted agent %s", agent_id)
+        return gone
 
     def _current_journal(self) -> Journal:
         assert self._journal is not None
@@ -278,16 +283,20 @@ class MetadataStoreActor:
     # ---------------------------------------------------------------- writes
 
     async def commit_step(self, state: AgentState, messages: list[Message],
-                          edited_blocks: list[Block] | None = None) -> None:
-        """Persist one turn: the new messages, the agent state and the blocks it edited, together.
+                          edited_blocks: list[Block] | None = None, steps: list[StepRecord] | None = None,
+                          run: dict[str, Any] | None = None) -> None:
+        """Persist one turn: the new messages, the agent state, the blocks it edited, its steps
+        and its run, together.
 
         Returns once the turn is durable (journaled); DuckDB has it before any later read.
         """
-        if self._journal is None:
-            await self._writes.submit(lambda: self.store.commit_turn(state, messages, edited_blocks or ()))
-            return
         self._seq += 1
-        await self._writer.write(TurnRecord(self._seq, state, messages, list(edited_blocks or [])))
+        record = TurnRecord(self._seq, state, messages, list(edited_blocks or []), list(steps or []), run)
+        if self._journal is None:
+            if await self._writes.submit(lambda: self._commit_turns([record])):
+                raise NotFoundError("agent", state.id)
+            return
+        await self._writer.write(record)
 
     async def create_agents(self, states: list[AgentState],
                             initial_messages: list[list[Message]] | None = None) -> None:
@@ -370,11 +379,18 @@ class MetadataStoreActor:
         return await self._read(self.store.list_groups, limit=limit, after=after)
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
-        return await self._read(self.store.get_run, run_id)
+        return await self._read(self.store.runs.get_run, run_id)
 
-    async def list_runs(self, agent_id: str | None = None, *, status: str | None = None,
-                        limit: int | None = 50) -> list[dict[str, Any]]:
-        return await self._read(self.store.list_runs, agent_id, status=status, limit=limit)
+    async def list_runs(self, agent_ids: list[str] | None = None, **filters: Any) -> list[dict[str, Any]]:
+        """See ``RunStore.list_runs``."""
+        return await self._read(self.store.runs.list_runs, agent_ids, **filters)
+
+    async def get_step(self, step_id: str) -> StepRecord:
+        return await self._read(self.store.runs.get_step, step_id)
+
+    async def list_steps(self, **filters: Any) -> list[StepRecord]:
+        """See ``RunStore.list_steps``."""
+        return await self._read(self.store.runs.list_steps, **filters)
 
     async def get_meta(self, key: str) -> str | None:
         return await self._read(self.store.get_meta, key)
@@ -387,16 +403,18 @@ class MetadataStoreActor:
     async def get_messages(self, ids: list[str]) -> list[Message]:
         return await self._read(self.store.messages.get_messages, ids)
 
-    async def list_messages(self, agent_id: str, *, limit: int | None = 50, before: str | None = None,
+    async def list_messages(self, agent_id: str | None, *, limit: int | None = 50, before: str | None = None,
                             after: str | None = None, order: Order = "asc", roles: list[Role] | None = None,
-                            start: datetime | None = None, end: datetime | None = None) -> list[Message]:
+                            start: datetime | None = None, end: datetime | None = None,
+                            run_id: str | None = None, step_id: str | None = None) -> list[Message]:
         return await self._read(self.store.messages.list_messages, agent_id, limit=limit, before=before,
-                                after=after, order=order, roles=roles, start=start, end=end)
+                                after=after, order=order, roles=roles, start=start, end=end, run_id=run_id,
+                                step_id=step_id)
 
     async def count_messages(self, agent_id: str) -> int:
         return await self._read(self.store.messages.count_messages, agent_id)
 
-    async def search_messages(self, agent_id: str, query: str | None, *, roles: list[Role] | None = None,
+    async def search_messages(self, agent_id: str | None, query: str | None, *, roles: list[Role] | None = None,
                               limit: int = 10, start: datetime | None = None,
                               end: datetime | None = None) -> list[Message]:
         return await self._read(self.store.messages.search_messages, agent_id, query, roles=roles, limit=limit,
@@ -456,7 +474,13 @@ class MetadataStoreActor:
         await self._write(self.store.delete_group, group_id)
 
     async def upsert_run(self, run_id: str, doc: dict[str, Any]) -> None:
-        await self._write(self.store.upsert_run, run_id, doc)
+        await self._write(self.store.runs.upsert_run, run_id, doc)
+
+    async def delete_run(self, run_id: str) -> None:
+        await self._write(self.store.runs.delete_run, run_id)
+
+    async def set_step_feedback(self, step_id: str, feedback: str | None, tags: list[str] | None = None) -> StepRecord:
+        return await self._write(self.store.runs.set_step_feedback, step_id, feedback, tags)
 
     async def set_meta(self, key: str, value: str) -> None:
         await self._write(self.store.set_meta, key, value)
@@ -507,6 +531,8 @@ class MetadataStoreHandle(ActorFacade):
     list_groups = remote_method(MetadataStoreActor.list_groups)
     get_run = remote_method(MetadataStoreActor.get_run)
     list_runs = remote_method(MetadataStoreActor.list_runs)
+    get_step = remote_method(MetadataStoreActor.get_step)
+    list_steps = remote_method(MetadataStoreActor.list_steps)
     get_meta = remote_method(MetadataStoreActor.get_meta)
     export_parquet = remote_method(MetadataStoreActor.export_parquet)
 
@@ -533,6 +559,8 @@ class MetadataStoreHandle(ActorFacade):
     upsert_group = remote_method(MetadataStoreActor.upsert_group)
     delete_group = remote_method(MetadataStoreActor.delete_group)
     upsert_run = remote_method(MetadataStoreActor.upsert_run)
+    delete_run = remote_method(MetadataStoreActor.delete_run)
+    set_step_feedback = remote_method(MetadataStoreActor.set_step_feedback)
     set_meta = remote_method(MetadataStoreActor.set_meta)
 
     ingest_host_journals = remote_method(MetadataStoreActor.ingest_host_journals)

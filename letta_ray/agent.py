@@ -13,9 +13,12 @@ the turn, any tool call continues).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from letta_ray.base_tools import TERMINAL_TOOLS
 from letta_ray.context import (
@@ -36,8 +39,10 @@ from letta_ray.messages import (
     LettaResponse,
     Message,
     MessageCreate,
+    StepRecord,
     StopReason,
     StopReasonType,
+    ToolCall,
     UsageStatistics,
     to_events,
 )
@@ -63,6 +68,7 @@ class StepResult:
     usage: UsageStatistics
     edited_blocks: list[Block] = field(default_factory=list)
     evicted_ids: list[str] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)
 
     def response(self) -> LettaResponse:
         return LettaResponse(messages=self.events, stop_reason=self.stop_reason, usage=self.usage)
@@ -103,6 +109,7 @@ class _Turn:
         self.events: list[LettaMessage] = []
         self.evicted_ids: list[str] = []
         self.tool_state: dict[str, object] = {}
+        self.steps: list[StepRecord] = []
 
     async def add(self, message: Message) -> None:
         self.context.append(message)
@@ -134,6 +141,16 @@ class _Turn:
             schemas.append(openai_schema(tf.tool, with_heartbeat=heartbeat))
         return schemas
 
+    def tool_choice(self, schemas: list[dict[str, object]]) -> str | dict[str, object] | None:
+        """What the tool rules force on the next call: one tool, any tool, or nothing."""
+        required = self.solver.required_tool()
+        if required:
+            return {"type": "function", "function": {"name": required}}
+        if self.solver.constrained() and schemas:
+            only = [sch["function"]["name"] for sch in schemas]  # type: ignore[index]
+            return {"type": "function", "function": {"name": only[0]}} if len(only) == 1 else "required"
+        return None
+
     def compile(self, schemas: list[dict[str, object]]) -> CompiledContext:
         stats = MemoryStats(
             recall_messages=self.stats.recall_messages,
@@ -163,6 +180,28 @@ class _Turn:
 
     def stop(self, reason: StopReasonType, detail: str | None = None) -> StopReason:
         return StopReason(stop_reason=reason, detail=detail)
+
+    def begin_step(self) -> StepRecord:
+        config = self.state.llm_config
+        record = StepRecord(id=new_id("step"), agent_id=self.state.id, run_id=self.run_id, model=config.model,
+                            model_endpoint=config.model_endpoint, model_handle=config.handle or config.model,
+                            provider_name=config.model.split("/", 1)[0] if "/" in config.model else None,
+                            context_window_limit=config.context_window, tags=list(self.state.tags),
+                            created_at=self.deps.clock(), step_start_ns=time.time_ns())
+        self.steps.append(record)
+        return record
+
+    def end_step(self, record: StepRecord, response: LLMResponse | None, llm_ns: int | None,
+                 tools_ns: int | None) -> None:
+        if response is not None:
+            record.model = response.model or record.model
+            record.prompt_tokens = response.prompt_tokens
+            record.completion_tokens = response.completion_tokens
+            record.total_tokens = response.prompt_tokens + response.completion_tokens
+        record.llm_request_start_ns = record.step_start_ns
+        record.llm_request_ns = llm_ns
+        record.tool_execution_ns = tools_ns
+        record.step_ns = time.time_ns() - record.step_start_ns
 
 
 async def step(
@@ -199,6 +238,11 @@ async def step(
         for item in inbound:
             await turn.add(_inbound_message(item, state.id, run_id))
     stop = turn.stop(ended) if ended else await _loop(turn, max_steps or state.max_steps, cancel)
+    if turn.steps and turn.steps[-1].stop_reason is None:
+        last = turn.steps[-1]
+        last.stop_reason = stop.stop_reason
+        if stop.stop_reason == "cancelled":
+            last.status = "cancelled"
     edited = [b for b in turn.memory.blocks if b.label in turn.memory.edited]
     final_state = turn.state.model_copy(
         update={"blocks": turn.memory.blocks, "message_ids": [m.id for m in turn.context]}
@@ -216,7 +260,84 @@ async def step(
         usage=turn.usage,
         edited_blocks=edited,
         evicted_ids=turn.evicted_ids,
+        steps=turn.steps,
     )
+
+
+def preview_request(state: AgentState, context: list[Message], inbound: list[MessageCreate | Message],
+                    deps: StepDeps, *, toolset: Toolset, stats: MemoryStats,
+                    client_tools: list[ClientTool] | None = None) -> dict[str, object]:
+    """The request the turn's first LLM call would send for ``inbound``, without sending it
+    or changing anything: model, messages, tools and tool choice (no credentials)."""
+    turn = _Turn(state, context, deps, toolset, stats, None, None, None, client_tools)
+    turn.context.extend(_inbound_message(m, state.id, None) for m in inbound
+                        if not (isinstance(m, MessageCreate) and m.type == "approval"))
+    schemas = turn.tool_schemas()
+    compiled = turn.compile(schemas)
+    config = state.llm_config
+    payload: dict[str, object] = {"model": config.model, "messages": compiled.messages,
+                                  "temperature": config.temperature}
+    if schemas:
+        payload["tools"] = schemas
+        if (choice := turn.tool_choice(schemas)) is not None:
+            payload["tool_choice"] = choice
+    if config.max_tokens is not None:
+        payload["max_tokens"] = config.max_tokens
+    return payload
+
+
+@dataclass
+class Compaction:
+    """What ``compact`` did: the agent's new state and context, and what went out of it."""
+
+    state: AgentState
+    context: list[Message]
+    summary: str | None
+    evicted_ids: list[str]
+    usage: UsageStatistics
+
+
+# ``compact`` keeps about this share of the in-context messages' tokens, the newest.
+COMPACT_KEEP_SHARE = 0.25
+
+
+async def compact(state: AgentState, context: list[Message], deps: StepDeps, *, stats: MemoryStats,
+                  cache: MessageCache | None = None) -> Compaction:
+    """Summarise the older part of the context now (Letta's "compact"): the summary takes
+    their place, the newest ~quarter of the messages stay. Nothing goes if the context
+    cannot be cut (one message, or a tool call with its return)."""
+    turn = _Turn(state, context, deps, Toolset([]), stats, None, None, cache)
+    counts = [turn.cache.tokens(m, deps.llm, state.llm_config) for m in turn.context]
+    cut = choose_cut(turn.context, counts, int(COMPACT_KEEP_SHARE * sum(counts)))
+    if cut:
+        evicted, turn.context = turn.context[:cut], turn.context[cut:]
+        summary, prompt, completion = await summarise(deps.llm, state.llm_config, state.summary, evicted)
+        turn.usage.add(prompt, completion)
+        total = int(state.metadata.get("evicted_messages", 0)) + len(evicted)
+        turn.state = state.model_copy(update={"summary": summary, "metadata": {**state.metadata,
+                                                                                "evicted_messages": total}})
+        turn.evicted_ids = [m.id for m in evicted]
+        turn.cache.retain(turn.context)
+    final = turn.state.model_copy(update={"message_ids": [m.id for m in turn.context]})
+    return Compaction(final, turn.context, final.summary, turn.evicted_ids, turn.usage)
+
+
+def default_initial_messages(state: AgentState, now: datetime) -> list[Message]:
+    """The messages a fresh context starts with when asked for (``reset(add_default_initial_messages)``),
+    in the shape Letta uses: for send_message agents a first greeting through the tool and a
+    login event; for the others just the login event."""
+    when = now.strftime("%Y-%m-%d %I:%M:%S %p %Z%z")
+    login = Message(agent_id=state.id, role="user", created_at=now, content=json.dumps(
+        {"type": "login", "last_login": "Never (first login)", "time": when}))
+    if not state.uses_send_message or "send_message" not in state.tools:
+        return [login]
+    call = ToolCall(id=new_id("call"), name="send_message",
+                    arguments=json.dumps({"message": "Hello! I'm ready when you are."}))
+    greeting = Message(agent_id=state.id, role="assistant", created_at=now, tool_calls=[call],
+                       content="Starting up: greet the user and wait for them.")
+    result = Message(agent_id=state.id, role="tool", name="send_message", tool_call_id=call.id, created_at=now,
+                     tool_status="success", content=tool_result_text(ToolOutcome(True, "None"), when))
+    return [greeting, result, login]
 
 
 async def gather_stats(state: AgentState, deps: StepDeps) -> MemoryStats:
@@ -348,17 +469,21 @@ async def _loop(turn: _Turn, max_steps: int, cancel: asyncio.Event | None) -> St
                     f"the context takes {compiled.tokens} tokens after summarising, more than the "
                     f"context window of {config.context_window}",
                 )
-        required = turn.solver.required_tool()
-        tool_choice: str | dict[str, object] | None = None
-        if required:
-            tool_choice = {"type": "function", "function": {"name": required}}
-        elif turn.solver.constrained() and schemas:
-            only = [sch["function"]["name"] for sch in schemas]  # type: ignore[index]
-            tool_choice = {"type": "function", "function": {"name": only[0]}} if len(only) == 1 else "required"
+        tool_choice = turn.tool_choice(schemas)
         steps += 1
+        record = turn.begin_step()
+        started = time.perf_counter_ns()
         try:
-            response = await turn.deps.llm.complete(compiled.messages, schemas, config, tool_choice=tool_choice)
+            response = await _unless_cancelled(
+                turn.deps.llm.complete(compiled.messages, schemas, config, tool_choice=tool_choice), cancel)
+        except _Cancelled:
+            turn.end_step(record, None, time.perf_counter_ns() - started, None)
+            record.status, record.stop_reason = "cancelled", "cancelled"
+            return turn.stop("cancelled", "the turn was cancelled while the model was answering")
         except LLMError as exc:
+            turn.end_step(record, None, time.perf_counter_ns() - started, None)
+            record.status, record.stop_reason = "failed", "llm_api_error"
+            record.error_type, record.error_data = type(exc).__name__, {"message": str(exc)}
             if getattr(exc, "context_window_exceeded", False) and not retried_overflow:
                 # The provider counts differently from us: summarise harder and try again.
                 retried_overflow = True
@@ -366,9 +491,11 @@ async def _loop(turn: _Turn, max_steps: int, cancel: asyncio.Event | None) -> St
                 if await turn.evict_and_summarise(compiled):
                     continue
             return turn.stop("llm_api_error", str(exc))
+        llm_ns = time.perf_counter_ns() - started
         turn.usage.add(response.prompt_tokens, response.completion_tokens)
         turn.usage.step_count += 1
-        outcome = await _handle_response(turn, response)
+        outcome = await _handle_response(turn, response, record.id)
+        turn.end_step(record, response, llm_ns, time.perf_counter_ns() - started - llm_ns)
         if outcome == "invalid":
             invalid_streak += 1
             if invalid_streak >= MAX_INVALID_TOOL_CALLS:
@@ -385,14 +512,39 @@ async def _loop(turn: _Turn, max_steps: int, cancel: asyncio.Event | None) -> St
         return turn.stop(outcome)
 
 
-async def _handle_response(turn: _Turn, response: LLMResponse) -> str:
+class _Cancelled(Exception):
+    """The turn's cancel event fired while it waited for the model."""
+
+
+async def _unless_cancelled(call: Awaitable[LLMResponse], cancel: asyncio.Event | None) -> LLMResponse:
+    """The model's answer, or _Cancelled as soon as ``cancel`` is set (the call is dropped:
+    nothing of the step it belonged to has been recorded yet)."""
+    if cancel is None:
+        return await call
+    answer = asyncio.ensure_future(call)
+    stopped = asyncio.ensure_future(cancel.wait())
+    try:
+        await asyncio.wait((answer, stopped), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        answer.cancel()
+        raise
+    finally:
+        stopped.cancel()
+    if answer.done():
+        return answer.result()
+    answer.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await answer
+    raise _Cancelled
+
+
+async def _handle_response(turn: _Turn, response: LLMResponse, step_id: str) -> str:
     """Record the assistant turn and run its tools; say how the loop goes on.
 
     Returns "continue", "invalid" (only unusable calls), or a stop reason; a call that needs
     approval is not run: the turn stops with "requires_approval" once the others ran.
     """
     state = turn.state
-    step_id = new_id("step")
     callable_now = turn.callable()
     allowed = set(turn.solver.allowed(callable_now))
     tools = {call.id: turn.toolset.get(call.name) if call.name in callable_now else None

@@ -266,6 +266,37 @@ class UsageStatistics(_Model):
         self.total_tokens += prompt + completion
 
 
+class StepRecord(_Model):
+    """One LLM call of a turn (Letta's Step): what was asked of which model, what it cost,
+    how long it took, and how the step ended. The turn's messages carry its ``id`` as
+    their ``step_id``."""
+
+    id: str
+    agent_id: str
+    run_id: str | None = None
+    model: str | None = None
+    model_endpoint: str | None = None
+    model_handle: str | None = None
+    provider_name: str | None = None
+    context_window_limit: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    stop_reason: StopReasonType | None = None
+    status: Literal["pending", "success", "failed", "cancelled"] = "success"
+    error_type: str | None = None
+    error_data: dict[str, Any] | None = None
+    tags: list[str] = Field(default_factory=list)
+    feedback: Literal["positive", "negative"] | None = None
+    created_at: datetime
+    # Timings (Letta's step metrics): epoch nanoseconds at the start, durations in nanoseconds.
+    step_start_ns: int = 0
+    llm_request_start_ns: int | None = None
+    llm_request_ns: int | None = None
+    tool_execution_ns: int | None = None
+    step_ns: int | None = None
+
+
 class LettaResponse(_Model):
     """What one send returns: the new messages as events, why it stopped, and usage."""
 

@@ -24,6 +24,12 @@ Order = Literal["asc", "desc"]
 """The direction of a listing, by creation time (then id)."""
 
 
+def time_cursors(order: Order, after: str | None, before: str | None) -> tuple[str | None, str | None]:
+    """Letta's cursors are positions in the requested order: the ``(later than, earlier than)``
+    ids they mean in time order."""
+    return (after, before) if order == "asc" else (before, after)
+
+
 def new_id(prefix: str) -> str:
     """A Letta-style id: ``<prefix>-<uuid4>``."""
     return f"{prefix}-{uuid.uuid4()}"

@@ -8,22 +8,21 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, Body, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from letta_ray.actors.client import Client
 from letta_ray.errors import InvalidInputError, NotFoundError
-from letta_ray.schemas import LLMConfig
+from letta_ray.schemas import LLMConfig, Order, time_cursors
 
 from ._common import (
     ClientDep,
-    Order,
     agent_view,
     custom_tools,
     json_response,
     message_response,
     page,
-    store_cursors,
     tool_name,
 )
 from .schemas import (
@@ -149,7 +148,7 @@ async def list_agents(
     ascending: bool | None = None,
 ) -> Response:
     direction: Order = order or ("asc" if ascending else "desc")
-    after, before = store_cursors(direction, after, before)
+    after, before = time_cursors(direction, after, before)
     states = await client.list_agents_async(name=name, tags=tags, match_all_tags=match_all_tags, limit=limit,
                                             after=after, before=before, order=direction)
     tools = await custom_tools(client, states)
@@ -200,9 +199,15 @@ async def delete_agent(agent_id: str, client: ClientDep) -> JSONResponse:
     return message_response(f"Agent id={agent_id} successfully deleted")
 
 
+class ResetMessagesRequest(BaseModel):
+    add_default_initial_messages: bool = False
+
+
 @agents.patch("/{agent_id}/reset-messages", response_model=AgentStateView, summary="Clear the context window")
-async def reset_messages(agent_id: str, client: ClientDep) -> Response:
-    state = await client.agent(agent_id).reset_messages_async()
+async def reset_messages(agent_id: str, client: ClientDep,
+                         body: Annotated[ResetMessagesRequest | None, Body()] = None) -> Response:
+    state = await client.agent(agent_id).reset_messages_async(
+        add_default_initial_messages=bool(body and body.add_default_initial_messages))
     return json_response(await agent_view(client, state))
 
 

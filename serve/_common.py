@@ -20,7 +20,7 @@ from letta_ray.errors import (
 )
 from letta_ray.mcp import MCPServerUnavailableError
 from letta_ray.sandbox import SandboxError
-from letta_ray.schemas import AgentState, Order, Tool
+from letta_ray.schemas import AgentState, Tool
 
 from .schemas import BASE_TOOL_IDS, BASE_TOOL_VIEWS, AgentStateView
 
@@ -58,11 +58,6 @@ def page(items: list[Any], after: str | None, before: str | None, limit: int | N
         stop = ids.index(before)
     chosen = items[start:stop]
     return chosen if limit is None else chosen[:limit]
-
-
-def store_cursors(order: Order, after: str | None, before: str | None) -> tuple[str | None, str | None]:
-    """Letta's cursors are positions in the requested order; the stores' are in time order."""
-    return (after, before) if order == "asc" else (before, after)
 
 
 async def custom_tools(client: Client, states: list[AgentState]) -> dict[str, Tool]:

@@ -1,4 +1,4 @@
-"""Routes of /v1/agents/{id}/messages (JSON, SSE, background runs) and /v1/runs."""
+"""Routes of /v1/agents/{id}/messages (JSON, SSE, background runs), cancel, compact, recompile."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
 
 from letta_ray.actors.client import Client
+from letta_ray.errors import InvalidInputError
 from letta_ray.messages import LettaMessage, LettaResponse, to_events
-from letta_ray.schemas import utcnow
+from letta_ray.schemas import Order, time_cursors, utcnow
 
-from ._common import ClientDep, Order, json_response, page, status_of, store_cursors
+from ._common import ClientDep, json_response, status_of
+from ._run_streams import RunStream
 from .schemas import RunView, SendMessageRequest
 
 log = logging.getLogger(__name__)
@@ -36,20 +39,26 @@ def _shown(response: LettaResponse, types: list[str] | None) -> LettaResponse:
 @messages.post("/{agent_id}/messages", response_model=LettaResponse,
                summary="Send messages and run a turn (SSE when streaming=true)",
                description="Concurrent sends to one agent wait their turn: an agent runs one turn at a time.")
-async def send_message(agent_id: str, body: SendMessageRequest, client: ClientDep) -> Response:
+async def send_message(agent_id: str, body: SendMessageRequest, client: ClientDep, request: Request) -> Response:
     if body.streaming:
-        return await _stream(client, agent_id, body)
+        return await _stream(client, agent_id, body, request)
     response = await client.agent(agent_id).send_async(body.to_core(), max_steps=body.max_steps,
                                                       client_tools=body.core_client_tools())
     return json_response(_shown(response, body.include_return_message_types))
 
 
 @messages.post("/{agent_id}/messages/stream", summary="Send messages; the turn's events as server-sent events")
-async def send_message_stream(agent_id: str, body: SendMessageRequest, client: ClientDep) -> Response:
-    return await _stream(client, agent_id, body)
+async def send_message_stream(agent_id: str, body: SendMessageRequest, client: ClientDep,
+                              request: Request) -> Response:
+    return await _stream(client, agent_id, body, request)
 
 
-async def _stream(client: Client, agent_id: str, body: SendMessageRequest) -> Response:
+async def _stream(client: Client, agent_id: str, body: SendMessageRequest, request: Request) -> Response:
+    if body.background:  # the turn runs on if the client goes away; it can re-attach by run id
+        run = await _start_background_run(client, agent_id, body, request)
+        stream = request.app.state.run_streams.get(run.id)
+        return StreamingResponse(stream.follow(0), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     types = body.include_return_message_types
     events = client.agent(agent_id).stream_async(body.to_core(), max_steps=body.max_steps,
                                                 client_tools=body.core_client_tools())
@@ -98,7 +107,7 @@ async def list_messages(
     order: Order = "desc",
     include_return_message_types: Annotated[list[str] | None, Query()] = None,
 ) -> Response:
-    first, last = store_cursors(order, after, before)
+    first, last = time_cursors(order, after, before)
     history = client.agent(agent_id)
     state, stored = await asyncio.gather(client.get_agent_state_async(agent_id),
                                          history.messages_async(limit=limit, after=first, before=last, order=order))
@@ -120,60 +129,93 @@ async def list_messages(
 
 
 @messages.post("/{agent_id}/messages/async", response_model=RunView,
-               summary="Run a turn in the background; poll GET /v1/runs/{run_id}")
+               summary="Run a turn in the background; poll GET /v1/runs/{run_id} or re-attach to its stream")
 async def send_message_async(agent_id: str, body: SendMessageRequest, request: Request,
                              client: ClientDep) -> RunView:
-    await client.get_agent_state_async(agent_id)
-    run = RunView(agent_id=agent_id, created_at=utcnow(),
+    return await _start_background_run(client, agent_id, body, request)
+
+
+async def _start_background_run(client: Client, agent_id: str, body: SendMessageRequest, request: Request) -> RunView:
+    await client.get_agent_state_async(agent_id)  # 404 now, not in the background
+    run = RunView(agent_id=agent_id, created_at=utcnow(), background=True,
                   request_config={"include_return_message_types": body.include_return_message_types})
-    await client.upsert_run_async(run.id, run.model_dump(mode="json"))
-    task = asyncio.create_task(_run_turn(client, run, body))
+    await client.runs.upsert_async(run.id, run.model_dump(mode="json"))
+    stream = request.app.state.run_streams.open(run.id)
+    task = asyncio.create_task(_run_turn(client, run, body, stream))
     background: set[asyncio.Task[None]] = request.app.state.background
     background.add(task)
     task.add_done_callback(background.discard)
     return run
 
 
-async def _run_turn(client: Client, run: RunView, body: SendMessageRequest) -> None:
+async def _run_turn(client: Client, run: RunView, body: SendMessageRequest, stream: RunStream) -> None:
+    """A background turn: its events into ``stream``; its end in the run's doc (the host
+    stores the turn's own run doc with it; a turn that raised is recorded here)."""
+    types = body.include_return_message_types
     started = time.perf_counter_ns()
     try:
-        run = run.model_copy(update={"status": "running"})
-        await client.upsert_run_async(run.id, run.model_dump(mode="json"))
-        response: LettaResponse = await client.agent(run.agent_id).send_async(
-            body.to_core(), max_steps=body.max_steps, run_id=run.id, client_tools=body.core_client_tools())
-        run = run.model_copy(update={"status": "completed", "stop_reason": response.stop_reason.stop_reason,
-                                     "usage": response.usage.model_dump()})
+        await client.runs.upsert_async(run.id, {**run.model_dump(mode="json"), "status": "running"})
+        async for item in client.agent(run.agent_id).stream_async(
+                body.to_core(), max_steps=body.max_steps, run_id=run.id, client_tools=body.core_client_tools()):
+            kind = getattr(item, "message_type", None)
+            if kind != "user_message" and (types is None or kind not in _EVENT_KINDS or kind in types):
+                stream.add(item)
     except Exception as exc:
         log.warning("run %s failed: %s", run.id, exc)
-        run = run.model_copy(update={"status": "failed", "stop_reason": "error", "error": str(exc)})
-    run = run.model_copy(update={"completed_at": utcnow(), "total_duration_ns": time.perf_counter_ns() - started})
-    try:
-        await client.upsert_run_async(run.id, run.model_dump(mode="json"))
-    except Exception:
-        log.exception("could not record the end of run %s", run.id)
+        stream.fail(exc)
+        failed = run.model_copy(update={"status": "failed", "stop_reason": "error", "error": str(exc),
+                                        "completed_at": utcnow(),
+                                        "total_duration_ns": time.perf_counter_ns() - started})
+        try:
+            await client.runs.upsert_async(run.id, failed.model_dump(mode="json"))
+        except Exception:
+            log.exception("could not record the end of run %s", run.id)
+    finally:
+        stream.close()
 
 
-# --------------------------------------------------------------------------- runs
-
-runs = APIRouter(prefix="/v1/runs", tags=["runs"])
-
-
-@runs.get("/", response_model=list[RunView], summary="List runs, newest first")
-async def list_runs(client: ClientDep, agent_id: str | None = None,
-                    statuses: Annotated[list[str] | None, Query()] = None, after: str | None = None,
-                    before: str | None = None, limit: Annotated[int | None, Query(ge=0)] = 50) -> list[RunView]:
-    status = statuses[0] if statuses and len(statuses) == 1 else None
-    docs = await client.list_runs_async(agent_id=agent_id, status=status, limit=None)
-    found = [RunView.model_validate(d) for d in docs if not statuses or d.get("status") in statuses]
-    return page(found, after, before, limit)
+class CancelRequest(BaseModel):
+    run_ids: list[str] | None = None
 
 
-@runs.get("/{run_id}", response_model=RunView, summary="A run's status")
-async def retrieve_run(run_id: str, client: ClientDep) -> RunView:
-    return RunView.model_validate(await client.get_run_async(run_id))
+@messages.post("/{agent_id}/messages/cancel", response_model=dict[str, str],
+               summary="Cancel the agent's running turn (or those of run_ids): stop reason 'cancelled'")
+async def cancel_message(agent_id: str, client: ClientDep,
+                         body: Annotated[CancelRequest | None, Body()] = None) -> dict[str, str]:
+    await client.get_agent_state_async(agent_id)
+    wanted = body.run_ids if body else None
+    cancelled = await client.agent(agent_id).cancel_async(wanted)
+    if wanted is None and not cancelled:
+        raise InvalidInputError(f"agent {agent_id} has no running turn to cancel")
+    return {run_id: "cancelled" if run_id in cancelled else "failed" for run_id in (wanted or cancelled)}
 
 
-@runs.get("/{run_id}/usage", response_model=dict[str, Any], summary="A finished run's token usage")
-async def retrieve_run_usage(run_id: str, client: ClientDep) -> dict[str, Any]:
-    usage = RunView.model_validate(await client.get_run_async(run_id)).usage or {}
-    return {k: usage.get(k) for k in ("completion_tokens", "prompt_tokens", "total_tokens")}
+class CompactionRequest(BaseModel):
+    compaction_settings: dict[str, Any] | None = None
+
+
+class CompactionView(BaseModel):
+    summary: str | None
+    num_messages_before: int
+    num_messages_after: int
+
+
+@messages.post("/{agent_id}/summarize", response_model=CompactionView,
+               summary="Compact the context now: the older messages become the summary")
+async def summarize_messages(agent_id: str, client: ClientDep,
+                             body: Annotated[CompactionRequest | None, Body()] = None) -> CompactionView:
+    return CompactionView.model_validate(await client.agent(agent_id).compact_async())
+
+
+@messages.post("/{agent_id}/recompile", response_model=str,
+               summary="The system prompt the next step sends, memory rendered in")
+async def recompile_agent(agent_id: str, client: ClientDep, update_timestamp: bool = False,
+                          dry_run: bool = False) -> str:
+    # Compiled afresh at every step here: nothing is stored, so dry_run changes nothing.
+    return await client.agent(agent_id).system_prompt_async()
+
+
+@messages.post("/{agent_id}/messages/preview-raw-payload", response_model=dict[str, Any],
+               summary="The LLM request a send would start with, without sending it")
+async def preview_model_request(agent_id: str, body: SendMessageRequest, client: ClientDep) -> dict[str, Any]:
+    return await client.agent(agent_id).preview_async(body.to_core(), client_tools=body.core_client_tools())

@@ -29,7 +29,9 @@ from ._blocks import blocks
 from ._common import ClientDep, status_of
 from ._groups import groups
 from ._mcp import mcp_servers
-from ._messages import messages, runs
+from ._messages import messages
+from ._run_streams import RunStreams
+from ._runs import history, runs, steps
 from ._tools import tools
 from .schemas import EmbeddingConfigView, EmbeddingModelView, HealthView, ModelView
 
@@ -107,13 +109,14 @@ def create_app(client: Client) -> FastAPI:
                   description="Stateful agents with memory on Ray, behind Letta's REST API.")
     app.state.client = client
     app.state.background = set()
+    app.state.run_streams = RunStreams()
     auth = [Depends(_require_token)]
     # Routes are matched in order, per request (by FastAPI, and again by Serve for its
     # metrics): the hot one, sending a message, goes first. No route of another router
     # matches a messages path, so the order changes nothing else.
     app.include_router(messages, dependencies=auth)
     app.include_router(health)
-    for router in (agents, blocks, tools, runs, models, groups, mcp_servers):
+    for router in (agents, blocks, tools, runs, steps, history, models, groups, mcp_servers):
         app.include_router(router, dependencies=auth)
     app.add_exception_handler(_Unauthorized, _on_unauthorized)
     app.add_exception_handler(RequestValidationError, _on_validation)

@@ -548,12 +548,12 @@ RunStatus = Literal["created", "running", "completed", "failed", "cancelled"]
 
 
 class RunView(_Shape):
-    """A turn run in the background (``POST /v1/agents/{id}/messages/async``)."""
+    """A run: one request's turn (``background`` when it ran detached from the request)."""
 
     id: str = Field(default_factory=lambda: f"run-{uuid.uuid4()}")
     agent_id: str
     status: RunStatus = "created"
-    background: bool = True
+    background: bool = False
     created_at: datetime
     completed_at: datetime | None = None
     stop_reason: str | None = None

@@ -275,13 +275,13 @@ def test_sleeptime_agent_rewrites_a_shared_block_in_the_background(client: Any, 
     sleeper_id = agent.state().metadata["sleeptime_agent_id"]
     for i in range(5):  # the sleep-time agent wakes after the 5th turn and takes ~1 s
         assert agent.send(f"turn {i}").assistant_text() == f"You said: turn {i}"
-    [started] = poll(lambda: client.list_runs(sleeper_id), what="the sleep-time run starting")
+    [started] = poll(lambda: client.runs.list(agent_id=sleeper_id), what="the sleep-time run starting")
     assert started["status"] == "running" and started["main_agent_id"] == agent.id
     # replies keep coming while it works: the next turns end before its run does
     for i in range(5, 7):
         assert agent.send(f"turn {i}").assistant_text() == f"You said: turn {i}"
-    assert client.list_runs(sleeper_id)[0]["status"] == "running"
-    [run] = poll(lambda: [r for r in client.list_runs(sleeper_id) if r["status"] != "running"],
+    assert client.runs.list(agent_id=sleeper_id)[0]["status"] == "running"
+    [run] = poll(lambda: [r for r in client.runs.list(agent_id=sleeper_id) if r["status"] != "running"],
                  what="the sleep-time run ending")
     assert run["status"] == "completed" and run["stop_reason"] == "end_turn", run
     expected = "Name: Ada (reviewed by the sleep-time agent, 5 turns)"

@@ -53,8 +53,9 @@ class World:
         return await self.hosts[agent_id].send(agent_id, [MessageCreate(content=text)])
 
     # the Router protocol
-    async def deliver(self, target_id: str, message: MessageCreate, *, wait: bool) -> LettaResponse | None:
-        turn = self.hosts[target_id].send(target_id, [message])
+    async def deliver(self, target_id: str, message: MessageCreate, *, wait: bool,
+                      run_id: str | None = None) -> LettaResponse | None:
+        turn = self.hosts[target_id].send(target_id, [message], run_id=run_id)
         if wait:
             return await turn
         self.background.append(asyncio.ensure_future(turn))

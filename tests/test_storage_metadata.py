@@ -15,7 +15,7 @@ import pytest
 
 from letta_ray.errors import ConflictError, InvalidInputError, NotFoundError
 from letta_ray.mcp import MCPServer, MCPToolInfo, StdioServerConfig, tool_of
-from letta_ray.messages import Message, ToolCall
+from letta_ray.messages import Message, StepRecord, ToolCall
 from letta_ray.schemas import AgentState, Block, ChildToolRule, LLMConfig, Tool
 from letta_ray.storage.metadata import MetadataStore
 
@@ -311,7 +311,7 @@ def test_unknown_ids_raise_not_found(store: MetadataStore) -> None:
         lambda: store.get_tool("tool-nope"),
         lambda: store.get_tool_by_name("nope"),
         lambda: store.get_group("group-nope"),
-        lambda: store.get_run("run-nope"),
+        lambda: store.runs.get_run("run-nope"),
         lambda: store.messages.get_messages(["message-nope"]),
         lambda: store.messages.list_messages("agent-x", after="message-nope"),
         lambda: store.list_agents(after="agent-nope"),
@@ -493,14 +493,71 @@ def test_groups_and_runs_as_docs(store: MetadataStore) -> None:
     store.delete_group("group-1")
     assert store.list_groups() == []
 
-    store.upsert_run("run-1", {"agent_id": "a", "status": "running", "created_at": T0})
-    store.upsert_run("run-2", {"agent_id": "a", "status": "completed", "created_at": T0 + timedelta(1)})
-    store.upsert_run("run-3", {"agent_id": "b", "status": "running"})
-    store.upsert_run("run-1", {"agent_id": "a", "status": "completed"})  # keeps its created_at
-    assert [r["id"] for r in store.list_runs("a")] == ["run-2", "run-1"]
-    assert store.get_run("run-1")["status"] == "completed"
-    assert datetime.fromisoformat(store.get_run("run-1")["created_at"]) == T0
-    assert [r["id"] for r in store.list_runs(status="running")] == ["run-3"]
+    store.runs.upsert_run("run-1", {"agent_id": "a", "status": "running", "created_at": T0})
+    store.runs.upsert_run("run-2", {"agent_id": "a", "status": "completed", "created_at": T0 + timedelta(1)})
+    store.runs.upsert_run("run-3", {"agent_id": "b", "status": "running"})
+    store.runs.upsert_run("run-1", {"agent_id": "a", "status": "completed"})  # keeps its created_at
+    assert [r["id"] for r in store.runs.list_runs(["a"])] == ["run-2", "run-1"]
+    assert [r["id"] for r in store.runs.list_runs(["a"], order="asc")] == ["run-1", "run-2"]
+    assert [r["id"] for r in store.runs.list_runs(["a"], after="run-2")] == ["run-1"]
+    assert store.runs.get_run("run-1")["status"] == "completed"
+    assert datetime.fromisoformat(store.runs.get_run("run-1")["created_at"]) == T0
+    assert [r["id"] for r in store.runs.list_runs(statuses=["running"])] == ["run-3"]
+    store.runs.delete_run("run-3")
+    with pytest.raises(NotFoundError):
+        store.runs.get_run("run-3")
+
+
+def _step(agent: AgentState, run_id: str, n: int, **fields: Any) -> StepRecord:
+    return StepRecord(id=f"step-{run_id}-{n}", agent_id=agent.id, run_id=run_id, model="openai/gpt-4o-mini",
+                      created_at=T0 + timedelta(seconds=n), step_start_ns=n, tags=list(agent.tags), **fields)
+
+
+def test_a_turns_run_and_steps_commit_with_it_and_merge_into_a_background_runs_doc(store: MetadataStore) -> None:
+    a, b, ghost = make_agent("a", tags=["blue"]), make_agent("b"), make_agent("ghost")
+    store.create_agents([a, b])
+    # A background run the HTTP layer wrote before its turn ran:
+    store.runs.upsert_run("run-bg", {"agent_id": a.id, "status": "running", "background": True, "created_at": T0,
+                                     "request_config": {"x": 1}})
+    turns = [(a, make_messages(a.id, ["hi"]), []), (b, make_messages(b.id, ["yo"]), []),
+             (ghost, make_messages(ghost.id, ["boo"]), [])]
+    runs = [{"id": "run-bg", "agent_id": a.id, "status": "completed", "stop_reason": "end_turn",
+             "created_at": (T0 + timedelta(minutes=1)).isoformat()},
+            {"id": "run-b", "agent_id": b.id, "status": "cancelled", "stop_reason": "cancelled",
+             "created_at": T0.isoformat()},
+            {"id": "run-g", "agent_id": ghost.id, "status": "completed", "created_at": T0.isoformat()}]
+    steps = [_step(a, "run-bg", 1, prompt_tokens=10), _step(a, "run-bg", 2, stop_reason="end_turn"),
+             _step(b, "run-b", 3, status="cancelled"), _step(ghost, "run-g", 4)]
+
+    assert store.commit_turns(turns, runs=runs, steps=steps) == [ghost.id]
+
+    bg = store.runs.get_run("run-bg")
+    assert bg["status"] == "completed" and bg["stop_reason"] == "end_turn"
+    assert bg["background"] is True and bg["request_config"] == {"x": 1}  # the HTTP layer's fields stay
+    assert datetime.fromisoformat(bg["created_at"]) == T0  # and so does its start
+    with pytest.raises(NotFoundError):
+        store.runs.get_run("run-g")  # the deleted agent's run went with its turn
+    assert [s.id for s in store.runs.list_steps(run_id="run-bg", order="asc")] == ["step-run-bg-1", "step-run-bg-2"]
+    assert [s.id for s in store.runs.list_steps()] == ["step-run-b-3", "step-run-bg-2", "step-run-bg-1"]
+    assert [s.id for s in store.runs.list_steps(after="step-run-b-3", limit=1)] == ["step-run-bg-2"]
+    assert [s.id for s in store.runs.list_steps(tags=["blue"])] == ["step-run-bg-2", "step-run-bg-1"]
+    assert [s.id for s in store.runs.list_steps(start=T0 + timedelta(seconds=2), end=T0 + timedelta(seconds=3))] \
+        == ["step-run-b-3", "step-run-bg-2"]
+    assert store.runs.get_step("step-run-bg-1").prompt_tokens == 10
+    assert [r["id"] for r in store.runs.list_runs(background=False)] == ["run-b"]
+    assert [r["id"] for r in store.runs.list_runs(stop_reason="cancelled")] == ["run-b"]
+
+    rated = store.runs.set_step_feedback("step-run-bg-1", "positive", ["good"])
+    assert rated.feedback == "positive" and store.runs.get_step("step-run-bg-1").tags == ["good"]
+    assert [s.id for s in store.runs.list_steps(has_feedback=True)] == ["step-run-bg-1"]
+    with pytest.raises(InvalidInputError, match="feedback"):
+        store.runs.set_step_feedback("step-run-bg-1", "meh")
+
+    store.runs.delete_run("run-bg")
+    assert store.runs.list_steps(run_id="run-bg") == []
+    assert store.messages.count_messages(a.id) == 1  # the history stays
+    store.delete_agent(b.id)
+    assert store.runs.list_runs([b.id]) == [] and store.runs.list_steps(agent_id=b.id) == []
 
 
 # ---------------------------------------------------------------------- export
@@ -511,14 +568,14 @@ def test_export_parquet_writes_readable_files(store: MetadataStore, tmp_path: Pa
     store.upsert_agent(agent)
     store.messages.append_messages(make_messages(agent.id, ["a", "b", "c"]))
     store.upsert_tool(Tool(name="roll", json_schema={"name": "roll"}))
-    store.upsert_run("run-1", {"agent_id": agent.id, "status": "completed"})
+    store.runs.upsert_run("run-1", {"agent_id": agent.id, "status": "completed"})
     store.upsert_mcp_server(MCPServer(server_name="files", config=StdioServerConfig(command="serve-files")))
 
     paths = store.export_parquet(tmp_path / "export")
 
     counts = {name: pq.read_table(path).num_rows for name, path in paths.items()}
     assert counts == {"agents": 1, "blocks": 1, "agent_blocks": 1, "messages": 3, "tools": 1,
-                      "mcp_servers": 1, "groups": 0, "runs": 1}
+                      "mcp_servers": 1, "groups": 0, "runs": 1, "steps": 0}
     messages = pq.read_table(paths["messages"])
     assert messages.column("agent_id").to_pylist() == [agent.id] * 3
     doc = messages.column("doc").to_pylist()[0]

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from letta_ray.errors import InvalidInputError, StorageError
 from letta_ray.mcp import MCPServer
-from letta_ray.messages import Message, Role
+from letta_ray.messages import Message, Role, StepRecord
 from letta_ray.schemas import AgentState, Block, Tool
 
 FTS_REBUILD_THRESHOLD = 2_000
@@ -203,8 +203,10 @@ _RUNS = _Table(
         ("doc", "JSON"),
     ),
 )
+_STEPS = _Table("steps", StepRecord,
+                 ("id", "agent_id", "run_id", "model", "status", "feedback", "created_at", "step_start_ns"))
 _STORE_META = _Table("store_meta", None, extra=(("key", "VARCHAR"), ("value", "VARCHAR")), key=("key",))
-_DATA_TABLES = (_AGENTS, _BLOCKS, _AGENT_BLOCKS, _MESSAGES, _TOOLS, _MCP_SERVERS, _GROUPS, _RUNS)
+_DATA_TABLES = (_AGENTS, _BLOCKS, _AGENT_BLOCKS, _MESSAGES, _TOOLS, _MCP_SERVERS, _GROUPS, _RUNS, _STEPS)
 
 # A stale copy of a shared block (held by another agent's host) must not undo a newer edit.
 _UPDATE_BLOCK_IF_NEWER = _BLOCKS.update_sql(where="updated_at <= ?")
@@ -289,13 +291,13 @@ def _check_order(order: str) -> str:
 
 
 def _message_filters(
-    agent_id: str,
+    agent_id: str | None,
     roles: Sequence[Role] | None,
     start: datetime | None,
     end: datetime | None,
 ) -> tuple[list[str], list[Any]]:
-    clauses = ["agent_id = ?"]
-    params: list[Any] = [agent_id]
+    clauses = ["agent_id = ?"] if agent_id is not None else []
+    params: list[Any] = [agent_id] if agent_id is not None else []
     if roles:
         clauses.append("list_contains(?::VARCHAR[], role)")
         params.append(list(roles))

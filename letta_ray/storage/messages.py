@@ -80,7 +80,7 @@ class MessageStore:
 
     def list_messages(
         self,
-        agent_id: str,
+        agent_id: str | None,
         *,
         limit: int | None = 50,
         before: str | None = None,
@@ -89,8 +89,11 @@ class MessageStore:
         roles: Sequence[Role] | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
+        run_id: str | None = None,
+        step_id: str | None = None,
     ) -> list[Message]:
-        """An agent's messages ordered by (created_at, insertion).
+        """An agent's messages (every agent's with ``agent_id=None``) ordered by (created_at,
+        insertion); only those of one run or step if asked.
 
         ``before``/``after`` are message ids; the range between them is sorted by
         ``order`` and cut at ``limit``. Page back with ``order="desc", before=<oldest>``,
@@ -99,6 +102,10 @@ class MessageStore:
         _check_limit(limit)
         direction = _check_order(order)
         clauses, params = _message_filters(agent_id, roles, start, end)
+        for column, value in (("run_id", run_id), ("step_id", step_id)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
         with self._db.locked() as conn:
             for cursor, op in ((after, ">"), (before, "<")):
                 if cursor is not None:
@@ -138,7 +145,7 @@ class MessageStore:
 
     def search_messages(
         self,
-        agent_id: str,
+        agent_id: str | None,
         query: str | None,
         *,
         roles: Sequence[Role] | None = None,
@@ -146,7 +153,7 @@ class MessageStore:
         start: datetime | None = None,
         end: datetime | None = None,
     ) -> list[Message]:
-        """Full-text search of an agent's history.
+        """Full-text search of an agent's history (every agent's with ``agent_id=None``).
 
         Messages covered by the index are ranked by BM25; the newer, not yet indexed tail
         is scanned (case-insensitive, per query word) and follows, most words matched

@@ -19,7 +19,7 @@ import duckdb
 
 from letta_ray.errors import ConflictError, InvalidInputError, NotFoundError
 from letta_ray.mcp import MCP_TOOL_TYPE, MCPServer
-from letta_ray.messages import Message
+from letta_ray.messages import Message, StepRecord
 from letta_ray.schemas import AgentState, Block, Order, Tool
 from letta_ray.storage._duckdb_file import DuckDBFile
 from letta_ray.storage._duckdb_layout import (
@@ -30,7 +30,6 @@ from letta_ray.storage._duckdb_layout import (
     _GROUPS,
     _MCP_SERVERS,
     _MESSAGES,
-    _RUNS,
     _TOOLS,
     _UPDATE_AGENT,
     _UPDATE_BLOCK_IF_NEWER,
@@ -41,11 +40,11 @@ from letta_ray.storage._duckdb_layout import (
     _limit,
     _sql_str,
     _to_json,
-    _utc,
     _utc_model,
     _where,
 )
 from letta_ray.storage.messages import MessageStore
+from letta_ray.storage.runs import RunStore
 
 # The tools registered from one MCP server (parameters: the MCP tool type, the server's id).
 _OF_MCP_SERVER = "tool_type = ? AND json_extract_string(doc, '$.metadata.mcp.server_id') = ?"
@@ -64,6 +63,7 @@ class MetadataStore:
         self.path = self._db.path
         try:
             self.messages = MessageStore(self._db, fts_rebuild_threshold=fts_rebuild_threshold)
+            self.runs = RunStore(self._db)
         except BaseException:
             self._db.close()
             raise
@@ -151,12 +151,15 @@ class MetadataStore:
             if self.commit_turns([(state, messages, edited_blocks)]):
                 raise NotFoundError("agent", state.id)
 
-    def commit_turns(self, turns: Sequence[tuple[AgentState, Sequence[Message], Sequence[Block]]]) -> list[str]:
+    def commit_turns(self, turns: Sequence[tuple[AgentState, Sequence[Message], Sequence[Block]]],
+                     runs: Sequence[dict[str, Any]] = (), steps: Sequence[StepRecord] = ()) -> list[str]:
         """``commit_turn`` for many turns in one transaction, with one statement per table
-        instead of several per turn (the store applies journaled turns this way).
+        instead of several per turn (the store applies journaled turns this way), with the
+        turns' ``runs`` (docs) and ``steps``.
 
         Turns of agents not stored (deleted after their turn was acknowledged) are
-        skipped; returns their ids. Of several turns of one agent, the last state wins.
+        skipped, with their runs and steps; returns their ids. Of several turns of one
+        agent, the last state wins.
         """
         turns = [(_utc_model(state), messages, edited) for state, messages, edited in turns]
         for state, _, edited in turns:
@@ -171,6 +174,8 @@ class MetadataStore:
             gone = sorted(set(latest) - stored)
             _AGENTS.update_many(conn, [_AGENTS.row(state) for agent_id, state in latest.items() if agent_id in stored])
             self.messages.append_messages([m for state, messages, _ in turns if state.id in stored for m in messages])
+            self.runs.record_turns(conn, [r for r in runs if r.get("agent_id") in stored],
+                                   [s for s in steps if s.agent_id in stored])
             for state, _, edited in turns:
                 if state.id not in stored:
                     continue
@@ -295,6 +300,7 @@ class MetadataStore:
                 ).fetchall()
             ]
             self.messages.delete_agent_messages(agent_id)
+            self.runs.delete_agent_runs(agent_id)
             conn.execute("DELETE FROM agent_blocks WHERE agent_id = ?", [agent_id])
             conn.execute(
                 "DELETE FROM blocks WHERE list_contains(?::VARCHAR[], id) "
@@ -524,7 +530,7 @@ class MetadataStore:
             conn.execute("DELETE FROM mcp_servers WHERE id = ?", [server_id])
         return names
 
-    # ------------------------------------------------------------------ groups and runs
+    # ------------------------------------------------------------------ groups
 
     def upsert_group(self, group_id: str, doc: dict[str, Any]) -> None:
         with self._db.tx() as conn:
@@ -554,55 +560,6 @@ class MetadataStore:
         with self._db.tx() as conn:
             self._db.require(conn, "groups", "group", group_id)
             conn.execute("DELETE FROM groups WHERE id = ?", [group_id])
-
-    def upsert_run(self, run_id: str, doc: dict[str, Any]) -> None:
-        """Store a run doc (``agent_id``, ``status``, ``created_at``); created_at defaults to
-        the stored one, else now."""
-        with self._db.tx() as conn:
-            created = doc.get("created_at")
-            if isinstance(created, str):
-                created = datetime.fromisoformat(created)
-            if created is None:
-                row = conn.execute(
-                    "SELECT doc->>'created_at' FROM runs WHERE id = ?", [run_id]
-                ).fetchone()
-                created = datetime.fromisoformat(row[0]) if row and row[0] else datetime.now(UTC)
-            if not isinstance(created, datetime):
-                raise InvalidInputError(f"run created_at must be a datetime, got {created!r}")
-            created = _utc(created)
-            full = {**doc, "id": run_id, "created_at": created}
-            conn.execute(
-                _RUNS.upsert_sql(),
-                [run_id, doc.get("agent_id"), doc.get("status"), created, _to_json(full)],
-            )
-
-    def get_run(self, run_id: str) -> dict[str, Any]:
-        with self._db.locked() as conn:
-            row = conn.execute("SELECT doc FROM runs WHERE id = ?", [run_id]).fetchone()
-        if row is None:
-            raise NotFoundError("run", run_id)
-        return json.loads(row[0])
-
-    def list_runs(
-        self, agent_id: str | None = None, *, status: str | None = None, limit: int | None = 50
-    ) -> list[dict[str, Any]]:
-        """Run docs, newest first."""
-        _check_limit(limit)
-        clauses: list[str] = []
-        params: list[Any] = []
-        if agent_id is not None:
-            clauses.append("agent_id = ?")
-            params.append(agent_id)
-        if status is not None:
-            clauses.append("status = ?")
-            params.append(status)
-        with self._db.locked() as conn:
-            rows = conn.execute(
-                f"SELECT doc FROM runs {_where(clauses)} "
-                f"ORDER BY created_at DESC, id DESC {_limit(limit)}",
-                params,
-            ).fetchall()
-        return [json.loads(row[0]) for row in rows]
 
     # ------------------------------------------------------------------ export
 
