@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gc
 import logging
@@ -28,7 +29,7 @@ from letta_ray.context import MessageCache, transcript
 from letta_ray.deps import LLM, StepDeps
 from letta_ray.errors import InvalidInputError, NotFoundError, StorageError, ToolDefinitionError
 from letta_ray.mcp import MCPServer, server_of
-from letta_ray.memory import MemoryStats, join_system_prompt, system_prompt_parts
+from letta_ray.memory import Memory, MemoryStats, join_system_prompt, system_prompt_parts
 from letta_ray.messages import LettaResponse, Message, MessageCreate, StepRecord
 from letta_ray.sandbox import SandboxError
 from letta_ray.schemas import AgentState, Block, ClientTool, LLMLimit, Tool, new_id, utcnow
@@ -550,7 +551,8 @@ class AgentHost:
         """The agent's system message as its next step will send it (memory rendered in)."""
         hosted = await self._get(agent_id)
         state = await self.get_state(agent_id)
-        return join_system_prompt(*system_prompt_parts(state.system, state.blocks, hosted.stats))
+        stats = dataclasses.replace(hosted.stats, last_modified=Memory(state.blocks).last_modified())
+        return join_system_prompt(*system_prompt_parts(state.system, state.blocks, stats))
 
     async def preview(self, agent_id: str, messages: list[MessageCreate | Message],
                       client_tools: list[ClientTool] | None = None) -> dict[str, Any]:

@@ -3,7 +3,8 @@ and ``client.messages`` (the shape of the Letta SDK's).
 
 Every turn is a run (its id is in ``response.usage.run_ids`` and on each of its messages);
 every LLM call of a turn is a step, with its model, tokens, timings and stop reason. Both
-are stored with the turn. Each method has an ``*_async`` twin.
+are stored with the turn. Each method has an ``*_async`` twin. Pages are cut by id in
+time: ``after`` (later than that one) and ``before`` (earlier), whatever the ``order``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from letta_ray.messages import Message, Role, StepRecord
-from letta_ray.schemas import Order, time_cursors
+from letta_ray.schemas import Order
 
 from .hosts import Connection
 
@@ -80,7 +81,7 @@ class RunsAPI(_API):
                              limit: int | None = 100, order: Order = "asc") -> list[Message]:
         run = await self.store.get_run(run_id)  # NotFoundError for an unknown run
         return await self.store.list_messages(run.get("agent_id"), run_id=run_id, limit=limit,
-                                              **_time_cursors(order, after, before), order=order)
+                                              after=after, before=before, order=order)
 
     def messages(self, run_id: str, **paging: Any) -> list[Message]:
         """The messages of a run's turn, in order."""
@@ -118,7 +119,7 @@ class StepsAPI(_API):
                              limit: int | None = 100, order: Order = "asc") -> list[Message]:
         step = await self.store.get_step(step_id)
         return await self.store.list_messages(step.agent_id, step_id=step_id, limit=limit,
-                                              **_time_cursors(order, after, before), order=order)
+                                              after=after, before=before, order=order)
 
     def messages(self, step_id: str, **paging: Any) -> list[Message]:
         """The messages one LLM call produced: the assistant message and its tools' returns."""
@@ -139,7 +140,7 @@ class MessagesAPI(_API):
                          limit: int | None = 100, order: Order = "desc", start: datetime | None = None,
                          end: datetime | None = None) -> list[Message]:
         return await self.store.list_messages(agent_id, limit=limit, order=order, start=start, end=end,
-                                              **_time_cursors(order, after, before))
+                                              after=after, before=before)
 
     def list(self, **filters: Any) -> list[Message]:
         """Messages of all agents (or one: ``agent_id``), newest first; paged by message id."""
@@ -160,8 +161,3 @@ class MessagesAPI(_API):
     def search(self, query: str | None, **filters: Any) -> list[Message]:
         """Full-text search over the history (every agent's, or ``agent_id``'s), best first."""
         return self._run(self.search_async(query, **filters))
-
-
-def _time_cursors(order: Order, after: str | None, before: str | None) -> dict[str, str | None]:
-    later, earlier = time_cursors(order, after, before)
-    return {"after": later, "before": earlier}

@@ -15,11 +15,12 @@ from pydantic import BaseModel
 
 from letta_ray.actors.client import Client
 from letta_ray.errors import InvalidInputError
-from letta_ray.messages import LettaMessage, LettaResponse, to_events
-from letta_ray.schemas import Order, time_cursors, utcnow
+from letta_ray.messages import LettaMessage, LettaResponse
+from letta_ray.schemas import Order, utcnow
 
 from ._common import ClientDep, json_response, status_of
 from ._run_streams import RunStream
+from ._runs import event_page
 from .schemas import RunView, SendMessageRequest
 
 log = logging.getLogger(__name__)
@@ -107,25 +108,12 @@ async def list_messages(
     order: Order = "desc",
     include_return_message_types: Annotated[list[str] | None, Query()] = None,
 ) -> Response:
-    first, last = time_cursors(order, after, before)
     history = client.agent(agent_id)
-    state, stored = await asyncio.gather(client.get_agent_state_async(agent_id),
-                                         history.messages_async(limit=limit, after=first, before=last, order=order))
-    types = include_return_message_types
-    while True:
-        events = [e for m in stored for e in to_events(m, uses_send_message=state.uses_send_message)
-                  if types is None or e.message_type in types]
-        if events or not stored or limit is None or len(stored) < limit:
-            break
-        # A page of messages that show no events (tool returns of send_message, say)
-        # would end a client's paging early: read on past them.
-        if order == "asc":
-            first = stored[-1].id
-        else:
-            last = stored[-1].id
-        stored = await history.messages_async(limit=limit, after=first, before=last, order=order)
-    body = b"[" + b",".join(e.model_dump_json().encode() for e in events) + b"]"
-    return Response(content=body, media_type="application/json")
+    state = await client.get_agent_state_async(agent_id)
+    return await event_page(lambda first, last: history.messages_async(limit=limit, after=first, before=last,
+                                                                       order=order),
+                            order, after, before, limit, include_return_message_types,
+                            uses_send_message=state.uses_send_message)
 
 
 @messages.post("/{agent_id}/messages/async", response_model=RunView,

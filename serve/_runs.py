@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from letta_ray.actors.client import Client
 from letta_ray.messages import LettaMessage, Message, StepRecord, StopReason, UsageStatistics, to_events
-from letta_ray.schemas import Order
+from letta_ray.schemas import Order, time_cursors
 
 from ._common import ClientDep
 from ._run_streams import RunStreams
@@ -28,11 +28,38 @@ Limit = Annotated[int | None, Query(ge=0)]
 OrderBy = Literal["created_at"]
 
 
-def events_json(messages: list[Message], types: list[str] | None = None) -> Response:
+def events_json(messages: list[Message], types: list[str] | None = None, *,
+                uses_send_message: bool = True) -> Response:
     """Stored messages as Letta's message events, serialised once."""
-    events = [e for m in messages for e in to_events(m) if types is None or e.message_type in types]
+    return _events_response(messages, types, uses_send_message)
+
+
+def _events_of(messages: list[Message], types: list[str] | None, uses_send_message: bool) -> list[Any]:
+    return [e for m in messages for e in to_events(m, uses_send_message=uses_send_message)
+            if types is None or e.message_type in types]
+
+
+def _events_response(messages: list[Message], types: list[str] | None, uses_send_message: bool) -> Response:
+    events = _events_of(messages, types, uses_send_message)
     return Response(content=b"[" + b",".join(e.model_dump_json().encode() for e in events) + b"]",
                     media_type="application/json")
+
+
+async def event_page(fetch: Callable[[str | None, str | None], Awaitable[list[Message]]], order: Order,
+                     after: str | None, before: str | None, limit: int | None, types: list[str] | None, *,
+                     uses_send_message: bool = True) -> Response:
+    """A page of message events: ``fetch(later_than, earlier_than)`` reads ``limit`` stored
+    messages; a page of them that shows no events (tool returns of send_message, say) would
+    end a client's paging early, so it reads on past them."""
+    first, last = time_cursors(order, after, before)
+    stored = await fetch(first, last)
+    while not _events_of(stored, types, uses_send_message) and stored and limit is not None and len(stored) >= limit:
+        if order == "asc":
+            first = stored[-1].id
+        else:
+            last = stored[-1].id
+        stored = await fetch(first, last)
+    return _events_response(stored, types, uses_send_message)
 
 
 # --------------------------------------------------------------------------- runs
@@ -56,6 +83,7 @@ async def list_runs(
 ) -> list[RunView]:
     if ascending is not None:
         order = "asc" if ascending else "desc"
+    after, before = time_cursors(order, after, before)
     docs = await client.runs.list_async(agent_id=agent_id, agent_ids=agent_ids, statuses=statuses, active=active,
                                         background=background, stop_reason=stop_reason, after=after, before=before,
                                         limit=limit, order=order)
@@ -83,6 +111,7 @@ async def retrieve_run_usage(run_id: str, client: ClientDep) -> dict[str, Any]:
 @runs.get("/{run_id}/messages", response_model=list[LettaMessage], summary="The messages of a run's turn")
 async def list_run_messages(run_id: str, client: ClientDep, after: str | None = None, before: str | None = None,
                             limit: Limit = 100, order: Order = "asc", order_by: OrderBy = "created_at") -> Response:
+    after, before = time_cursors(order, after, before)
     return events_json(await client.runs.messages_async(run_id, after=after, before=before, limit=limit, order=order))
 
 
@@ -90,6 +119,7 @@ async def list_run_messages(run_id: str, client: ClientDep, after: str | None = 
 async def list_run_steps(run_id: str, client: ClientDep, after: str | None = None, before: str | None = None,
                          limit: Limit = 100, order: Order = "asc", order_by: OrderBy = "created_at"
                          ) -> list[StepRecord]:
+    after, before = time_cursors(order, after, before)
     return await client.runs.steps_async(run_id, after=after, before=before, limit=limit, order=order)
 
 
@@ -164,6 +194,7 @@ async def list_steps(
     order: Order = "desc",
     order_by: OrderBy = "created_at",
 ) -> list[StepRecord]:
+    after, before = time_cursors(order, after, before)
     return await client.steps.list_async(agent_id=agent_id, run_id=run_id, model=model, start=start_date,
                                          end=end_date, feedback=feedback, has_feedback=has_feedback, tags=tags,
                                          after=after, before=before, limit=limit, order=order)
@@ -177,6 +208,7 @@ async def retrieve_step(step_id: str, client: ClientDep) -> StepRecord:
 @steps.get("/{step_id}/messages", response_model=list[LettaMessage], summary="The messages of one LLM call")
 async def list_step_messages(step_id: str, client: ClientDep, after: str | None = None, before: str | None = None,
                              limit: Limit = 100, order: Order = "asc", order_by: OrderBy = "created_at") -> Response:
+    after, before = time_cursors(order, after, before)
     return events_json(await client.steps.messages_async(step_id, after=after, before=before, limit=limit,
                                                          order=order))
 
@@ -221,8 +253,9 @@ async def step_feedback(step_id: str, body: StepFeedbackRequest, client: ClientD
 async def list_all_messages(client: ClientDep, agent_id: str | None = None, after: str | None = None,
                             before: str | None = None, limit: Limit = 100, order: Order = "desc",
                             include_return_message_types: Annotated[list[str] | None, Query()] = None) -> Response:
-    found = await client.messages.list_async(agent_id=agent_id, after=after, before=before, limit=limit, order=order)
-    return events_json(found, include_return_message_types)
+    return await event_page(lambda first, last: client.messages.list_async(
+        agent_id=agent_id, limit=limit, order=order, after=first, before=last),
+        order, after, before, limit, include_return_message_types)
 
 
 @history.get("/{message_id}", response_model=list[LettaMessage],

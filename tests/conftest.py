@@ -74,6 +74,8 @@ def remembering_responder(messages, info):
     if last.get("role") == "user" and text.startswith("call "):  # "call <tool> <json arguments>"
         _, name, arguments = text.split(" ", 2)
         return tool_call(name, **json.loads(arguments), request_heartbeat=True)
+    if last.get("role") == "user" and text.startswith("slowly "):  # a turn to cancel
+        return _after(30.0, send_message("finally"))
     if last.get("role") == "user" and text.startswith("archive "):
         return tool_call("archival_memory_insert", content=text.removeprefix("archive "), tags=["note"],
                          request_heartbeat=True)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from letta_ray.agent import StepResult, step
+from letta_ray.agent import StepResult, compact, default_initial_messages, preview_request, step
 from letta_ray.base_tools import DEFAULT_SYSTEM_PROMPTS, DEFAULT_TOOLS, base_toolset
 from letta_ray.deps import LLMResponse, StepDeps
 from letta_ray.errors import LLMError
+from letta_ray.memory import MemoryStats
 from letta_ray.messages import (
     AssistantMessage,
     Message,
@@ -320,3 +322,103 @@ async def test_system_prompt_overflow_stops_with_a_clear_reason() -> None:
     assert result.stop_reason.stop_reason == "context_window_overflow"
     assert "system prompt" in (result.stop_reason.detail or "")
     assert llm.calls == 0
+
+
+# ---------------------------------------------------------------------- steps, cancel, preview, compact
+
+
+async def test_every_llm_call_is_a_step_with_its_tokens_timings_and_messages() -> None:
+    llm = ScriptedLLM([
+        tool_call("core_memory_append", label="human", content="Likes tea", request_heartbeat=True),
+        send_message("Noted!"),
+    ])
+    result = await run(make_agent(tags=["cafe"]), llm, "I like tea", run_id="run-1")
+
+    first, second = result.steps
+    assert [s.stop_reason for s in result.steps] == [None, "end_turn"]
+    assert all(s.status == "success" and s.run_id == "run-1" and s.tags == ["cafe"] for s in result.steps)
+    assert first.model == "openai/fake" and first.model_handle == "openai/fake" and first.provider_name == "openai"
+    assert first.prompt_tokens > 0 and first.total_tokens == first.prompt_tokens + first.completion_tokens
+    assert sum(s.total_tokens for s in result.steps) == result.usage.total_tokens
+    assert all(s.step_ns >= s.llm_request_ns >= 0 and s.tool_execution_ns >= 0 for s in result.steps)
+    assert first.step_start_ns < second.step_start_ns
+    # Each message of the turn but the user's names the step that made it.
+    by_step = {s.id: [m.role for m in result.new_messages if m.step_id == s.id] for s in result.steps}
+    assert by_step == {first.id: ["assistant", "tool"], second.id: ["assistant", "tool"]}
+
+
+async def test_a_failed_llm_call_is_a_failed_step() -> None:
+    def broken(messages: list[dict[str, Any]], info: Any) -> Any:
+        raise LLMError("provider down")
+
+    result = await run(make_agent(), FunctionLLM(broken))
+    [failed] = result.steps
+    assert result.stop_reason.stop_reason == "llm_api_error"
+    assert (failed.status, failed.stop_reason, failed.error_type) == ("failed", "llm_api_error", "LLMError")
+    assert failed.error_data == {"message": "provider down"}
+
+
+async def test_cancel_drops_the_llm_call_under_way_and_keeps_the_finished_steps() -> None:
+    cancel = asyncio.Event()
+    started = asyncio.Event()
+
+    async def slow_second_call(messages: list[dict[str, Any]], info: Any) -> Any:
+        if info.index == 0:
+            return tool_call("core_memory_append", label="human", content="Has a cat", request_heartbeat=True)
+        started.set()
+        await asyncio.sleep(30)
+        return send_message("too late")
+
+    turn = asyncio.ensure_future(run(make_agent(), FunctionLLM(slow_second_call), "I have a cat", cancel=cancel))
+    await asyncio.wait_for(started.wait(), 5)
+    cancel.set()
+    result = await asyncio.wait_for(turn, 5)
+
+    assert result.stop_reason.stop_reason == "cancelled"
+    assert [(s.status, s.stop_reason) for s in result.steps] == [("success", None), ("cancelled", "cancelled")]
+    # The finished step is whole (call and return); nothing of the dropped one was written.
+    assert [m.role for m in result.new_messages] == ["user", "assistant", "tool"]
+    assert result.state.block("human").value == "Name: Ada\nHas a cat"
+    assert result.state.message_ids == [m.id for m in result.new_messages]
+
+
+async def test_preview_shows_the_first_request_without_changing_anything() -> None:
+    agent = make_agent(tool_rules=[InitToolRule(tool_name="core_memory_append")])
+    llm = ScriptedLLM([])
+    payload = preview_request(agent, [], [MessageCreate(content="what's up?")], StepDeps(llm=llm),
+                              toolset=base_toolset(), stats=MemoryStats())
+
+    assert payload["model"] == "openai/fake"
+    assert payload["messages"][0]["role"] == "system" and "I am Sam." in payload["messages"][0]["content"]
+    assert payload["messages"][-1] == {"role": "user", "content": "what's up?"}
+    assert {t["function"]["name"] for t in payload["tools"]} == {"core_memory_append"}  # the init rule
+    assert payload["tool_choice"] == {"type": "function", "function": {"name": "core_memory_append"}}
+    assert llm.history == [] and "api_key" not in payload
+
+
+async def test_compact_summarises_the_older_messages_and_keeps_the_newest() -> None:
+    agent = make_agent()
+    history = [Message(agent_id=agent.id, role="user" if i % 2 == 0 else "assistant", content=f"message {i} " * 20)
+               for i in range(12)]
+    llm = FunctionLLM(lambda messages, info: "They talked about numbers.")
+    done = await compact(agent.model_copy(update={"message_ids": [m.id for m in history]}), history,
+                         StepDeps(llm=llm), stats=MemoryStats())
+
+    assert done.summary == "They talked about numbers."
+    assert 0 < len(done.context) < 6 and done.context == history[-len(done.context):]
+    assert done.context[0].role == "user"  # the kept part starts at a user message
+    assert done.evicted_ids == [m.id for m in history[:-len(done.context)]]
+    assert done.state.message_ids == [m.id for m in done.context]
+    assert done.state.metadata["evicted_messages"] == len(done.evicted_ids)
+    nothing = await compact(agent, history[:1], StepDeps(llm=llm), stats=MemoryStats())
+    assert nothing.evicted_ids == [] and nothing.context == history[:1] and nothing.summary is None
+
+
+def test_default_initial_messages_follow_the_agent_type() -> None:
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    greeting, result, login = default_initial_messages(make_agent(), now)
+    assert greeting.tool_calls[0].name == "send_message" and result.tool_call_id == greeting.tool_calls[0].id
+    assert json.loads(result.content)["status"] == "OK"
+    assert json.loads(login.content)["type"] == "login"
+    [only] = default_initial_messages(make_agent("letta_v1_agent"), now)
+    assert only.role == "user" and json.loads(only.content)["type"] == "login"

@@ -312,3 +312,80 @@ def test_a_timer_wakes_an_agent_with_a_system_message(client: Any, fake_llm_serv
     assert len(wakeups()) <= len(seen) + 1
     with pytest.raises(NotFoundError):
         client.schedule("agent-nope", every_s=1)
+
+
+def test_every_turn_is_a_run_with_its_steps_and_messages(client: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(client, fake_llm_server, tags=["runs"])
+    reply = agent.send("remember likes green tea")
+    [run_id] = reply.usage.run_ids
+
+    run = client.runs.retrieve(run_id)
+    assert (run["agent_id"], run["status"], run["stop_reason"]) == (agent.id, "completed", "end_turn")
+    assert run["usage"]["total_tokens"] == reply.usage.total_tokens and run["total_duration_ns"] > 0
+    messages = client.runs.messages(run_id)
+    assert [m.role for m in messages] == ["user", "assistant", "tool", "assistant", "tool"]
+    assert {m.run_id for m in messages} == {run_id}
+    steps = client.runs.steps(run_id)
+    assert [s.stop_reason for s in steps] == [None, "end_turn"] and all(s.status == "success" for s in steps)
+    assert sum(s.total_tokens for s in steps) == reply.usage.total_tokens
+    assert [m.role for m in client.steps.messages(steps[0].id)] == ["assistant", "tool"]
+    assert client.steps.retrieve(steps[1].id).tags == ["runs"]
+    assert [s.id for s in client.steps.list(agent_id=agent.id)] == [steps[1].id, steps[0].id]
+    assert client.runs.list(agent_id=agent.id)[0]["id"] == run_id
+
+    # The history of every agent, by id, page and search.
+    assert client.messages.retrieve(messages[0].id).content == "remember likes green tea"
+    assert [m.id for m in client.messages.list(agent_id=agent.id, limit=2)] == [m.id for m in messages[:-3:-1]]
+    found = {m.id for m in client.messages.search("green tea", agent_id=agent.id)}
+    assert messages[0].id in found and messages[1].id in found  # the user's words and the tool call's
+    assert messages[2].id not in found
+
+    client.runs.delete(run_id)
+    with pytest.raises(NotFoundError):
+        client.runs.retrieve(run_id)
+    assert client.steps.list(run_id=run_id) == [] and len(agent.messages()) == 5
+
+
+def test_cancel_stops_a_running_turn_cleanly(client: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(client, fake_llm_server)
+    replies: list[Any] = []
+    sender = threading.Thread(target=lambda: replies.append(agent.send("slowly, please")))
+    sender.start()
+    [run_id] = poll(lambda: agent.cancel(), what="the slow turn to be running")
+    sender.join(20)
+
+    assert not sender.is_alive() and replies[0].stop_reason.stop_reason == "cancelled"
+    assert replies[0].usage.run_ids == [run_id]
+    run = client.runs.retrieve(run_id)
+    assert (run["status"], run["stop_reason"]) == ("cancelled", "cancelled")
+    [dropped] = client.runs.steps(run_id)
+    assert dropped.status == "cancelled"
+    # Only the user's message was written: the dropped call left nothing behind.
+    assert [m.role for m in client.runs.messages(run_id)] == ["user"]
+    assert agent.cancel() == []  # nothing runs now
+    assert agent.send("hi again").assistant_text() == "You said: hi again"  # and the agent goes on
+
+
+def test_compact_recompile_preview_and_reset_with_initial_messages(client: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(client, fake_llm_server)
+    for i in range(6):
+        agent.send(f"message number {i} " + "padding " * 30)
+    before = len(agent.context())
+    done = agent.compact()
+    assert done["num_messages_before"] == before and 0 < done["num_messages_after"] < before
+    assert done["summary"] and agent.state().summary == done["summary"]
+    assert len(agent.context()) == done["num_messages_after"]
+    assert len(agent.messages(limit=None)) == 6 * 3  # the history keeps everything
+
+    agent.blocks.update("human", value="Name: Ada Lovelace")
+    assert "Name: Ada Lovelace" in agent.system_prompt()
+    payload = agent.preview("what do you know?")
+    assert payload["messages"][0]["content"] == agent.system_prompt()
+    assert payload["messages"][-1] == {"role": "user", "content": "what do you know?"}
+    assert "send_message" in {t["function"]["name"] for t in payload["tools"]}
+    assert len(agent.context()) == done["num_messages_after"]  # a preview changes nothing
+
+    state = agent.reset_messages(add_default_initial_messages=True)
+    assert [m.role for m in agent.context()] == ["assistant", "tool", "user"]
+    assert state.message_ids == [m.id for m in agent.context()] and state.summary is None
+    assert agent.send("hello").assistant_text() == "You said: hello"

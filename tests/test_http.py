@@ -182,6 +182,108 @@ def test_async_message_creates_a_run_to_poll(sdk: Any, fake_llm_server: Any) -> 
     assert replies[0].content == "You said: in the background" and replies[0].run_id == run.id
 
 
+def test_runs_steps_and_messages_with_the_letta_sdk(sdk: Any, http: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server, tags=["steps"])
+    reply = sdk.agents.messages.create(agent.id, messages=[{"role": "user", "content": "remember likes oolong"}])
+    [run_id] = reply.usage.run_ids
+
+    run = sdk.runs.retrieve(run_id)
+    assert (run.agent_id, run.status, run.stop_reason, run.background) == (agent.id, "completed", "end_turn", False)
+    assert [r.id for r in sdk.runs.list(agent_id=agent.id)] == [run_id]
+    assert sdk.runs.list(agent_id=agent.id, statuses=["failed"]).items == []
+    assert sdk.runs.usage.retrieve(run_id).total_tokens == reply.usage.total_tokens
+    kinds = [m.message_type for m in sdk.runs.messages.list(run_id)]
+    assert kinds == ["user_message", "tool_call_message", "tool_return_message", "assistant_message"]
+    run_steps = sdk.runs.steps.list(run_id).items
+    assert [s.stop_reason for s in run_steps] == [None, "end_turn"] and {s.run_id for s in run_steps} == {run_id}
+    assert sum(s.total_tokens for s in run_steps) == reply.usage.total_tokens
+
+    step = sdk.steps.retrieve(run_steps[0].id)
+    assert (step.agent_id, step.status, step.model, step.tags) == (agent.id, "success", "fake-model", ["steps"])
+    assert step.context_window_limit == 32000 and step.prompt_tokens > 0
+    assert [s.id for s in sdk.steps.list(agent_id=agent.id, order="asc")] == [s.id for s in run_steps]
+    metrics = sdk.steps.metrics.retrieve(step.id)
+    assert metrics.step_ns >= metrics.llm_request_ns > 0 and metrics.step_start_ns > 0
+    step_kinds = [m.message_type for m in sdk.steps.messages.list(step.id)]
+    assert step_kinds == ["tool_call_message", "tool_return_message"]
+    rated = sdk.steps.feedback.create(step.id, feedback="positive", tags=["nice"])
+    assert rated.feedback == "positive" and [s.id for s in sdk.steps.list(has_feedback=True, agent_id=agent.id)] \
+        == [step.id]
+    trace = http.get(f"/v1/runs/{run_id}/trace").json()
+    assert [t["step_id"] for t in trace] == [s.id for s in run_steps] and all(t["duration_ns"] > 0 for t in trace)
+
+    newest = sdk.messages.list(limit=1)
+    assert newest[0].message_type == "assistant_message"
+    user_id = sdk.runs.messages.list(run_id).items[0].id
+    [shown] = sdk.messages.retrieve(user_id)
+    assert shown.message_type == "user_message" and shown.content == "remember likes oolong"
+    found = sdk.messages.search(query="oolong", agent_id=agent.id)
+    assert {(f.message_type, f.message_id) for f in found} >= {("user_message", user_id)}
+    assert all(f.agent_id == agent.id for f in found)
+
+    assert http.delete(f"/v1/runs/{run_id}").json()["id"] == run_id
+    assert http.get(f"/v1/runs/{run_id}").status_code == 404
+    assert http.get(f"/v1/steps/{step.id}").status_code == 404
+
+
+def test_cancel_compact_recompile_preview_and_reset_over_http(sdk: Any, http: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server)
+    with pytest.raises(letta_client.BadRequestError, match="no running turn"):
+        sdk.agents.messages.cancel(agent.id)
+    replies: list[Any] = []
+    sender = threading.Thread(target=lambda: replies.append(
+        sdk.agents.messages.create(agent.id, messages=[{"role": "user", "content": "slowly now"}])))
+    sender.start()
+    deadline = time.monotonic() + 30
+    while not (cancelled := http.post(f"/v1/agents/{agent.id}/messages/cancel", json={}).json()) \
+            or "detail" in cancelled:
+        assert time.monotonic() < deadline, cancelled
+        time.sleep(0.05)
+    sender.join(20)
+    [(run_id, verdict)] = cancelled.items()
+    assert verdict == "cancelled" and replies[0].stop_reason.stop_reason == "cancelled"
+    assert sdk.runs.retrieve(run_id).status == "cancelled"
+
+    for i in range(5):
+        sdk.agents.messages.create(agent.id, messages=[{"role": "user", "content": f"turn {i} " + "words " * 40}])
+    compacted = sdk.agents.messages.compact(agent.id)
+    assert compacted.summary and compacted.num_messages_after < compacted.num_messages_before
+
+    sdk.agents.blocks.update("human", agent_id=agent.id, value="Name: Ada, likes oolong")
+    prompt = json.loads(sdk.agents.recompile(agent.id))  # a JSON string, as Letta answers (the SDK leaves it so)
+    assert "Name: Ada, likes oolong" in prompt
+    payload = http.post(f"/v1/agents/{agent.id}/messages/preview-raw-payload",
+                        json={"messages": [{"role": "user", "content": "peek"}]}).json()
+    assert payload["messages"][0]["content"] == prompt and payload["messages"][-1]["content"] == "peek"
+    assert payload["model"] == "fake-model" and "api_key" not in json.dumps(payload)
+
+    sdk.agents.messages.reset(agent.id, add_default_initial_messages=True)
+    kinds = [m.message_type for m in sdk.agents.messages.list(agent.id, limit=3)]
+    assert "user_message" in kinds  # the login event, newest first
+    assert len(sdk.agents.retrieve(agent.id).message_ids) == 3
+
+
+def test_a_background_stream_can_be_re_attached_by_run_id(sdk: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server)
+    stream = sdk.agents.messages.create(agent.id, messages=[{"role": "user", "content": "remember likes rooibos"}],
+                                        streaming=True, background=True)
+    first = next(iter(stream))
+    assert first.message_type == "tool_call_message" and first.seq_id == 1 and first.run_id
+    stream.close()  # the client goes away; the turn runs on
+    run_id = first.run_id
+    deadline = time.monotonic() + 60
+    while (run := sdk.runs.retrieve(run_id)).status not in ("completed", "failed"):
+        assert time.monotonic() < deadline, run
+        time.sleep(0.1)
+    assert run.background is True and run.status == "completed"
+    resumed = list(sdk.runs.messages.stream(run_id, starting_after=1))
+    kinds = [getattr(e, "message_type", None) for e in resumed]
+    assert kinds == ["tool_return_message", "assistant_message", "stop_reason", "usage_statistics"]
+    assert resumed[1].content == "Done."
+    everything = list(sdk.runs.messages.stream(run_id))
+    assert [getattr(e, "seq_id", None) for e in everything[:3]] == [1, 2, 3]
+
+
 def test_shared_block_edit_reaches_every_agent(sdk: Any, fake_llm_server: Any) -> None:
     first, second = new_agent(sdk, fake_llm_server), new_agent(sdk, fake_llm_server)
     team = sdk.blocks.create(label="team", value="Team: red", limit=100)

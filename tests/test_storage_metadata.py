@@ -499,7 +499,7 @@ def test_groups_and_runs_as_docs(store: MetadataStore) -> None:
     store.runs.upsert_run("run-1", {"agent_id": "a", "status": "completed"})  # keeps its created_at
     assert [r["id"] for r in store.runs.list_runs(["a"])] == ["run-2", "run-1"]
     assert [r["id"] for r in store.runs.list_runs(["a"], order="asc")] == ["run-1", "run-2"]
-    assert [r["id"] for r in store.runs.list_runs(["a"], after="run-2")] == ["run-1"]
+    assert [r["id"] for r in store.runs.list_runs(["a"], before="run-2")] == ["run-1"]
     assert store.runs.get_run("run-1")["status"] == "completed"
     assert datetime.fromisoformat(store.runs.get_run("run-1")["created_at"]) == T0
     assert [r["id"] for r in store.runs.list_runs(statuses=["running"])] == ["run-3"]
@@ -539,7 +539,7 @@ def test_a_turns_run_and_steps_commit_with_it_and_merge_into_a_background_runs_d
         store.runs.get_run("run-g")  # the deleted agent's run went with its turn
     assert [s.id for s in store.runs.list_steps(run_id="run-bg", order="asc")] == ["step-run-bg-1", "step-run-bg-2"]
     assert [s.id for s in store.runs.list_steps()] == ["step-run-b-3", "step-run-bg-2", "step-run-bg-1"]
-    assert [s.id for s in store.runs.list_steps(after="step-run-b-3", limit=1)] == ["step-run-bg-2"]
+    assert [s.id for s in store.runs.list_steps(before="step-run-b-3", limit=1)] == ["step-run-bg-2"]
     assert [s.id for s in store.runs.list_steps(tags=["blue"])] == ["step-run-bg-2", "step-run-bg-1"]
     assert [s.id for s in store.runs.list_steps(start=T0 + timedelta(seconds=2), end=T0 + timedelta(seconds=3))] \
         == ["step-run-b-3", "step-run-bg-2"]

@@ -17,7 +17,7 @@ import duckdb
 
 from letta_ray.errors import InvalidInputError, NotFoundError
 from letta_ray.messages import StepRecord
-from letta_ray.schemas import Order, time_cursors
+from letta_ray.schemas import Order
 from letta_ray.storage._duckdb_file import DuckDBFile
 from letta_ray.storage._duckdb_layout import (
     _RUNS,
@@ -110,7 +110,8 @@ class RunStore:
         limit: int | None = 50,
         order: Order = "desc",
     ) -> list[dict[str, Any]]:
-        """Run docs by creation time (``order``); ``after``/``before`` are run ids in that order."""
+        """Run docs by creation time (``order``), created after the run ``after`` and before the
+        run ``before`` (ids; in time, whatever the order)."""
         _check_limit(limit)
         direction = _check_order(order)
         clauses: list[str] = []
@@ -128,7 +129,7 @@ class RunStore:
             clauses.append("doc->>'stop_reason' = ?")
             params.append(stop_reason)
         with self._db.locked() as conn:
-            self._cursors(conn, clauses, params, "runs", "run", order, after, before)
+            self._cursors(conn, clauses, params, "runs", "run", after, before)
             rows = conn.execute(
                 f"SELECT doc FROM runs {_where(clauses)} ORDER BY created_at {direction}, id {direction} "
                 f"{_limit(limit)}", params).fetchall()
@@ -167,8 +168,9 @@ class RunStore:
         limit: int | None = 50,
         order: Order = "desc",
     ) -> list[StepRecord]:
-        """Steps by creation time (``order``); ``after``/``before`` are step ids in that order;
-        ``tags``: steps of agents with every one of these tags."""
+        """Steps by start time (``order``), after the step ``after`` and before the step
+        ``before`` (ids; in time, whatever the order); ``tags``: steps of agents with every
+        one of these tags."""
         _check_limit(limit)
         direction = _check_order(order)
         clauses: list[str] = []
@@ -190,7 +192,7 @@ class RunStore:
             clauses.append("list_has_all(json_extract_string(doc, '$.tags[*]'), ?::VARCHAR[])")
             params.append(list(tags))
         with self._db.locked() as conn:
-            self._cursors(conn, clauses, params, "steps", "step", order, after, before, "step_start_ns")
+            self._cursors(conn, clauses, params, "steps", "step", after, before, "step_start_ns")
             rows = conn.execute(
                 f"SELECT doc FROM steps {_where(clauses)} ORDER BY step_start_ns {direction}, id {direction} "
                 f"{_limit(limit)}", params).fetchall()
@@ -210,10 +212,8 @@ class RunStore:
         return step
 
     def _cursors(self, conn: duckdb.DuckDBPyConnection, clauses: list[str], params: list[Any], table: str,
-                 kind: str, order: Order, after: str | None, before: str | None,
-                 column: str = "created_at") -> None:
-        """Letta's cursors are positions in the requested order (of ``column``, then id)."""
-        later, earlier = time_cursors(order, after, before)
-        for cursor, op in ((later, ">"), (earlier, "<")):
+                 kind: str, after: str | None, before: str | None, column: str = "created_at") -> None:
+        """Rows later than ``after`` and earlier than ``before`` (ids), by ``column`` then id."""
+        for cursor, op in ((after, ">"), (before, "<")):
             if cursor is not None:
                 self._db.add_cursor(conn, clauses, params, table, kind, (column, "id"), cursor, op)
