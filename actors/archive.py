@@ -57,9 +57,12 @@ class ArchiveActor:
         return passage
 
     async def insert_many(self, agent_id: str, texts: list[str], tags: list[str] | None = None) -> list[Passage]:
-        vectors = await self.embedder.embed(texts)
-        passages = [Passage(agent_id=agent_id, text=t, tags=list(tags or []), embedding=v)
-                    for t, v in zip(texts, vectors, strict=True)]
+        return await self.insert_passages([Passage(agent_id=agent_id, text=t, tags=list(tags or [])) for t in texts])
+
+    async def insert_passages(self, passages: list[Passage]) -> list[Passage]:
+        """Store passages (any owners, their own tags and times), embedded here in one batch."""
+        vectors = await self.embedder.embed([p.text for p in passages])
+        passages = [p.model_copy(update={"embedding": v}) for p, v in zip(passages, vectors, strict=True)]
         await self._writes.submit(lambda: passages)
         self._since_optimize += len(passages)
         if self._since_optimize >= self._optimize_every and (self._optimizing is None or self._optimizing.done()):
@@ -79,7 +82,7 @@ class ArchiveActor:
     async def optimize(self) -> None:
         await self._optimize()
 
-    async def search(self, agent_id: str, query: str | None, *, tags: list[str] | None = None,
+    async def search(self, agent_id: str | list[str] | None, query: str | None, *, tags: list[str] | None = None,
                      tag_match_mode: TagMatchMode = "any", top_k: int = 5, start: datetime | None = None,
                      end: datetime | None = None) -> list[Passage]:
         vector = None
@@ -90,7 +93,7 @@ class ArchiveActor:
         return await asyncio.to_thread(self.store.search, agent_id, query_text=query, query_vector=vector,
                                        tags=tags, tag_match_mode=tag_match_mode, top_k=top_k, start=start, end=end)
 
-    async def count(self, agent_id: str) -> int:
+    async def count(self, agent_id: str | list[str]) -> int:
         return await asyncio.to_thread(self.store.count, agent_id)
 
     async def list(self, agent_id: str, *, limit: int = 100, after: str | None = None,
@@ -115,6 +118,7 @@ class ArchiveHandle(ActorFacade):
 
     insert = remote_method(ArchiveActor.insert)
     insert_many = remote_method(ArchiveActor.insert_many)
+    insert_passages = remote_method(ArchiveActor.insert_passages)
     search = remote_method(ArchiveActor.search)
     count = remote_method(ArchiveActor.count)
     list = remote_method(ArchiveActor.list)

@@ -40,6 +40,7 @@ from letta_ray.tools import build_tool
 
 from ._facade import ACTOR_GONE
 from ._loop import EventLoopThread
+from .archives_api import ArchivesAPI
 from .groups_api import GroupsAPI
 from .handles import AgentHandle, ArchivalView, BlocksView
 from .host import HostHandle, TurnResult, pair_sleeptime
@@ -90,6 +91,8 @@ class Client:
         """Groups of agents: round robin, supervisor, dynamic (``client.groups.create_group(...)``)."""
         self.mcp_servers = MCPServersAPI(self.connection)
         """MCP servers and their tools (``client.mcp_servers.create("files", {...})``)."""
+        self.archives = ArchivesAPI(self.connection)
+        """Archives: archival memory several agents share (``client.archives.create("handbook")``)."""
         self.runs = RunsAPI(self.connection)
         """Runs: every turn is one (``client.runs.list(agent_id=...)``, ``.messages(run_id)``)."""
         self.steps = StepsAPI(self.connection)

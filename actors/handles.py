@@ -264,7 +264,9 @@ class ArchivalView:
     async def search_async(self, query: str | None, *, top_k: int = 5, tags: list[str] | None = None,
                            tag_match_mode: TagMatchMode = "any", start: datetime | None = None,
                            end: datetime | None = None) -> list[Passage]:
-        return await self._archive.search(self._agent.id, query, top_k=top_k, tags=tags,
+        """The agent's own passages and those of the archives attached to it, as its tool searches."""
+        owners = (await self._agent.connection.runtime.store.get_agent(self._agent.id)).archive_owners
+        return await self._archive.search(owners, query, top_k=top_k, tags=tags,
                                           tag_match_mode=tag_match_mode, start=start, end=end)
 
     async def list_async(self, *, limit: int = 100, after: str | None = None, ascending: bool = True

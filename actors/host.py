@@ -60,7 +60,7 @@ JOURNAL_ROTATE_BYTES = 64 * 2**20
 
 # Fields of an agent a caller may change after creation.
 MODIFIABLE = frozenset({"name", "system", "tags", "description", "metadata", "llm_config", "embedding_config",
-                        "tools", "tool_rules", "max_steps", "agent_type", "secrets"})
+                        "tools", "tool_rules", "max_steps", "agent_type", "secrets", "archive_ids"})
 
 
 def _warm_litellm() -> None:
@@ -171,7 +171,7 @@ class AgentHost:
         state: AgentState = await self.store.get_agent(agent_id)
         context: list[Message] = await self.store.get_messages(state.message_ids) if state.message_ids else []
         recall = await self.store.count_messages(agent_id)
-        archival = await self.archive.count(agent_id) if self.archive is not None else 0
+        archival = await self.archive.count(state.archive_owners) if self.archive is not None else 0
         return _Hosted(state, context, MemoryStats(recall_messages=recall, archival_passages=archival))
 
     async def _get(self, agent_id: str) -> _Hosted:

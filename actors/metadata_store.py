@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from letta_ray.errors import NotFoundError
 from letta_ray.mcp import MCPServer
 from letta_ray.messages import Message, Role, StepRecord
-from letta_ray.schemas import AgentState, Block, Order, Tool
+from letta_ray.schemas import AgentState, Archive, Block, Order, Tool
 
 from ._facade import ActorFacade, remote_method
 from ._group_commit import GroupCommitter
@@ -467,6 +467,22 @@ class MetadataStoreActor:
     async def delete_mcp_server(self, server_id: str) -> list[str]:
         return await self._write(self.store.delete_mcp_server, server_id)
 
+    async def upsert_archive(self, archive: Archive) -> Archive:
+        return await self._write(self.store.upsert_archive, archive)
+
+    async def get_archive(self, archive_id: str) -> Archive:
+        return await self._read(self.store.get_archive, archive_id)
+
+    async def list_archives(self, **filters: Any) -> list[Archive]:
+        """See ``MetadataStore.list_archives``."""
+        return await self._read(self.store.list_archives, **filters)
+
+    async def agents_with_archive(self, archive_id: str) -> list[str]:
+        return await self._read(self.store.agents_with_archive, archive_id)
+
+    async def delete_archive(self, archive_id: str) -> None:
+        await self._write(self.store.delete_archive, archive_id)
+
     async def upsert_group(self, group_id: str, doc: dict[str, Any]) -> None:
         await self._write(self.store.upsert_group, group_id, doc)
 
@@ -556,6 +572,11 @@ class MetadataStoreHandle(ActorFacade):
     upsert_mcp_server = remote_method(MetadataStoreActor.upsert_mcp_server)
     sync_mcp_tools = remote_method(MetadataStoreActor.sync_mcp_tools)
     delete_mcp_server = remote_method(MetadataStoreActor.delete_mcp_server)
+    upsert_archive = remote_method(MetadataStoreActor.upsert_archive)
+    get_archive = remote_method(MetadataStoreActor.get_archive)
+    list_archives = remote_method(MetadataStoreActor.list_archives)
+    agents_with_archive = remote_method(MetadataStoreActor.agents_with_archive)
+    delete_archive = remote_method(MetadataStoreActor.delete_archive)
     upsert_group = remote_method(MetadataStoreActor.upsert_group)
     delete_group = remote_method(MetadataStoreActor.delete_group)
     upsert_run = remote_method(MetadataStoreActor.upsert_run)

@@ -343,7 +343,7 @@ def default_initial_messages(state: AgentState, now: datetime) -> list[Message]:
 async def gather_stats(state: AgentState, deps: StepDeps) -> MemoryStats:
     """Recall and archival counts for the memory metadata, from the stores if present."""
     recall = await deps.recall.count_messages(state.id) if deps.recall else 0
-    archival = await deps.archive.count(state.id) if deps.archive else 0
+    archival = await deps.archive.count(state.archive_owners) if deps.archive else 0
     return MemoryStats(recall_messages=recall, archival_passages=archival)
 
 

@@ -115,7 +115,7 @@ async def archival_memory_insert(ctx: ToolContext, content: str, tags: list[str]
     archive = ctx.deps.archive
     if archive is None:
         raise ToolError("Archival memory is not available to this agent.")
-    passage = await archive.insert(ctx.agent_id, content, tags or [])
+    passage = await archive.insert(ctx.agent.insert_owner, content, tags or [])
     ctx.state["archival_inserted"] = ctx.state.get("archival_inserted", 0) + 1
     return f"Stored in archival memory as {passage.id}."
 
@@ -161,7 +161,7 @@ async def archival_memory_search(
     if top_k is not None and not 1 <= top_k <= 100:
         raise ToolError("top_k must be between 1 and 100.")
     passages = await archive.search(
-        ctx.agent_id,
+        ctx.agent.archive_owners,
         query,
         tags=tags,
         tag_match_mode=tag_match_mode,

@@ -63,13 +63,15 @@ TagMatchMode = Literal["any", "all"]
 
 @runtime_checkable
 class Archive(Protocol):
-    """Archival memory of agents: passages with embeddings, searchable."""
+    """Archival memory of agents: passages with embeddings, searchable. A passage's
+    ``agent_id`` is its owner: an agent, or a shared archive; search and count take one
+    owner or several."""
 
     async def insert(self, agent_id: str, text: str, tags: list[str] | None = None) -> Passage: ...
 
     async def search(
         self,
-        agent_id: str,
+        agent_id: str | list[str],
         query: str | None,
         *,
         tags: list[str] | None = None,
@@ -79,7 +81,7 @@ class Archive(Protocol):
         end: datetime | None = None,
     ) -> list[Passage]: ...
 
-    async def count(self, agent_id: str) -> int: ...
+    async def count(self, agent_id: str | list[str]) -> int: ...
 
 
 @runtime_checkable

@@ -178,6 +178,18 @@ class Passage(_Model):
     score: float | None = Field(default=None, description="relevance, set on search results")
 
 
+class Archive(_Model):
+    """Archival memory several agents share: passages attached agents search and insert into."""
+
+    id: str = Field(default_factory=lambda: new_id("archive"))
+    name: str = Field(min_length=1, max_length=200)
+    description: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    embedding_config: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
 # --------------------------------------------------------------------------- tools
 
 
@@ -362,6 +374,8 @@ class AgentState(_Model):
     message_ids: list[str] = Field(default_factory=list, description="in-context message ids")
     summary: str | None = None
     max_steps: int = Field(default=50, ge=1)
+    archive_ids: list[str] = Field(default_factory=list, description="shared archives attached: archival "
+                                   "search covers them, and inserts go into the first")
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -372,6 +386,16 @@ class AgentState(_Model):
         if dupes:
             raise InvalidInputError(f"duplicate block labels: {', '.join(dupes)}")
         return self
+
+    @property
+    def archive_owners(self) -> list[str]:
+        """Whose passages make up this agent's archival memory: its own and its archives'."""
+        return [self.id, *self.archive_ids]
+
+    @property
+    def insert_owner(self) -> str:
+        """Where this agent's archival inserts go: its first shared archive, else its own."""
+        return self.archive_ids[0] if self.archive_ids else self.id
 
     @property
     def uses_send_message(self) -> bool:

@@ -25,6 +25,7 @@ from letta_ray.schemas import EmbeddingConfig, LLMConfig
 from letta_ray.settings import PROVIDER_KEYS
 
 from ._agents import agents
+from ._archives import agent_archives, archives, passages
 from ._blocks import blocks
 from ._common import ClientDep, status_of
 from ._groups import groups
@@ -116,7 +117,8 @@ def create_app(client: Client) -> FastAPI:
     # matches a messages path, so the order changes nothing else.
     app.include_router(messages, dependencies=auth)
     app.include_router(health)
-    for router in (agents, blocks, tools, runs, steps, history, models, groups, mcp_servers):
+    for router in (agents, agent_archives, blocks, tools, runs, steps, history, archives, passages, models, groups,
+                   mcp_servers):
         app.include_router(router, dependencies=auth)
     app.add_exception_handler(_Unauthorized, _on_unauthorized)
     app.add_exception_handler(RequestValidationError, _on_validation)

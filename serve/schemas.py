@@ -508,6 +508,7 @@ class PassageView(_Shape):
     text: str
     tags: list[str] = Field(default_factory=list)
     agent_id: str | None = None
+    archive_id: str | None = None
     created_at: datetime
     updated_at: datetime | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -517,8 +518,9 @@ class PassageView(_Shape):
 
     @classmethod
     def of(cls, passage: Passage) -> PassageView:
-        return cls(id=passage.id, text=passage.text, tags=passage.tags, agent_id=passage.agent_id,
-                   created_at=passage.created_at)
+        shared = passage.agent_id.startswith("archive-")  # an archive's passage (actors/archives_api.py)
+        return cls(id=passage.id, text=passage.text, tags=passage.tags, created_at=passage.created_at,
+                   agent_id=None if shared else passage.agent_id, archive_id=passage.agent_id if shared else None)
 
 
 class CreatePassageRequest(_Shape):

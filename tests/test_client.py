@@ -389,3 +389,29 @@ def test_compact_recompile_preview_and_reset_with_initial_messages(client: Any, 
     assert [m.role for m in agent.context()] == ["assistant", "tool", "user"]
     assert state.message_ids == [m.id for m in agent.context()] and state.summary is None
     assert agent.send("hello").assistant_text() == "You said: hello"
+
+
+def test_a_shared_archive_is_one_archival_memory_for_its_agents(client: Any, fake_llm_server: Any) -> None:
+    handbook = client.archives.create("team handbook", description="what every agent should know")
+    writer, reader, outsider = (new_agent(client, fake_llm_server) for _ in range(3))
+    for agent in (writer, reader):
+        assert client.archives.attach(agent.id, handbook.id) == [handbook.id]
+    assert [a.id for a in client.archives.list(agent_id=reader.id)] == [handbook.id]
+
+    # The writer's own tool stores into the archive; the reader's search finds it.
+    writer.send("archive stand-ups are at nine in the blue room")
+    [stored] = client.archives.passages(handbook.id)
+    assert stored.text == "stand-ups are at nine in the blue room" and stored.agent_id == handbook.id
+    client.archives.insert(handbook.id, "the office closes at six", tags=["hours"])
+    assert [p.text for p in reader.archival.search("when are stand-ups?", top_k=1)] == [stored.text]
+    found = client.archives.search("closing time office", agent_id=reader.id, tags=["hours"])
+    assert [p.text for p in found] == ["the office closes at six"] and found[0].score > 0
+    assert client.archives.search("stand-ups", agent_id=outsider.id) == []
+    assert reader.state().archive_ids == [handbook.id]
+
+    client.archives.update(handbook.id, name="handbook v2")
+    assert client.archives.retrieve(handbook.id).name == "handbook v2"
+    client.archives.delete(handbook.id)
+    assert writer.state().archive_ids == [] and reader.archival.search("stand-ups") == []
+    with pytest.raises(NotFoundError):
+        client.archives.retrieve(handbook.id)

@@ -284,6 +284,40 @@ def test_a_background_stream_can_be_re_attached_by_run_id(sdk: Any, fake_llm_ser
     assert [getattr(e, "seq_id", None) for e in everything[:3]] == [1, 2, 3]
 
 
+def test_archives_and_passage_search_with_the_letta_sdk(sdk: Any, http: Any, fake_llm_server: Any) -> None:
+    archive = sdk.archives.create(name=f"faq-{uuid.uuid4().hex[:6]}", description="answers")
+    assert archive.id.startswith("archive-") and archive.embedding_config.embedding_dim > 0
+    sdk.archives.update(archive.id, description="answers, checked")
+    assert sdk.archives.retrieve(archive.id).description == "answers, checked"
+    assert archive.id in [a.id for a in sdk.archives.list(name=archive.name)]
+    one = sdk.archives.passages.create(archive.id, text="Refunds take five working days.", tags=["billing"])
+    assert one.archive_id == archive.id and one.tags == ["billing"]
+    many = sdk.archives.passages.create_many(archive.id, passages=[
+        {"text": "The help desk opens at eight.", "tags": ["hours"]},
+        {"text": "Passwords are reset from the login page.", "tags": ["accounts"]}])
+    assert len(many) == 2
+
+    agent = new_agent(sdk, fake_llm_server)
+    sdk.agents.archives.attach(archive.id, agent_id=agent.id)
+    assert [a.id for a in sdk.archives.list(agent_id=agent.id)] == [archive.id]
+    hits = sdk.passages.search(agent_id=agent.id, query="how long do refunds take", limit=2)
+    assert hits[0].passage.text == "Refunds take five working days." and hits[0].score > 0
+    tagged = sdk.passages.search(archive_id=archive.id, query="opening hours", tags=["hours"])
+    assert [h.passage.text for h in tagged] == ["The help desk opens at eight."]
+    # The agent's own archival search covers the archive now.
+    own = sdk.agents.passages.search(agent.id, query="passwords")
+    assert own.results[0].content == "Passwords are reset from the login page."
+
+    sdk.archives.passages.delete(one.id, archive_id=archive.id)
+    assert [p["text"] for p in http.get(f"/v1/archives/{archive.id}/passages").json()] == [
+        "The help desk opens at eight.", "Passwords are reset from the login page."]
+    sdk.agents.archives.detach(archive.id, agent_id=agent.id)
+    assert sdk.passages.search(agent_id=agent.id, query="passwords") == []
+    sdk.archives.delete(archive.id)
+    assert http.get(f"/v1/archives/{archive.id}").status_code == 404
+    assert http.post("/v1/passages/search", json={"archive_id": archive.id, "query": "x"}).status_code == 404
+
+
 def test_shared_block_edit_reaches_every_agent(sdk: Any, fake_llm_server: Any) -> None:
     first, second = new_agent(sdk, fake_llm_server), new_agent(sdk, fake_llm_server)
     team = sdk.blocks.create(label="team", value="Team: red", limit=100)

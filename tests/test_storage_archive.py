@@ -315,3 +315,15 @@ async def test_embedded_archive_implements_the_archive_protocol(tmp_path):
 def test_embedded_archive_refuses_a_mismatched_embedder(store):
     with pytest.raises(InvalidInputError):
         EmbeddedArchive(store, HashEmbedder(64))
+
+
+def test_search_and_count_take_several_owners_or_everyone(filled: ArchivalStore) -> None:
+    filled.insert([passage("archive-x", "The team handbook says stand-ups are at nine.", ["work"]),
+                   passage("agent-b", "Agent b keeps its own notes about work.", ["work"])])
+    assert filled.count(["agent-a", "archive-x"]) == 6 and filled.count([]) == 0
+    both = filled.search(["agent-a", "archive-x"], query_text="work handbook", tags=["work"], top_k=5)
+    assert {p.agent_id for p in both} == {"agent-a", "archive-x"}
+    assert "Agent b keeps its own notes about work." not in texts(both)
+    everyone = filled.search(None, query_text="work handbook", tags=["work"], top_k=10)
+    assert {p.agent_id for p in everyone} == {"agent-a", "archive-x", "agent-b"}
+    assert filled.search([], query_text="work", top_k=5) == []

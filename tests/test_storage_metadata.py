@@ -16,7 +16,7 @@ import pytest
 from letta_ray.errors import ConflictError, InvalidInputError, NotFoundError
 from letta_ray.mcp import MCPServer, MCPToolInfo, StdioServerConfig, tool_of
 from letta_ray.messages import Message, StepRecord, ToolCall
-from letta_ray.schemas import AgentState, Block, ChildToolRule, LLMConfig, Tool
+from letta_ray.schemas import AgentState, Archive, Block, ChildToolRule, LLMConfig, Tool
 from letta_ray.storage.metadata import MetadataStore
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -575,7 +575,7 @@ def test_export_parquet_writes_readable_files(store: MetadataStore, tmp_path: Pa
 
     counts = {name: pq.read_table(path).num_rows for name, path in paths.items()}
     assert counts == {"agents": 1, "blocks": 1, "agent_blocks": 1, "messages": 3, "tools": 1,
-                      "mcp_servers": 1, "groups": 0, "runs": 1, "steps": 0}
+                      "mcp_servers": 1, "groups": 0, "runs": 1, "steps": 0, "archives": 0}
     messages = pq.read_table(paths["messages"])
     assert messages.column("agent_id").to_pylist() == [agent.id] * 3
     doc = messages.column("doc").to_pylist()[0]
@@ -603,3 +603,22 @@ def test_an_mcp_servers_tools_sync_in_one_go_and_go_with_it(store: MetadataStore
     assert [t.name for t in store.list_tools(limit=None)] == ["mine"]  # the custom tool stays
     with pytest.raises(NotFoundError):
         store.get_mcp_server(server.id)
+
+
+def test_archives_are_stored_listed_and_found_by_their_agents(store: MetadataStore) -> None:
+    first = store.upsert_archive(Archive(name="handbook", created_at=T0))
+    second = store.upsert_archive(Archive(name="faq", description="answers", created_at=T0 + timedelta(1)))
+    a = make_agent("a").model_copy(update={"archive_ids": [first.id]})
+    b = make_agent("b").model_copy(update={"archive_ids": [first.id, second.id]})
+    store.create_agents([a, b, make_agent("c")])
+
+    assert store.get_archive(second.id).description == "answers"
+    assert [x.id for x in store.list_archives()] == [first.id, second.id]
+    assert [x.id for x in store.list_archives(order="desc", before=second.id)] == [first.id]
+    assert [x.id for x in store.list_archives(name="faq")] == [second.id]
+    assert [x.id for x in store.list_archives(ids=b.archive_ids)] == [first.id, second.id]
+    assert store.agents_with_archive(first.id) == sorted([a.id, b.id])
+    assert store.agents_with_archive(second.id) == [b.id]
+    store.delete_archive(second.id)
+    with pytest.raises(NotFoundError):
+        store.get_archive(second.id)

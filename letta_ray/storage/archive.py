@@ -112,15 +112,26 @@ def _as_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+def _owners(agent_id: str | Sequence[str] | None) -> list[str]:
+    """Owner clauses: one owner (an agent or an archive), several, or everyone (None)."""
+    if agent_id is None:
+        return []
+    if isinstance(agent_id, str):
+        return [f"agent_id = {sql_string(agent_id)}"]
+    if not agent_id:
+        return ["false"]
+    return [f"agent_id IN ({', '.join(sql_string(a) for a in agent_id)})"]
+
+
 def _filter(
-    agent_id: str,
+    agent_id: str | Sequence[str] | None,
     *,
     tags: Sequence[str] | None = None,
     tag_match_mode: TagMatchMode = "any",
     start: datetime | None = None,
     end: datetime | None = None,
 ) -> str:
-    clauses = [f"agent_id = {sql_string(agent_id)}"]
+    clauses = _owners(agent_id)
     if tags:
         if tag_match_mode not in ("any", "all"):
             raise InvalidInputError(f"tag_match_mode must be 'any' or 'all', not {tag_match_mode!r}")
@@ -130,7 +141,7 @@ def _filter(
         clauses.append(f"created_at >= {_sql_timestamp(start)}")
     if end is not None:
         clauses.append(f"created_at <= {_sql_timestamp(end)}")
-    return " AND ".join(clauses)
+    return " AND ".join(clauses) or "true"
 
 
 # --------------------------------------------------------------------------- store
@@ -310,12 +321,12 @@ class ArchivalStore:
             raise NotFoundError("passage", passage_id)
         return rows[0]
 
-    def count(self, agent_id: str) -> int:
-        return self._table().count_rows(f"agent_id = {sql_string(agent_id)}")
+    def count(self, agent_id: str | Sequence[str]) -> int:
+        return self._table().count_rows(" AND ".join(_owners(agent_id)) or None)
 
     def search(
         self,
-        agent_id: str,
+        agent_id: str | Sequence[str] | None,
         *,
         query_text: str | None = None,
         query_vector: Sequence[float] | None = None,
@@ -510,7 +521,7 @@ class EmbeddedArchive:
 
     async def search(
         self,
-        agent_id: str,
+        agent_id: str | list[str],
         query: str | None,
         *,
         tags: list[str] | None = None,
@@ -536,5 +547,5 @@ class EmbeddedArchive:
             end=end,
         )
 
-    async def count(self, agent_id: str) -> int:
+    async def count(self, agent_id: str | list[str]) -> int:
         return await asyncio.to_thread(self.store.count, agent_id)

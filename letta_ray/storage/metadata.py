@@ -20,11 +20,12 @@ import duckdb
 from letta_ray.errors import ConflictError, InvalidInputError, NotFoundError
 from letta_ray.mcp import MCP_TOOL_TYPE, MCPServer
 from letta_ray.messages import Message, StepRecord
-from letta_ray.schemas import AgentState, Block, Order, Tool
+from letta_ray.schemas import AgentState, Archive, Block, Order, Tool
 from letta_ray.storage._duckdb_file import DuckDBFile
 from letta_ray.storage._duckdb_layout import (
     _AGENT_BLOCKS,
     _AGENTS,
+    _ARCHIVES,
     _BLOCKS,
     _DATA_TABLES,
     _GROUPS,
@@ -529,6 +530,51 @@ class MetadataStore:
             conn.execute(f"DELETE FROM tools WHERE {_OF_MCP_SERVER}", [MCP_TOOL_TYPE, server_id])
             conn.execute("DELETE FROM mcp_servers WHERE id = ?", [server_id])
         return names
+
+    # ------------------------------------------------------------------ archives
+
+    def upsert_archive(self, archive: Archive) -> Archive:
+        archive = _utc_model(archive)
+        with self._db.tx() as conn:
+            conn.execute(_ARCHIVES.upsert_sql(), _ARCHIVES.row(archive))
+        return archive
+
+    def get_archive(self, archive_id: str) -> Archive:
+        return self._db.get_doc(Archive, "archives", "archive", "id", archive_id)
+
+    def list_archives(self, *, name: str | None = None, ids: Sequence[str] | None = None, limit: int | None = 50,
+                      after: str | None = None, before: str | None = None, order: Order = "asc") -> list[Archive]:
+        """Archives by (created_at, id), later than ``after`` and earlier than ``before``
+        (archive ids); only those named ``name`` or with these ``ids``, when given."""
+        _check_limit(limit)
+        direction = _check_order(order)
+        clauses: list[str] = []
+        params: list[Any] = []
+        if name is not None:
+            clauses.append("name = ?")
+            params.append(name)
+        if ids is not None:
+            clauses.append("list_contains(?::VARCHAR[], id)")
+            params.append(list(ids))
+        with self._db.locked() as conn:
+            for cursor, op in ((after, ">"), (before, "<")):
+                if cursor is not None:
+                    self._db.add_cursor(conn, clauses, params, "archives", "archive", ("created_at", "id"), cursor, op)
+            rows = conn.execute(f"SELECT doc FROM archives {_where(clauses)} "
+                                f"ORDER BY created_at {direction}, id {direction} {_limit(limit)}", params).fetchall()
+        return [Archive.model_validate_json(row[0]) for row in rows]
+
+    def agents_with_archive(self, archive_id: str) -> list[str]:
+        """The ids of the agents an archive is attached to."""
+        with self._db.locked() as conn:
+            rows = conn.execute("SELECT id FROM agents WHERE list_contains("
+                                "json_extract_string(doc, '$.archive_ids[*]'), ?) ORDER BY id", [archive_id]).fetchall()
+        return [row[0] for row in rows]
+
+    def delete_archive(self, archive_id: str) -> None:
+        with self._db.tx() as conn:
+            self._db.require(conn, "archives", "archive", archive_id)
+            conn.execute("DELETE FROM archives WHERE id = ?", [archive_id])
 
     # ------------------------------------------------------------------ groups
 
