@@ -344,6 +344,10 @@ class MetadataStoreActor:
         return await self._read(self.store.list_agents, name=name, tags=tags, match_all_tags=match_all_tags,
                                 limit=limit, after=after, before=before, order=order)
 
+    async def list_tags(self, **filters: Any) -> list[str]:
+        """See ``MetadataStore.list_tags``."""
+        return await self._read(self.store.list_tags, **filters)
+
     async def count_agents(self) -> int:
         return await self._read(self.store.count_agents)
 
@@ -536,6 +540,7 @@ class MetadataStoreHandle(ActorFacade):
     existing_agents = remote_method(MetadataStoreActor.existing_agents)
     list_agents = remote_method(MetadataStoreActor.list_agents)
     count_agents = remote_method(MetadataStoreActor.count_agents)
+    list_tags = remote_method(MetadataStoreActor.list_tags)
     get_block = remote_method(MetadataStoreActor.get_block)
     list_blocks = remote_method(MetadataStoreActor.list_blocks)
     agents_of_block = remote_method(MetadataStoreActor.agents_of_block)

@@ -156,6 +156,11 @@ async def list_agents(
     return Response(content=json.dumps(views), media_type="application/json")
 
 
+@agents.get("/count", response_model=int, summary="How many agents there are")
+async def count_agents(client: ClientDep) -> int:
+    return await client.runtime.store.count_agents()
+
+
 @agents.get("/{agent_id}", response_model=AgentStateView, summary="Retrieve an agent")
 async def retrieve_agent(agent_id: str, client: ClientDep) -> Response:
     return json_response(await agent_view(client, await client.get_agent_state_async(agent_id)))
@@ -216,9 +221,9 @@ async def reset_messages(agent_id: str, client: ClientDep,
 
 @agents.get("/{agent_id}/tools", response_model=list[ToolView], summary="Tools attached to an agent")
 async def list_agent_tools(agent_id: str, client: ClientDep, after: str | None = None, before: str | None = None,
-                           limit: Annotated[int | None, Query(ge=0)] = None) -> list[ToolView]:
+                           limit: Annotated[int | None, Query(ge=0)] = None, order: Order = "asc") -> list[ToolView]:
     view = await agent_view(client, await client.get_agent_state_async(agent_id))
-    return page(view.tools, after, before, limit)
+    return page(view.tools, after, before, limit, order)
 
 
 async def _set_tool(client: Client, agent_id: str, tool_id: str, attach: bool) -> Response:
@@ -272,9 +277,9 @@ async def retrieve_memory(agent_id: str, client: ClientDep) -> MemoryView:
 
 @agents.get("/{agent_id}/core-memory/blocks", response_model=list[BlockView], summary="An agent's blocks")
 async def list_agent_blocks(agent_id: str, client: ClientDep, after: str | None = None, before: str | None = None,
-                            limit: Annotated[int | None, Query(ge=0)] = None) -> list[BlockView]:
+                            limit: Annotated[int | None, Query(ge=0)] = None, order: Order = "asc") -> list[BlockView]:
     blocks = (await client.get_agent_state_async(agent_id)).blocks
-    return [BlockView.of(b) for b in page(blocks, after, before, limit)]
+    return [BlockView.of(b) for b in page(blocks, after, before, limit, order)]
 
 
 @agents.get("/{agent_id}/core-memory/blocks/{block_label}", response_model=BlockView, summary="A block by label")

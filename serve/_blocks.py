@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
+
+from letta_ray.schemas import Order
 
 from ._common import (
     ClientDep,
@@ -33,12 +35,18 @@ async def create_block(body: CreateBlockRequest, client: ClientDep) -> BlockView
 
 @blocks.get("/", response_model=list[BlockView], summary="List blocks, by id")
 async def list_blocks(client: ClientDep, label: str | None = None, after: str | None = None,
-                      before: str | None = None, limit: Annotated[int | None, Query(ge=0)] = 50) -> list[BlockView]:
-    if before is None:
+                      before: str | None = None, limit: Annotated[int | None, Query(ge=0)] = 50,
+                      order: Order = "asc", order_by: Literal["created_at"] = "created_at") -> list[BlockView]:
+    if before is None and order == "asc":
         found = await client.list_blocks_async(label=label, limit=limit, after=after)
     else:  # the store pages forwards only
-        found = page(await client.list_blocks_async(label=label, limit=None), after, before, limit)
+        found = page(await client.list_blocks_async(label=label, limit=None), after, before, limit, order)
     return [BlockView.of(b) for b in found]
+
+
+@blocks.get("/count", response_model=int, summary="How many blocks there are")
+async def count_blocks(client: ClientDep) -> int:
+    return len(await client.list_blocks_async(limit=None))
 
 
 @blocks.get("/{block_id}", response_model=BlockView, summary="Retrieve a block")
@@ -59,8 +67,10 @@ async def delete_block(block_id: str, client: ClientDep) -> JSONResponse:
 
 @blocks.get("/{block_id}/agents", response_model=list[AgentStateView], summary="Agents a block is attached to")
 async def list_block_agents(block_id: str, client: ClientDep, after: str | None = None, before: str | None = None,
-                            limit: Annotated[int | None, Query(ge=0)] = 50) -> list[AgentStateView]:
+                            limit: Annotated[int | None, Query(ge=0)] = 50,
+                            order: Order = "asc") -> list[AgentStateView]:
     ids = await client.agents_of_block_async(block_id)
-    states = page(list(await asyncio.gather(*(client.get_agent_state_async(i) for i in ids))), after, before, limit)
+    states = page(list(await asyncio.gather(*(client.get_agent_state_async(i) for i in ids))), after, before, limit,
+                  order)
     tools = await custom_tools(client, states)
     return [AgentStateView.of(s, tools) for s in states]

@@ -20,7 +20,7 @@ from letta_ray.errors import (
 )
 from letta_ray.mcp import MCPServerUnavailableError
 from letta_ray.sandbox import SandboxError
-from letta_ray.schemas import AgentState, Tool
+from letta_ray.schemas import AgentState, Order, Tool
 
 from .schemas import BASE_TOOL_IDS, BASE_TOOL_VIEWS, AgentStateView
 
@@ -42,10 +42,14 @@ def message_response(text: str) -> JSONResponse:
     return JSONResponse({"message": text})
 
 
-def page(items: list[Any], after: str | None, before: str | None, limit: int | None) -> list[Any]:
-    """Cursor paging over a list held in full: items strictly between ``after`` and ``before``
-    (ids), the first ``limit`` of them. An unknown cursor gives an empty page, which ends
-    a client's paging instead of restarting it."""
+def page(items: list[Any], after: str | None, before: str | None, limit: int | None,
+         order: Order = "asc") -> list[Any]:
+    """Cursor paging over a list held in full (in its "asc" order; reversed for "desc"):
+    items strictly between ``after`` and ``before`` (ids, positions in that order), the
+    first ``limit`` of them. An unknown cursor gives an empty page, which ends a client's
+    paging instead of restarting it."""
+    if order == "desc":
+        items = items[::-1]
     ids = [item.id for item in items]
     start, stop = 0, len(items)
     if after is not None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 
 from letta_ray.group_policies import Group, GroupCreate
+from letta_ray.schemas import Order
 
-from ._common import ClientDep, json_response, message_response
+from ._common import ClientDep, json_response, message_response, page
 from .schemas import SendMessageRequest
 
 groups = APIRouter(prefix="/v1/groups", tags=["groups"])
@@ -23,8 +24,15 @@ async def create_group(body: GroupCreate, client: ClientDep) -> Response:
 
 @groups.get("/", response_model=list[Group], summary="List groups")
 async def list_groups(client: ClientDep, manager_type: str | None = None, after: str | None = None,
-                      limit: Annotated[int | None, Query(ge=0)] = 50) -> list[Group]:
-    return await client.groups.list_groups_async(manager_type=manager_type, limit=limit, after=after)
+                      before: str | None = None, limit: Annotated[int | None, Query(ge=0)] = 50,
+                      order: Order = "asc", order_by: Literal["created_at"] = "created_at") -> list[Group]:
+    found = await client.groups.list_groups_async(manager_type=manager_type, limit=None)
+    return page(found, after, before, limit, order)
+
+
+@groups.get("/count", response_model=int, summary="How many groups there are")
+async def count_groups(client: ClientDep) -> int:
+    return len(await client.groups.list_groups_async(limit=None))
 
 
 @groups.get("/{group_id}", response_model=Group, summary="Retrieve a group")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from letta_ray.actors.client import Client
 from letta_ray.errors import InvalidInputError
+from letta_ray.schemas import Order
 
 from ._common import (
     ClientDep,
@@ -36,10 +37,16 @@ tools = APIRouter(prefix="/v1/tools", tags=["tools"])
 
 @tools.get("/", response_model=list[ToolView], summary="List tools: the built-in ones, then yours, by name")
 async def list_tools(client: ClientDep, name: str | None = None, after: str | None = None,
-                     before: str | None = None, limit: Annotated[int | None, Query(ge=0)] = 50) -> list[ToolView]:
+                     before: str | None = None, limit: Annotated[int | None, Query(ge=0)] = 50,
+                     order: Order = "asc", order_by: Literal["created_at"] = "created_at") -> list[ToolView]:
     views = sorted(BASE_TOOL_VIEWS.values(), key=lambda t: t.name)
     views += [ToolView.of(t) for t in await client.list_tools_async(limit=None)]
-    return page([v for v in views if name is None or v.name == name], after, before, limit)
+    return page([v for v in views if name is None or v.name == name], after, before, limit, order)
+
+
+@tools.get("/count", response_model=int, summary="How many tools there are (built-in ones too)")
+async def count_tools(client: ClientDep) -> int:
+    return len(BASE_TOOL_VIEWS) + len(await client.list_tools_async(limit=None))
 
 
 def _requirements(views: list[PipRequirementView] | None) -> list[dict[str, Any]] | None:

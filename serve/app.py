@@ -11,8 +11,9 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -21,7 +22,7 @@ from ray.exceptions import RayError
 import letta_ray
 from letta_ray.actors.client import Client
 from letta_ray.errors import LettaRayError
-from letta_ray.schemas import EmbeddingConfig, LLMConfig
+from letta_ray.schemas import EmbeddingConfig, LLMConfig, Order, time_cursors
 from letta_ray.settings import PROVIDER_KEYS
 
 from ._agents import agents
@@ -59,6 +60,7 @@ class _Unauthorized(Exception):
 
 health = APIRouter(prefix="/v1/health", tags=["health"])
 models = APIRouter(prefix="/v1/models", tags=["models"])
+tags = APIRouter(prefix="/v1/tags", tags=["tags"])
 
 
 @health.get("/", response_model=HealthView, summary="Liveness (needs no token)")
@@ -74,6 +76,16 @@ async def list_models(client: ClientDep) -> list[ModelView]:
     handles += [model for env, model in PROVIDER_KEYS if os.environ.get(env) and model not in handles]
     return [ModelView.of(LLMConfig.from_handle(h, model_endpoint=settings.default_model_endpoint,
                                                context_window=settings.default_context_window)) for h in handles]
+
+
+@tags.get("/", response_model=list[str], summary="The tags of all agents, alphabetical")
+async def list_tags(client: ClientDep, name: str | None = None, query_text: str | None = None,
+                    after: str | None = None, before: str | None = None,
+                    limit: Annotated[int | None, Query(ge=0)] = 50, order: Order = "asc",
+                    order_by: Literal["name"] = "name") -> list[str]:
+    after, before = time_cursors(order, after, before)
+    return await client.runtime.store.list_tags(name=name or query_text, after=after, before=before, limit=limit,
+                                                order=order)
 
 
 @models.get("/embedding", response_model=list[EmbeddingModelView], summary="The deployment's embedder")
@@ -117,8 +129,8 @@ def create_app(client: Client) -> FastAPI:
     # matches a messages path, so the order changes nothing else.
     app.include_router(messages, dependencies=auth)
     app.include_router(health)
-    for router in (agents, agent_archives, blocks, tools, runs, steps, history, archives, passages, models, groups,
-                   mcp_servers):
+    for router in (agents, agent_archives, blocks, tools, runs, steps, history, archives, passages, models, tags,
+                   groups, mcp_servers):
         app.include_router(router, dependencies=auth)
     app.add_exception_handler(_Unauthorized, _on_unauthorized)
     app.add_exception_handler(RequestValidationError, _on_validation)

@@ -318,6 +318,31 @@ def test_archives_and_passage_search_with_the_letta_sdk(sdk: Any, http: Any, fak
     assert http.post("/v1/passages/search", json={"archive_id": archive.id, "query": "x"}).status_code == 404
 
 
+def test_tags_counts_and_order_on_every_list(sdk: Any, http: Any, fake_llm_server: Any) -> None:
+    mark = uuid.uuid4().hex[:6]
+    new_agent(sdk, fake_llm_server, tags=[f"zz-{mark}-b", f"zz-{mark}-a"])
+    new_agent(sdk, fake_llm_server, tags=[f"zz-{mark}-c", f"zz-{mark}-a"])
+    assert sdk.tags.list(name=mark) == [f"zz-{mark}-a", f"zz-{mark}-b", f"zz-{mark}-c"]
+    assert sdk.tags.list(name=mark, order="desc", limit=2) == [f"zz-{mark}-c", f"zz-{mark}-b"]
+    assert sdk.tags.list(name=mark, after=f"zz-{mark}-a") == [f"zz-{mark}-b", f"zz-{mark}-c"]
+
+    agents = http.get("/v1/agents/", params={"limit": 1000}).json()
+    assert http.get("/v1/agents/count").json() == len(agents) >= 2
+    tools = http.get("/v1/tools/", params={"limit": 1000}).json()
+    assert http.get("/v1/tools/count").json() == len(tools)
+    newest_first = http.get("/v1/tools/", params={"limit": 1000, "order": "desc"}).json()
+    assert [t["id"] for t in newest_first] == [t["id"] for t in tools][::-1]
+    sdk.blocks.create(label=f"note-{mark}", value="one")
+    blocks = http.get("/v1/blocks/", params={"limit": 1000}).json()
+    assert http.get("/v1/blocks/count").json() == len(blocks)
+    assert [b["id"] for b in http.get("/v1/blocks/", params={"limit": 1000, "order": "desc"}).json()] \
+        == [b["id"] for b in blocks][::-1]
+    assert http.get("/v1/groups/count").json() == len(http.get("/v1/groups/", params={"limit": 1000}).json())
+    runs = http.get("/v1/runs/", params={"order": "asc", "limit": 1000}).json()
+    assert [r["id"] for r in http.get("/v1/runs/", params={"order": "desc", "limit": 1000}).json()] \
+        == [r["id"] for r in runs][::-1]
+
+
 def test_shared_block_edit_reaches_every_agent(sdk: Any, fake_llm_server: Any) -> None:
     first, second = new_agent(sdk, fake_llm_server), new_agent(sdk, fake_llm_server)
     team = sdk.blocks.create(label="team", value="Team: red", limit=100)

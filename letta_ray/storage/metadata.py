@@ -38,6 +38,7 @@ from letta_ray.storage._duckdb_layout import (
     FTS_REBUILD_THRESHOLD,
     _check_limit,
     _check_order,
+    _like_pattern,
     _limit,
     _sql_str,
     _to_json,
@@ -309,6 +310,23 @@ class MetadataStore:
                 [block_ids],
             )
             conn.execute("DELETE FROM agents WHERE id = ?", [agent_id])
+
+    def list_tags(self, *, name: str | None = None, after: str | None = None, before: str | None = None,
+                  limit: int | None = 50, order: Order = "asc") -> list[str]:
+        """The distinct tags of all agents, alphabetical (``order``); ``name``: those containing
+        it (any case); ``after``/``before``: tags alphabetically after/before these."""
+        _check_limit(limit)
+        direction = _check_order(order)
+        clauses: list[str] = []
+        params: list[Any] = []
+        for value, clause in ((name, "tag ILIKE ? ESCAPE '\\'"), (after, "tag > ?"), (before, "tag < ?")):
+            if value is not None:
+                clauses.append(clause)
+                params.append(_like_pattern(value) if clause.startswith("tag ILIKE") else value)
+        with self._db.locked() as conn:
+            rows = conn.execute(f"SELECT tag FROM (SELECT DISTINCT unnest(tags) AS tag FROM agents) {_where(clauses)} "
+                                f"ORDER BY tag {direction} {_limit(limit)}", params).fetchall()
+        return [row[0] for row in rows]
 
     def count_agents(self) -> int:
         with self._db.locked() as conn:
