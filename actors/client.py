@@ -214,6 +214,9 @@ class Client:
         embedding_config: EmbeddingConfig | None = None,
         max_steps: int = 50,
         secrets: dict[str, str] | None = None,
+        timezone: str = "UTC",
+        message_buffer_autoclear: bool = False,
+        identity_ids: list[str] | None = None,
     ) -> AgentState:
         """Validate a new agent's definition and resolve its model; raises InvalidInputError."""
         config = self._llm_config(model, llm_config, model_endpoint, context_window)
@@ -236,7 +239,8 @@ class Client:
                 embedding_config=embedding_config or EmbeddingConfig(
                     embedding_model=self.settings.embedding_model, embedding_dim=self.settings.embedding_dim),
                 tags=tags or [], description=description, metadata=metadata or {}, max_steps=max_steps,
-                secrets=secrets or {})
+                secrets=secrets or {}, timezone=timezone, message_buffer_autoclear=message_buffer_autoclear,
+                identity_ids=identity_ids or [])
         except InvalidInputError:
             raise
         except ValueError as exc:
@@ -266,11 +270,18 @@ class Client:
             await self.runtime.store.get_tool_by_name(name)  # NotFoundError names the missing tool
 
     async def create_agent_async(self, name: str, *, enable_sleeptime: bool = False,
-                                 sleeptime_agent_frequency: int = 5, **kwargs: Any) -> AgentHandle:
+                                 sleeptime_agent_frequency: int = 5,
+                                 initial_messages: list[MessageCreate | dict[str, Any]] | None = None,
+                                 **kwargs: Any) -> AgentHandle:
         state = self.build_agent_state(name, **kwargs)
+        context = [[_initial_message(state, m) for m in initial_messages]] if initial_messages else None
+        if context:
+            state.message_ids = [m.id for m in context[0]]
         if not enable_sleeptime:
-            [handle] = await self.create_agents_async([state])
+            [handle] = await self.create_agents_async([state], context=context)
             return handle
+        if context:
+            raise InvalidInputError("initial messages are not supported with enable_sleeptime")
         return await self._create_with_sleeptime(state, sleeptime_agent_frequency)
 
     async def _create_with_sleeptime(self, main: AgentState, frequency: int) -> AgentHandle:
@@ -289,13 +300,17 @@ class Client:
         return handle
 
     def create_agent(self, name: str, *, enable_sleeptime: bool = False, sleeptime_agent_frequency: int = 5,
+                     initial_messages: list[MessageCreate | dict[str, Any]] | None = None,
                      **kwargs: Any) -> AgentHandle:
         """Create an agent; see ``build_agent_state`` for the arguments.
 
         With ``enable_sleeptime`` a sleep-time agent sharing its blocks is created too; it
         runs in the background every ``sleeptime_agent_frequency`` turns of this agent.
+        ``initial_messages`` (``{"role": "user" | "assistant" | "system", "content": ...}``)
+        start its context window (Letta's ``initial_message_sequence``).
         """
         return self.run_sync(self.create_agent_async(name, enable_sleeptime=enable_sleeptime,
+                                                     initial_messages=initial_messages,
                                                  sleeptime_agent_frequency=sleeptime_agent_frequency, **kwargs))
 
     async def create_agents_async(self, states: list[AgentState], *, context: list[list[Message]] | None = None,
@@ -597,3 +612,12 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _initial_message(state: AgentState, message: MessageCreate | dict[str, Any]) -> Message:
+    """One message of a new agent's starting context, as stored."""
+    try:
+        create = message if isinstance(message, MessageCreate) else MessageCreate.model_validate(message)
+    except ValueError as exc:
+        raise InvalidInputError(f"invalid initial message {message!r}: {exc}") from exc
+    return Message(agent_id=state.id, role=create.role, content=create.text(), name=create.name)

@@ -16,7 +16,7 @@ from letta_ray.errors import InvalidInputError, NotFoundError
 from letta_ray.mcp import server_of
 from letta_ray.messages import LettaResponse, Message, MessageCreate, as_messages
 from letta_ray.sandbox import SandboxResult
-from letta_ray.schemas import AgentState, Block, ClientTool, Order, Passage, RequiresApprovalToolRule
+from letta_ray.schemas import AgentState, Block, ClientTool, LLMConfig, Order, Passage, RequiresApprovalToolRule
 from letta_ray.tools import clip
 
 from .archive import ArchiveHandle
@@ -41,31 +41,35 @@ class AgentHandle:
 
     async def send_async(self, message: str | MessageCreate | list[MessageCreate | Message | dict[str, Any]], *,
                          max_steps: int | None = None, run_id: str | None = None,
-                         client_tools: list[ClientTool | dict[str, Any]] | None = None) -> LettaResponse:
+                         client_tools: list[ClientTool | dict[str, Any]] | None = None,
+                         llm_config: LLMConfig | None = None) -> LettaResponse:
         messages = as_messages(message)
         offered = _client_tools(client_tools)
         return await self.connection.hosts.call(
             self.id, lambda host: host.send(self.id, messages, max_steps=max_steps, run_id=run_id,
-                                            client_tools=offered))
+                                            client_tools=offered, llm_config=llm_config))
 
     def send(self, message: str | MessageCreate | list[Any], *, max_steps: int | None = None,
-             client_tools: list[ClientTool | dict[str, Any]] | None = None) -> LettaResponse:
+             client_tools: list[ClientTool | dict[str, Any]] | None = None,
+             llm_config: LLMConfig | None = None) -> LettaResponse:
         """Send a message and run the agent's turn: typed events, stop reason and usage.
 
         ``client_tools`` are tools this caller runs: when the model calls one, the turn stops
         (``requires_approval``) and the caller sends the result back with
-        ``send(MessageCreate(type="approval", approvals=[{"type": "tool", ...}]))``."""
-        return self._sync(self.send_async(message, max_steps=max_steps, client_tools=client_tools))
+        ``send(MessageCreate(type="approval", approvals=[{"type": "tool", ...}]))``. ``llm_config``
+        replaces the agent's model for this turn only."""
+        return self._sync(self.send_async(message, max_steps=max_steps, client_tools=client_tools,
+                                          llm_config=llm_config))
 
     async def stream_async(self, message: str | MessageCreate | list[Any], *, max_steps: int | None = None,
                            client_tools: list[ClientTool | dict[str, Any]] | None = None,
-                           run_id: str | None = None) -> AsyncIterator[Any]:
+                           run_id: str | None = None, llm_config: LLMConfig | None = None) -> AsyncIterator[Any]:
         """Each event of the turn as it happens, then ``StopReason`` and ``UsageStatistics``."""
         messages = as_messages(message)
         offered = _client_tools(client_tools)
         async for item in self.connection.hosts.stream(
                 self.id, lambda host: host.send_stream(self.id, messages, max_steps=max_steps, run_id=run_id,
-                                                       client_tools=offered)):
+                                                       client_tools=offered, llm_config=llm_config)):
             yield item
 
     def stream(self, message: str | MessageCreate | list[Any], *, max_steps: int | None = None,

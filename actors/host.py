@@ -32,7 +32,7 @@ from letta_ray.mcp import MCPServer, server_of
 from letta_ray.memory import Memory, MemoryStats, join_system_prompt, system_prompt_parts
 from letta_ray.messages import LettaResponse, Message, MessageCreate, StepRecord
 from letta_ray.sandbox import SandboxError
-from letta_ray.schemas import AgentState, Block, ClientTool, LLMLimit, Tool, new_id, utcnow
+from letta_ray.schemas import AgentState, Block, ClientTool, LLMConfig, LLMLimit, Tool, new_id, utcnow
 from letta_ray.tools import ToolContext, ToolFunction, ToolOutcome, Toolset, clip, sandboxed_tool
 
 from ._facade import ActorFacade, remote_method, streaming_method
@@ -60,7 +60,8 @@ JOURNAL_ROTATE_BYTES = 64 * 2**20
 
 # Fields of an agent a caller may change after creation.
 MODIFIABLE = frozenset({"name", "system", "tags", "description", "metadata", "llm_config", "embedding_config",
-                        "tools", "tool_rules", "max_steps", "agent_type", "secrets", "archive_ids"})
+                        "tools", "tool_rules", "max_steps", "agent_type", "secrets", "archive_ids", "timezone",
+                        "message_buffer_autoclear", "identity_ids"})
 
 
 def _warm_litellm() -> None:
@@ -212,9 +213,12 @@ class AgentHost:
     # ---------------------------------------------------------------- turns
 
     async def send(self, agent_id: str, messages: list[MessageCreate | Message], *, max_steps: int | None = None,
-                   run_id: str | None = None, client_tools: list[ClientTool] | None = None) -> LettaResponse:
-        """Run one turn of the agent on ``messages``; returns once it is persisted."""
-        return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id, client_tools=client_tools)
+                   run_id: str | None = None, client_tools: list[ClientTool] | None = None,
+                   llm_config: LLMConfig | None = None) -> LettaResponse:
+        """Run one turn of the agent on ``messages``; returns once it is persisted. ``llm_config``
+        replaces the agent's model for this turn only (Letta's ``override_model``)."""
+        return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id, client_tools=client_tools,
+                                llm_config=llm_config)
 
     async def send_many(self, turns: list[tuple[str, list[MessageCreate | Message], str | None]], *,
                         max_steps: int | None = None, concurrency: int = 256) -> list[TurnResult]:
@@ -241,7 +245,8 @@ class AgentHost:
 
     async def send_stream(self, agent_id: str, messages: list[MessageCreate | Message], *,
                           max_steps: int | None = None, run_id: str | None = None,
-                          client_tools: list[ClientTool] | None = None) -> AsyncIterator[Any]:
+                          client_tools: list[ClientTool] | None = None,
+                          llm_config: LLMConfig | None = None) -> AsyncIterator[Any]:
         """Like ``send``, yielding each event as it happens, then the stop reason and usage.
 
         Call it as a Ray streaming generator (``.options(num_returns="streaming")``).
@@ -253,7 +258,7 @@ class AgentHost:
         async def run() -> LettaResponse:
             try:
                 return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id, on_event=queue.put,
-                                        client_tools=client_tools)
+                                        client_tools=client_tools, llm_config=llm_config)
             finally:
                 await queue.put(done)
 
@@ -266,7 +271,7 @@ class AgentHost:
 
     async def _send(self, agent_id: str, messages: list[MessageCreate | Message], *, max_steps: int | None,
                     run_id: str | None, on_event: EventSink | None = None,
-                    client_tools: list[ClientTool] | None = None) -> LettaResponse:
+                    client_tools: list[ClientTool] | None = None, llm_config: LLMConfig | None = None) -> LettaResponse:
         if not messages:
             raise InvalidInputError("send needs at least one message")
         hosted = await self._get(agent_id)
@@ -280,9 +285,14 @@ class AgentHost:
                 toolset = await self._toolset(hosted.state)
                 if hosted.shared is None:
                     hosted.shared = await self._shared_blocks(hosted.state)
-                result = await step(hosted.state, hosted.context, messages, self._deps(hosted), toolset=toolset,
+                state = hosted.state
+                if llm_config is not None:
+                    state = state.model_copy(update={"llm_config": llm_config})
+                result = await step(state, hosted.context, messages, self._deps(hosted), toolset=toolset,
                                     stats=hosted.stats, max_steps=max_steps, run_id=run_id, on_event=on_event,
                                     cache=hosted.cache, client_tools=client_tools, cancel=hosted.cancel)
+                if llm_config is not None:  # the override was for this turn only
+                    result.state = result.state.model_copy(update={"llm_config": hosted.state.llm_config})
             finally:
                 hosted.run_id = hosted.cancel = None
             sleeper = result.state.metadata.get(SLEEPTIME_AGENT)

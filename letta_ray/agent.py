@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import time
+import zoneinfo
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -74,6 +75,11 @@ class StepResult:
         return LettaResponse(messages=self.events, stop_reason=self.stop_reason, usage=self.usage)
 
 
+def local_time_text(moment: datetime, timezone: str) -> str:
+    """A time as the agent is shown it, in its own time zone."""
+    return moment.astimezone(zoneinfo.ZoneInfo(timezone)).strftime("%Y-%m-%d %I:%M:%S %p %Z%z")
+
+
 def tool_result_text(outcome: ToolOutcome, when: str) -> str:
     """The JSON a tool result carries back to the model, as Letta writes it."""
     return json.dumps(
@@ -120,7 +126,7 @@ class _Turn:
                 await self.on_event(event)
 
     def now_text(self) -> str:
-        return self.deps.clock().strftime("%Y-%m-%d %I:%M:%S %p %Z%z")
+        return local_time_text(self.deps.clock(), self.state.timezone)
 
     def callable(self) -> list[str]:
         """The names of the tools the model may call this turn: the agent's, then the caller's."""
@@ -244,6 +250,8 @@ async def step(
         if stop.stop_reason == "cancelled":
             last.status = "cancelled"
     edited = [b for b in turn.memory.blocks if b.label in turn.memory.edited]
+    if state.message_buffer_autoclear and stop.stop_reason != "requires_approval":
+        turn.context = []  # the turn's messages stay in recall; the next turn starts afresh
     final_state = turn.state.model_copy(
         update={"blocks": turn.memory.blocks, "message_ids": [m.id for m in turn.context]}
     )
@@ -326,7 +334,7 @@ def default_initial_messages(state: AgentState, now: datetime) -> list[Message]:
     """The messages a fresh context starts with when asked for (``reset(add_default_initial_messages)``),
     in the shape Letta uses: for send_message agents a first greeting through the tool and a
     login event; for the others just the login event."""
-    when = now.strftime("%Y-%m-%d %I:%M:%S %p %Z%z")
+    when = local_time_text(now, state.timezone)
     login = Message(agent_id=state.id, role="user", created_at=now, content=json.dumps(
         {"type": "login", "last_login": "Never (first login)", "time": when}))
     if not state.uses_send_message or "send_message" not in state.tools:

@@ -120,7 +120,8 @@ class MessageCreate(_Model):
     ``type="approval"``, the answer to the tool calls a turn stopped for (``ApprovalCreate``)."""
 
     type: Literal["message", "approval"] = "message"
-    role: Literal["user", "system"] = "user"
+    role: Literal["user", "system", "assistant"] = Field(
+        default="user", description="'assistant': words put in the agent's mouth, e.g. to seed a conversation")
     content: str | list[dict[str, Any]] = ""
     name: str | None = None
     sender_id: str | None = None
@@ -209,6 +210,15 @@ class ToolCallEvent(_Model):
 class ToolCallMessage(_Event):
     message_type: Literal["tool_call_message"] = "tool_call_message"
     tool_call: ToolCallEvent
+    tool_calls: list[ToolCallEvent] | None = None
+
+
+class ToolReturnEvent(_Model):
+    tool_call_id: str
+    status: Literal["success", "error"]
+    tool_return: str
+    stdout: list[str] | None = None
+    stderr: list[str] | None = None
 
 
 class ToolReturnMessage(_Event):
@@ -218,6 +228,7 @@ class ToolReturnMessage(_Event):
     tool_call_id: str
     stdout: list[str] | None = None
     stderr: list[str] | None = None
+    tool_returns: list[ToolReturnEvent] | None = None
 
 
 class AssistantMessage(_Event):
@@ -336,13 +347,16 @@ def to_events(message: Message, *, uses_send_message: bool = True) -> list[Letta
     if message.role == "tool":
         if message.name == "send_message" and uses_send_message:
             return []  # shown as the assistant_message of its call instead
+        returned = ToolReturnEvent(tool_call_id=message.tool_call_id or "", status=message.tool_status or "success",
+                                   tool_return=message.content or "")
         return [
             ToolReturnMessage(
-                tool_return=message.content or "",
-                status=message.tool_status or "success",
-                tool_call_id=message.tool_call_id or "",
+                tool_return=returned.tool_return,
+                status=returned.status,
+                tool_call_id=returned.tool_call_id,
                 name=message.name,
                 is_err=message.tool_status == "error",
+                tool_returns=[returned],
                 **common,
             )
         ]
@@ -364,10 +378,6 @@ def to_events(message: Message, *, uses_send_message: bool = True) -> list[Letta
         elif text is not None:
             events.append(AssistantMessage(content=text, **common))
         else:
-            events.append(
-                ToolCallMessage(
-                    tool_call=ToolCallEvent(name=call.name, arguments=call.arguments, tool_call_id=call.id),
-                    **common,
-                )
-            )
+            event = ToolCallEvent(name=call.name, arguments=call.arguments, tool_call_id=call.id)
+            events.append(ToolCallMessage(tool_call=event, tool_calls=[event], **common))
     return events

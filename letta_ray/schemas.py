@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+import zoneinfo
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -347,6 +348,32 @@ ToolRule = Annotated[
 
 AgentType = Literal["memgpt_v2_agent", "letta_v1_agent", "memgpt_agent", "sleeptime_agent"]
 
+# Letta's other agent types, run by the loop of one of ours: (our type, with base tools?,
+# clears its message buffer after each turn?).
+LETTA_AGENT_TYPES: dict[str, tuple[AgentType, bool, bool]] = {
+    "react_agent": ("letta_v1_agent", False, False),  # tools and plain-text answers, no memory tools
+    "workflow_agent": ("letta_v1_agent", False, True),  # tool rules drive it; no memory of past runs
+}
+UNSUPPORTED_AGENT_TYPES = {
+    "split_thread_agent": "it needs a second, concurrent thread of the model",
+    "voice_convo_agent": "it needs a voice (speech) pipeline",
+    "voice_sleeptime_agent": "it needs a voice (speech) pipeline",
+}
+
+
+def resolve_agent_type(name: str) -> tuple[AgentType, bool, bool]:
+    """The loop an agent type runs here: ``(type, include base tools, autoclear the buffer)``;
+    InvalidInputError for a type that cannot run here, saying why."""
+    if name in get_args(AgentType):
+        return name, True, False  # type: ignore[return-value]
+    if name in LETTA_AGENT_TYPES:
+        return LETTA_AGENT_TYPES[name]
+    if name in UNSUPPORTED_AGENT_TYPES:
+        raise InvalidInputError(f"agent_type {name!r} is not supported here: {UNSUPPORTED_AGENT_TYPES[name]}; "
+                                "use letta_v1_agent (the default) or memgpt_v2_agent")
+    known = [*get_args(AgentType), *LETTA_AGENT_TYPES]
+    raise InvalidInputError(f"unknown agent_type {name!r}; one of {', '.join(known)}")
+
 
 class AgentState(_Model):
     """Everything that defines an agent except its message history.
@@ -376,6 +403,19 @@ class AgentState(_Model):
     max_steps: int = Field(default=50, ge=1)
     archive_ids: list[str] = Field(default_factory=list, description="shared archives attached: archival "
                                    "search covers them, and inserts go into the first")
+    identity_ids: list[str] = Field(default_factory=list, description="the identities (users) it talks to")
+    timezone: str = Field(default="UTC", description="IANA time zone of the times the agent is shown")
+    message_buffer_autoclear: bool = Field(default=False, description="forget the messages of each turn once it "
+                                           "ends (they stay in recall); memory blocks carry over")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}; an IANA name like 'Europe/Lisbon'") from exc
+        return value
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from letta_ray.actors.client import Client
 from letta_ray.errors import InvalidInputError, NotFoundError
-from letta_ray.schemas import LLMConfig, Order, time_cursors
+from letta_ray.schemas import LLMConfig, Order, resolve_agent_type, time_cursors
 
 from ._common import (
     ClientDep,
@@ -26,6 +26,7 @@ from ._common import (
     tool_name,
 )
 from .schemas import (
+    LETTA_AGENT_TYPE,
     AgentStateView,
     ArchivalSearchResponse,
     ArchivalSearchResult,
@@ -107,23 +108,54 @@ async def create_agent(body: CreateAgentRequest, client: ClientDep) -> Response:
     tools += [t for t in await asyncio.gather(*(tool_name(client, i) for i in body.tool_ids or []))
               if t not in tools]
     name = body.name or f"agent_{uuid.uuid4().hex[:8]}"
+    _refuse_unsupported(body.folder_ids or body.source_ids, body.response_format)
+    agent_type, base_tools, autoclear = resolve_agent_type(body.agent_type)
+    metadata = dict(body.metadata or {})
+    if agent_type != body.agent_type:
+        metadata[LETTA_AGENT_TYPE] = body.agent_type
+    asked = body.embedding or (body.embedding_config or {}).get("handle") or \
+        (body.embedding_config or {}).get("embedding_model")
+    if asked and asked != client.settings.embedding_model:
+        metadata["requested_embedding"] = asked  # kept; the deployment's embedder does the work
     spec: dict[str, Any] = {
-        "agent_type": body.agent_type or "memgpt_v2_agent", "system": body.system, "memory_blocks": blocks,
-        "tools": tools, "include_base_tools": body.include_base_tools, "tool_rules": body.tool_rules,
-        "tags": body.tags, "description": body.description, "metadata": body.metadata,
-        "max_steps": body.max_steps or 50,
+        "agent_type": agent_type, "system": body.system, "memory_blocks": blocks,
+        "tools": tools, "include_base_tools": body.include_base_tools and base_tools, "tool_rules": body.tool_rules,
+        "tags": body.tags, "description": body.description, "metadata": metadata,
+        "max_steps": body.max_steps or 50, "timezone": body.timezone or "UTC",
+        "message_buffer_autoclear": body.message_buffer_autoclear or autoclear, "identity_ids": body.identity_ids,
         "secrets": {**(body.tool_exec_environment_variables or {}), **(body.secrets or {})}}
-    overrides = {k: v for k, v in (("context_window", body.context_window_limit), ("max_tokens", body.max_tokens))
-                 if v is not None}
+    overrides = _model_settings(body.model_settings)
+    overrides.update({k: v for k, v in (("context_window", body.context_window_limit), ("max_tokens", body.max_tokens))
+                      if v is not None})
     if body.llm_config is not None:
         spec["llm_config"] = _llm_with(body.llm_config.to_core(), overrides)
     else:  # the client resolves the model (or the default one); then our overrides apply
         model = client.build_agent_state(name, model=body.model, model_endpoint=body.model_endpoint,
                                          include_base_tools=False)
         spec["llm_config"] = _llm_with(model.llm_config, overrides)
+    initial = [m.to_core() for m in body.initial_message_sequence or []]
     agent = await client.create_agent_async(name, enable_sleeptime=body.enable_sleeptime,
-                                            sleeptime_agent_frequency=body.sleeptime_agent_frequency, **spec)
+                                            sleeptime_agent_frequency=body.sleeptime_agent_frequency,
+                                            initial_messages=initial or None, **spec)
     return json_response(await agent_view(client, await client.get_agent_state_async(agent.id)))
+
+
+def _refuse_unsupported(folders: list[str] | None, response_format: dict[str, Any] | None) -> None:
+    """Fields whose meaning cannot be honoured here yet get a 400 that says so, not silence."""
+    if folders:
+        raise InvalidInputError("folder_ids: folders (document memory) are not available on this server yet")
+    if response_format and response_format.get("type", "text") != "text":
+        raise InvalidInputError(f"response_format {response_format.get('type')!r} is not supported yet; "
+                                "only 'text'")
+
+
+def _model_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The LLM config fields of Letta's ``model_settings`` (the others stay the provider's defaults)."""
+    settings = settings or {}
+    changes = {k: settings[k] for k in ("temperature",) if settings.get(k) is not None}
+    if settings.get("max_output_tokens") is not None:
+        changes["max_tokens"] = settings["max_output_tokens"]
+    return changes
 
 
 def _llm_with(config: LLMConfig | dict[str, Any], changes: dict[str, Any]) -> LLMConfig:
@@ -171,16 +203,19 @@ async def modify_agent(agent_id: str, body: UpdateAgentRequest, client: ClientDe
     if body.block_ids is not None:
         raise InvalidInputError("block_ids cannot be replaced wholesale; use "
                                 "/v1/agents/{agent_id}/core-memory/blocks/attach|detach/{block_id}")
+    _refuse_unsupported(None, body.response_format)
     changes: dict[str, Any] = body.model_dump(include={"name", "system", "description", "metadata", "tags",
-                                                       "max_steps"}, exclude_none=True)
+                                                       "max_steps", "timezone", "message_buffer_autoclear",
+                                                       "identity_ids"}, exclude_none=True)
     if body.tool_rules is not None:
         changes["tool_rules"] = [rule.model_dump() for rule in body.tool_rules]
     if body.secrets is not None or body.tool_exec_environment_variables is not None:
         changes["secrets"] = {**(body.tool_exec_environment_variables or {}), **(body.secrets or {})}
     if body.tool_ids is not None:
         changes["tools"] = list(dict.fromkeys(await asyncio.gather(*(tool_name(client, i) for i in body.tool_ids))))
-    llm_fields = {k: v for k, v in (("context_window", body.context_window_limit), ("max_tokens", body.max_tokens))
-                  if v is not None}
+    llm_fields = _model_settings(body.model_settings)
+    llm_fields.update({k: v for k, v in (("context_window", body.context_window_limit),
+                                         ("max_tokens", body.max_tokens)) if v is not None})
     if body.llm_config is not None or body.model is not None or llm_fields:
         config: LLMConfig | dict[str, Any]
         if body.llm_config is not None:

@@ -14,9 +14,10 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from letta_ray.actors.client import Client
+from letta_ray.agent_file import litellm_model
 from letta_ray.errors import InvalidInputError
 from letta_ray.messages import LettaMessage, LettaResponse
-from letta_ray.schemas import Order, utcnow
+from letta_ray.schemas import LLMConfig, Order, utcnow
 
 from ._common import ClientDep, json_response, status_of
 from ._run_streams import RunStream
@@ -44,7 +45,8 @@ async def send_message(agent_id: str, body: SendMessageRequest, client: ClientDe
     if body.streaming:
         return await _stream(client, agent_id, body, request)
     response = await client.agent(agent_id).send_async(body.to_core(), max_steps=body.max_steps,
-                                                      client_tools=body.core_client_tools())
+                                                      client_tools=body.core_client_tools(),
+                                                      llm_config=await _override(client, agent_id, body))
     return json_response(_shown(response, body.include_return_message_types))
 
 
@@ -52,6 +54,17 @@ async def send_message(agent_id: str, body: SendMessageRequest, client: ClientDe
 async def send_message_stream(agent_id: str, body: SendMessageRequest, client: ClientDep,
                               request: Request) -> Response:
     return await _stream(client, agent_id, body, request)
+
+
+async def _override(client: Client, agent_id: str, body: SendMessageRequest) -> LLMConfig | None:
+    """The model of this request only (``override_model``): the agent's config on another model."""
+    if not body.override_model:
+        return None
+    config = (await client.get_agent_state_async(agent_id)).llm_config
+    model = litellm_model(body.override_model)
+    # A bare model name stays on the agent's endpoint; a handle with a provider goes to that provider.
+    endpoint = client.settings.endpoint_for(model) or (config.model_endpoint if "/" not in model else None)
+    return config.model_copy(update={"model": model, "handle": body.override_model, "model_endpoint": endpoint})
 
 
 async def _stream(client: Client, agent_id: str, body: SendMessageRequest, request: Request) -> Response:
@@ -62,7 +75,8 @@ async def _stream(client: Client, agent_id: str, body: SendMessageRequest, reque
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     types = body.include_return_message_types
     events = client.agent(agent_id).stream_async(body.to_core(), max_steps=body.max_steps,
-                                                client_tools=body.core_client_tools())
+                                                client_tools=body.core_client_tools(),
+                                                llm_config=await _override(client, agent_id, body))
     # Errors before the turn starts (an unknown agent, say) are ordinary 4xx responses.
     first = await anext(events, None)
 
@@ -143,8 +157,10 @@ async def _run_turn(client: Client, run: RunView, body: SendMessageRequest, stre
     started = time.perf_counter_ns()
     try:
         await client.runs.upsert_async(run.id, {**run.model_dump(mode="json"), "status": "running"})
+        override = await _override(client, run.agent_id, body)
         async for item in client.agent(run.agent_id).stream_async(
-                body.to_core(), max_steps=body.max_steps, run_id=run.id, client_tools=body.core_client_tools()):
+                body.to_core(), max_steps=body.max_steps, run_id=run.id, client_tools=body.core_client_tools(),
+                llm_config=override):
             kind = getattr(item, "message_type", None)
             if kind != "user_message" and (types is None or kind not in _EVENT_KINDS or kind in types):
                 stream.add(item)

@@ -20,7 +20,6 @@ from letta_ray.messages import ApprovalDecision, MessageCreate
 from letta_ray.schemas import (
     DEFAULT_CONTEXT_WINDOW,
     AgentState,
-    AgentType,
     Block,
     ClientTool,
     CreateBlock,
@@ -343,6 +342,9 @@ class AgentStateView(_Shape):
     embedding: str | None = None
     message_ids: list[str] = Field(default_factory=list)
     identity_ids: list[str] = Field(default_factory=list)
+    timezone: str = "UTC"
+    message_buffer_autoclear: bool = False
+    response_format: dict[str, Any] | None = None
     secrets: list[AgentSecretView] = Field(default_factory=list)
     tool_exec_environment_variables: list[AgentSecretView] = Field(default_factory=list)
     created_at: datetime
@@ -359,7 +361,9 @@ class AgentStateView(_Shape):
                 views.append(BASE_TOOL_VIEWS[name])
             elif tools is not None and name in tools:
                 views.append(ToolView.of(tools[name]))
-        return cls(id=state.id, name=state.name, agent_type=state.agent_type, system=state.system,
+        return cls(id=state.id, name=state.name, agent_type=state.metadata.get(LETTA_AGENT_TYPE, state.agent_type),
+                   system=state.system, identity_ids=state.identity_ids, timezone=state.timezone,
+                   message_buffer_autoclear=state.message_buffer_autoclear,
                    description=state.description, metadata=state.metadata, tags=state.tags,
                    memory=MemoryView(blocks=blocks, agent_type=state.agent_type), blocks=blocks, tools=views,
                    tool_rules=state.tool_rules, llm_config=LLMConfigView.of(state.llm_config),
@@ -370,11 +374,31 @@ class AgentStateView(_Shape):
                    created_at=state.created_at, updated_at=state.updated_at)
 
 
+# The metadata key that keeps the Letta agent type an agent was created as (react_agent, ...).
+LETTA_AGENT_TYPE = "letta_agent_type"
+
+
 class CreateAgentRequest(_Shape):
     """Letta's CreateAgent, the fields letta_ray acts on."""
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
-    agent_type: AgentType | None = None
+    agent_type: str = Field(default="letta_v1_agent", description="letta_v1_agent (Letta's default), "
+                            "memgpt_v2_agent, memgpt_agent, sleeptime_agent; react_agent and workflow_agent run on "
+                            "the letta_v1 loop")
+    embedding: str | None = Field(default=None, description="accepted: agents here use the deployment's embedder")
+    embedding_config: dict[str, Any] | None = Field(default=None, description="accepted, as embedding")
+    embedding_chunk_size: int | None = None
+    model_settings: dict[str, Any] | None = Field(default=None, description="temperature, max_output_tokens "
+                                                  "(others are the provider's defaults here)")
+    initial_message_sequence: list[MessageCreateRequest] | None = None
+    include_base_tool_rules: bool | None = Field(default=None, description="accepted: the base rules (send_message "
+                                                 "ends a turn) are built into the loop")
+    timezone: str | None = None
+    message_buffer_autoclear: bool = False
+    identity_ids: list[str] | None = None
+    folder_ids: list[str] | None = None
+    source_ids: list[str] | None = None
+    response_format: dict[str, Any] | None = None
     system: str | None = None
     description: str | None = None
     metadata: dict[str, Any] | None = None
@@ -416,6 +440,11 @@ class UpdateAgentRequest(_Shape):
     max_steps: int | None = Field(default=None, ge=1)
     secrets: dict[str, str] | None = None
     tool_exec_environment_variables: dict[str, str] | None = None
+    model_settings: dict[str, Any] | None = None
+    timezone: str | None = None
+    message_buffer_autoclear: bool | None = None
+    identity_ids: list[str] | None = None
+    response_format: dict[str, Any] | None = None
 
 
 # --------------------------------------------------------------------------- messages
@@ -426,7 +455,7 @@ class MessageCreateRequest(_Shape):
     its ToolReturnCreate (``type: "tool_return"``: the results of client-side tools)."""
 
     type: Literal["message", "approval", "tool_return"] | None = None
-    role: Literal["user", "system"] = "user"
+    role: Literal["user", "system", "assistant"] = "user"
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
     otid: str | None = None
@@ -480,6 +509,9 @@ class SendMessageRequest(_Shape):
     background: bool = False
     use_assistant_message: bool = True
     include_return_message_types: list[str] | None = None
+    override_model: str | None = Field(default=None, description="a model handle for this request only")
+    enable_thinking: str | bool | None = Field(default=None, description="accepted: reasoning is the model's own")
+    include_compaction_messages: bool | None = None
     client_tools: list[ClientToolRequest] | None = Field(
         default=None, description="tools the client runs: a call to one stops the turn (requires_approval) "
         "until the client sends its result back as an approval message with a tool return")

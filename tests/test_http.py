@@ -68,7 +68,8 @@ def system_prompt_of_last_call(fake: Any) -> str:
 def test_create_send_and_read_the_reply(sdk: Any, fake_llm_server: Any) -> None:
     agent = new_agent(sdk, fake_llm_server, tags=["http"])
     assert [b.label for b in agent.memory.blocks] == ["human", "persona"]
-    assert "send_message" in [t.name for t in agent.tools]
+    assert agent.agent_type == "letta_v1_agent"  # Letta's default: plain text ends a turn, no send_message
+    assert "send_message" not in [t.name for t in agent.tools] and "memory_insert" in [t.name for t in agent.tools]
     assert agent.llm_config.api_model_endpoint == fake_llm_server.url
 
     reply = sdk.agents.messages.create(agent.id, messages=[{"role": "user", "content": "hi there"}])
@@ -258,9 +259,9 @@ def test_cancel_compact_recompile_preview_and_reset_over_http(sdk: Any, http: An
     assert payload["model"] == "fake-model" and "api_key" not in json.dumps(payload)
 
     sdk.agents.messages.reset(agent.id, add_default_initial_messages=True)
-    kinds = [m.message_type for m in sdk.agents.messages.list(agent.id, limit=3)]
-    assert "user_message" in kinds  # the login event, newest first
-    assert len(sdk.agents.retrieve(agent.id).message_ids) == 3
+    [login] = sdk.agents.messages.list(agent.id, limit=1).items
+    assert login.message_type == "user_message" and json.loads(login.content)["type"] == "login"
+    assert sdk.agents.retrieve(agent.id).message_ids == [login.id]  # a letta_v1 agent starts with the login
 
 
 def test_a_background_stream_can_be_re_attached_by_run_id(sdk: Any, fake_llm_server: Any) -> None:
@@ -279,7 +280,7 @@ def test_a_background_stream_can_be_re_attached_by_run_id(sdk: Any, fake_llm_ser
     resumed = list(sdk.runs.messages.stream(run_id, starting_after=1))
     kinds = [getattr(e, "message_type", None) for e in resumed]
     assert kinds == ["tool_return_message", "assistant_message", "stop_reason", "usage_statistics"]
-    assert resumed[1].content == "Done."
+    assert resumed[1].content == "You said: remember likes rooibos"
     everything = list(sdk.runs.messages.stream(run_id))
     assert [getattr(e, "seq_id", None) for e in everything[:3]] == [1, 2, 3]
 
@@ -341,6 +342,53 @@ def test_tags_counts_and_order_on_every_list(sdk: Any, http: Any, fake_llm_serve
     runs = http.get("/v1/runs/", params={"order": "asc", "limit": 1000}).json()
     assert [r["id"] for r in http.get("/v1/runs/", params={"order": "desc", "limit": 1000}).json()] \
         == [r["id"] for r in runs][::-1]
+
+
+def test_the_agent_fields_and_message_options_letta_sends(sdk: Any, http: Any, fake_llm_server: Any) -> None:
+    plain = new_agent(sdk, fake_llm_server)
+    assert plain.agent_type == "letta_v1_agent" and "send_message" not in [t.name for t in plain.tools]
+    rich = new_agent(sdk, fake_llm_server, agent_type="memgpt_v2_agent", embedding="openai/text-embedding-3-small",
+                     model_settings={"temperature": 0.2, "max_output_tokens": 300}, timezone="Asia/Tokyo",
+                     include_base_tool_rules=True,
+                     initial_message_sequence=[{"role": "user", "content": "my name is Ada"},
+                                               {"role": "assistant", "content": "Nice to meet you, Ada."}])
+    assert rich.timezone == "Asia/Tokyo" and rich.metadata["requested_embedding"] == "openai/text-embedding-3-small"
+    assert (rich.llm_config.temperature, rich.llm_config.max_tokens) == (0.2, 300)
+    assert len(rich.message_ids) == 2
+    before = len(fake_llm_server.requests)
+    reply = sdk.agents.messages.create(rich.id, messages=[{"role": "user", "content": "remember likes tea"}])
+    [first_call] = [r["body"] for r in list(fake_llm_server.requests)[before:]
+                    if r["path"].endswith("/chat/completions")][:1]
+    assert [m["content"] for m in first_call["messages"][1:3]] == ["my name is Ada", "Nice to meet you, Ada."]
+    assert first_call["temperature"] == 0.2 and first_call["max_tokens"] == 300
+    call = next(m for m in reply.messages if m.message_type == "tool_call_message")
+    assert [c.name for c in call.tool_calls] == ["memory_insert"]
+    back = next(m for m in reply.messages if m.message_type == "tool_return_message")
+    assert back.tool_returns[0].tool_call_id == call.tool_call.tool_call_id
+    assert "+0900" in back.tool_return  # the agent's time zone
+
+    react = new_agent(sdk, fake_llm_server, agent_type="react_agent")
+    assert react.agent_type == "react_agent" and react.tools == []
+    answer = sdk.agents.messages.create(react.id, messages=[{"role": "user", "content": "hi react"}])
+    assert answer.messages[-1].content == "You said: hi react"
+    forgetful = new_agent(sdk, fake_llm_server, message_buffer_autoclear=True)
+    sdk.agents.messages.create(forgetful.id, messages=[{"role": "user", "content": "hello"}])
+    assert sdk.agents.retrieve(forgetful.id).message_ids == []
+    assert len(sdk.agents.messages.list(forgetful.id).items) == 2  # the history keeps the turn
+
+    # Seeded with an assistant line, answered by another model for this request only.
+    seeded = sdk.agents.messages.create(plain.id, override_model="other-model", messages=[
+        {"role": "assistant", "content": "I am listening."}, {"role": "user", "content": "switch models"}])
+    [step] = sdk.runs.steps.list(seeded.usage.run_ids[0]).items
+    assert step.api_model_handle == "other-model" and step.model == "other-model"
+    assert sdk.agents.retrieve(plain.id).llm_config.model == "fake-model"
+
+    for bad, why in (({"agent_type": "voice_convo_agent"}, "not supported"),
+                     ({"timezone": "Mars/Olympus"}, "time zone"),
+                     ({"folder_ids": ["source-1"]}, "folders"),
+                     ({"response_format": {"type": "json_object"}}, "response_format")):
+        response = http.post("/v1/agents/", json={"name": "bad", "model": "fake-model", **bad})
+        assert response.status_code in (400, 422) and why in json.dumps(response.json()), (bad, response.text)
 
 
 def test_shared_block_edit_reaches_every_agent(sdk: Any, fake_llm_server: Any) -> None:
