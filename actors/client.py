@@ -41,6 +41,7 @@ from letta_ray.tools import build_tool
 from ._facade import ACTOR_GONE
 from ._loop import EventLoopThread
 from .archives_api import ArchivesAPI
+from .folders_api import FoldersAPI
 from .groups_api import GroupsAPI
 from .handles import AgentHandle, ArchivalView, BlocksView
 from .host import HostHandle, TurnResult, pair_sleeptime
@@ -91,6 +92,8 @@ class Client:
         """Groups of agents: round robin, supervisor, dynamic (``client.groups.create_group(...)``)."""
         self.mcp_servers = MCPServersAPI(self.connection)
         """MCP servers and their tools (``client.mcp_servers.create("files", {...})``)."""
+        self.folders = FoldersAPI(self.connection)
+        """Folders of documents agents read (``client.folders.upload(folder.id, "report.pdf")``)."""
         self.archives = ArchivesAPI(self.connection)
         """Archives: archival memory several agents share (``client.archives.create("handbook")``)."""
         self.runs = RunsAPI(self.connection)

@@ -32,7 +32,18 @@ from letta_ray.mcp import MCPServer, server_of
 from letta_ray.memory import Memory, MemoryStats, join_system_prompt, system_prompt_parts
 from letta_ray.messages import LettaResponse, Message, MessageCreate, StepRecord
 from letta_ray.sandbox import SandboxError
-from letta_ray.schemas import AgentState, Block, ClientTool, LLMConfig, LLMLimit, Tool, new_id, utcnow
+from letta_ray.schemas import (
+    AgentState,
+    Block,
+    ClientTool,
+    FileMetadata,
+    LLMConfig,
+    LLMLimit,
+    Passage,
+    Tool,
+    new_id,
+    utcnow,
+)
 from letta_ray.tools import ToolContext, ToolFunction, ToolOutcome, Toolset, clip, sandboxed_tool
 
 from ._facade import ActorFacade, remote_method, streaming_method
@@ -61,7 +72,7 @@ JOURNAL_ROTATE_BYTES = 64 * 2**20
 # Fields of an agent a caller may change after creation.
 MODIFIABLE = frozenset({"name", "system", "tags", "description", "metadata", "llm_config", "embedding_config",
                         "tools", "tool_rules", "max_steps", "agent_type", "secrets", "archive_ids", "timezone",
-                        "message_buffer_autoclear", "identity_ids"})
+                        "message_buffer_autoclear", "identity_ids", "folder_ids", "open_files", "max_files_open"})
 
 
 def _warm_litellm() -> None:
@@ -134,6 +145,7 @@ class AgentHost:
         self._custom_tools: dict[str, ToolFunction | None] = {}
         self._mcp_servers: dict[str, MCPServer] = {}
         self._background: set[asyncio.Future[None]] = set()
+        self._files = _AgentFiles(store, archive)
         self._llm_http_handler = False
         if llm is None:  # import litellm (~4 s) now, off the event loop, not in the first turn
             from letta_ray.llm import use_litellm_http_handler
@@ -562,7 +574,7 @@ class AgentHost:
         hosted = await self._get(agent_id)
         state = await self.get_state(agent_id)
         stats = dataclasses.replace(hosted.stats, last_modified=Memory(state.blocks).last_modified())
-        return join_system_prompt(*system_prompt_parts(state.system, state.blocks, stats))
+        return join_system_prompt(*system_prompt_parts(state.system, state.blocks, stats, files=state.open_files))
 
     async def preview(self, agent_id: str, messages: list[MessageCreate | Message],
                       client_tools: list[ClientTool] | None = None) -> dict[str, Any]:
@@ -574,7 +586,7 @@ class AgentHost:
 
     def _deps(self, hosted: _Hosted) -> StepDeps:
         return StepDeps(llm=self.llm, archive=self.archive, recall=self.store, messenger=self.messenger,
-                        blocks=_SharedBlocks(self.store, hosted.shared or set()))
+                        blocks=_SharedBlocks(self.store, hosted.shared or set()), files=self._files)
 
     # ---------------------------------------------------------------- introspection
 
@@ -615,6 +627,32 @@ class _SharedBlocks:
         if block.id not in self.shared:
             return None
         return await self.store.edit_block(block.id, op, args)
+
+
+class _AgentFiles:
+    """The file tools' ``Files``: files' text at the metadata store, their chunks in the archive."""
+
+    def __init__(self, store: MetadataStoreHandle, archive: ArchiveHandle | None) -> None:
+        self.store = store
+        self.archive = archive
+
+    async def list_files(self, folder_ids: list[str]) -> list[tuple[FileMetadata, str]]:
+        found = []
+        for folder_id in folder_ids:
+            try:
+                folder = await self.store.get_folder(folder_id)
+            except NotFoundError:  # deleted since it was attached
+                continue
+            found += [(f, folder.name) for f in await self.store.list_files(folder_id, limit=None)]
+        return found
+
+    async def read(self, file_id: str) -> str:
+        return await self.store.get_file_content(file_id)
+
+    async def search(self, file_ids: list[str], query: str, limit: int) -> list[Passage]:
+        if self.archive is None or not file_ids:
+            return []
+        return await self.archive.search(file_ids, query, top_k=limit)
 
 
 class HostHandle(ActorFacade):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from letta_ray.errors import NotFoundError
 from letta_ray.mcp import MCPServer
 from letta_ray.messages import Message, Role, StepRecord
-from letta_ray.schemas import AgentState, Archive, Block, Order, Tool
+from letta_ray.schemas import AgentState, Archive, Block, FileMetadata, Folder, Order, Tool
 
 from ._facade import ActorFacade, remote_method
 from ._group_commit import GroupCommitter
@@ -487,6 +487,41 @@ class MetadataStoreActor:
     async def delete_archive(self, archive_id: str) -> None:
         await self._write(self.store.delete_archive, archive_id)
 
+    async def upsert_folder(self, folder: Folder) -> Folder:
+        return await self._write(self.store.upsert_folder, folder)
+
+    async def get_folder(self, folder_id: str) -> Folder:
+        return await self._read(self.store.get_folder, folder_id)
+
+    async def agents_with_folder(self, folder_id: str) -> list[str]:
+        return await self._read(self.store.agents_with_folder, folder_id)
+
+    async def delete_folder(self, folder_id: str) -> None:
+        return await self._write(self.store.delete_folder, folder_id)
+
+    async def upsert_file(self, file: FileMetadata) -> FileMetadata:
+        return await self._write(self.store.upsert_file, file)
+
+    async def set_file_content(self, file_id: str, text: str) -> None:
+        return await self._write(self.store.set_file_content, file_id, text)
+
+    async def get_file(self, file_id: str) -> FileMetadata:
+        return await self._read(self.store.get_file, file_id)
+
+    async def get_file_content(self, file_id: str) -> str:
+        return await self._read(self.store.get_file_content, file_id)
+
+    async def delete_file(self, file_id: str) -> None:
+        return await self._write(self.store.delete_file, file_id)
+
+    async def list_folders(self, **filters: Any) -> list[Folder]:
+        """See ``MetadataStore.list_folders``."""
+        return await self._read(self.store.list_folders, **filters)
+
+    async def list_files(self, folder_id: str, **filters: Any) -> list[FileMetadata]:
+        """See ``MetadataStore.list_files``."""
+        return await self._read(self.store.list_files, folder_id, **filters)
+
     async def upsert_group(self, group_id: str, doc: dict[str, Any]) -> None:
         await self._write(self.store.upsert_group, group_id, doc)
 
@@ -582,6 +617,17 @@ class MetadataStoreHandle(ActorFacade):
     list_archives = remote_method(MetadataStoreActor.list_archives)
     agents_with_archive = remote_method(MetadataStoreActor.agents_with_archive)
     delete_archive = remote_method(MetadataStoreActor.delete_archive)
+    upsert_folder = remote_method(MetadataStoreActor.upsert_folder)
+    get_folder = remote_method(MetadataStoreActor.get_folder)
+    agents_with_folder = remote_method(MetadataStoreActor.agents_with_folder)
+    delete_folder = remote_method(MetadataStoreActor.delete_folder)
+    upsert_file = remote_method(MetadataStoreActor.upsert_file)
+    set_file_content = remote_method(MetadataStoreActor.set_file_content)
+    get_file = remote_method(MetadataStoreActor.get_file)
+    get_file_content = remote_method(MetadataStoreActor.get_file_content)
+    delete_file = remote_method(MetadataStoreActor.delete_file)
+    list_folders = remote_method(MetadataStoreActor.list_folders)
+    list_files = remote_method(MetadataStoreActor.list_files)
     upsert_group = remote_method(MetadataStoreActor.upsert_group)
     delete_group = remote_method(MetadataStoreActor.delete_group)
     upsert_run = remote_method(MetadataStoreActor.upsert_run)

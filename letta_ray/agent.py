@@ -163,7 +163,10 @@ class _Turn:
             archival_passages=self.stats.archival_passages + int(self.tool_state.get("archival_inserted", 0)),
             last_modified=self.memory.last_modified(),
         )
-        return compile_context(self.state, self.memory.blocks, self.context, stats, schemas, self.deps.llm,
+        state = self.state
+        if "open_files" in self.tool_state:  # files the turn opened or closed show from its next step
+            state = state.model_copy(update={"open_files": self.tool_state["open_files"]})
+        return compile_context(state, self.memory.blocks, self.context, stats, schemas, self.deps.llm,
                                self.cache)
 
     async def evict_and_summarise(self, compiled: CompiledContext) -> bool:
@@ -253,7 +256,8 @@ async def step(
     if state.message_buffer_autoclear and stop.stop_reason != "requires_approval":
         turn.context = []  # the turn's messages stay in recall; the next turn starts afresh
     final_state = turn.state.model_copy(
-        update={"blocks": turn.memory.blocks, "message_ids": [m.id for m in turn.context]}
+        update={"blocks": turn.memory.blocks, "message_ids": [m.id for m in turn.context],
+                **({"open_files": turn.tool_state["open_files"]} if "open_files" in turn.tool_state else {})}
     )
     if edited:
         final_state.updated_at = max(b.updated_at for b in edited)

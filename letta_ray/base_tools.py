@@ -5,13 +5,15 @@ Each docstring is the description the model reads, so it is written for the mode
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, time
 from typing import Any, Literal
 
-from letta_ray.deps import Messenger
-from letta_ray.errors import AgentBusyTimeout, AgentCycleError, NotFoundError, ToolError
+from letta_ray.deps import Files, Messenger
+from letta_ray.documents import grep, window
+from letta_ray.errors import AgentBusyTimeout, AgentCycleError, InvalidInputError, NotFoundError, ToolError
 from letta_ray.group_tools import GROUP_TOOL_FUNCTIONS
-from letta_ray.schemas import Block
+from letta_ray.schemas import Block, FileMetadata, OpenFile
 from letta_ray.tools import ToolContext, ToolFunction, Toolset, build_tool
 
 
@@ -287,6 +289,121 @@ MULTI_AGENT_TOOLS = [
     "send_message_to_agents_matching_tags",
 ]
 
+# --------------------------------------------------------------------------- files
+
+FILE_TOOLS = ["open_files", "grep_files", "semantic_search_files"]
+"""The tools an agent gets with its first folder (and loses with its last)."""
+
+# Matches grep_files shows per call.
+GREP_PAGE = 20
+
+
+def open_file_view(file: FileMetadata, folder_name: str, text: str, offset: int = 0,
+                   length: int | None = None) -> OpenFile:
+    """The window of ``file`` an agent sees once it opened lines ``offset``.. (0-based)."""
+    view, first, last = window(text, offset, length)
+    return OpenFile(file_id=file.id, file_name=f"{folder_name}/{file.file_name}", offset=offset, length=length,
+                    view=view, first_line=first, last_line=last)
+
+
+def _files_dep(ctx: ToolContext) -> Files:
+    if ctx.deps.files is None or not ctx.agent.folder_ids:
+        raise ToolError("You have no folders of files.")
+    return ctx.deps.files
+
+
+async def open_files(ctx: ToolContext, file_requests: list[dict[str, Any]], close_all_others: bool = False) -> str:
+    """Open files of your folders: their text (or the lines you ask for) stays in view in your
+    context until you close it. At most 5 files are open at once; opening more closes the
+    ones opened longest ago.
+
+    Args:
+        file_requests: The files to open, each {"file_name": "<folder>/<file>", "offset": first line
+            to show counting from 0 (optional), "length": how many lines (optional, default: all)}.
+        close_all_others: Close every other open file first.
+    """
+    files = _files_dep(ctx)
+    if not file_requests:
+        raise ToolError("file_requests is empty: name at least one file to open.")
+    known = await files.list_files(ctx.agent.folder_ids)
+    opened = [] if close_all_others else list(ctx.state.get("open_files", ctx.agent.open_files))
+    notes = []
+    for request in file_requests:
+        name = str(request.get("file_name", ""))
+        match = [(f, folder) for f, folder in known if name in (f"{folder}/{f.file_name}", f.file_name)]
+        if not match:
+            names = ", ".join(f"{folder}/{f.file_name}" for f, folder in known) or "none"
+            raise ToolError(f"No file named {name!r}. Your files: {names}.")
+        file, folder = match[0]
+        try:
+            view = open_file_view(file, folder, await files.read(file.id), int(request.get("offset") or 0),
+                                  int(request["length"]) if request.get("length") else None)
+        except InvalidInputError as exc:
+            raise ToolError(str(exc)) from None
+        opened = [o for o in opened if o.file_id != file.id] + [view]
+        notes.append(f"{view.file_name} (lines {view.first_line}-{view.last_line})")
+    closed = [o.file_name for o in opened[:-ctx.agent.max_files_open]]
+    ctx.state["open_files"] = opened[-ctx.agent.max_files_open:]
+    return f"Opened {', '.join(notes)}." + (f" Closed {', '.join(closed)} to make room." if closed else "")
+
+
+async def grep_files(ctx: ToolContext, pattern: str, include: str | None = None, context_lines: int = 1,
+                     offset: int = 0) -> str:
+    """Search the text of your files for a pattern, like grep: each matching line with the lines
+    around it. Shows 20 matches a call; the answer says the offset of the next page.
+
+    Args:
+        pattern: A word or regular expression to look for (case-insensitive).
+        include: Only files whose name matches this word or regular expression.
+        context_lines: Lines to show before and after each match (default 1).
+        offset: How many matches to skip (for the next page).
+    """
+    files = _files_dep(ctx)
+    try:
+        only = re.compile(include, re.IGNORECASE) if include else None
+    except re.error as exc:
+        raise ToolError(f"include {include!r} is not a valid regular expression: {exc}") from None
+    hits: list[str] = []
+    per_file: dict[str, int] = {}
+    for file, folder in await files.list_files(ctx.agent.folder_ids):
+        name = f"{folder}/{file.file_name}"
+        if file.processing_status != "completed" or (only is not None and not only.search(name)):
+            continue
+        try:
+            found = grep(await files.read(file.id), pattern, context_lines=max(0, min(context_lines, 10)))
+        except InvalidInputError as exc:
+            raise ToolError(str(exc)) from None
+        if found:
+            per_file[name] = len(found)
+            hits += [f"{name}:{m.line}\n{m.context}" for m in found]
+    if not hits:
+        return f"No matches for {pattern!r}."
+    page = hits[offset:offset + GREP_PAGE]
+    summary = ", ".join(f"{name} ({n})" for name, n in per_file.items())
+    more = (f"\nMore matches: call again with offset={offset + GREP_PAGE}."
+            if offset + GREP_PAGE < len(hits) else "")
+    return (f"{len(hits)} matches in {len(per_file)} files: {summary}.\n"
+            f"Matches {offset + 1}-{offset + len(page)}:\n\n" + "\n\n".join(page) + more)
+
+
+async def semantic_search_files(ctx: ToolContext, query: str, limit: int = 5) -> str:
+    """Search your files by meaning: the passages closest to what you describe, with the file
+    and lines they come from.
+
+    Args:
+        query: What you are looking for, in words.
+        limit: How many passages to return at most (default 5).
+    """
+    files = _files_dep(ctx)
+    if not 1 <= limit <= 50:
+        raise ToolError("limit must be between 1 and 50.")
+    known = {f.id: f"{folder}/{f.file_name}" for f, folder in await files.list_files(ctx.agent.folder_ids)}
+    found = await files.search(list(known), query, limit)
+    if not found:
+        return "No passages of your files matched."
+    return "\n\n".join(f"{known.get(p.agent_id, p.agent_id)} ({', '.join(p.tags)}):\n{p.text}" for p in found)
+
+
 BASE_TOOL_FUNCTIONS = [
     send_message,
     core_memory_append,
@@ -301,6 +418,9 @@ BASE_TOOL_FUNCTIONS = [
     send_message_to_agent_async,
     send_message_to_agents_matching_tags,
     memory_finish_edits,
+    open_files,
+    grep_files,
+    semantic_search_files,
     *GROUP_TOOL_FUNCTIONS,
 ]
 

@@ -135,7 +135,7 @@ def compile_context(
 ) -> CompiledContext:
     """System prompt with memory, then the summary, then the in-context messages."""
     cache = cache or MessageCache()
-    stable, metadata = system_prompt_parts(state.system, blocks, stats)
+    stable, metadata = system_prompt_parts(state.system, blocks, stats, files=state.open_files)
     head: list[dict[str, Any]] = [{"role": "system", "content": join_system_prompt(stable, metadata)}]
     if state.summary:
         evicted = int(state.metadata.get("evicted_messages", 0))

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, Field
 
 from letta_ray.messages import Message, Role, ToolCall
-from letta_ray.schemas import Block, LLMConfig, Passage
+from letta_ray.schemas import Block, FileMetadata, LLMConfig, Passage
 
 
 class LLMResponse(BaseModel):
@@ -135,6 +135,21 @@ class Messenger(Protocol):
     ) -> list[tuple[str, str]]: ...
 
 
+@runtime_checkable
+class Files(Protocol):
+    """The files of agents' folders: what file tools read and search."""
+
+    async def list_files(self, folder_ids: list[str]) -> list[tuple[FileMetadata, str]]:
+        """The files of these folders, each with its folder's name."""
+        ...
+
+    async def read(self, file_id: str) -> str: ...
+
+    async def search(self, file_ids: list[str], query: str, limit: int) -> list[Passage]:
+        """Chunks of these files closest to ``query``; a passage's ``agent_id`` is its file's id."""
+        ...
+
+
 def system_clock() -> datetime:
     return datetime.now(UTC)
 
@@ -148,5 +163,6 @@ class StepDeps:
     recall: Recall | None = None
     messenger: Messenger | None = None
     blocks: BlockStore | None = None
+    files: Files | None = None
     clock: Callable[[], datetime] = system_clock
     extra: dict[str, Any] = field(default_factory=dict)

@@ -7,11 +7,12 @@ memory); the same checks raise typed errors when a caller edits through the API.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from letta_ray.errors import ToolError
-from letta_ray.schemas import Block, utcnow
+from letta_ray.schemas import Block, OpenFile, utcnow
 
 _LINE_NUMBER_PREFIX = re.compile(r"^\s*\d+→ ", re.MULTILINE)
 
@@ -198,11 +199,22 @@ def render_metadata(stats: MemoryStats) -> str:
     )
 
 
+def render_files(files: Sequence[OpenFile]) -> str:
+    """The files an agent has open, as they appear after its memory blocks."""
+    shown = "\n\n".join(f'<file name="{f.file_name}" lines="{f.first_line}-{f.last_line}">\n{f.view}\n</file>'
+                        for f in files)
+    return ("<open_files>\nFiles you opened (close them when done; grep_files and semantic_search_files search "
+            f"all your files):\n\n{shown}\n</open_files>")
+
+
 def system_prompt_parts(system: str, blocks: list[Block], stats: MemoryStats,
-                        *, line_numbers: bool = False) -> tuple[str, str]:
+                        *, line_numbers: bool = False, files: Sequence[OpenFile] = ()) -> tuple[str, str]:
     """The system message in two parts: instructions and core memory, which change only
     when memory is edited, and the memory metadata, which changes every turn."""
-    return f"{system.rstrip()}\n\n{render_memory(blocks, line_numbers=line_numbers)}", render_metadata(stats)
+    stable = f"{system.rstrip()}\n\n{render_memory(blocks, line_numbers=line_numbers)}"
+    if files:
+        stable += "\n\n" + render_files(files)
+    return stable, render_metadata(stats)
 
 
 def compile_system_prompt(system: str, blocks: list[Block], stats: MemoryStats,

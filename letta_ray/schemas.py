@@ -191,6 +191,52 @@ class Archive(_Model):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class Folder(_Model):
+    """A folder of documents (Letta's source): attached to agents, its files are theirs to read."""
+
+    id: str = Field(default_factory=lambda: new_id("source"))
+    name: str = Field(min_length=1, max_length=200)
+    description: str | None = None
+    instructions: str | None = Field(default=None, description="how agents should use these files")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    embedding_config: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+FileStatus = Literal["pending", "parsing", "embedding", "completed", "error"]
+
+
+class FileMetadata(_Model):
+    """A file of a folder and how far its processing got (its text is stored beside it)."""
+
+    id: str = Field(default_factory=lambda: new_id("file"))
+    folder_id: str
+    file_name: str
+    original_file_name: str
+    file_type: str
+    file_size: int = 0
+    processing_status: FileStatus = "pending"
+    error_message: str | None = None
+    total_chunks: int | None = None
+    chunks_embedded: int | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class OpenFile(_Model):
+    """A window onto a file an agent has open: shown in its context, lines first..last."""
+
+    file_id: str
+    file_name: str = Field(description="folder name / file name, as the agent refers to it")
+    offset: int = 0
+    length: int | None = None
+    view: str = ""
+    first_line: int = 1
+    last_line: int = 0
+    opened_at: datetime = Field(default_factory=utcnow)
+
+
 # --------------------------------------------------------------------------- tools
 
 
@@ -404,6 +450,9 @@ class AgentState(_Model):
     archive_ids: list[str] = Field(default_factory=list, description="shared archives attached: archival "
                                    "search covers them, and inserts go into the first")
     identity_ids: list[str] = Field(default_factory=list, description="the identities (users) it talks to")
+    folder_ids: list[str] = Field(default_factory=list, description="folders whose files it reads")
+    open_files: list[OpenFile] = Field(default_factory=list, description="files shown in its context")
+    max_files_open: int = Field(default=5, ge=1, le=50)
     timezone: str = Field(default="UTC", description="IANA time zone of the times the agent is shown")
     message_buffer_autoclear: bool = Field(default=False, description="forget the messages of each turn once it "
                                            "ends (they stay in recall); memory blocks carry over")

@@ -100,6 +100,7 @@ class Settings(BaseSettings):
                                  "to answer one tool call")
     mcp_connect_timeout_s: float = Field(default=15.0, gt=0, le=600, description="how long connecting to an "
                                          "MCP server (starting a stdio one) may take")
+    max_upload_mb: int = Field(default=100, ge=1, description="largest file an upload to a folder may be")
     mcp_stdio: bool = Field(default=True, description="allow MCP servers of type stdio: commands this machine "
                             "runs for whoever may call the API")
     local_llm: bool = Field(default=True, description="with no provider key, think with the bundled local "

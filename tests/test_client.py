@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import letta_ray
-from letta_ray.errors import BlockLimitError, InvalidInputError, NotFoundError
+from letta_ray.errors import BlockLimitError, ConflictError, InvalidInputError, NotFoundError
 from letta_ray.messages import AssistantMessage, ToolCallMessage
 
 pytestmark = pytest.mark.ray
@@ -415,3 +415,68 @@ def test_a_shared_archive_is_one_archival_memory_for_its_agents(client: Any, fak
     assert writer.state().archive_ids == [] and reader.archival.search("stand-ups") == []
     with pytest.raises(NotFoundError):
         client.archives.retrieve(handbook.id)
+
+
+def test_folders_of_documents_agents_read_with_their_file_tools(client: Any, fake_llm_server: Any,
+                                                               tmp_path: Path) -> None:
+    from letta_ray.testing import tiny_pdf
+
+    folder = client.folders.create(f"handbook-{uuid.uuid4().hex[:6]}", instructions="company policies")
+    policies = tmp_path / "policies.md"
+    policies.write_text("# Policies\n\nRefunds take five working days.\nThe help desk opens at eight.\n" +
+                        "".join(f"Filler line {i} about nothing much.\n" for i in range(200)))
+    uploaded = client.folders.upload(folder.id, policies)
+    assert uploaded.processing_status == "pending" and uploaded.file_type == "text/markdown"
+    done = client.folders.wait_for_file(folder.id, uploaded.id)
+    assert done.processing_status == "completed" and done.total_chunks == done.chunks_embedded > 1
+    report = tmp_path / "report.pdf"
+    report.write_bytes(tiny_pdf(["Quarterly report", "Revenue grew 12 percent"]))
+    pdf = client.folders.wait_for_file(folder.id, client.folders.upload(folder.id, report).id)
+    assert pdf.processing_status == "completed"
+
+    agent = new_agent(client, fake_llm_server)
+    assert client.folders.attach(agent.id, folder.id) == [folder.id]
+    assert {"open_files", "grep_files", "semantic_search_files"} <= set(agent.state().tools)
+
+    def tool_result(command: str) -> str:
+        reply = agent.send(command)
+        [back] = [e for e in reply.messages if e.message_type == "tool_return_message"]
+        return back.tool_return
+
+    grepped = tool_result('call grep_files {"pattern": "refund"}')
+    assert "1 matches in 1 files" in grepped and "policies.md:3" in grepped and "Refunds take" in grepped
+    found = tool_result('call semantic_search_files {"query": "how fast does revenue grow", "limit": 1}')
+    assert "report.pdf" in found and "Revenue grew 12 percent" in found
+    request = {"file_requests": [{"file_name": f"{folder.name}/policies.md", "offset": 2, "length": 2}]}
+    opened = tool_result(f"call open_files {json.dumps(request)}")
+    assert "Opened" in opened and "(lines 3-4)" in opened
+    [view] = agent.state().open_files
+    assert view.view == "3: Refunds take five working days.\n4: The help desk opens at eight."
+    assert view.view in agent.system_prompt()  # shown in the agent's context
+    missing = tool_result('call open_files {"file_requests": [{"file_name": "nope.txt"}]}')
+    assert "No file named 'nope.txt'" in missing and "policies.md" in missing
+
+    listed = {f.file_name: o for f, o in client.folders.agent_files(agent.id)}
+    assert set(listed) == {"policies.md", "report.pdf"} and listed["report.pdf"] is None
+    assert client.folders.open_file(agent.id, pdf.id, length=1) == []
+    assert [o.file_name.split("/")[1] for o in agent.state().open_files] == ["policies.md", "report.pdf"]
+    assert client.folders.close_file(agent.id, uploaded.id) == [f"{folder.name}/policies.md"]
+
+    # Bad files: refused at once if their type is unknown, marked "error" if they do not parse.
+    with pytest.raises(InvalidInputError, match="supported files"):
+        client.folders.upload(folder.id, tmp_path / "movie.mp4")
+    (tmp_path / "broken.json").write_text("{not json")
+    broken = client.folders.wait_for_file(folder.id, client.folders.upload(folder.id, tmp_path / "broken.json").id)
+    assert broken.processing_status == "error" and "not valid JSON" in broken.error_message
+    again = client.folders.upload(folder.id, policies)
+    assert again.file_name == "policies (1).md"
+    with pytest.raises(ConflictError, match="has a file named"):
+        client.folders.upload(folder.id, policies, duplicate_handling="error")
+
+    client.folders.delete_file(folder.id, pdf.id)
+    assert agent.state().open_files == []
+    client.folders.delete(folder.id)
+    state = agent.state()
+    assert state.folder_ids == [] and "grep_files" not in state.tools
+    with pytest.raises(NotFoundError):
+        client.folders.retrieve(folder.id)

@@ -16,7 +16,7 @@ import pytest
 from letta_ray.errors import ConflictError, InvalidInputError, NotFoundError
 from letta_ray.mcp import MCPServer, MCPToolInfo, StdioServerConfig, tool_of
 from letta_ray.messages import Message, StepRecord, ToolCall
-from letta_ray.schemas import AgentState, Archive, Block, ChildToolRule, LLMConfig, Tool
+from letta_ray.schemas import AgentState, Archive, Block, ChildToolRule, FileMetadata, Folder, LLMConfig, Tool
 from letta_ray.storage.metadata import MetadataStore
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -575,7 +575,8 @@ def test_export_parquet_writes_readable_files(store: MetadataStore, tmp_path: Pa
 
     counts = {name: pq.read_table(path).num_rows for name, path in paths.items()}
     assert counts == {"agents": 1, "blocks": 1, "agent_blocks": 1, "messages": 3, "tools": 1,
-                      "mcp_servers": 1, "groups": 0, "runs": 1, "steps": 0, "archives": 0}
+                      "mcp_servers": 1, "groups": 0, "runs": 1, "steps": 0, "archives": 0, "folders": 0,
+                      "files": 0}
     messages = pq.read_table(paths["messages"])
     assert messages.column("agent_id").to_pylist() == [agent.id] * 3
     doc = messages.column("doc").to_pylist()[0]
@@ -622,3 +623,27 @@ def test_archives_are_stored_listed_and_found_by_their_agents(store: MetadataSto
     store.delete_archive(second.id)
     with pytest.raises(NotFoundError):
         store.get_archive(second.id)
+
+
+def test_folders_and_files_keep_text_apart_from_metadata(store: MetadataStore) -> None:
+    folder = store.upsert_folder(Folder(name="docs", created_at=T0))
+    file = store.upsert_file(FileMetadata(folder_id=folder.id, file_name="a.txt", original_file_name="a.txt",
+                                          file_type="text/plain", created_at=T0))
+    later = store.upsert_file(FileMetadata(folder_id=folder.id, file_name="b.txt", original_file_name="b.txt",
+                                           file_type="text/plain", created_at=T0 + timedelta(1)))
+    store.set_file_content(file.id, "hello\nworld")
+    store.upsert_file(file.model_copy(update={"processing_status": "completed"}))  # the text stays
+    assert store.get_file_content(file.id) == "hello\nworld" and store.get_file_content(later.id) == ""
+    assert store.get_file(file.id).processing_status == "completed"
+    assert [f.id for f in store.list_files(folder.id, order="desc")] == [later.id, file.id]
+    assert [f.id for f in store.list_files(folder.id, after=file.id)] == [later.id]
+    with pytest.raises(NotFoundError):
+        store.upsert_file(file.model_copy(update={"id": "file-x", "folder_id": "source-missing"}))
+    agent = make_agent().model_copy(update={"folder_ids": [folder.id]})
+    store.create_agents([agent])
+    assert store.agents_with_folder(folder.id) == [agent.id]
+    assert [f.name for f in store.list_folders(name="docs")] == ["docs"]
+    store.delete_file(later.id)
+    store.delete_folder(folder.id)
+    with pytest.raises(NotFoundError):
+        store.get_file(file.id)

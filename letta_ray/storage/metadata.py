@@ -20,7 +20,7 @@ import duckdb
 from letta_ray.errors import ConflictError, InvalidInputError, NotFoundError
 from letta_ray.mcp import MCP_TOOL_TYPE, MCPServer
 from letta_ray.messages import Message, StepRecord
-from letta_ray.schemas import AgentState, Archive, Block, Order, Tool
+from letta_ray.schemas import AgentState, Archive, Block, FileMetadata, Folder, Order, Tool
 from letta_ray.storage._duckdb_file import DuckDBFile
 from letta_ray.storage._duckdb_layout import (
     _AGENT_BLOCKS,
@@ -28,7 +28,10 @@ from letta_ray.storage._duckdb_layout import (
     _ARCHIVES,
     _BLOCKS,
     _DATA_TABLES,
+    _FILES,
+    _FOLDERS,
     _GROUPS,
+    _M,
     _MCP_SERVERS,
     _MESSAGES,
     _TOOLS,
@@ -47,6 +50,11 @@ from letta_ray.storage._duckdb_layout import (
 )
 from letta_ray.storage.messages import MessageStore
 from letta_ray.storage.runs import RunStore
+
+# A file's metadata, written without touching its text.
+_UPSERT_FILE = (f"INSERT INTO files ({', '.join(_FILES.columns)}) VALUES ({', '.join('?' * len(_FILES.columns))}) "
+                "ON CONFLICT (id) DO UPDATE SET folder_id = excluded.folder_id, file_name = excluded.file_name, "
+                "doc = excluded.doc")
 
 # The tools registered from one MCP server (parameters: the MCP tool type, the server's id).
 _OF_MCP_SERVER = "tool_type = ? AND json_extract_string(doc, '$.metadata.mcp.server_id') = ?"
@@ -564,8 +572,6 @@ class MetadataStore:
                       after: str | None = None, before: str | None = None, order: Order = "asc") -> list[Archive]:
         """Archives by (created_at, id), later than ``after`` and earlier than ``before``
         (archive ids); only those named ``name`` or with these ``ids``, when given."""
-        _check_limit(limit)
-        direction = _check_order(order)
         clauses: list[str] = []
         params: list[Any] = []
         if name is not None:
@@ -574,13 +580,20 @@ class MetadataStore:
         if ids is not None:
             clauses.append("list_contains(?::VARCHAR[], id)")
             params.append(list(ids))
+        return self._list_docs(Archive, "archives", "archive", clauses, params, after, before, limit, order)
+
+    def _list_docs(self, model: type[_M], table: str, kind: str, clauses: list[str], params: list[Any],
+                   after: str | None, before: str | None, limit: int | None, order: Order) -> list[_M]:
+        """The docs of ``table`` matching ``clauses``, by (created_at, id), between the cursors."""
+        _check_limit(limit)
+        direction = _check_order(order)
         with self._db.locked() as conn:
             for cursor, op in ((after, ">"), (before, "<")):
                 if cursor is not None:
-                    self._db.add_cursor(conn, clauses, params, "archives", "archive", ("created_at", "id"), cursor, op)
-            rows = conn.execute(f"SELECT doc FROM archives {_where(clauses)} "
+                    self._db.add_cursor(conn, clauses, params, table, kind, ("created_at", "id"), cursor, op)
+            rows = conn.execute(f"SELECT doc FROM {table} {_where(clauses)} "
                                 f"ORDER BY created_at {direction}, id {direction} {_limit(limit)}", params).fetchall()
-        return [Archive.model_validate_json(row[0]) for row in rows]
+        return [model.model_validate_json(row[0]) for row in rows]
 
     def agents_with_archive(self, archive_id: str) -> list[str]:
         """The ids of the agents an archive is attached to."""
@@ -593,6 +606,71 @@ class MetadataStore:
         with self._db.tx() as conn:
             self._db.require(conn, "archives", "archive", archive_id)
             conn.execute("DELETE FROM archives WHERE id = ?", [archive_id])
+
+    # ------------------------------------------------------------------ folders and files
+
+    def upsert_folder(self, folder: Folder) -> Folder:
+        folder = _utc_model(folder)
+        with self._db.tx() as conn:
+            conn.execute(_FOLDERS.upsert_sql(), _FOLDERS.row(folder))
+        return folder
+
+    def get_folder(self, folder_id: str) -> Folder:
+        return self._db.get_doc(Folder, "folders", "folder", "id", folder_id)
+
+    def list_folders(self, *, name: str | None = None, limit: int | None = 50, after: str | None = None,
+                     before: str | None = None, order: Order = "asc") -> list[Folder]:
+        clauses, params = (["name = ?"], [name]) if name is not None else ([], [])
+        return self._list_docs(Folder, "folders", "folder", clauses, params, after, before, limit, order)
+
+    def agents_with_folder(self, folder_id: str) -> list[str]:
+        """The ids of the agents a folder is attached to."""
+        with self._db.locked() as conn:
+            rows = conn.execute("SELECT id FROM agents WHERE list_contains("
+                                "json_extract_string(doc, '$.folder_ids[*]'), ?) ORDER BY id", [folder_id]).fetchall()
+        return [row[0] for row in rows]
+
+    def delete_folder(self, folder_id: str) -> None:
+        """Delete a folder and its files (their text; their chunks live in the archive)."""
+        with self._db.tx() as conn:
+            self._db.require(conn, "folders", "folder", folder_id)
+            conn.execute("DELETE FROM files WHERE folder_id = ?", [folder_id])
+            conn.execute("DELETE FROM folders WHERE id = ?", [folder_id])
+
+    def upsert_file(self, file: FileMetadata) -> FileMetadata:
+        """Store a file's metadata (its text, set by ``set_file_content``, stays)."""
+        file = _utc_model(file)
+        with self._db.tx() as conn:
+            self._db.require(conn, "folders", "folder", file.folder_id)
+            conn.execute(_UPSERT_FILE, _FILES.row(file, content=None))
+        return file
+
+    def set_file_content(self, file_id: str, text: str) -> None:
+        with self._db.tx() as conn:
+            updated = conn.execute("UPDATE files SET content = ? WHERE id = ? RETURNING 1", [text, file_id]).fetchone()
+            if updated is None:
+                raise NotFoundError("file", file_id)
+
+    def get_file(self, file_id: str) -> FileMetadata:
+        return self._db.get_doc(FileMetadata, "files", "file", "id", file_id)
+
+    def get_file_content(self, file_id: str) -> str:
+        """A file's text ("" until it has been read)."""
+        with self._db.locked() as conn:
+            row = conn.execute("SELECT content FROM files WHERE id = ?", [file_id]).fetchone()
+        if row is None:
+            raise NotFoundError("file", file_id)
+        return row[0] or ""
+
+    def list_files(self, folder_id: str, *, limit: int | None = 1000, after: str | None = None,
+                   before: str | None = None, order: Order = "asc") -> list[FileMetadata]:
+        return self._list_docs(FileMetadata, "files", "file", ["folder_id = ?"], [folder_id], after, before, limit,
+                               order)
+
+    def delete_file(self, file_id: str) -> None:
+        with self._db.tx() as conn:
+            self._db.require(conn, "files", "file", file_id)
+            conn.execute("DELETE FROM files WHERE id = ?", [file_id])
 
     # ------------------------------------------------------------------ groups
 
