@@ -391,6 +391,77 @@ def test_the_agent_fields_and_message_options_letta_sends(sdk: Any, http: Any, f
         assert response.status_code in (400, 422) and why in json.dumps(response.json()), (bad, response.text)
 
 
+def test_folders_files_and_an_agents_open_files_with_the_letta_sdk(sdk: Any, http: Any, fake_llm_server: Any,
+                                                                  tmp_path: Path) -> None:
+    folder = sdk.folders.create(name=f"docs-{uuid.uuid4().hex[:6]}", description="manuals",
+                                embedding="openai/text-embedding-3-small")
+    assert folder.id.startswith("source-") and folder.embedding_config.embedding_dim > 0
+    assert folder.id in [f.id for f in sdk.folders.list(name=folder.name)]
+    manual = tmp_path / "manual.txt"
+    manual.write_text("Chapter 1\nPress the red button to start.\nHold it for three seconds.\n")
+    with open(manual, "rb") as f:
+        uploaded = sdk.folders.files.upload(folder.id, file=f)
+    assert uploaded.source_id == folder.id and uploaded.processing_status in ("pending", "parsing", "embedding",
+                                                                              "completed")
+    deadline = time.monotonic() + 60
+    while (file := sdk.folders.files.retrieve(uploaded.id, folder_id=folder.id)).processing_status != "completed":
+        assert file.processing_status != "error" and time.monotonic() < deadline, file
+        time.sleep(0.1)
+    with_text = sdk.folders.files.retrieve(uploaded.id, folder_id=folder.id, include_content=True)
+    assert with_text.content == manual.read_text()
+    assert [f.file_name for f in sdk.folders.files.list(folder.id)] == ["manual.txt"]
+    bad = http.post(f"/v1/folders/{folder.id}/upload", files={"file": ("clip.mp4", b"\x00\x01", "video/mp4")})
+    assert bad.status_code == 400 and "supported files" in bad.json()["detail"]
+
+    agent = new_agent(sdk, fake_llm_server)
+    sdk.agents.folders.attach(folder.id, agent_id=agent.id)
+    assert [f.id for f in sdk.agents.folders.list(agent.id)] == [folder.id]
+    assert sdk.folders.agents.list(folder.id) == [agent.id]
+    assert {"open_files", "grep_files"} <= {t.name for t in sdk.agents.retrieve(agent.id).tools}
+    assert sdk.agents.files.open(uploaded.id, agent_id=agent.id) == []
+    [shown] = sdk.agents.files.list(agent.id).files
+    assert shown.is_open and shown.folder_name == folder.name and "2: Press the red button" in shown.visible_content
+    prompt = json.loads(sdk.agents.recompile(agent.id))
+    assert "Press the red button to start." in prompt
+    assert sdk.agents.files.close_all(agent.id) == [f"{folder.name}/manual.txt"]
+    assert sdk.agents.files.list(agent.id, is_open=True).files == []
+
+    sdk.agents.folders.detach(folder.id, agent_id=agent.id)
+    assert "open_files" not in {t.name for t in sdk.agents.retrieve(agent.id).tools}
+    sdk.folders.files.delete(uploaded.id, folder_id=folder.id)
+    assert http.get(f"/v1/folders/{folder.id}/files/{uploaded.id}").status_code == 404
+    sdk.folders.delete(folder.id)
+    assert http.get(f"/v1/folders/{folder.id}").status_code == 404
+
+
+def test_a_50_mb_upload_does_not_hold_up_other_requests(sdk: Any, http: Any, base_url: str, tmp_path: Path) -> None:
+    folder = sdk.folders.create(name=f"big-{uuid.uuid4().hex[:6]}")
+    big = tmp_path / "big.txt"
+    line = "All work and no play makes a long file; " * 3 + "\n"
+    with open(big, "w") as out:
+        for _ in range(50 * 2**20 // len(line)):
+            out.write(line)
+    answers: list[tuple[int, float]] = []
+    uploaded: list[Any] = []
+
+    def upload() -> None:
+        with httpx.Client(base_url=base_url, timeout=120) as c, open(big, "rb") as f:
+            uploaded.append(c.post(f"/v1/folders/{folder.id}/upload", files={"file": ("big.txt", f, "text/plain")}))
+
+    sender = threading.Thread(target=upload)
+    sender.start()
+    while sender.is_alive():
+        started = time.perf_counter()
+        answers.append((http.get("/v1/health/").status_code, time.perf_counter() - started))
+        time.sleep(0.02)
+    sender.join()
+    assert uploaded[0].status_code == 200, uploaded[0].text
+    assert uploaded[0].json()["file_size"] == big.stat().st_size
+    assert answers and all(status == 200 for status, _ in answers)
+    assert max(seconds for _, seconds in answers) < 5.0, answers
+    sdk.folders.delete(folder.id)  # stops its processing
+
+
 def test_shared_block_edit_reaches_every_agent(sdk: Any, fake_llm_server: Any) -> None:
     first, second = new_agent(sdk, fake_llm_server), new_agent(sdk, fake_llm_server)
     team = sdk.blocks.create(label="team", value="Team: red", limit=100)
