@@ -50,7 +50,14 @@ async def import_agent_file(client: Any, raw: bytes | str | dict[str, Any], opti
     created: list[str] = []
     groups: list[str] = []
     servers: list[str] = []
+    folders: list[str] = []
     try:
+        for folder in plan.folders:
+            await store.upsert_folder(folder)
+            folders.append(folder.id)
+        for meta, text in plan.files:
+            await store.upsert_file(meta)
+            await store.set_file_content(meta.id, text)
         if plan.mcp_servers:
             servers = await _register_mcp_servers(client, plan)
         for tool in plan.tools:
@@ -79,12 +86,19 @@ async def import_agent_file(client: Any, raw: bytes | str | dict[str, Any], opti
                 groups.append(made.id)
     except BaseException:
         await _take_back(client, created, groups, written, replaced)
+        for folder_id in folders:
+            try:
+                await store.delete_folder(folder_id)
+            except Exception:
+                log.warning("could not take back folder %s", folder_id, exc_info=True)
         for server_id in servers:
             try:
                 await client.mcp_servers.delete_async(server_id)
             except Exception:
                 log.warning("could not take back MCP server %s", server_id, exc_info=True)
         raise
+    for meta, text in plan.files:  # their chunks are embedded in the background, as an upload's
+        client.folders.start_processing(meta, text)
     return [(a.id, a.name) for a in plan.agents], plan.warnings
 
 
@@ -190,6 +204,9 @@ async def export_agent_file(connection: Connection, agent_id: str, *, scrub_mess
             kept = {m.id for m in messages}
             state = state.model_copy(update={"message_ids": [m for m in state.message_ids if m in kept]})
         exported.append(ExportedAgent(state, [m for m in messages if m.role != "system"], state.system))
+    folders = [await store.get_folder(f) for f in dict.fromkeys(f for s in states for f in s.folder_ids)]
+    files = [(meta, await store.get_file_content(meta.id)) for folder in folders
+             for meta in await store.list_files(folder.id, limit=None)]
     names = sorted({name for s in states for name in s.tools})
     tools: dict[str, Tool] = {name: BASE_TOOLS[name].tool for name in names if name in BASE_TOOLS}
 
@@ -208,4 +225,4 @@ async def export_agent_file(connection: Connection, agent_id: str, *, scrub_mess
             servers[server_id] = await store.get_mcp_server(server_id)
         except NotFoundError:
             pass
-    return export_agents(exported, tools, groups, servers)
+    return export_agents(exported, tools, groups, servers, folders, files)

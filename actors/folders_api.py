@@ -125,9 +125,7 @@ class FoldersAPI:
             if delete_after:
                 Path(path).unlink(missing_ok=True)
             raise
-        task = asyncio.ensure_future(self._process(meta, Path(path), delete_after))
-        self._processing.add(task)
-        task.add_done_callback(self._processing.discard)
+        self._background(self._process(meta, Path(path), delete_after))
         return meta
 
     def upload(self, folder_id: str, path: str | Path, **options: Any) -> FileMetadata:
@@ -136,12 +134,26 @@ class FoldersAPI:
         already in the folder does ("suffix" by default, "skip", "error", "replace")."""
         return self._run(self.upload_async(folder_id, path, **options))
 
-    async def _process(self, meta: FileMetadata, path: Path, delete_after: bool) -> None:
+    def start_processing(self, meta: FileMetadata, text: str) -> None:
+        """Chunk and embed a stored file's text in the background (a file that came in an agent file)."""
+        self._background(self._process(meta, None, False, text))
+
+    def _background(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._processing.add(task)
+        task.add_done_callback(self._processing.discard)
+
+    async def _process(self, meta: FileMetadata, path: Path | None, delete_after: bool,
+                       text: str | None = None) -> None:
+        """Read the file at ``path`` (or take ``text``), store its text, embed its chunks."""
         try:
-            meta = await self._status(meta, "parsing")
-            text = await asyncio.to_thread(extract_text, path, meta.file_name)
-            await self.store.set_file_content(meta.id, text)
-            chunks = await asyncio.to_thread(lambda: list(chunk_text(text)))
+            if text is None:
+                assert path is not None
+                meta = await self._status(meta, "parsing")
+                text = await asyncio.to_thread(extract_text, path, meta.file_name)
+                await self.store.set_file_content(meta.id, text)
+            body = text
+            chunks = await asyncio.to_thread(lambda: list(chunk_text(body)))
             meta = await self._status(meta, "embedding", total_chunks=len(chunks), chunks_embedded=0)
             for start in range(0, len(chunks), EMBED_BATCH):
                 batch = chunks[start:start + EMBED_BATCH]
@@ -155,7 +167,7 @@ class FoldersAPI:
             with contextlib.suppress(Exception):
                 await self._status(meta, "error", error_message=why)
         finally:
-            if delete_after:
+            if delete_after and path is not None:
                 path.unlink(missing_ok=True)
 
     async def _status(self, meta: FileMetadata, status: str, **fields: Any) -> FileMetadata:

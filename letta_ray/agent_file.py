@@ -31,7 +31,10 @@ from letta_ray.schemas import (
     AgentState,
     Block,
     EmbeddingConfig,
+    FileMetadata,
+    Folder,
     LLMConfig,
+    OpenFile,
     PipRequirement,
     Tool,
     ToolRule,
@@ -131,6 +134,9 @@ class FileAgent(_Lenient):
     tool_exec_environment_variables: dict[str, str] | None = None
     secrets: dict[str, str] | None = None
     group_ids: list[str] | None = None
+    source_ids: list[str] | None = None
+    folder_ids: list[str] | None = None
+    files_agents: list[dict[str, Any]] | None = None
 
 
 class FileGroup(_Lenient):
@@ -236,6 +242,8 @@ class ImportPlan:
     mcp_servers: list[MCPServer] = field(default_factory=list)
     # per agent (by new id): names of MCP servers' tools it had; attached if their server lists them here
     mcp_tools: dict[str, list[str]] = field(default_factory=dict)
+    folders: list[Folder] = field(default_factory=list)
+    files: list[tuple[FileMetadata, str]] = field(default_factory=list)  # each with its text
 
 
 def litellm_model(handle_or_model: str, endpoint_type: str | None = None) -> str:
@@ -407,6 +415,7 @@ def plan_import(af: AgentFile, options: ImportOptions, *, embedding: EmbeddingCo
     new_ids = {fa.id: new_id("agent") for fa in af.agents}
     if len(new_ids) != len(af.agents):
         raise AgentFileError("agents", "an agent id is used twice")
+    folders, files = _folders_and_files(af, embedding)
     agents: list[AgentState] = []
     contexts: list[list[Message]] = []
     history: list[Message] = []
@@ -464,13 +473,17 @@ def plan_import(af: AgentFile, options: ImportOptions, *, embedding: EmbeddingCo
         context_ids = {m.id for m in in_context}
         history += [m for batch in messages_by_id.values() for m in batch if m.id not in context_ids]
         system = fa.system if fa.system is not None else default_system.get(agent_type, "")
+        folder_ids, open_files = _agent_files(fa, folders, files, where)
+        if folder_ids:  # the file tools come with folders
+            tool_names += [t for t in ("open_files", "grep_files", "semantic_search_files")
+                           if t in base_tools and t not in tool_names]
         try:
             state = AgentState(
                 id=agent_id, name=name, agent_type=agent_type, system=system, blocks=agent_blocks, tools=tool_names,
                 tool_rules=rules, llm_config=_llm_config(fa.llm_config, fa.model, options.model, where),
                 embedding_config=embedding, tags=fa.tags or [], description=fa.description,
                 metadata={**(fa.metadata or {}), KEPT: kept}, secrets=secrets,
-                message_ids=[m.id for m in in_context])
+                message_ids=[m.id for m in in_context], folder_ids=folder_ids, open_files=open_files)
         except ValidationError as exc:
             error = exc.errors()[0]
             raise AgentFileError(f"{where}.{'.'.join(map(str, error['loc']))}", error["msg"]) from None
@@ -491,10 +504,67 @@ def plan_import(af: AgentFile, options: ImportOptions, *, embedding: EmbeddingCo
                 raise AgentFileError(where, f"manager_agent_id {config['manager_agent_id']!r} is not in the file")
             config["manager_agent_id"] = new_ids[config["manager_agent_id"]]
         groups.append({"agent_ids": members, "description": fg.description or "", "manager_config": config})
-    for kind in ("sources", "files"):
-        if getattr(af, kind):
-            warnings.append(f"the file's {kind} are not imported (this server does not have them yet)")
-    return ImportPlan(agents, contexts, history, list(custom.values()), groups, warnings, servers, mcp_tools)
+    return ImportPlan(agents, contexts, history, list(custom.values()), groups, warnings, servers, mcp_tools,
+                      list(folders.values()), list(files.values()))
+
+
+def _folders_and_files(af: AgentFile, embedding: EmbeddingConfig
+                       ) -> tuple[dict[str, Folder], dict[str, tuple[FileMetadata, str]]]:
+    """The file's sources (folders here) and files with new ids, by their ids in the file."""
+    folders: dict[str, Folder] = {}
+    for i, raw in enumerate(af.sources):
+        where = f"sources[{i}] ({raw.get('id')})"
+        if not raw.get("id") or raw["id"] in folders:
+            raise AgentFileError(where, "a source needs an id of its own")
+        try:
+            folders[raw["id"]] = Folder(name=raw.get("name") or raw["id"], description=raw.get("description"),
+                                        instructions=raw.get("instructions"), metadata=raw.get("metadata") or {},
+                                        embedding_config=embedding)
+        except ValidationError as exc:
+            raise AgentFileError(where, exc.errors()[0]["msg"]) from None
+    files: dict[str, tuple[FileMetadata, str]] = {}
+    for i, raw in enumerate(af.files):
+        where = f"files[{i}] ({raw.get('id')})"
+        source = raw.get("folder_id") or raw.get("source_id")
+        if source not in folders:
+            raise AgentFileError(where, f"source_id names {source!r}, which the file does not have")
+        name = raw.get("file_name") or raw.get("original_file_name")
+        if not name or not raw.get("id") or raw["id"] in files:
+            raise AgentFileError(where, "a file needs an id of its own and a file_name")
+        content = raw.get("content") or ""
+        name = name.rsplit("/", 1)[-1]  # Letta writes the folder's path in front of the name
+        files[raw["id"]] = (FileMetadata(
+            folder_id=folders[source].id, file_name=name, original_file_name=raw.get("original_file_name") or name,
+            file_type=raw.get("file_type") or "text/plain", file_size=raw.get("file_size") or len(content.encode())),
+            content)
+    return folders, files
+
+
+def _agent_files(fa: FileAgent, folders: dict[str, Folder], files: dict[str, tuple[FileMetadata, str]],
+                 where: str) -> tuple[list[str], list[OpenFile]]:
+    """An agent's folders (new ids) and the files it had open, from the file's references."""
+    folder_ids = []
+    for ref in [*(fa.source_ids or []), *(fa.folder_ids or [])]:
+        if ref not in folders:
+            raise AgentFileError(where, f"source_ids names {ref!r}, which the file does not have")
+        if folders[ref].id not in folder_ids:
+            folder_ids.append(folders[ref].id)
+    opened = []
+    for link in fa.files_agents or []:
+        if not link.get("is_open", True):
+            continue
+        if link.get("file_id") not in files:
+            raise AgentFileError(where, f"files_agents names the file {link.get('file_id')!r}, which the file "
+                                        "does not have")
+        meta, _ = files[link["file_id"]]
+        folder = next(f for f in folders.values() if f.id == meta.folder_id)
+        view = link.get("visible_content") or ""
+        first = int(link.get("start_line") or 1)
+        when = {"opened_at": link["last_accessed_at"]} if link.get("last_accessed_at") else {}
+        opened.append(OpenFile(file_id=meta.id, file_name=f"{folder.name}/{meta.file_name}", view=view,
+                               offset=first - 1, first_line=first,
+                               last_line=int(link.get("end_line") or first + max(view.count("\n"), 0)), **when))
+    return folder_ids, opened
 
 
 def _mcp_server_of(raw: dict[str, Any], where: str) -> MCPServer:
@@ -531,9 +601,11 @@ class ExportedAgent:
 
 
 def export_agents(agents: list[ExportedAgent], tools: dict[str, Tool], groups: list[dict[str, Any]],
-                  mcp_servers: dict[str, MCPServer] | None = None) -> dict[str, Any]:
-    """The agent file of ``agents`` (secrets written with empty values), their tools, groups
-    and the MCP servers their tools come from (``mcp_servers``, by id; no env or token)."""
+                  mcp_servers: dict[str, MCPServer] | None = None, folders: list[Folder] | None = None,
+                  files: list[tuple[FileMetadata, str]] | None = None) -> dict[str, Any]:
+    """The agent file of ``agents`` (secrets written with empty values), their tools, groups,
+    the MCP servers their tools come from (``mcp_servers``, by id; no env or token), and
+    their folders with their files (each with its text) as Letta's sources and files."""
     ids: dict[str, str] = {}
     counters: dict[str, int] = {}
 
@@ -583,8 +655,13 @@ def export_agents(agents: list[ExportedAgent], tools: dict[str, Tool], groups: l
             "llm_config": llm_config,
             "embedding_config": kept.get("embedding_config") or _letta_embedding_config(state.embedding_config),
             "tool_rules": [r.model_dump(mode="json") for r in state.tool_rules],
-            "tool_ids": tool_ids, "block_ids": [ids[b.id] for b in state.blocks], "source_ids": [],
-            "messages": messages, "in_context_message_ids": in_context, "files_agents": [], "group_ids": [],
+            "tool_ids": tool_ids, "block_ids": [ids[b.id] for b in state.blocks],
+            "source_ids": [local("source", f) for f in state.folder_ids],
+            "files_agents": [{"id": local("file_agent", f"{state.id}:{o.file_id}"), "agent_id": agent_local,
+                              "file_id": local("file", o.file_id), "file_name": o.file_name, "is_open": True,
+                              "visible_content": o.view, "start_line": o.first_line, "end_line": o.last_line,
+                              "last_accessed_at": o.opened_at.isoformat()} for o in state.open_files],
+            "messages": messages, "in_context_message_ids": in_context, "group_ids": [],
             "secrets": dict.fromkeys(state.secrets, ""),
             "tool_exec_environment_variables": dict.fromkeys(state.secrets, ""),
             "memory_blocks": [], "tools": [], "include_base_tools": False, "enable_sleeptime": False,
@@ -605,7 +682,14 @@ def export_agents(agents: list[ExportedAgent], tools: dict[str, Tool], groups: l
                             "manager_config": config, "shared_block_ids": [], "project_id": None, "hidden": None})
     return {"agents": file_agents, "groups": file_groups,
             "blocks": sorted(file_blocks.values(), key=lambda b: b["label"]),
-            "files": [], "sources": [], "tools": sorted(file_tools.values(), key=lambda t: t["name"]),
+            "sources": [{"id": local("source", f.id), "name": f.name, "description": f.description,
+                         "instructions": f.instructions, "metadata": f.metadata,
+                         "embedding_config": _letta_embedding_config(f.embedding_config)} for f in folders or []],
+            "files": [{"id": local("file", meta.id), "source_id": local("source", meta.folder_id),
+                       "file_name": meta.file_name, "original_file_name": meta.original_file_name,
+                       "file_type": meta.file_type, "file_size": meta.file_size, "processing_status": "completed",
+                       "content": text} for meta, text in files or []],
+            "tools": sorted(file_tools.values(), key=lambda t: t["name"]),
             "mcp_servers": [_file_mcp_server(ids[sid], server) for sid, server in (mcp_servers or {}).items()
                             if sid in ids],
             "skills": [], "metadata": {"exported_by": "letta_ray"},

@@ -35,7 +35,7 @@ def plan(raw: Any, **options: Any) -> Any:
 
 
 @pytest.mark.parametrize("name", ["customer_service.af", "deep_research_agent.af", "outreach_workflow_agent.af",
-                                  "evie.af"])
+                                  "evie.af", "void.af"])
 def test_every_real_file_reads_and_plans(name: str) -> None:
     raw = fixture(name)
     decoded = json.loads(raw)
@@ -191,6 +191,48 @@ def test_importing_evie_creates_both_agents_sharing_blocks_and_exports_them_back
         client.delete_agent(handle.id)
 
 
+def test_a_files_sources_and_files_become_folders_with_the_agents_open_files() -> None:
+    result = plan(fixture("void.af"))
+    [folder] = result.folders
+    [(file, text)] = result.files
+    [agent] = result.agents
+    assert folder.id.startswith("source-") and file.folder_id == folder.id and file.id.startswith("file-")
+    assert file.file_name == "social-ai-transcript.md" and len(text) == file.file_size == 56915
+    assert agent.folder_ids == [folder.id]
+    [opened] = agent.open_files
+    assert opened.file_id == file.id and opened.file_name == f"{folder.name}/social-ai-transcript.md"
+    assert "Stateful Agents Meetup" in opened.view
+    assert {"open_files", "grep_files", "semantic_search_files"} <= set(agent.tools)
+    doc = json.loads(fixture("void.af"))
+    doc["agents"][0]["source_ids"] = ["source-9"]
+    with pytest.raises(AgentFileError, match="source_ids names 'source-9'"):
+        plan(doc)
+
+
+@pytest.mark.ray
+def test_importing_void_brings_its_folder_and_file_and_exports_them_back(client: Any) -> None:
+    [agent] = client.import_agent_file(str(FIXTURES / "void.af"))
+    state = agent.state()
+    [folder_id] = state.folder_ids
+    [file] = client.folders.list_files(folder_id)
+    done = client.folders.wait_for_file(folder_id, file.id)
+    assert done.processing_status == "completed" and done.total_chunks > 10
+    assert "Stateful Agents Meetup" in state.open_files[0].view and "Stateful Agents Meetup" in agent.system_prompt()
+    found = client.run_sync(client.runtime.archive.search([file.id], "AT Protocol firehose", top_k=1))
+    assert found and found[0].agent_id == file.id
+
+    doc = client.export_agent_file(agent.id)
+    [source] = doc["sources"]
+    [exported] = doc["files"]
+    assert exported["source_id"] == source["id"] and len(exported["content"]) == 56915
+    assert doc["agents"][0]["source_ids"] == [source["id"]]
+    assert doc["agents"][0]["files_agents"][0]["file_id"] == exported["id"]
+    [again] = client.import_agent_file(doc, append_copy_suffix=True)
+    assert len(again.state().folder_ids) == 1 and again.state().folder_ids != state.folder_ids
+    for handle in (agent, again):
+        client.delete_agent(handle.id)
+
+
 @pytest.mark.ray
 def test_an_import_that_fails_halfway_leaves_nothing_behind(client: Any, monkeypatch: Any) -> None:
     before_agents = {a.id for a in client.list_agents(limit=None)}
@@ -208,6 +250,14 @@ def test_an_import_that_fails_halfway_leaves_nothing_behind(client: Any, monkeyp
         client.import_agent_file(doc)
     assert {a.id for a in client.list_agents(limit=None)} == before_agents
     assert {t.name for t in client.list_tools(limit=None)} == before_tools
+    # and a file's folders go too
+    folders_before = {f.id for f in client.folders.list(limit=None)}
+    void = json.loads(fixture("void.af"))
+    void["groups"] = [{"id": "group-0", "agent_ids": [void["agents"][0]["id"]], "description": "team",
+                       "manager_config": {"manager_type": "round_robin"}}]
+    with pytest.raises(RuntimeError, match="disk is full"):
+        client.import_agent_file(void)
+    assert {f.id for f in client.folders.list(limit=None)} == folders_before
 
 
 @pytest.mark.ray

@@ -972,7 +972,7 @@ def _differences(x: Any, y: Any, path: str = "") -> list[str]:
 
 
 @pytest.mark.parametrize("name", ["customer_service.af", "deep_research_agent.af", "outreach_workflow_agent.af",
-                                  "evie.af"])
+                                  "evie.af", "void.af"])
 def test_real_agent_files_import_answer_and_round_trip(name: str, sdk: Any, http: Any, fake_llm_server: Any) -> None:
     with open(Path(__file__).with_name("fixtures") / "agent-files" / name, "rb") as f:
         ids = sdk.agents.import_file(file=f, append_copy_suffix=False).agent_ids
