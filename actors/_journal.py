@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from letta_ray.errors import StorageError
 from letta_ray.messages import Message, StepRecord
-from letta_ray.schemas import AgentState, Block
+from letta_ray.schemas import AgentState, Block, Conversation
 
 T = TypeVar("T")
 
@@ -41,6 +41,7 @@ class TurnRecord:
     edited_blocks: list[Block]
     steps: list[StepRecord] = field(default_factory=list)
     run: dict[str, Any] | None = None
+    conversation: Conversation | None = None  # the thread the turn was in, if not the agent's default
 
     def encode(self) -> bytes:
         # Built from each model's own JSON: no intermediate dicts on the hot path.
@@ -48,8 +49,10 @@ class TurnRecord:
         blocks = ",".join(b.model_dump_json() for b in self.edited_blocks)
         steps = ",".join(s.model_dump_json() for s in self.steps)
         run = json.dumps(self.run, default=str) if self.run is not None else "null"
+        conversation = self.conversation.model_dump_json() if self.conversation is not None else "null"
         line = (f'{{"seq":{self.seq},"state":{self.state.model_dump_json()},'
-                f'"messages":[{messages}],"edited_blocks":[{blocks}],"steps":[{steps}],"run":{run}}}\n')
+                f'"messages":[{messages}],"edited_blocks":[{blocks}],"steps":[{steps}],"run":{run},'
+                f'"conversation":{conversation}}}\n')
         return line.encode()
 
     @classmethod
@@ -62,6 +65,7 @@ class TurnRecord:
             edited_blocks=[Block.model_validate(b) for b in raw["edited_blocks"]],
             steps=[StepRecord.model_validate(s) for s in raw.get("steps", ())],  # older journals have none
             run=raw.get("run"),
+            conversation=Conversation.model_validate(raw["conversation"]) if raw.get("conversation") else None,
         )
 
 

@@ -41,11 +41,13 @@ from letta_ray.tools import build_tool
 from ._facade import ACTOR_GONE
 from ._loop import EventLoopThread
 from .archives_api import ArchivesAPI
+from .conversations_api import ConversationsAPI
 from .folders_api import FoldersAPI
 from .groups_api import GroupsAPI
 from .handles import AgentHandle, ArchivalView, BlocksView
 from .host import HostHandle, TurnResult, pair_sleeptime
 from .hosts import Connection, Hosts
+from .identities_api import IdentitiesAPI
 from .limits import parse_limits
 from .mcp_api import MCPServersAPI
 from .runs_api import MessagesAPI, RunsAPI, StepsAPI
@@ -94,6 +96,10 @@ class Client:
         """MCP servers and their tools (``client.mcp_servers.create("files", {...})``)."""
         self.folders = FoldersAPI(self.connection)
         """Folders of documents agents read (``client.folders.upload(folder.id, "report.pdf")``)."""
+        self.conversations = ConversationsAPI(self.connection)
+        """Threads with an agent, each its own context, all one memory (``client.conversations.create(id)``)."""
+        self.identities = IdentitiesAPI(self.connection)
+        """The users and organisations agents talk to (``client.identities.create("user-42", "Ada")``)."""
         self.archives = ArchivesAPI(self.connection)
         """Archives: archival memory several agents share (``client.archives.create("handbook")``)."""
         self.runs = RunsAPI(self.connection)

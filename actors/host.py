@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from letta_ray.agent import EventSink, compact, default_initial_messages, preview_request, step
+from letta_ray.agent import EventSink, StepResult, compact, default_initial_messages, preview_request, step
 from letta_ray.base_tools import BASE_TOOLS
 from letta_ray.context import MessageCache, transcript
 from letta_ray.deps import LLM, StepDeps
@@ -36,6 +36,7 @@ from letta_ray.schemas import (
     AgentState,
     Block,
     ClientTool,
+    Conversation,
     FileMetadata,
     LLMConfig,
     LLMLimit,
@@ -108,8 +109,9 @@ class _Hosted:
     shared: set[str] | None = None  # ids of this agent's blocks attached to other agents too
     last_used: float = field(default_factory=time.monotonic)
     turns: int = 0
-    run_id: str | None = None  # the turn running now, and the event that cancels it
+    run_id: str | None = None  # the turn running now, the event that cancels it, and its conversation
     cancel: asyncio.Event | None = None
+    conversation_id: str | None = None
 
 
 class AgentHost:
@@ -201,14 +203,17 @@ class AgentHost:
             self._loading.pop(agent_id, None)
         return self.agents.setdefault(agent_id, hosted)
 
-    async def cancel(self, agent_id: str, run_ids: list[str] | None = None) -> list[str]:
-        """Stop the agent's running turn (if it is one of ``run_ids``, when given): it ends
-        with stop reason "cancelled" before its next LLM call, dropping a call under way;
-        the steps it finished are kept. Returns the ids of the runs cancelled."""
+    async def cancel(self, agent_id: str, run_ids: list[str] | None = None,
+                     conversation_id: str | None = None) -> list[str]:
+        """Stop the agent's running turn (if it is one of ``run_ids``, or in ``conversation_id``,
+        when given): it ends with stop reason "cancelled" before its next LLM call, dropping a
+        call under way; the steps it finished are kept. Returns the ids of the runs cancelled."""
         hosted = self.agents.get(agent_id)
         if hosted is None or hosted.cancel is None or hosted.run_id is None:
             return []
         if run_ids is not None and hosted.run_id not in run_ids:
+            return []
+        if conversation_id is not None and hosted.conversation_id != conversation_id:
             return []
         hosted.cancel.set()
         return [hosted.run_id]
@@ -226,11 +231,12 @@ class AgentHost:
 
     async def send(self, agent_id: str, messages: list[MessageCreate | Message], *, max_steps: int | None = None,
                    run_id: str | None = None, client_tools: list[ClientTool] | None = None,
-                   llm_config: LLMConfig | None = None) -> LettaResponse:
+                   llm_config: LLMConfig | None = None, conversation_id: str | None = None) -> LettaResponse:
         """Run one turn of the agent on ``messages``; returns once it is persisted. ``llm_config``
-        replaces the agent's model for this turn only (Letta's ``override_model``)."""
+        replaces the agent's model for this turn only (Letta's ``override_model``); with
+        ``conversation_id`` the turn runs in that conversation's context window."""
         return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id, client_tools=client_tools,
-                                llm_config=llm_config)
+                                llm_config=llm_config, conversation_id=conversation_id)
 
     async def send_many(self, turns: list[tuple[str, list[MessageCreate | Message], str | None]], *,
                         max_steps: int | None = None, concurrency: int = 256) -> list[TurnResult]:
@@ -258,7 +264,8 @@ class AgentHost:
     async def send_stream(self, agent_id: str, messages: list[MessageCreate | Message], *,
                           max_steps: int | None = None, run_id: str | None = None,
                           client_tools: list[ClientTool] | None = None,
-                          llm_config: LLMConfig | None = None) -> AsyncIterator[Any]:
+                          llm_config: LLMConfig | None = None, conversation_id: str | None = None
+                          ) -> AsyncIterator[Any]:
         """Like ``send``, yielding each event as it happens, then the stop reason and usage.
 
         Call it as a Ray streaming generator (``.options(num_returns="streaming")``).
@@ -270,7 +277,8 @@ class AgentHost:
         async def run() -> LettaResponse:
             try:
                 return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id, on_event=queue.put,
-                                        client_tools=client_tools, llm_config=llm_config)
+                                        client_tools=client_tools, llm_config=llm_config,
+                                        conversation_id=conversation_id)
             finally:
                 await queue.put(done)
 
@@ -283,7 +291,8 @@ class AgentHost:
 
     async def _send(self, agent_id: str, messages: list[MessageCreate | Message], *, max_steps: int | None,
                     run_id: str | None, on_event: EventSink | None = None,
-                    client_tools: list[ClientTool] | None = None, llm_config: LLMConfig | None = None) -> LettaResponse:
+                    client_tools: list[ClientTool] | None = None, llm_config: LLMConfig | None = None,
+                    conversation_id: str | None = None) -> LettaResponse:
         if not messages:
             raise InvalidInputError("send needs at least one message")
         hosted = await self._get(agent_id)
@@ -292,21 +301,23 @@ class AgentHost:
         async with hosted.lock, self._running_turn():
             if agent_id not in self.agents:  # deleted while we waited our turn
                 raise NotFoundError("agent", agent_id)
-            hosted.run_id, hosted.cancel = run_id, asyncio.Event()
+            thread = await self._thread(hosted, conversation_id)
+            hosted.run_id, hosted.cancel, hosted.conversation_id = run_id, asyncio.Event(), conversation_id
             try:
                 toolset = await self._toolset(hosted.state)
                 if hosted.shared is None:
                     hosted.shared = await self._shared_blocks(hosted.state)
-                state = hosted.state
+                state = thread.state
                 if llm_config is not None:
                     state = state.model_copy(update={"llm_config": llm_config})
-                result = await step(state, hosted.context, messages, self._deps(hosted), toolset=toolset,
+                result = await step(state, thread.context, messages, self._deps(hosted), toolset=toolset,
                                     stats=hosted.stats, max_steps=max_steps, run_id=run_id, on_event=on_event,
-                                    cache=hosted.cache, client_tools=client_tools, cancel=hosted.cancel)
+                                    cache=thread.cache, client_tools=client_tools, cancel=hosted.cancel)
                 if llm_config is not None:  # the override was for this turn only
                     result.state = result.state.model_copy(update={"llm_config": hosted.state.llm_config})
             finally:
-                hosted.run_id = hosted.cancel = None
+                hosted.run_id = hosted.cancel = hosted.conversation_id = None
+            conversation = thread.end(result)
             sleeper = result.state.metadata.get(SLEEPTIME_AGENT)
             if sleeper:  # count main-agent turns in the persisted state, so a restart keeps the rhythm
                 turns = int(result.state.metadata.get(SLEEPTIME_TURNS, 0)) + 1
@@ -315,10 +326,13 @@ class AgentHost:
             result.usage.run_ids = [run_id]
             run = {"id": run_id, "agent_id": agent_id, "status": _RUN_STATUS.get(reason, "completed"),
                    "stop_reason": reason, "created_at": created_at.isoformat(), "completed_at": utcnow().isoformat(),
-                   "total_duration_ns": time.perf_counter_ns() - started, "usage": result.usage.model_dump()}
-            await self._persist_turn(result.state, result.new_messages, result.edited_blocks, result.steps, run)
+                   "total_duration_ns": time.perf_counter_ns() - started, "usage": result.usage.model_dump(),
+                   "conversation_id": conversation_id}
+            await self._persist_turn(result.state, result.new_messages, result.edited_blocks, result.steps, run,
+                                     conversation)
             hosted.state = result.state
-            hosted.context = result.context
+            if conversation is None:
+                hosted.context = result.context
             hosted.stats.recall_messages += len(result.new_messages)
             hosted.stats.archival_passages += sum(
                 1 for m in result.new_messages
@@ -369,13 +383,14 @@ class AgentHost:
         await self.store.upsert_run(run["id"], run)
 
     async def _persist_turn(self, state: AgentState, messages: list[Message], edited: list[Block],
-                            steps: list[StepRecord], run: dict[str, Any] | None) -> None:
+                            steps: list[StepRecord], run: dict[str, Any] | None,
+                            conversation: Conversation | None = None) -> None:
         """Make a turn durable before its reply goes out."""
         if self._journal is None:
-            await self.store.commit_step(state, messages, edited, steps, run)
+            await self.store.commit_step(state, messages, edited, steps, run, conversation)
             return
         self._journal_seq += 1
-        record = TurnRecord(self._journal_seq, state, messages, list(edited), steps, run)
+        record = TurnRecord(self._journal_seq, state, messages, list(edited), steps, run, conversation)
         if self._turns_running <= 1 and not self._writer.busy:
             # The only turn in flight: write it here (an fsync, ~0.2 ms) rather than pay a
             # thread hop and a loop round trip (~1 ms) for a batch of one.
@@ -556,18 +571,36 @@ class AgentHost:
             hosted.state, hosted.context = state, fresh
             return state
 
-    async def compact(self, agent_id: str) -> dict[str, Any]:
-        """Summarise the older part of the agent's context now (see ``letta_ray.agent.compact``);
-        returns the summary and the number of in-context messages before and after."""
+    async def compact(self, agent_id: str, conversation_id: str | None = None) -> dict[str, Any]:
+        """Summarise the older part of the agent's (or a conversation's) context now (see
+        ``letta_ray.agent.compact``); returns the summary and the number of in-context
+        messages before and after."""
         hosted = await self._get(agent_id)
         async with hosted.lock:
-            before = len(hosted.context)
-            done = await compact(hosted.state, hosted.context, self._deps(hosted), stats=hosted.stats,
-                                 cache=hosted.cache)
-            if done.evicted_ids:
+            thread = await self._thread(hosted, conversation_id)
+            before = len(thread.context)
+            done = await compact(thread.state, thread.context, self._deps(hosted), stats=hosted.stats,
+                                 cache=thread.cache)
+            if done.evicted_ids and thread.conversation is not None:
+                await self.store.upsert_conversation(thread.conversation.model_copy(update={
+                    "message_ids": done.state.message_ids, "summary": done.summary, "updated_at": utcnow()}))
+            elif done.evicted_ids:
                 await self.store.upsert_agent(done.state)
                 hosted.state, hosted.context = done.state, done.context
             return {"summary": done.summary, "num_messages_before": before, "num_messages_after": len(done.context)}
+
+    async def _thread(self, hosted: _Hosted, conversation_id: str | None) -> _Thread:
+        """The context a turn runs in: the agent's own, or a conversation's (its messages and
+        summary in the agent's state, for the turn)."""
+        if conversation_id is None:
+            return _Thread(hosted.state, hosted.context, hosted.cache, None)
+        conversation = await self.store.get_conversation(conversation_id)
+        if conversation.agent_id != hosted.state.id:
+            raise NotFoundError("conversation of this agent", conversation_id)
+        context = await self.store.get_messages(conversation.message_ids) if conversation.message_ids else []
+        state = hosted.state.model_copy(update={"message_ids": conversation.message_ids,
+                                                "summary": conversation.summary})
+        return _Thread(state, context, MessageCache(), conversation, hosted.state.message_ids, hosted.state.summary)
 
     async def system_prompt(self, agent_id: str) -> str:
         """The agent's system message as its next step will send it (memory rendered in)."""
@@ -610,6 +643,34 @@ class AgentHost:
 
     async def ping(self) -> str:
         return self.host_id
+
+
+@dataclass
+class _Thread:
+    """Where a turn runs (see ``AgentHost._thread``): the state and context it sees, and for a
+    conversation, the agent's own in-context ids and summary to give back after it."""
+
+    state: AgentState
+    context: list[Message]
+    cache: MessageCache
+    conversation: Conversation | None = None
+    agent_message_ids: list[str] = field(default_factory=list)
+    agent_summary: str | None = None
+
+    def end(self, result: StepResult) -> Conversation | None:
+        """After the turn: a conversation takes the new context and summary (its messages are
+        marked as its own); the agent's state keeps its own. Returns the conversation, if any."""
+        if self.conversation is None:
+            return None
+        for message in result.new_messages:
+            message.conversation_id = self.conversation.id
+        now = utcnow()
+        conversation = self.conversation.model_copy(update={
+            "message_ids": result.state.message_ids, "summary": result.state.summary, "updated_at": now,
+            "last_message_at": now})
+        result.state = result.state.model_copy(update={"message_ids": self.agent_message_ids,
+                                                       "summary": self.agent_summary})
+        return conversation
 
 
 class _SharedBlocks:

@@ -22,7 +22,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from letta_ray.errors import NotFoundError
 from letta_ray.mcp import MCPServer
 from letta_ray.messages import Message, Role, StepRecord
-from letta_ray.schemas import AgentState, Archive, Block, FileMetadata, Folder, Order, Tool
+from letta_ray.schemas import (
+    AgentState,
+    Archive,
+    Block,
+    Conversation,
+    FileMetadata,
+    Folder,
+    Identity,
+    Order,
+    Tool,
+)
 
 from ._facade import ActorFacade, remote_method
 from ._group_commit import GroupCommitter
@@ -104,7 +114,8 @@ class MetadataStoreActor:
         returns the ids of agents that are no longer stored (their turns are dropped)."""
         gone = self.store.commit_turns([(r.state, r.messages, r.edited_blocks) for r in records],
                                        runs=[r.run for r in records if r.run is not None],
-                                       steps=[s for r in records for s in r.steps])
+                                       steps=[s for r in records for s in r.steps],
+                                       conversations=[r.conversation for r in records if r.conversation is not None])
         for agent_id in gone:  # deleted after its turn was acknowledged
             log.info("dropping journaled turns of deleted agent %s", agent_id)
         return gone
@@ -284,14 +295,15 @@ class MetadataStoreActor:
 
     async def commit_step(self, state: AgentState, messages: list[Message],
                           edited_blocks: list[Block] | None = None, steps: list[StepRecord] | None = None,
-                          run: dict[str, Any] | None = None) -> None:
+                          run: dict[str, Any] | None = None, conversation: Conversation | None = None) -> None:
         """Persist one turn: the new messages, the agent state, the blocks it edited, its steps
         and its run, together.
 
         Returns once the turn is durable (journaled); DuckDB has it before any later read.
         """
         self._seq += 1
-        record = TurnRecord(self._seq, state, messages, list(edited_blocks or []), list(steps or []), run)
+        record = TurnRecord(self._seq, state, messages, list(edited_blocks or []), list(steps or []), run,
+                            conversation)
         if self._journal is None:
             if await self._writes.submit(lambda: self._commit_turns([record])):
                 raise NotFoundError("agent", state.id)
@@ -410,10 +422,11 @@ class MetadataStoreActor:
     async def list_messages(self, agent_id: str | None, *, limit: int | None = 50, before: str | None = None,
                             after: str | None = None, order: Order = "asc", roles: list[Role] | None = None,
                             start: datetime | None = None, end: datetime | None = None,
-                            run_id: str | None = None, step_id: str | None = None) -> list[Message]:
+                            run_id: str | None = None, step_id: str | None = None,
+                            conversation_id: str | None = None) -> list[Message]:
         return await self._read(self.store.messages.list_messages, agent_id, limit=limit, before=before,
                                 after=after, order=order, roles=roles, start=start, end=end, run_id=run_id,
-                                step_id=step_id)
+                                step_id=step_id, conversation_id=conversation_id)
 
     async def count_messages(self, agent_id: str) -> int:
         return await self._read(self.store.messages.count_messages, agent_id)
@@ -522,6 +535,35 @@ class MetadataStoreActor:
         """See ``MetadataStore.list_files``."""
         return await self._read(self.store.list_files, folder_id, **filters)
 
+    async def upsert_identity(self, identity: Identity) -> Identity:
+        return await self._write(self.store.upsert_identity, identity)
+
+    async def get_identity(self, identity_id: str) -> Identity:
+        return await self._read(self.store.get_identity, identity_id)
+
+    async def agents_with_identity(self, identity_id: str) -> list[str]:
+        return await self._read(self.store.agents_with_identity, identity_id)
+
+    async def delete_identity(self, identity_id: str) -> None:
+        return await self._write(self.store.delete_identity, identity_id)
+
+    async def list_identities(self, **filters: Any) -> list[Identity]:
+        """See ``MetadataStore.list_identities``."""
+        return await self._read(self.store.list_identities, **filters)
+
+    async def upsert_conversation(self, conversation: Conversation) -> Conversation:
+        return await self._write(self.store.upsert_conversation, conversation)
+
+    async def get_conversation(self, conversation_id: str) -> Conversation:
+        return await self._read(self.store.get_conversation, conversation_id)
+
+    async def delete_conversation(self, conversation_id: str) -> None:
+        return await self._write(self.store.delete_conversation, conversation_id)
+
+    async def list_conversations(self, **filters: Any) -> list[Conversation]:
+        """See ``MetadataStore.list_conversations``."""
+        return await self._read(self.store.list_conversations, **filters)
+
     async def upsert_group(self, group_id: str, doc: dict[str, Any]) -> None:
         await self._write(self.store.upsert_group, group_id, doc)
 
@@ -628,6 +670,15 @@ class MetadataStoreHandle(ActorFacade):
     delete_file = remote_method(MetadataStoreActor.delete_file)
     list_folders = remote_method(MetadataStoreActor.list_folders)
     list_files = remote_method(MetadataStoreActor.list_files)
+    upsert_identity = remote_method(MetadataStoreActor.upsert_identity)
+    get_identity = remote_method(MetadataStoreActor.get_identity)
+    agents_with_identity = remote_method(MetadataStoreActor.agents_with_identity)
+    delete_identity = remote_method(MetadataStoreActor.delete_identity)
+    list_identities = remote_method(MetadataStoreActor.list_identities)
+    upsert_conversation = remote_method(MetadataStoreActor.upsert_conversation)
+    get_conversation = remote_method(MetadataStoreActor.get_conversation)
+    delete_conversation = remote_method(MetadataStoreActor.delete_conversation)
+    list_conversations = remote_method(MetadataStoreActor.list_conversations)
     upsert_group = remote_method(MetadataStoreActor.upsert_group)
     delete_group = remote_method(MetadataStoreActor.delete_group)
     upsert_run = remote_method(MetadataStoreActor.upsert_run)

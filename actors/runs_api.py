@@ -35,13 +35,15 @@ class RunsAPI(_API):
 
     async def list_async(self, *, agent_id: str | None = None, agent_ids: list[str] | None = None,
                          statuses: list[str] | None = None, active: bool = False, background: bool | None = None,
-                         stop_reason: str | None = None, after: str | None = None, before: str | None = None,
-                         limit: int | None = 50, order: Order = "desc") -> list[dict[str, Any]]:
+                         stop_reason: str | None = None, conversation_id: str | None = None, after: str | None = None,
+                         before: str | None = None, limit: int | None = 50, order: Order = "desc"
+                         ) -> list[dict[str, Any]]:
         agents = [*(agent_ids or []), *([agent_id] if agent_id else [])] or None
         if active:
             statuses = [s for s in statuses or ACTIVE_STATUSES if s in ACTIVE_STATUSES] or ["-"]
         return await self.store.list_runs(agents, statuses=statuses, background=background, stop_reason=stop_reason,
-                                          after=after, before=before, limit=limit, order=order)
+                                          conversation_id=conversation_id, after=after, before=before, limit=limit,
+                                          order=order)
 
     def list(self, **filters: Any) -> list[dict[str, Any]]:
         """Run docs, newest first: ``agent_id``/``agent_ids``, ``statuses``, ``active``,

@@ -60,6 +60,8 @@ class Message(_Model):
     created_at: datetime = Field(default_factory=utcnow)
     step_id: str | None = None
     run_id: str | None = None
+    conversation_id: str | None = Field(default=None, description="the conversation it belongs to (none: the "
+                                        "agent's default one)")
     group_id: str | None = None
     otid: str | None = None
     approval_required: list[str] = Field(

@@ -237,6 +237,41 @@ class OpenFile(_Model):
     opened_at: datetime = Field(default_factory=utcnow)
 
 
+class IdentityProperty(_Model):
+    key: str = Field(min_length=1)
+    value: str | int | float | bool | dict[str, Any]
+    type: Literal["string", "number", "boolean", "json"]
+
+
+class Identity(_Model):
+    """Someone agents talk to (a user, an organisation): agents and blocks are attached to it."""
+
+    id: str = Field(default_factory=lambda: new_id("identity"))
+    identifier_key: str = Field(min_length=1, max_length=400, description="the caller's own id for it")
+    name: str = Field(min_length=1, max_length=200)
+    identity_type: Literal["org", "user", "other"] = "user"
+    project_id: str | None = None
+    block_ids: list[str] = Field(default_factory=list)
+    properties: list[IdentityProperty] = Field(default_factory=list)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Conversation(_Model):
+    """A thread of an agent's: its own context window (messages and summary) over the agent's
+    one memory. The agent's own context is its default conversation."""
+
+    id: str = Field(default_factory=lambda: new_id("conv"))
+    agent_id: str
+    summary: str | None = None
+    description: str | None = None
+    message_ids: list[str] = Field(default_factory=list, description="in-context message ids")
+    archived: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    last_message_at: datetime | None = None
+
+
 # --------------------------------------------------------------------------- tools
 
 

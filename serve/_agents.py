@@ -178,11 +178,18 @@ async def list_agents(
     limit: Annotated[int | None, Query(ge=0)] = 50,
     order: Order | None = None,
     ascending: bool | None = None,
+    identity_id: str | None = Query(default=None, description="only the agents of this identity"),
 ) -> Response:
     direction: Order = order or ("asc" if ascending else "desc")
-    after, before = time_cursors(direction, after, before)
-    states = await client.list_agents_async(name=name, tags=tags, match_all_tags=match_all_tags, limit=limit,
-                                            after=after, before=before, order=direction)
+    if identity_id is not None:  # few agents per identity: paged in memory
+        ids = await client.identities.agents_async(identity_id)
+        found = sorted((s for s in await asyncio.gather(*(client.get_agent_state_async(i) for i in ids))
+                        if name is None or s.name == name), key=lambda s: (s.created_at, s.id))
+        states = page(found, after, before, limit, direction)
+    else:
+        after, before = time_cursors(direction, after, before)
+        states = await client.list_agents_async(name=name, tags=tags, match_all_tags=match_all_tags, limit=limit,
+                                                after=after, before=before, order=direction)
     tools = await custom_tools(client, states)
     views = [AgentStateView.of(s, tools).model_dump(mode="json") for s in states]
     return Response(content=json.dumps(views), media_type="application/json")

@@ -38,6 +38,10 @@ def _shown(response: LettaResponse, types: list[str] | None) -> LettaResponse:
     return response.model_copy(update={"messages": kept})
 
 
+def shown(response: LettaResponse, types: list[str] | None) -> LettaResponse:
+    return _shown(response, types)
+
+
 @messages.post("/{agent_id}/messages", response_model=LettaResponse,
                summary="Send messages and run a turn (SSE when streaming=true)",
                description="Concurrent sends to one agent wait their turn: an agent runs one turn at a time.")
@@ -46,7 +50,7 @@ async def send_message(agent_id: str, body: SendMessageRequest, client: ClientDe
         return await _stream(client, agent_id, body, request)
     response = await client.agent(agent_id).send_async(body.to_core(), max_steps=body.max_steps,
                                                       client_tools=body.core_client_tools(),
-                                                      llm_config=await _override(client, agent_id, body))
+                                                      llm_config=await override_model(client, agent_id, body))
     return json_response(_shown(response, body.include_return_message_types))
 
 
@@ -56,7 +60,7 @@ async def send_message_stream(agent_id: str, body: SendMessageRequest, client: C
     return await _stream(client, agent_id, body, request)
 
 
-async def _override(client: Client, agent_id: str, body: SendMessageRequest) -> LLMConfig | None:
+async def override_model(client: Client, agent_id: str, body: SendMessageRequest) -> LLMConfig | None:
     """The model of this request only (``override_model``): the agent's config on another model."""
     if not body.override_model:
         return None
@@ -73,10 +77,14 @@ async def _stream(client: Client, agent_id: str, body: SendMessageRequest, reque
         stream = request.app.state.run_streams.get(run.id)
         return StreamingResponse(stream.follow(0), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    types = body.include_return_message_types
     events = client.agent(agent_id).stream_async(body.to_core(), max_steps=body.max_steps,
                                                 client_tools=body.core_client_tools(),
-                                                llm_config=await _override(client, agent_id, body))
+                                                llm_config=await override_model(client, agent_id, body))
+    return await sse_of(events, body.include_return_message_types)
+
+
+async def sse_of(events: AsyncIterator[Any], types: list[str] | None) -> Response:
+    """A turn's events as server-sent events (those of ``types`` only, when given)."""
     # Errors before the turn starts (an unknown agent, say) are ordinary 4xx responses.
     first = await anext(events, None)
 
@@ -157,7 +165,7 @@ async def _run_turn(client: Client, run: RunView, body: SendMessageRequest, stre
     started = time.perf_counter_ns()
     try:
         await client.runs.upsert_async(run.id, {**run.model_dump(mode="json"), "status": "running"})
-        override = await _override(client, run.agent_id, body)
+        override = await override_model(client, run.agent_id, body)
         async for item in client.agent(run.agent_id).stream_async(
                 body.to_core(), max_steps=body.max_steps, run_id=run.id, client_tools=body.core_client_tools(),
                 llm_config=override):

@@ -145,7 +145,7 @@ async def stream_run(run_id: str, request: Request, client: ClientDep,
     await client.runs.retrieve_async(run_id)  # 404 for an unknown run
     streams: RunStreams = request.app.state.run_streams
     live = streams.get(run_id)
-    frames = live.follow(body.starting_after) if live is not None else _replay(client, run_id, body)
+    frames = live.follow(body.starting_after) if live is not None else replay(client, run_id, body)
     return StreamingResponse(frames, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -154,7 +154,7 @@ async def stream_run(run_id: str, request: Request, client: ClientDep,
 REPLAY_WAIT_S = 600.0
 
 
-async def _replay(client: Client, run_id: str, body: RunStreamRequest) -> AsyncIterator[str]:
+async def replay(client: Client, run_id: str, body: RunStreamRequest) -> AsyncIterator[str]:
     """A run this replica holds no stream of: wait for it to end, then its stored events."""
     deadline = time.monotonic() + REPLAY_WAIT_S
     run = await client.runs.retrieve_async(run_id)

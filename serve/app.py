@@ -29,8 +29,10 @@ from ._agents import agents
 from ._archives import agent_archives, archives, passages
 from ._blocks import blocks
 from ._common import ClientDep, status_of
+from ._conversations import conversations
 from ._folders import agent_folders, folders
 from ._groups import groups
+from ._identities import agent_identities, identities
 from ._mcp import mcp_servers
 from ._messages import messages
 from ._run_streams import RunStreams
@@ -130,8 +132,8 @@ def create_app(client: Client) -> FastAPI:
     # matches a messages path, so the order changes nothing else.
     app.include_router(messages, dependencies=auth)
     app.include_router(health)
-    for router in (agents, agent_archives, agent_folders, blocks, tools, runs, steps, history, archives, passages,
-                   folders, models, tags, groups, mcp_servers):
+    for router in (agents, agent_archives, agent_folders, agent_identities, blocks, tools, runs, steps, history,
+                   archives, passages, folders, identities, conversations, models, tags, groups, mcp_servers):
         app.include_router(router, dependencies=auth)
     app.add_exception_handler(_Unauthorized, _on_unauthorized)
     app.add_exception_handler(RequestValidationError, _on_validation)

@@ -19,6 +19,7 @@ import pytest
 import letta_ray
 from letta_ray.errors import BlockLimitError, ConflictError, InvalidInputError, NotFoundError
 from letta_ray.messages import AssistantMessage, ToolCallMessage
+from letta_ray.schemas import Block
 
 pytestmark = pytest.mark.ray
 
@@ -480,3 +481,78 @@ def test_folders_of_documents_agents_read_with_their_file_tools(client: Any, fak
     assert state.folder_ids == [] and "grep_files" not in state.tools
     with pytest.raises(NotFoundError):
         client.folders.retrieve(folder.id)
+
+
+def test_conversations_are_threads_over_one_memory(client: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(client, fake_llm_server)
+    agent.send("hello on the main thread")
+    work = client.conversations.create(agent.id, summary="about work")
+    home = client.conversations.create(agent.id)
+    assert [c.id for c in client.conversations.list(agent_id=agent.id)] == [home.id, work.id]
+
+    client.conversations.send(work.id, "remember likes jazz")
+    assert "likes jazz" in agent.blocks["human"].value  # one memory for every thread
+    client.conversations.send(home.id, "hi from home")
+    last = [r["body"] for r in fake_llm_server.requests if r["path"].endswith("/chat/completions")][-1]
+    said = [m.get("content") for m in last["messages"][1:]]
+    assert "hi from home" in said and "remember likes jazz" not in said and "hello on the main thread" not in said
+    assert "likes jazz" in last["messages"][0]["content"]  # ... but the memory is the same
+    assert [m.role for m in client.conversations.messages(work.id)] == ["user", "assistant", "tool", "assistant",
+                                                                         "tool"]
+    assert {m.conversation_id for m in client.conversations.messages(home.id)} == {home.id}
+    assert [m.content for m in agent.context() if m.role == "user"] == ["hello on the main thread"]
+    assert client.conversations.retrieve(work.id).summary == "about work"
+    assert len(client.conversations.retrieve(work.id).message_ids) == 5
+
+    fork = client.conversations.fork(work.id)
+    assert fork.message_ids == client.conversations.retrieve(work.id).message_ids
+    client.conversations.send(fork.id, "only in the fork")
+    assert len(client.conversations.retrieve(fork.id).message_ids) == 8
+    assert len(client.conversations.retrieve(work.id).message_ids) == 5
+
+    replies: list[Any] = []
+    sender = threading.Thread(target=lambda: replies.append(client.conversations.send(home.id, "slowly at home")))
+    sender.start()
+    def cancel_home() -> list[str]:
+        assert client.conversations.cancel(work.id) == []  # another thread's turn is not this one's to stop
+        return client.conversations.cancel(home.id)
+
+    poll(cancel_home, what="the slow turn of the home conversation to be cancelled")
+    sender.join(20)
+    assert replies[0].stop_reason.stop_reason == "cancelled"
+
+    for i in range(4):
+        client.conversations.send(work.id, f"work item {i} " + "detail " * 40)
+    done = client.conversations.compact(work.id)
+    assert done["num_messages_after"] < done["num_messages_before"]
+    assert client.conversations.retrieve(work.id).summary == done["summary"]
+    assert agent.state().summary is None  # the agent's own thread is untouched
+
+    client.conversations.delete(home.id)
+    with pytest.raises(NotFoundError):
+        client.conversations.retrieve(home.id)
+    assert any(m.content == "hi from home" for m in agent.messages(limit=None))  # the history keeps it
+    with pytest.raises(NotFoundError):
+        client.conversations.create("agent-missing")
+
+
+def test_identities_name_who_agents_talk_to(client: Any, fake_llm_server: Any) -> None:
+    key = f"user-{uuid.uuid4().hex[:6]}"
+    agent = new_agent(client, fake_llm_server)
+    block = client.run_sync(client.create_block_async(Block(label=f"about-{key}", value="likes tea")))
+    ada = client.identities.create(key, "Ada", agent_ids=[agent.id], block_ids=[block.id],
+                                   properties=[{"key": "plan", "value": "pro", "type": "string"}])
+    assert ada.id.startswith("identity-") and client.identities.agents(ada.id) == [agent.id]
+    assert agent.state().identity_ids == [ada.id]
+    with pytest.raises(ConflictError, match="exists already"):
+        client.identities.create(key, "Someone else")
+    again = client.identities.upsert(key, "Ada Lovelace", identity_type="user")
+    assert again.id == ada.id and again.name == "Ada Lovelace" and again.block_ids == [block.id]
+    assert [i.id for i in client.identities.list(identifier_key=key)] == [ada.id]
+    client.identities.update(ada.id, agent_ids=[])
+    assert agent.state().identity_ids == []
+    client.identities.attach(agent.id, ada.id)
+    client.identities.delete(ada.id)
+    assert agent.state().identity_ids == []
+    with pytest.raises(NotFoundError):
+        client.identities.create(f"{key}-2", "Bob", block_ids=["block-missing"])

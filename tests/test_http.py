@@ -462,6 +462,59 @@ def test_a_50_mb_upload_does_not_hold_up_other_requests(sdk: Any, http: Any, bas
     sdk.folders.delete(folder.id)  # stops its processing
 
 
+def test_conversations_and_identities_with_the_letta_sdk(sdk: Any, http: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(sdk, fake_llm_server)
+    conversation = sdk.conversations.create(agent_id=agent.id, summary="support thread")
+    assert conversation.id.startswith("conv-") and conversation.agent_id == agent.id
+    events = list(sdk.conversations.messages.create(conversation.id,
+                                                    messages=[{"role": "user", "content": "hi in a thread"}]))
+    kinds = [getattr(e, "message_type", None) for e in events]
+    assert "assistant_message" in kinds and kinds[-2:] == ["stop_reason", "usage_statistics"]
+    reply = next(e for e in events if getattr(e, "message_type", None) == "assistant_message")
+    assert reply.content == "You said: hi in a thread"
+    plain = http.post(f"/v1/conversations/{conversation.id}/messages",
+                      json={"messages": [{"role": "user", "content": "and again"}], "streaming": False}).json()
+    assert plain["messages"][-1]["content"] == "You said: and again"
+    listed = sdk.conversations.messages.list(conversation.id).items
+    assert [m.message_type for m in listed].count("user_message") == 2
+    assert sdk.agents.messages.list(agent.id, limit=1).items  # the agent's history has them too
+    assert len(sdk.agents.retrieve(agent.id).message_ids) == 0  # ... but not its own context
+    assert [c.id for c in sdk.conversations.list(agent_id=agent.id)] == [conversation.id]
+    updated = sdk.conversations.update(conversation.id, summary="resolved")
+    assert updated.summary == "resolved" and len(updated.in_context_message_ids) == 4
+    fork = sdk.conversations.fork(conversation.id)
+    assert fork.in_context_message_ids == updated.in_context_message_ids and fork.id != conversation.id
+    assert "You are" in json.loads(sdk.conversations.recompile(conversation.id))
+    resumed = list(sdk.conversations.messages.stream(conversation.id))
+    assert [getattr(e, "message_type", None) for e in resumed][-2:] == ["stop_reason", "usage_statistics"]
+    assert http.post(f"/v1/conversations/{conversation.id}/cancel").status_code == 400  # nothing running
+    sdk.conversations.delete(fork.id)
+    assert http.get(f"/v1/conversations/{fork.id}").status_code == 404
+    assert http.post("/v1/conversations/", json={"agent_id": "agent-nope"}).status_code == 404
+    assert http.post("/v1/conversations/", json={}).status_code == 400
+
+    key = f"customer-{uuid.uuid4().hex[:6]}"
+    made = http.post("/v1/identities/", json={"identifier_key": key, "name": "Ada", "identity_type": "user",
+                                              "properties": [{"key": "tier", "value": "gold", "type": "string"}]})
+    assert made.status_code == 200, made.text
+    identity = made.json()
+    assert http.post("/v1/identities/", json={"identifier_key": key, "name": "Ada"}).status_code == 409
+    sdk.agents.identities.attach(identity["id"], agent_id=agent.id)
+    assert http.get(f"/v1/identities/{identity['id']}").json()["agent_ids"] == [agent.id]
+    assert sdk.agents.retrieve(agent.id).identity_ids == [identity["id"]]
+    assert [a.id for a in sdk.agents.list(identity_id=identity["id"])] == [agent.id]
+    upserted = http.put("/v1/identities/", json={"identifier_key": key, "name": "Ada L.", "identity_type": "user"})
+    assert upserted.json()["id"] == identity["id"] and upserted.json()["name"] == "Ada L."
+    props = http.put(f"/v1/identities/{identity['id']}/properties",
+                     json=[{"key": "tier", "value": "platinum", "type": "string"}]).json()
+    assert props["properties"] == [{"key": "tier", "value": "platinum", "type": "string"}]
+    assert [i["id"] for i in http.get("/v1/identities/", params={"identifier_key": key}).json()] == [identity["id"]]
+    sdk.agents.identities.detach(identity["id"], agent_id=agent.id)
+    assert http.get(f"/v1/identities/{identity['id']}/agents").json() == []
+    assert http.delete(f"/v1/identities/{identity['id']}").status_code == 200
+    assert http.get(f"/v1/identities/{identity['id']}").status_code == 404
+
+
 def test_shared_block_edit_reaches_every_agent(sdk: Any, fake_llm_server: Any) -> None:
     first, second = new_agent(sdk, fake_llm_server), new_agent(sdk, fake_llm_server)
     team = sdk.blocks.create(label="team", value="Team: red", limit=100)

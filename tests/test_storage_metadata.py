@@ -546,6 +546,7 @@ def test_a_turns_run_and_steps_commit_with_it_and_merge_into_a_background_runs_d
     assert store.runs.get_step("step-run-bg-1").prompt_tokens == 10
     assert [r["id"] for r in store.runs.list_runs(background=False)] == ["run-b"]
     assert [r["id"] for r in store.runs.list_runs(stop_reason="cancelled")] == ["run-b"]
+    assert [r["id"] for r in store.runs.list_runs([a.id, b.id], stop_reason="cancelled")] == ["run-b"]
 
     rated = store.runs.set_step_feedback("step-run-bg-1", "positive", ["good"])
     assert rated.feedback == "positive" and store.runs.get_step("step-run-bg-1").tags == ["good"]
@@ -576,7 +577,7 @@ def test_export_parquet_writes_readable_files(store: MetadataStore, tmp_path: Pa
     counts = {name: pq.read_table(path).num_rows for name, path in paths.items()}
     assert counts == {"agents": 1, "blocks": 1, "agent_blocks": 1, "messages": 3, "tools": 1,
                       "mcp_servers": 1, "groups": 0, "runs": 1, "steps": 0, "archives": 0, "folders": 0,
-                      "files": 0}
+                      "files": 0, "identities": 0, "conversations": 0}
     messages = pq.read_table(paths["messages"])
     assert messages.column("agent_id").to_pylist() == [agent.id] * 3
     doc = messages.column("doc").to_pylist()[0]

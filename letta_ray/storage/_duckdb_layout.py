@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from letta_ray.errors import InvalidInputError, StorageError
 from letta_ray.mcp import MCPServer
 from letta_ray.messages import Message, Role, StepRecord
-from letta_ray.schemas import AgentState, Archive, Block, FileMetadata, Folder, Tool
+from letta_ray.schemas import AgentState, Archive, Block, Conversation, FileMetadata, Folder, Identity, Tool
 
 FTS_REBUILD_THRESHOLD = 2_000
 # Up to this many rows, one multi-row VALUES insert beats registering an Arrow table
@@ -205,12 +205,14 @@ _RUNS = _Table(
 )
 _ARCHIVES = _Table("archives", Archive, ("id", "name", "created_at"))
 _FOLDERS = _Table("folders", Folder, ("id", "name", "created_at"))
+_CONVERSATIONS = _Table("conversations", Conversation, ("id", "agent_id", "created_at"))
+_IDENTITIES = _Table("identities", Identity, ("id", "identifier_key", "name", "identity_type", "created_at"))
 _FILES = _Table("files", FileMetadata, ("id", "folder_id", "file_name", "created_at"), extra=(("content", "VARCHAR"),))
 _STEPS = _Table("steps", StepRecord,
                  ("id", "agent_id", "run_id", "model", "status", "feedback", "created_at", "step_start_ns"))
 _STORE_META = _Table("store_meta", None, extra=(("key", "VARCHAR"), ("value", "VARCHAR")), key=("key",))
 _DATA_TABLES = (_AGENTS, _BLOCKS, _AGENT_BLOCKS, _MESSAGES, _TOOLS, _MCP_SERVERS, _GROUPS, _RUNS, _STEPS, _ARCHIVES,
-                _FOLDERS, _FILES)
+                _FOLDERS, _FILES, _IDENTITIES, _CONVERSATIONS)
 
 # A stale copy of a shared block (held by another agent's host) must not undo a newer edit.
 _UPDATE_BLOCK_IF_NEWER = _BLOCKS.update_sql(where="updated_at <= ?")

@@ -91,6 +91,7 @@ class MessageStore:
         end: datetime | None = None,
         run_id: str | None = None,
         step_id: str | None = None,
+        conversation_id: str | None = None,
     ) -> list[Message]:
         """An agent's messages (every agent's with ``agent_id=None``) ordered by (created_at,
         insertion); only those of one run or step if asked.
@@ -102,7 +103,8 @@ class MessageStore:
         _check_limit(limit)
         direction = _check_order(order)
         clauses, params = _message_filters(agent_id, roles, start, end)
-        for column, value in (("run_id", run_id), ("step_id", step_id)):
+        for column, value in (("run_id", run_id), ("step_id", step_id),
+                              ("json_extract_string(doc, '$.conversation_id')", conversation_id)):
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)

@@ -20,17 +20,19 @@ import duckdb
 from letta_ray.errors import ConflictError, InvalidInputError, NotFoundError
 from letta_ray.mcp import MCP_TOOL_TYPE, MCPServer
 from letta_ray.messages import Message, StepRecord
-from letta_ray.schemas import AgentState, Archive, Block, FileMetadata, Folder, Order, Tool
+from letta_ray.schemas import AgentState, Archive, Block, Conversation, FileMetadata, Folder, Identity, Order, Tool
 from letta_ray.storage._duckdb_file import DuckDBFile
 from letta_ray.storage._duckdb_layout import (
     _AGENT_BLOCKS,
     _AGENTS,
     _ARCHIVES,
     _BLOCKS,
+    _CONVERSATIONS,
     _DATA_TABLES,
     _FILES,
     _FOLDERS,
     _GROUPS,
+    _IDENTITIES,
     _M,
     _MCP_SERVERS,
     _MESSAGES,
@@ -162,7 +164,8 @@ class MetadataStore:
                 raise NotFoundError("agent", state.id)
 
     def commit_turns(self, turns: Sequence[tuple[AgentState, Sequence[Message], Sequence[Block]]],
-                     runs: Sequence[dict[str, Any]] = (), steps: Sequence[StepRecord] = ()) -> list[str]:
+                     runs: Sequence[dict[str, Any]] = (), steps: Sequence[StepRecord] = (),
+                     conversations: Sequence[Conversation] = ()) -> list[str]:
         """``commit_turn`` for many turns in one transaction, with one statement per table
         instead of several per turn (the store applies journaled turns this way), with the
         turns' ``runs`` (docs) and ``steps``.
@@ -186,6 +189,9 @@ class MetadataStore:
             self.messages.append_messages([m for state, messages, _ in turns if state.id in stored for m in messages])
             self.runs.record_turns(conn, [r for r in runs if r.get("agent_id") in stored],
                                    [s for s in steps if s.agent_id in stored])
+            for conversation in conversations:  # each turn's thread, where it now is (few a batch)
+                if conversation.agent_id in stored:
+                    conn.execute(_CONVERSATIONS.upsert_sql(), _CONVERSATIONS.row(_utc_model(conversation)))
             for state, _, edited in turns:
                 if state.id not in stored:
                     continue
@@ -311,6 +317,7 @@ class MetadataStore:
             ]
             self.messages.delete_agent_messages(agent_id)
             self.runs.delete_agent_runs(agent_id)
+            conn.execute("DELETE FROM conversations WHERE agent_id = ?", [agent_id])
             conn.execute("DELETE FROM agent_blocks WHERE agent_id = ?", [agent_id])
             conn.execute(
                 "DELETE FROM blocks WHERE list_contains(?::VARCHAR[], id) "
@@ -606,6 +613,77 @@ class MetadataStore:
         with self._db.tx() as conn:
             self._db.require(conn, "archives", "archive", archive_id)
             conn.execute("DELETE FROM archives WHERE id = ?", [archive_id])
+
+    # ------------------------------------------------------------------ conversations
+
+    def upsert_conversation(self, conversation: Conversation) -> Conversation:
+        conversation = _utc_model(conversation)
+        with self._db.tx() as conn:
+            self._db.require(conn, "agents", "agent", conversation.agent_id)
+            conn.execute(_CONVERSATIONS.upsert_sql(), _CONVERSATIONS.row(conversation))
+        return conversation
+
+    def get_conversation(self, conversation_id: str) -> Conversation:
+        return self._db.get_doc(Conversation, "conversations", "conversation", "id", conversation_id)
+
+    def list_conversations(self, *, agent_id: str | None = None, archived: bool | None = None,
+                           limit: int | None = 50, after: str | None = None, before: str | None = None,
+                           order: Order = "desc") -> list[Conversation]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if agent_id is not None:
+            clauses.append("agent_id = ?")
+            params.append(agent_id)
+        if archived is not None:
+            clauses.append("coalesce(TRY_CAST(doc->>'archived' AS BOOLEAN), false) = ?")
+            params.append(archived)
+        return self._list_docs(Conversation, "conversations", "conversation", clauses, params, after, before, limit,
+                               order)
+
+    def delete_conversation(self, conversation_id: str) -> None:
+        with self._db.tx() as conn:
+            self._db.require(conn, "conversations", "conversation", conversation_id)
+            conn.execute("DELETE FROM conversations WHERE id = ?", [conversation_id])
+
+    # ------------------------------------------------------------------ identities
+
+    def upsert_identity(self, identity: Identity) -> Identity:
+        identity = _utc_model(identity)
+        with self._db.tx() as conn:
+            clash = conn.execute("SELECT id FROM identities WHERE identifier_key = ? AND id != ?",
+                                 [identity.identifier_key, identity.id]).fetchone()
+            if clash is not None:
+                raise ConflictError(f"identity {clash[0]} has the identifier_key {identity.identifier_key!r}")
+            conn.execute(_IDENTITIES.upsert_sql(), _IDENTITIES.row(identity))
+        return identity
+
+    def get_identity(self, identity_id: str) -> Identity:
+        return self._db.get_doc(Identity, "identities", "identity", "id", identity_id)
+
+    def list_identities(self, *, name: str | None = None, identifier_key: str | None = None,
+                        identity_type: str | None = None, project_id: str | None = None, limit: int | None = 50,
+                        after: str | None = None, before: str | None = None, order: Order = "asc") -> list[Identity]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("name", name), ("identifier_key", identifier_key), ("identity_type", identity_type),
+                              ("(doc->>'project_id')", project_id)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        return self._list_docs(Identity, "identities", "identity", clauses, params, after, before, limit, order)
+
+    def agents_with_identity(self, identity_id: str) -> list[str]:
+        """The ids of the agents an identity is attached to."""
+        with self._db.locked() as conn:
+            rows = conn.execute("SELECT id FROM agents WHERE list_contains("
+                                "json_extract_string(doc, '$.identity_ids[*]'), ?) ORDER BY id", [identity_id]
+                                ).fetchall()
+        return [row[0] for row in rows]
+
+    def delete_identity(self, identity_id: str) -> None:
+        with self._db.tx() as conn:
+            self._db.require(conn, "identities", "identity", identity_id)
+            conn.execute("DELETE FROM identities WHERE id = ?", [identity_id])
 
     # ------------------------------------------------------------------ folders and files
 

@@ -105,6 +105,7 @@ class RunStore:
         statuses: Sequence[str] | None = None,
         background: bool | None = None,
         stop_reason: str | None = None,
+        conversation_id: str | None = None,
         after: str | None = None,
         before: str | None = None,
         limit: int | None = 50,
@@ -126,8 +127,11 @@ class RunStore:
             clauses.append("coalesce(TRY_CAST(doc->>'background' AS BOOLEAN), false) = ?")
             params.append(background)
         if stop_reason is not None:
-            clauses.append("doc->>'stop_reason' = ?")
+            clauses.append("(doc->>'stop_reason') = ?")
             params.append(stop_reason)
+        if conversation_id is not None:
+            clauses.append("(doc->>'conversation_id') = ?")
+            params.append(conversation_id)
         with self._db.locked() as conn:
             self._cursors(conn, clauses, params, "runs", "run", after, before)
             rows = conn.execute(
