@@ -108,7 +108,10 @@ async def create_agent(body: CreateAgentRequest, client: ClientDep) -> Response:
     tools += [t for t in await asyncio.gather(*(tool_name(client, i) for i in body.tool_ids or []))
               if t not in tools]
     name = body.name or f"agent_{uuid.uuid4().hex[:8]}"
-    _refuse_unsupported(body.folder_ids or body.source_ids, body.response_format)
+    _refuse_unsupported(body.response_format)
+    folder_ids = list(dict.fromkeys([*(body.folder_ids or []), *(body.source_ids or [])]))
+    for folder_id in folder_ids:  # 404 now, before the agent exists
+        await client.folders.retrieve_async(folder_id)
     agent_type, base_tools, autoclear = resolve_agent_type(body.agent_type)
     metadata = dict(body.metadata or {})
     if agent_type != body.agent_type:
@@ -137,13 +140,13 @@ async def create_agent(body: CreateAgentRequest, client: ClientDep) -> Response:
     agent = await client.create_agent_async(name, enable_sleeptime=body.enable_sleeptime,
                                             sleeptime_agent_frequency=body.sleeptime_agent_frequency,
                                             initial_messages=initial or None, **spec)
+    for folder_id in folder_ids:
+        await client.folders.attach_async(agent.id, folder_id)
     return json_response(await agent_view(client, await client.get_agent_state_async(agent.id)))
 
 
-def _refuse_unsupported(folders: list[str] | None, response_format: dict[str, Any] | None) -> None:
+def _refuse_unsupported(response_format: dict[str, Any] | None) -> None:
     """Fields whose meaning cannot be honoured here yet get a 400 that says so, not silence."""
-    if folders:
-        raise InvalidInputError("folder_ids: folders (document memory) are not available on this server yet")
     if response_format and response_format.get("type", "text") != "text":
         raise InvalidInputError(f"response_format {response_format.get('type')!r} is not supported yet; "
                                 "only 'text'")
@@ -210,7 +213,7 @@ async def modify_agent(agent_id: str, body: UpdateAgentRequest, client: ClientDe
     if body.block_ids is not None:
         raise InvalidInputError("block_ids cannot be replaced wholesale; use "
                                 "/v1/agents/{agent_id}/core-memory/blocks/attach|detach/{block_id}")
-    _refuse_unsupported(None, body.response_format)
+    _refuse_unsupported(body.response_format)
     changes: dict[str, Any] = body.model_dump(include={"name", "system", "description", "metadata", "tags",
                                                        "max_steps", "timezone", "message_buffer_autoclear",
                                                        "identity_ids"}, exclude_none=True)

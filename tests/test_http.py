@@ -385,10 +385,10 @@ def test_the_agent_fields_and_message_options_letta_sends(sdk: Any, http: Any, f
 
     for bad, why in (({"agent_type": "voice_convo_agent"}, "not supported"),
                      ({"timezone": "Mars/Olympus"}, "time zone"),
-                     ({"folder_ids": ["source-1"]}, "folders"),
+                     ({"folder_ids": ["source-1"]}, "source-1"),
                      ({"response_format": {"type": "json_object"}}, "response_format")):
         response = http.post("/v1/agents/", json={"name": "bad", "model": "fake-model", **bad})
-        assert response.status_code in (400, 422) and why in json.dumps(response.json()), (bad, response.text)
+        assert response.status_code in (400, 404, 422) and why in json.dumps(response.json()), (bad, response.text)
 
 
 def test_folders_files_and_an_agents_open_files_with_the_letta_sdk(sdk: Any, http: Any, fake_llm_server: Any,
@@ -413,8 +413,8 @@ def test_folders_files_and_an_agents_open_files_with_the_letta_sdk(sdk: Any, htt
     bad = http.post(f"/v1/folders/{folder.id}/upload", files={"file": ("clip.mp4", b"\x00\x01", "video/mp4")})
     assert bad.status_code == 400 and "supported files" in bad.json()["detail"]
 
-    agent = new_agent(sdk, fake_llm_server)
-    sdk.agents.folders.attach(folder.id, agent_id=agent.id)
+    agent = new_agent(sdk, fake_llm_server, folder_ids=[folder.id])  # or attached later:
+    sdk.agents.folders.attach(folder.id, agent_id=agent.id)  # (a second attach changes nothing)
     assert [f.id for f in sdk.agents.folders.list(agent.id)] == [folder.id]
     assert sdk.folders.agents.list(folder.id) == [agent.id]
     assert {"open_files", "grep_files"} <= {t.name for t in sdk.agents.retrieve(agent.id).tools}
