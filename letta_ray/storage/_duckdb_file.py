@@ -15,7 +15,18 @@ from typing import Any
 import duckdb
 
 from letta_ray.errors import ConflictError, NotFoundError, StorageError
-from letta_ray.storage._duckdb_layout import _DATA_TABLES, _M, _STORE_META, _sql_str, fts_extension_path
+from letta_ray.schemas import Order
+from letta_ray.storage._duckdb_layout import (
+    _DATA_TABLES,
+    _M,
+    _STORE_META,
+    _check_limit,
+    _check_order,
+    _limit,
+    _sql_str,
+    _where,
+    fts_extension_path,
+)
 
 
 class DuckDBFile:
@@ -100,6 +111,21 @@ class DuckDBFile:
     def set_meta(self, key: str, value: str) -> None:
         with self.tx() as conn:
             conn.execute(_STORE_META.upsert_sql(), [key, value])
+
+    def page_docs(self, table: str, kind: str, clauses: list[str], params: list[Any], *, after: str | None,
+                  before: str | None, limit: int | None, order: Order, column: str = "created_at") -> list[str]:
+        """The JSON docs of ``table`` matching ``clauses``, by (``column``, id) in ``order``,
+        later than the row ``after`` and earlier than the row ``before`` (ids, in that order
+        whatever ``order`` is), at most ``limit``."""
+        _check_limit(limit)
+        direction = _check_order(order)
+        with self.locked() as conn:
+            for cursor, op in ((after, ">"), (before, "<")):
+                if cursor is not None:
+                    self.add_cursor(conn, clauses, params, table, kind, (column, "id"), cursor, op)
+            rows = conn.execute(f"SELECT doc FROM {table} {_where(clauses)} "
+                                f"ORDER BY {column} {direction}, id {direction} {_limit(limit)}", params).fetchall()
+        return [row[0] for row in rows]
 
     @staticmethod
     def require(conn: duckdb.DuckDBPyConnection, table: str, kind: str, key: str) -> None:

@@ -307,13 +307,18 @@ def _message_filters(
     if roles:
         clauses.append("list_contains(?::VARCHAR[], role)")
         params.append(list(roles))
+    _date_clauses(clauses, params, start, end)
+    return clauses, params
+
+
+def _date_clauses(clauses: list[str], params: list[Any], start: datetime | None, end: datetime | None) -> None:
+    """``start <= created_at <= end`` (either side open when None)."""
     if start is not None:
         clauses.append("created_at >= ?")
         params.append(_utc(start))
     if end is not None:
         clauses.append("created_at <= ?")
         params.append(_utc(end))
-    return clauses, params
 
 
 def _where(clauses: Sequence[str]) -> str:

@@ -592,15 +592,8 @@ class MetadataStore:
     def _list_docs(self, model: type[_M], table: str, kind: str, clauses: list[str], params: list[Any],
                    after: str | None, before: str | None, limit: int | None, order: Order) -> list[_M]:
         """The docs of ``table`` matching ``clauses``, by (created_at, id), between the cursors."""
-        _check_limit(limit)
-        direction = _check_order(order)
-        with self._db.locked() as conn:
-            for cursor, op in ((after, ">"), (before, "<")):
-                if cursor is not None:
-                    self._db.add_cursor(conn, clauses, params, table, kind, ("created_at", "id"), cursor, op)
-            rows = conn.execute(f"SELECT doc FROM {table} {_where(clauses)} "
-                                f"ORDER BY created_at {direction}, id {direction} {_limit(limit)}", params).fetchall()
-        return [model.model_validate_json(row[0]) for row in rows]
+        docs = self._db.page_docs(table, kind, clauses, params, after=after, before=before, limit=limit, order=order)
+        return [model.model_validate_json(doc) for doc in docs]
 
     def agents_with_archive(self, archive_id: str) -> list[str]:
         """The ids of the agents an archive is attached to."""

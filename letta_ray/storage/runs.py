@@ -22,13 +22,10 @@ from letta_ray.storage._duckdb_file import DuckDBFile
 from letta_ray.storage._duckdb_layout import (
     _RUNS,
     _STEPS,
-    _check_limit,
-    _check_order,
-    _limit,
+    _date_clauses,
     _to_json,
     _utc,
     _utc_model,
-    _where,
 )
 
 # A turn's run doc is merged into what is stored (a background run's doc, written by the
@@ -113,8 +110,6 @@ class RunStore:
     ) -> list[dict[str, Any]]:
         """Run docs by creation time (``order``), created after the run ``after`` and before the
         run ``before`` (ids; in time, whatever the order)."""
-        _check_limit(limit)
-        direction = _check_order(order)
         clauses: list[str] = []
         params: list[Any] = []
         if agent_ids:
@@ -132,12 +127,9 @@ class RunStore:
         if conversation_id is not None:
             clauses.append("(doc->>'conversation_id') = ?")
             params.append(conversation_id)
-        with self._db.locked() as conn:
-            self._cursors(conn, clauses, params, "runs", "run", after, before)
-            rows = conn.execute(
-                f"SELECT doc FROM runs {_where(clauses)} ORDER BY created_at {direction}, id {direction} "
-                f"{_limit(limit)}", params).fetchall()
-        return [json.loads(row[0]) for row in rows]
+        docs = self._db.page_docs("runs", "run", clauses, params, after=after, before=before, limit=limit,
+                                  order=order)
+        return [json.loads(doc) for doc in docs]
 
     def delete_run(self, run_id: str) -> None:
         """Delete a run and its steps (its messages stay in the agent's history)."""
@@ -175,8 +167,6 @@ class RunStore:
         """Steps by start time (``order``), after the step ``after`` and before the step
         ``before`` (ids; in time, whatever the order); ``tags``: steps of agents with every
         one of these tags."""
-        _check_limit(limit)
-        direction = _check_order(order)
         clauses: list[str] = []
         params: list[Any] = []
         for column, value in (("agent_id", agent_id), ("run_id", run_id), ("model", model),
@@ -184,23 +174,15 @@ class RunStore:
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
-        if start is not None:
-            clauses.append("created_at >= ?")
-            params.append(_utc(start))
-        if end is not None:
-            clauses.append("created_at <= ?")
-            params.append(_utc(end))
+        _date_clauses(clauses, params, start, end)
         if has_feedback is not None:
             clauses.append("feedback IS NOT NULL" if has_feedback else "feedback IS NULL")
         if tags:
             clauses.append("list_has_all(json_extract_string(doc, '$.tags[*]'), ?::VARCHAR[])")
             params.append(list(tags))
-        with self._db.locked() as conn:
-            self._cursors(conn, clauses, params, "steps", "step", after, before, "step_start_ns")
-            rows = conn.execute(
-                f"SELECT doc FROM steps {_where(clauses)} ORDER BY step_start_ns {direction}, id {direction} "
-                f"{_limit(limit)}", params).fetchall()
-        return [StepRecord.model_validate_json(row[0]) for row in rows]
+        docs = self._db.page_docs("steps", "step", clauses, params, after=after, before=before, limit=limit,
+                                  order=order, column="step_start_ns")
+        return [StepRecord.model_validate_json(doc) for doc in docs]
 
     def set_step_feedback(self, step_id: str, feedback: str | None, tags: Sequence[str] | None = None) -> StepRecord:
         """Record a user's verdict on a step ("positive" or "negative"), with optional tags."""
@@ -214,10 +196,3 @@ class RunStore:
             step = step.model_copy(update={"feedback": feedback, **({"tags": list(tags)} if tags is not None else {})})
             conn.execute(_STEPS.update_sql(), _STEPS.update_params(_STEPS.row(step)))
         return step
-
-    def _cursors(self, conn: duckdb.DuckDBPyConnection, clauses: list[str], params: list[Any], table: str,
-                 kind: str, after: str | None, before: str | None, column: str = "created_at") -> None:
-        """Rows later than ``after`` and earlier than ``before`` (ids), by ``column`` then id."""
-        for cursor, op in ((after, ">"), (before, "<")):
-            if cursor is not None:
-                self._db.add_cursor(conn, clauses, params, table, kind, (column, "id"), cursor, op)
