@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from letta_ray.agent_file import (
@@ -85,17 +86,7 @@ async def import_agent_file(client: Any, raw: bytes | str | dict[str, Any], opti
                                                               group["description"])
                 groups.append(made.id)
     except BaseException:
-        await _take_back(client, created, groups, written, replaced)
-        for folder_id in folders:
-            try:
-                await store.delete_folder(folder_id)
-            except Exception:
-                log.warning("could not take back folder %s", folder_id, exc_info=True)
-        for server_id in servers:
-            try:
-                await client.mcp_servers.delete_async(server_id)
-            except Exception:
-                log.warning("could not take back MCP server %s", server_id, exc_info=True)
+        await _take_back(client, created, groups, written, replaced, folders, servers)
         raise
     for meta, text in plan.files:  # their chunks are embedded in the background, as an upload's
         client.folders.start_processing(meta, text)
@@ -145,28 +136,25 @@ def _pair_sleeptime_agents(plan: ImportPlan) -> dict[int, dict[str, Any]]:
 
 
 async def _take_back(client: Any, agents: list[str], groups: list[str], written: list[Tool],
-                     replaced: list[Tool]) -> None:
-    """Undo a failed import: what it created goes, the tools it replaced come back."""
+                     replaced: list[Tool], folders: list[str], servers: list[str]) -> None:
+    """Undo a failed import: what it created goes, the tools it replaced come back. Each undo
+    that fails is logged, and the others still run."""
     store = client.runtime.store
-    for group_id in groups:
-        try:
-            await store.delete_group(group_id)
-        except Exception:
-            log.warning("could not take back group %s", group_id, exc_info=True)
-    for agent_id in agents:
-        try:
-            await client.delete_agent_async(agent_id)
-        except Exception:
-            log.warning("could not take back agent %s", agent_id, exc_info=True)
     back = {t.name: t for t in replaced}
-    for tool in written:
+    # Thunks: each undo starts only when the one before it is done.
+    undos: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+        *((f"group {g}", lambda g=g: store.delete_group(g)) for g in groups),
+        *((f"agent {a}", lambda a=a: client.delete_agent_async(a)) for a in agents),
+        *((f"tool {t.name}", lambda t=t: store.upsert_tool(back[t.name]) if t.name in back
+           else store.delete_tool(t.id)) for t in written),
+        *((f"folder {f}", lambda f=f: store.delete_folder(f)) for f in folders),
+        *((f"MCP server {s}", lambda s=s: client.mcp_servers.delete_async(s)) for s in servers),
+    ]
+    for what, undo in undos:
         try:
-            if tool.name in back:
-                await store.upsert_tool(back[tool.name])
-            else:
-                await store.delete_tool(tool.id)
+            await undo()
         except Exception:
-            log.warning("could not take back tool %s", tool.name, exc_info=True)
+            log.warning("could not take back %s", what, exc_info=True)
     if written:
         await client.runtime.directory.tools_changed()
 

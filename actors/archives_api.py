@@ -89,22 +89,14 @@ class ArchivesAPI:
 
     async def attach_async(self, agent_id: str, archive_id: str) -> list[str]:
         await self.store.get_archive(archive_id)
-        agent = AgentHandle(self.connection, agent_id, "")
-        ids = (await agent.state_async()).archive_ids
-        if archive_id not in ids:
-            ids = (await agent.modify_async(archive_ids=[*ids, archive_id])).archive_ids
-        return ids
+        return await AgentHandle(self.connection, agent_id, "").set_membership_async("archive_ids", archive_id, True)
 
     def attach(self, agent_id: str, archive_id: str) -> list[str]:
         """Share an archive with an agent; returns the agent's archive ids."""
         return self._run(self.attach_async(agent_id, archive_id))
 
     async def detach_async(self, agent_id: str, archive_id: str) -> list[str]:
-        agent = AgentHandle(self.connection, agent_id, "")
-        ids = (await agent.state_async()).archive_ids
-        if archive_id in ids:
-            ids = (await agent.modify_async(archive_ids=[i for i in ids if i != archive_id])).archive_ids
-        return ids
+        return await AgentHandle(self.connection, agent_id, "").set_membership_async("archive_ids", archive_id, False)
 
     def detach(self, agent_id: str, archive_id: str) -> list[str]:
         return self._run(self.detach_async(agent_id, archive_id))

@@ -117,6 +117,15 @@ class AgentHandle:
         ``add_default_initial_messages`` start it again with Letta's default first messages."""
         return self._sync(self.reset_messages_async(add_default_initial_messages=add_default_initial_messages))
 
+    async def set_membership_async(self, field: str, item: str, present: bool) -> list[str]:
+        """Put ``item`` in (or take it out of) one of the agent's id lists (``archive_ids``,
+        ``identity_ids``, ...), changing the agent only if needed; returns the list."""
+        ids: list[str] = getattr(await self.state_async(), field)
+        if (item in ids) != present:
+            wanted = [*ids, item] if present else [i for i in ids if i != item]
+            ids = getattr(await self.modify_async(**{field: wanted}), field)
+        return ids
+
     async def cancel_async(self, run_ids: list[str] | None = None) -> list[str]:
         return await self.connection.hosts.call(self.id, lambda host: host.cancel(self.id, run_ids))
 

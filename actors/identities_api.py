@@ -117,22 +117,16 @@ class IdentitiesAPI:
 
     async def attach_async(self, agent_id: str, identity_id: str) -> list[str]:
         await self.store.get_identity(identity_id)
-        agent = AgentHandle(self.connection, agent_id, "")
-        ids = (await agent.state_async()).identity_ids
-        if identity_id not in ids:
-            ids = (await agent.modify_async(identity_ids=[*ids, identity_id])).identity_ids
-        return ids
+        return await AgentHandle(self.connection, agent_id, "").set_membership_async("identity_ids", identity_id,
+                                                                                     True)
 
     def attach(self, agent_id: str, identity_id: str) -> list[str]:
         """Say an agent talks to this identity; returns the agent's identity ids."""
         return self._run(self.attach_async(agent_id, identity_id))
 
     async def detach_async(self, agent_id: str, identity_id: str) -> list[str]:
-        agent = AgentHandle(self.connection, agent_id, "")
-        ids = (await agent.state_async()).identity_ids
-        if identity_id in ids:
-            ids = (await agent.modify_async(identity_ids=[i for i in ids if i != identity_id])).identity_ids
-        return ids
+        return await AgentHandle(self.connection, agent_id, "").set_membership_async("identity_ids", identity_id,
+                                                                                     False)
 
     def detach(self, agent_id: str, identity_id: str) -> list[str]:
         return self._run(self.detach_async(agent_id, identity_id))
