@@ -350,7 +350,7 @@ def test_every_turn_is_a_run_with_its_steps_and_messages(client: Any, fake_llm_s
 def test_cancel_stops_a_running_turn_cleanly(client: Any, fake_llm_server: Any) -> None:
     agent = new_agent(client, fake_llm_server)
     replies: list[Any] = []
-    sender = threading.Thread(target=lambda: replies.append(agent.send("slowly, please")))
+    sender = threading.Thread(target=lambda: replies.append(agent.send("slowly please")))
     sender.start()
     [run_id] = poll(lambda: agent.cancel(), what="the slow turn to be running")
     sender.join(20)
