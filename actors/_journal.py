@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from letta_ray.errors import StorageError
 from letta_ray.messages import Message, StepRecord
@@ -89,6 +89,9 @@ class Journal:
             if records:
                 self.last_written = max(self.last_written, records[-1].seq)
 
+    def size(self) -> int:
+        return self.path.stat().st_size
+
     def read(self) -> list[TurnRecord]:
         """Every complete record in the file, in order (a torn last line is skipped)."""
         with self._lock:
@@ -122,6 +125,16 @@ class Journal:
             self._file.close()
 
 
+class RemoteJournal(Protocol):
+    """A journal on another node (``journal_keeper.ShippedJournal``): appends are actor calls."""
+
+    path: Any
+
+    async def append_async(self, records: list[TurnRecord]) -> None: ...
+
+    def size(self) -> int: ...
+
+
 class JournalWriter:
     """Writes records to a journal off the event loop; the records that arrive while one
     write is under way share the next fsync. ``write`` returns once its record is durable.
@@ -130,7 +143,7 @@ class JournalWriter:
     ``written(records)`` runs after each successful write, before the writers resume.
     """
 
-    def __init__(self, journal: Callable[[], Journal], written: Callable[[list[TurnRecord]], None],
+    def __init__(self, journal: Callable[[], Journal | RemoteJournal], written: Callable[[list[TurnRecord]], None],
                  thread_name: str = "journal") -> None:
         self._journal = journal
         self._written = written
@@ -161,7 +174,10 @@ class JournalWriter:
             records = [r for r, _ in batch]
             journal = self._journal()
             try:
-                await self.run(journal.append, records)
+                if isinstance(journal, Journal):
+                    await self.run(journal.append, records)
+                else:  # a journal on another node: an actor call, on this loop
+                    await journal.append_async(records)
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():

@@ -34,11 +34,12 @@ class ArchiveActor:
     """Owner of the LanceDB archive: batched appends, searches, periodic optimize()."""
 
     def __init__(self, path: str | Path, embedder: Any, dim: int, batch_ms: float = 5.0,
-                 optimize_every: int = 2_000) -> None:
-        """``embedder`` is anything with ``await embedder.embed(texts)`` (the embedder actor's handle)."""
+                 optimize_every: int = 2_000, storage_options: dict[str, str] | None = None) -> None:
+        """``embedder`` is anything with ``await embedder.embed(texts)`` (the embedder actor's handle);
+        ``path`` is a folder or an object-store URI, with its ``storage_options``."""
         from letta_ray.storage.archive import ArchivalStore
 
-        self.store: ArchivalStore = ArchivalStore(path, dim)
+        self.store: ArchivalStore = ArchivalStore(path, dim, storage_options=storage_options)
         self.embedder = embedder
         self._optimize_every = optimize_every
         self._since_optimize = 0

@@ -12,6 +12,8 @@ import asyncio
 import itertools
 import logging
 import os
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -47,14 +49,25 @@ class Directory:
     def __init__(self, make_host: HostFactory, *, placement: str = "packed", agents_per_host: int = 5_000,
                  max_hosts: int | None = None, exists: Callable[[list[str]], Awaitable[set[str]]] | None = None,
                  timers: Any = None, llm_limits: dict[str, LLMLimit] | None = None,
-                 host_timeout_s: float = 30.0) -> None:
+                 host_timeout_s: float = 30.0, slots: Callable[[], list[str]] | None = None) -> None:
         """``exists`` says which agent ids the store knows; ``timers`` persists schedules
         (``await timers.load()`` / ``await timers.save(docs)``); wake-ups go to the agent's
         host. A host that does not answer a ping within 10 s, or a broadcast within
-        ``host_timeout_s``, is taken for gone."""
+        ``host_timeout_s``, is taken for gone.
+
+        ``slots`` lists the live nodes of a cluster, each once per CPU. With it (and no
+        ``max_hosts``), packed placement follows the cluster: one host per CPU of each live
+        node, made on that node (``make_host(host_id, node=...)``); the hosts of a node that
+        left are dropped and their agents placed again, and a node that joins gets hosts,
+        which new agents go to first."""
         self._make_host = make_host
         self.placement = placement
         self.agents_per_host = agents_per_host
+        self._slots = slots
+        self._follow_cluster = slots is not None and max_hosts is None
+        self._slots_seen: list[str] = []
+        self._slots_checked = float("-inf")
+        self.host_node: dict[str, str | None] = {}  # the node each host was made on
         self.max_hosts = max_hosts or max(1, os.cpu_count() or 1)
         self._exists = exists
         self.hosts: dict[str, _Host] = {}
@@ -68,15 +81,65 @@ class Directory:
         self.limiter = LLMLimiter(llm_limits)
         self._host_timeout_s = host_timeout_s
 
-    def _new_host(self) -> str:
+    def _new_host(self, node: str | None = None) -> str:
         host_id = f"host-{next(self._ids)}"
-        self.hosts[host_id] = self._make_host(host_id)
+        self.hosts[host_id] = self._make_host(host_id) if node is None else self._make_host(host_id, node=node)
         self.load[host_id] = 0
+        self.host_node[host_id] = node
         return host_id
+
+    def _drop_host(self, host_id: str) -> None:
+        """Forget a host that is gone; its agents are placed again when next used."""
+        self.hosts.pop(host_id, None)
+        self.load.pop(host_id, None)
+        self.host_node.pop(host_id, None)
+        for orphan in [a for a, h in self.where.items() if h == host_id]:
+            del self.where[orphan]
+
+    NODES_CHECK_S = 2.0
+
+    def _follow_nodes(self, force: bool = False) -> None:
+        """Match the hosts to the cluster's live nodes (at most every ``NODES_CHECK_S``)."""
+        if self._slots is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._slots_checked < self.NODES_CHECK_S:
+            return
+        self._slots_checked = now
+        try:
+            slots = self._slots()
+        except Exception:  # the cluster's state is unreadable for a moment: keep what we know
+            log.warning("cannot list the cluster's nodes", exc_info=True)
+            return
+        if not slots:
+            return
+        self._slots_seen = slots
+        alive = set(slots)
+        for host_id, node in list(self.host_node.items()):
+            if node is not None and node not in alive:
+                log.warning("node %s is gone: re-placing the %d agents of its host %s", node,
+                            self.load.get(host_id, 0), host_id)
+                self._drop_host(host_id)
+        if self._follow_cluster:
+            self.max_hosts = len(slots)
+
+    def _node_short_of_hosts(self) -> str | None:
+        """A live node with fewer hosts than CPUs (the one most short), if any."""
+        if not self._follow_cluster or not self._slots_seen:
+            return None
+        have = Counter(self.host_node.get(h) for h in self.hosts)
+        want = Counter(self._slots_seen)
+        short = [(want[node] - have[node], node) for node in want if want[node] > have[node]]
+        return max(short)[1] if short else None
 
     def _choose(self) -> str:
         if self.placement == "dedicated":
             return self._new_host()
+        self._follow_nodes()
+        if self._follow_cluster and self._slots_seen:
+            node = self._node_short_of_hosts()
+            if node is not None:  # a node with a free CPU: a host there (new agents fill it first)
+                return self._new_host(node)
         open_hosts = [h for h in self.hosts if self.load[h] < self.agents_per_host]
         if len(self.hosts) < self.max_hosts or not open_hosts:
             # Up to max_hosts, a new host beats piling onto an existing one: hosts are
@@ -113,6 +176,7 @@ class Directory:
             if missing:
                 raise NotFoundError("agent", ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
         async with self._lock:
+            self._follow_nodes()  # agents of a node that left go elsewhere now, not after a failed call
             return [self._assign(a) for a in agent_ids]
 
     async def host_failed(self, host_id: str, agent_id: str) -> tuple[str, Any]:
@@ -121,10 +185,8 @@ class Directory:
             handle = self.hosts.get(host_id)
             if handle is not None and not await self._alive(handle):
                 log.warning("host %s is gone; re-placing its %d agents", host_id, self.load.get(host_id, 0))
-                del self.hosts[host_id]
-                self.load.pop(host_id, None)
-                for orphan in [a for a, h in self.where.items() if h == host_id]:
-                    del self.where[orphan]
+                self._drop_host(host_id)
+                self._follow_nodes(force=True)  # its node may have gone with it
             return self._assign(agent_id)
 
     async def _alive(self, handle: _Host) -> bool:
@@ -208,7 +270,7 @@ class Directory:
 
     async def describe(self) -> dict[str, Any]:
         return {"placement": self.placement, "agents_per_host": self.agents_per_host, "max_hosts": self.max_hosts,
-                "hosts": dict(self.load), "agents": len(self.where)}
+                "hosts": dict(self.load), "agents": len(self.where), "host_nodes": dict(self.host_node)}
 
 
 class DirectoryHandle(ActorFacade):

@@ -50,6 +50,7 @@ from letta_ray.tools import ToolContext, ToolFunction, ToolOutcome, Toolset, cli
 from ._facade import ActorFacade, remote_method, streaming_method
 from ._journal import Journal, JournalWriter, TurnRecord
 from .archive import ArchiveHandle
+from .journal_keeper import KeeperHandle, ShippedJournal
 from .limits import LimitedLLM, LimitsView, LLMLimiterSource
 from .mcp_servers import MCPServers
 from .messaging import AgentMessenger, Router
@@ -74,6 +75,15 @@ JOURNAL_ROTATE_BYTES = 64 * 2**20
 MODIFIABLE = frozenset({"name", "system", "tags", "description", "metadata", "llm_config", "embedding_config",
                         "tools", "tool_rules", "max_steps", "agent_type", "secrets", "archive_ids", "timezone",
                         "message_buffer_autoclear", "identity_ids", "folder_ids", "open_files", "max_files_open"})
+
+
+def _on_node(node_id: str | None) -> bool:
+    """Whether this process runs on the Ray node ``node_id`` (None: no node named, so yes)."""
+    if node_id is None:
+        return True
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_node_id() == node_id
 
 
 def _warm_litellm() -> None:
@@ -120,17 +130,21 @@ class AgentHost:
     def __init__(self, host_id: str, store: MetadataStoreHandle, archive: ArchiveHandle | None,
                  llm: LLM | None = None, router: Router | None = None, agent_call_timeout_s: float = 120.0,
                  journal_dir: str | None = None, limiter: LLMLimiterSource | None = None,
-                 tools: ToolSandboxes | None = None, mcp: MCPServers | None = None) -> None:
+                 tools: ToolSandboxes | None = None, mcp: MCPServers | None = None,
+                 keeper: KeeperHandle | None = None, store_node: str | None = None) -> None:
         """With ``journal_dir`` (the store's ``host_journals`` folder) a turn is acknowledged
         once this host has fsync'ed it to its own journal file; the store applies it from
         there. Without, the turn is committed through the store actor before the reply.
         ``limiter`` (the directory's handle) caps LLM requests cluster-wide; ``tools`` are the
         tool sandboxes user tools run in (their workers: never this process); ``mcp`` reaches
-        the MCP servers' actors, which MCP tools' calls go to."""
+        the MCP servers' actors, which MCP tools' calls go to. ``keeper`` is a journal keeper on
+        the store's node (``store_node``): a host on another node ships its journal there
+        (see ``journal_keeper``), since its own disk may go with its node."""
         self.tools = tools
         self.mcp = mcp
         self.host_id = host_id
         self._journal_dir = Path(journal_dir) if journal_dir is not None else None
+        self._keeper = keeper if keeper is not None and not _on_node(store_node) else None
         self._journal_name = f"{host_id}-{uuid.uuid4().hex[:8]}"
         self._journal_part = 0
         self._journal = self._open_journal() if self._journal_dir is not None else None
@@ -391,7 +405,7 @@ class AgentHost:
             return
         self._journal_seq += 1
         record = TurnRecord(self._journal_seq, state, messages, list(edited), steps, run, conversation)
-        if self._turns_running <= 1 and not self._writer.busy:
+        if self._turns_running <= 1 and not self._writer.busy and isinstance(self._journal, Journal):
             # The only turn in flight: write it here (an fsync, ~0.2 ms) rather than pay a
             # thread hop and a loop round trip (~1 ms) for a batch of one.
             try:
@@ -410,21 +424,24 @@ class AgentHost:
         finally:
             self._turns_running -= 1
 
-    def _current_journal(self) -> Journal:
+    def _current_journal(self) -> Journal | ShippedJournal:
         assert self._journal is not None
         return self._journal
 
     def _rotate_journal_if_full(self) -> None:
         assert self._journal is not None
-        if self._journal.path.stat().st_size > JOURNAL_ROTATE_BYTES:
+        if self._journal.size() > JOURNAL_ROTATE_BYTES:
             # a new file; the store deletes the old one once it has applied all of it
             self._journal.close()
             self._journal_part += 1
             self._journal = self._open_journal()
 
-    def _open_journal(self) -> Journal:
+    def _open_journal(self) -> Journal | ShippedJournal:
         assert self._journal_dir is not None
-        return Journal(self._journal_dir / f"{self._journal_name}-{self._journal_part:06d}.log")
+        name = f"{self._journal_name}-{self._journal_part:06d}.log"
+        if self._keeper is not None:
+            return ShippedJournal(self._keeper, name)
+        return Journal(self._journal_dir / name)
 
     async def _shared_blocks(self, state: AgentState) -> set[str]:
         return set(await self.store.shared_blocks([b.id for b in state.blocks]))

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from letta_ray.errors import NotFoundError
+from letta_ray.errors import NotFoundError, StorageError
 from letta_ray.mcp import MCPServer
 from letta_ray.messages import Message, Role, StepRecord
 from letta_ray.schemas import (
@@ -40,6 +41,7 @@ from ._journal import Journal, JournalWriter, TurnRecord, read_complete
 
 if TYPE_CHECKING:
     from letta_ray.storage.metadata import MetadataStore
+    from letta_ray.storage.object_store import StorageLocation
 
 # The storage engine is imported inside the actor, not here: every process that holds a
 # handle imports this module, and only the store's own process needs DuckDB.
@@ -58,11 +60,24 @@ class MetadataStoreActor:
     """
 
     def __init__(self, path: str | Path, batch_ms: float = 0.0, journal: bool = True,
-                 host_journals: str | Path | None = None) -> None:
+                 host_journals: str | Path | None = None, snapshots: StorageLocation | None = None,
+                 snapshot_interval_s: float = 0.0) -> None:
         """``host_journals`` is the folder where hosts journal their agents' turns themselves
-        (see ``AgentHost``): the store tails those files and applies what they hold."""
-        from letta_ray.storage.metadata import MetadataStore
+        (see ``AgentHost``): the store tails those files and applies what they hold.
 
+        With ``snapshots`` (an object store), the tables are snapshotted there as Parquet every
+        ``snapshot_interval_s``, and a store whose file does not exist yet (a new head node)
+        starts from the latest snapshot."""
+        from letta_ray.storage.metadata import MetadataStore
+        from letta_ray.storage.snapshots import Snapshots, restore_latest
+
+        self._snapshots = Snapshots(snapshots) if snapshots is not None else None
+        self._snapshot_interval_s = snapshot_interval_s
+        self._snapshotting: asyncio.Task[None] | None = None
+        self.snapshot_status: dict[str, Any] = {}
+        if self._snapshots is not None and str(path) != ":memory:" and not Path(path).exists():
+            restored = restore_latest(Path(path), self._snapshots)
+            self.snapshot_status["restored_from"] = restored
         self.store: MetadataStore = MetadataStore(path)
         self._writes = GroupCommitter(self._commit, batch_ms / 1000.0)
         self._journal: Journal | None = None
@@ -589,7 +604,51 @@ class MetadataStoreActor:
 
     async def ping(self) -> str:
         self._start_tailing()
+        if self._snapshots is not None and self._snapshot_interval_s > 0 and (
+                self._snapshotting is None or self._snapshotting.done()):
+            self._snapshotting = asyncio.ensure_future(self._snapshot_loop())
         return "ok"
+
+    # ---------------------------------------------------------------- snapshots
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Snapshot every table to the object store now (what every acknowledged write holds);
+        returns the snapshot's name, seconds and bytes. A StorageError if it cannot be written."""
+        from letta_ray.storage.snapshots import take_snapshot
+
+        if self._snapshots is None:
+            raise StorageError("no object store is configured (LETTA_RAY_STORAGE): nothing to snapshot to")
+        await self._barrier()
+        scratch = Path(self.store.path).parent / "snapshots"
+        try:
+            name, seconds, size = await asyncio.to_thread(take_snapshot, self.store, self._snapshots, scratch)
+        except Exception as exc:
+            self.snapshot_status.update(last_error=str(exc), last_error_at=time.time())
+            raise
+        self.snapshot_status.update(name=name, seconds=round(seconds, 3), bytes=size, at=time.time(),
+                                    last_error=None)
+        return {"name": name, "seconds": seconds, "bytes": size}
+
+    async def snapshots(self) -> dict[str, Any]:
+        """How the snapshots stand: the last one taken, the last error, what this store started from."""
+        return dict(self.snapshot_status)
+
+    async def _snapshot_loop(self) -> None:
+        """Every interval, a snapshot; a failure (the object store down) is logged and the next
+        interval tries again: acknowledged turns never wait for the object store."""
+        while True:
+            await asyncio.sleep(self._snapshot_interval_s)
+            try:
+                await self.snapshot()
+            except Exception:
+                log.warning("snapshot of the metadata to the object store failed; retrying in %.0fs",
+                            self._snapshot_interval_s, exc_info=True)
+
+    async def node_id(self) -> str | None:
+        """The Ray node this store runs on (hosts elsewhere ship their journals here)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
     async def close(self) -> None:
         await self._barrier()
@@ -689,4 +748,7 @@ class MetadataStoreHandle(ActorFacade):
     ingest_host_journals = remote_method(MetadataStoreActor.ingest_host_journals)
     stats = remote_method(MetadataStoreActor.stats)
     ping = remote_method(MetadataStoreActor.ping)
+    node_id = remote_method(MetadataStoreActor.node_id)
+    snapshot = remote_method(MetadataStoreActor.snapshot)
+    snapshots = remote_method(MetadataStoreActor.snapshots)
     close = remote_method(MetadataStoreActor.close)

@@ -11,7 +11,9 @@ import asyncio
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+import os
+import zlib
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -28,6 +30,7 @@ from .archive import ArchiveActor, ArchiveHandle
 from .directory import Directory, DirectoryHandle
 from .embedder import EmbedderActor, EmbedderHandle
 from .host import AgentHost, HostHandle
+from .journal_keeper import JournalKeeper, KeeperHandle
 from .mcp_servers import MCPConfig, MCPServers
 from .messaging import DirectoryRouter
 from .metadata_store import MetadataStoreActor, MetadataStoreHandle
@@ -41,6 +44,12 @@ RUNTIME_ENV_VARS = dict(PROCESS_ENV)
 
 # Actors wait on I/O, not CPU: they reserve no CPU so they never block scheduling.
 _ACTOR_OPTIONS: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 10_000}
+
+# The one-of-a-kind actors (the stores, the directory, the journal keepers) run on the head
+# node: its disk holds meta.duckdb and the journals, and on a cluster it is the node that
+# stays (Ray's own state is there too). Ray gives the head this resource, one unit.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+_ON_HEAD: dict[str, Any] = {"resources": {HEAD_NODE_RESOURCE: 0.001}}
 
 
 def init_ray(settings: Settings) -> bool:
@@ -68,8 +77,20 @@ def init_ray(settings: Settings) -> bool:
         )
     else:
         ray.init(address=settings.ray_address, namespace=settings.namespace, logging_level=logging.WARNING,
-                 runtime_env={"env_vars": dict(RUNTIME_ENV_VARS)})
+                 runtime_env={"env_vars": {**RUNTIME_ENV_VARS, **object_store_env()}})
     return True
+
+
+# The object store's settings in the driver's environment reach the actors it starts on a
+# cluster (the archive writes to the store with them). With an instance profile or a role
+# (the better way on a cloud) there are no keys here to pass.
+OBJECT_STORE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+                    "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ALLOW_HTTP",
+                    "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY")
+
+
+def object_store_env() -> dict[str, str]:
+    return {name: os.environ[name] for name in OBJECT_STORE_ENV if os.environ.get(name)}
 
 
 def runtime_prefix(settings: Settings) -> str:
@@ -82,7 +103,10 @@ class _HostMaker:
 
     def __init__(self, prefix: str, namespace: str, store: MetadataStoreHandle, archive: ArchiveHandle,
                  tools: ToolSandboxes, mcp: MCPServers, llm: Any = None, agent_call_timeout_s: float = 120.0,
-                 journal_dir: str | None = None) -> None:
+                 journal_dir: str | None = None, keepers: list[KeeperHandle] | None = None,
+                 store_node: str | None = None) -> None:
+        self.keepers = keepers or []
+        self.store_node = store_node
         self.tools = tools
         self.mcp = mcp
         self.journal_dir = journal_dir
@@ -93,16 +117,21 @@ class _HostMaker:
         self.llm = llm
         self.agent_call_timeout_s = agent_call_timeout_s
 
-    def __call__(self, host_id: str) -> HostHandle:
+    def __call__(self, host_id: str, node: str | None = None) -> HostHandle:
+        """A new host; on ``node`` if given (soft: elsewhere if that node is gone)."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=True) if node else self._node_for(host_id)
         remote = ray.remote(AgentHost).options(
             name=f"{self.prefix}-{host_id}", namespace=self.namespace, lifetime="detached",
-            scheduling_strategy=self._node_for(host_id), max_restarts=0, **_ACTOR_OPTIONS)
+            scheduling_strategy=strategy, max_restarts=0, **_ACTOR_OPTIONS)
         # The directory is made after this maker: hosts find it by name on first use.
         directory = DirectoryHandle.named(f"{self.prefix}-directory", self.namespace)
         router = DirectoryRouter(directory, self.store)
+        keeper = self.keepers[zlib.crc32(host_id.encode()) % len(self.keepers)] if self.keepers else None
         return HostHandle(remote.remote(host_id, self.store, self.archive, self.llm, router,
                                         self.agent_call_timeout_s, self.journal_dir, directory, self.tools,
-                                        self.mcp))
+                                        self.mcp, keeper=keeper, store_node=self.store_node))
 
     @staticmethod
     def _node_for(host_id: str) -> Any:
@@ -111,14 +140,20 @@ class _HostMaker:
         no CPU; a soft node affinity does, and falls back elsewhere if the node is gone."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        slots = [node["NodeID"] for node in sorted(ray.nodes(), key=lambda n: n["NodeID"])
-                 if node.get("Alive") for _ in range(int(node.get("Resources", {}).get("CPU", 0)))]
+        slots = cluster_slots()
         if not slots:
             return "DEFAULT"
         number = int(host_id.rsplit("-", 1)[-1]) if host_id.rsplit("-", 1)[-1].isdigit() else 0
-        # Interleave nodes: slot k of node A, then of node B, ... (not all of A first).
-        order = sorted(range(len(slots)), key=lambda i: (slots[:i].count(slots[i]), slots[i]))
-        return NodeAffinitySchedulingStrategy(node_id=slots[order[number % len(slots)]], soft=True)
+        return NodeAffinitySchedulingStrategy(node_id=slots[number % len(slots)], soft=True)
+
+
+def cluster_slots() -> list[str]:
+    """The live nodes with CPUs, each once per CPU, interleaved (slot k of node A, then of
+    node B, ...): where packed placement puts hosts, one per CPU."""
+    slots = [node["NodeID"] for node in sorted(ray.nodes(), key=lambda n: n["NodeID"])
+             if node.get("Alive") for _ in range(int(node.get("Resources", {}).get("CPU", 0)))]
+    order = sorted(range(len(slots)), key=lambda i: (slots[:i].count(slots[i]), slots[i]))
+    return [slots[i] for i in order]
 
 
 class _ExistingAgents:
@@ -160,6 +195,7 @@ class Runtime:
     directory: DirectoryHandle
     tools: ToolSandboxes
     mcp: MCPServers
+    keepers: list[KeeperHandle] = field(default_factory=list)
 
 
 def start_runtime(settings: Settings, *, llm: Any = None) -> Runtime:
@@ -173,32 +209,39 @@ def start_runtime(settings: Settings, *, llm: Any = None) -> Runtime:
     settings.home.mkdir(parents=True, exist_ok=True)
     prefix = runtime_prefix(settings)
     ns = settings.namespace
-    detached = {"lifetime": "detached", **_ACTOR_OPTIONS}
+    detached = {"lifetime": "detached", **_ACTOR_OPTIONS, **_ON_HEAD}
     journals = str(settings.home / "journal")
     store = MetadataStoreHandle(get_or_create(
         MetadataStoreActor, f"{prefix}-store", ns,
-        (str(settings.meta_path), settings.store_batch_ms, True, journals), **detached))
+        (str(settings.meta_path), settings.store_batch_ms, True, journals,
+         settings.location if settings.location.remote else None, settings.snapshot_interval_s), **detached))
+    keepers = [KeeperHandle(get_or_create(JournalKeeper, f"{prefix}-keeper-{i}", ns, (journals,),
+                                          max_restarts=-1, **detached))
+               for i in range(settings.keeper_count())]
     embedding = EmbeddingConfig(embedding_model=settings.embedding_model, embedding_dim=settings.embedding_dim)
     embedder = EmbedderHandle(get_or_create(EmbedderActor, f"{prefix}-embedder", ns, (embedding,), **detached))
     archive = ArchiveHandle(get_or_create(ArchiveActor, f"{prefix}-archive", ns,
-                                          (str(settings.archive_path), embedder, settings.embedding_dim),
-                                          **detached))
+                                          (settings.archive_uri, embedder, settings.embedding_dim),
+                                          {"storage_options": settings.location.lance_options()}, **detached))
     tools = ToolSandboxes(prefix, ns, sandbox_config(settings))
     mcp = MCPServers(prefix, ns, MCPConfig(call_timeout_s=settings.mcp_timeout_s,
                                            connect_timeout_s=settings.mcp_connect_timeout_s,
                                            allow_stdio=settings.mcp_stdio))
-    maker = _HostMaker(prefix, ns, store, archive, tools, mcp, llm, settings.agent_call_timeout_s, journals)
+    store_node = run_blocking(store.node_id) if keepers else None
+    maker = _HostMaker(prefix, ns, store, archive, tools, mcp, llm, settings.agent_call_timeout_s, journals,
+                       keepers, store_node)
     directory = DirectoryHandle(get_or_create(
         Directory, f"{prefix}-directory", ns, (maker,),
         {"placement": settings.placement, "agents_per_host": settings.agents_per_host,
-         "max_hosts": settings.max_hosts or _cluster_cpus(), "exists": _ExistingAgents(store),
+         "max_hosts": settings.max_hosts, "slots": cluster_slots, "exists": _ExistingAgents(store),
          "timers": _TimerStore(store), "llm_limits": settings.llm_limits()},
         **detached))
     # Surface a broken store (a locked file, a bad path) now, with its real error.
     async def ready() -> None:
-        await asyncio.gather(store.ping(), archive.ping(), directory.start_timers())
+        await asyncio.gather(store.ping(), archive.ping(), directory.start_timers(),
+                             *(keeper.ping() for keeper in keepers))
     run_blocking(ready)
-    return Runtime(settings, prefix, store, archive, embedder, directory, tools, mcp)
+    return Runtime(settings, prefix, store, archive, embedder, directory, tools, mcp, keepers)
 
 
 def sandbox_config(settings: Settings) -> SandboxConfig:
@@ -206,11 +249,6 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
     return SandboxConfig(limits=settings.sandbox_limits(), isolation=settings.tool_isolation,
                          workers=settings.tool_workers, forbidden=(str(settings.home.resolve()),),
                          install_timeout_s=settings.tool_install_timeout_s)
-
-
-def _cluster_cpus() -> int:
-    """Hosts for packed placement by default: one per CPU of the whole cluster."""
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def stop_runtime(runtime: Runtime) -> None:
@@ -227,7 +265,7 @@ def stop_runtime(runtime: Runtime) -> None:
     runtime.mcp.stop_all()
     handles = [host.actor for host in hosts.values()]
     for handle in [*handles, runtime.directory.actor, runtime.archive.actor, runtime.embedder.actor,
-                   runtime.store.actor]:
+                   runtime.store.actor, *(keeper.actor for keeper in runtime.keepers)]:
         try:
             ray.kill(handle, no_restart=True)
         except Exception:

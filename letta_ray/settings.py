@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from letta_ray.sandbox.runner import SandboxLimits
 from letta_ray.schemas import LLMLimit
+from letta_ray.storage.object_store import StorageLocation
 
 # Provider keys we look for, in order, when no default model is configured.
 PROVIDER_KEYS: list[tuple[str, str]] = [
@@ -59,6 +60,17 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=lambda: Path.home() / ".letta_ray",
                        description="data directory: meta.duckdb, archive/, export/")
+    storage: str | None = Field(default=None, description="where the shared data lives: an object-store URI "
+                                "(s3://bucket/prefix; credentials, region and endpoint from the usual AWS_* "
+                                "variables) for archival memory and snapshots of the metadata, or a local "
+                                "folder; default: the data directory")
+    storage_options: dict[str, str] = Field(default_factory=dict, description="extra object-store options "
+                                            "(LanceDB's names, e.g. {\"aws_endpoint\": ...}), as JSON")
+    snapshot_interval_s: float = Field(default=300.0, ge=0, description="with an object store: how often the "
+                                       "metadata is snapshotted to it as Parquet (0: never)")
+    journal_keepers: int | None = Field(default=None, ge=0, le=64, description="journal keeper actors on the "
+                                        "head node, which hosts on other nodes ship their turns to (default: "
+                                        "2 when joining a cluster, 0 in an embedded Ray)")
     ray_address: str | None = Field(default=None, description="None or 'local' starts an embedded Ray; "
                                     "'auto' or 'ray://host:port' joins a cluster")
     namespace: str = "letta_ray"
@@ -124,6 +136,21 @@ class Settings(BaseSettings):
     @property
     def archive_path(self) -> Path:
         return self.home / "archive"
+
+    @property
+    def location(self) -> StorageLocation:
+        """Where archival memory and the metadata's snapshots go."""
+        return StorageLocation(self.storage or str(self.home), dict(self.storage_options))
+
+    @property
+    def archive_uri(self) -> str:
+        """The LanceDB archive: in the object store if one is set, else in the data directory."""
+        return self.location.child("archive") if self.storage else str(self.archive_path)
+
+    def keeper_count(self) -> int:
+        if self.journal_keepers is not None:
+            return self.journal_keepers
+        return 0 if self.embedded else 2
 
     @property
     def export_path(self) -> Path:

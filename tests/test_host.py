@@ -188,3 +188,41 @@ async def test_directory_packs_agents_and_replaces_a_dead_host() -> None:
     dedicated = Directory(make_host, placement="dedicated")
     hosts = {h for h, _ in await dedicated.place(["x", "y", "z"])}
     assert len(hosts) == 3
+
+
+async def test_packed_placement_follows_the_clusters_nodes() -> None:
+    """Hosts go one per CPU of each live node; a node that leaves takes its hosts off the
+    map (their agents are placed again elsewhere); a node that joins gets a host, which new
+    agents go to first."""
+    nodes = {"head": 1, "worker": 1}
+    made: list[tuple[str, str | None]] = []
+
+    class FakeHost:
+        async def ping(self) -> str:
+            return "ok"
+
+    def make_host(host_id: str, node: str | None = None) -> FakeHost:
+        made.append((host_id, node))
+        return FakeHost()
+
+    def slots() -> list[str]:
+        return [node for node, cpus in sorted(nodes.items()) for _ in range(cpus)]
+
+    directory = Directory(make_host, agents_per_host=100, slots=slots)
+    directory.NODES_CHECK_S = 0.0
+    placed = await directory.place([f"a{i}" for i in range(4)])
+    assert sorted(node for _, node in made) == ["head", "worker"]
+    node_of = dict(made)
+    assert sorted(node_of[h] for h, _ in placed) == ["head", "head", "worker", "worker"]
+
+    del nodes["worker"]  # the worker node is lost
+    on_worker = next(f"a{i}" for i, (h, _) in enumerate(placed) if node_of[h] == "worker")
+    [(host_id, _)] = await directory.locate_many([on_worker])
+    assert node_of[host_id] == "head"
+    described = await directory.describe()
+    assert set(described["host_nodes"].values()) == {"head"} and described["agents"] == 3
+
+    nodes["worker-2"] = 1  # a node joins: the next new agent goes there
+    [(fresh, _)] = await directory.place(["new"])
+    assert node_of.get(fresh) is None and dict(made)[fresh] == "worker-2"
+    assert (await directory.describe())["hosts"][fresh] == 1

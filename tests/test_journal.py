@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from letta_ray.actors._journal import Journal, TurnRecord
 from letta_ray.actors.host import AgentHost
+from letta_ray.actors.journal_keeper import JournalKeeper, KeeperHandle, ShippedJournal
 from letta_ray.actors.metadata_store import MetadataStoreActor, MetadataStoreHandle
+from letta_ray.errors import StorageError
 from letta_ray.messages import Message, MessageCreate
 from letta_ray.schemas import AgentState, Block, LLMConfig
 from letta_ray.testing import FunctionLLM, send_message
@@ -135,3 +139,79 @@ async def test_hosts_turns_survive_a_batch_that_rolls_back(tmp_path: Path, monke
     again = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=journals)
     assert await again.count_messages(state.id) == 4 * 3  # nothing lost, nothing twice
     await again.close()
+
+
+# ---------------------------------------------------------------- journal keepers (hosts on other nodes)
+
+
+async def chat_through_a_shipping_host(tmp_path: Path, turns: int, keeper: JournalKeeper,
+                                       concurrent: int = 1) -> tuple[MetadataStoreActor, AgentHost, list[AgentState]]:
+    """A host on "another node" (its store is on ``elsewhere``): its turns go to ``keeper``."""
+    journals = tmp_path / "journal"
+    store = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=journals)
+    host = AgentHost("h", MetadataStoreHandle.local(store), None, llm=FunctionLLM(lambda m, i: send_message("ok")),
+                     journal_dir=str(tmp_path / "this-nodes-disk"), keeper=KeeperHandle.local(keeper),
+                     store_node="elsewhere")
+    states = [agent().model_copy(update={"tools": ["send_message"]}) for _ in range(concurrent)]
+    await host.create_agents(states)
+    for i in range(turns):
+        await asyncio.gather(*(host.send(s.id, [MessageCreate(content=f"m{i}")]) for s in states))
+    return store, host, states
+
+
+async def test_a_host_on_another_node_ships_its_turns_to_a_keeper_on_the_stores_disk(tmp_path: Path) -> None:
+    keeper = JournalKeeper(tmp_path / "journal")
+    store, _, states = await chat_through_a_shipping_host(tmp_path, turns=4, keeper=keeper, concurrent=3)
+    assert not (tmp_path / "this-nodes-disk").exists()  # nothing on the host's own disk
+    [log_file] = (tmp_path / "journal").glob("*.log")  # one file for the host, kept by the keeper
+    assert log_file.name.startswith("h-")
+    records = Journal(log_file).read()
+    assert len(records) == 4 * 3 and {r.state.id for r in records} == {s.id for s in states}
+    assert (await keeper.stats())["appends"] <= 4 * 3  # concurrent turns may share a call
+    for state in states:  # the store applies them like a host's own journal
+        assert await store.count_messages(state.id) == 4 * 3
+    await store.close()
+    # the store's node restarting (a new store over the same disk) loses nothing, repeats nothing
+    again = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=tmp_path / "journal")
+    assert [await again.count_messages(s.id) for s in states] == [12, 12, 12]
+    await again.close()
+
+
+async def test_a_keeper_cuts_off_a_torn_record_before_appending(tmp_path: Path) -> None:
+    state = agent()
+    first = TurnRecord(1, state, turn(state, "kept"), []).encode()
+    (tmp_path / "h-1-000000.log").write_bytes(first + b'{"seq":2,"state":{"id":')  # died mid-write
+    keeper = JournalKeeper(tmp_path)  # a restarted keeper
+    size = await keeper.append("h-1-000000.log", TurnRecord(3, state, turn(state, "next"), []).encode())
+    records = Journal(tmp_path / "h-1-000000.log").read()
+    assert [r.seq for r in records] == [1, 3]  # the acknowledged next record is whole, not glued on
+    assert size == (tmp_path / "h-1-000000.log").stat().st_size
+
+
+async def test_a_keeper_refuses_what_is_not_a_journal_append(tmp_path: Path) -> None:
+    keeper = JournalKeeper(tmp_path / "j")
+    for name in ("../escape.log", "h.txt", ".hidden.log"):
+        with pytest.raises(StorageError, match="not a journal file name"):
+            await keeper.append(name, b"{}\n")
+    with pytest.raises(StorageError, match="whole record"):
+        await keeper.append("h-1.log", b'{"seq":1')
+    assert not list((tmp_path / "j").iterdir())
+
+
+async def test_a_keeper_that_cannot_be_reached_fails_the_turn_unacknowledged(tmp_path: Path) -> None:
+    class Gone:
+        async def append(self, name: str, payload: bytes) -> int:
+            await asyncio.sleep(10)
+            return 0
+
+    store = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=tmp_path / "journal")
+    host = AgentHost("h", MetadataStoreHandle.local(store), None, llm=FunctionLLM(lambda m, i: send_message("ok")),
+                     journal_dir=str(tmp_path / "journal"), keeper=Gone(), store_node="elsewhere")  # type: ignore[arg-type]
+    host._open_journal = lambda: ShippedJournal(Gone(), "h-x-000000.log", timeout_s=0.2)  # type: ignore[method-assign]
+    host._journal = host._open_journal()
+    state = agent().model_copy(update={"tools": ["send_message"]})
+    await host.create_agents([state])
+    with pytest.raises(StorageError, match="did not confirm"):
+        await host.send(state.id, [MessageCreate(content="hello?")])
+    assert await store.count_messages(state.id) == 0  # not acknowledged, and not half there
+    await store.close()

@@ -168,6 +168,7 @@ class ArchivalStore:
         *,
         read_consistency_interval: timedelta | None = None,
         optimize_every: int | None = 200,
+        storage_options: dict[str, str] | None = None,
     ) -> None:
         if dim < 1:
             raise InvalidInputError(f"dim must be positive, got {dim}")
@@ -176,7 +177,10 @@ class ArchivalStore:
         self.path = str(path)
         self.dim = dim
         self._schema = passage_schema(dim)
-        self._db = lancedb.connect(self.path, read_consistency_interval=read_consistency_interval)
+        # ``path`` may be an object-store URI (s3://...): LanceDB does that I/O itself, with
+        # ``storage_options`` (see ``object_store.StorageLocation.lance_options``).
+        self._db = lancedb.connect(self.path, read_consistency_interval=read_consistency_interval,
+                                   storage_options=storage_options or None)
         self._write_lock = threading.RLock()
         self._table_obj: Any = None
         self.optimize_every = optimize_every
@@ -254,7 +258,10 @@ class ArchivalStore:
         )
         table = self._table()
         with self._write_lock:
-            table.add(data)
+            try:
+                table.add(data)
+            except Exception as exc:  # lancedb raises OSError/RuntimeError with the object store's reason
+                raise StorageError(f"cannot write to the archive at {self.path}: {exc}") from exc
             self._wrote()
 
     def delete(self, passage_id: str, *, agent_id: str | None = None) -> None:

@@ -44,6 +44,11 @@ class MessageStore:
     def __init__(self, db: DuckDBFile, *, fts_rebuild_threshold: int = FTS_REBUILD_THRESHOLD) -> None:
         self._db = db
         self._fts_rebuild_threshold = fts_rebuild_threshold
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the sequence counter and the text index's mark from the file (after a bulk load)."""
+        db = self._db
         with db.locked() as conn:
             self._max_seq: int = conn.execute(
                 "SELECT coalesce(max(seq), 0) FROM messages"

@@ -36,6 +36,7 @@ from letta_ray.storage._duckdb_layout import (
     _M,
     _MCP_SERVERS,
     _MESSAGES,
+    _STORE_META,
     _TOOLS,
     _UPDATE_AGENT,
     _UPDATE_BLOCK_IF_NEWER,
@@ -57,6 +58,10 @@ from letta_ray.storage.runs import RunStore
 _UPSERT_FILE = (f"INSERT INTO files ({', '.join(_FILES.columns)}) VALUES ({', '.join('?' * len(_FILES.columns))}) "
                 "ON CONFLICT (id) DO UPDATE SET folder_id = excluded.folder_id, file_name = excluded.file_name, "
                 "doc = excluded.doc")
+
+# Store settings that describe this disk, not the data: left out of snapshots. The journals'
+# offsets (``host_journal:<file>``) are left out too.
+LOCAL_META_KEYS = ("journal_applied_seq", "fts_watermark")
 
 # The tools registered from one MCP server (parameters: the MCP tool type, the server's id).
 _OF_MCP_SERVER = "tool_type = ? AND json_extract_string(doc, '$.metadata.mcp.server_id') = ?"
@@ -776,8 +781,13 @@ class MetadataStore:
 
     # ------------------------------------------------------------------ export
 
-    def export_parquet(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write one Parquet file per table into ``out_dir``; returns table name -> path."""
+    def export_parquet(self, out_dir: str | Path, *, with_meta: bool = False) -> dict[str, Path]:
+        """Write one Parquet file per table into ``out_dir``; returns table name -> path.
+
+        All tables are read under one lock: the files are one consistent point in time.
+        ``with_meta`` adds the store's own settings (a snapshot to restore from), less what
+        belongs to this disk: how far its journals were applied, and the text index's mark.
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths: dict[str, Path] = {}
@@ -790,4 +800,28 @@ class MetadataStore:
                     f"TO '{_sql_str(path)}' (FORMAT parquet)"
                 )
                 paths[table.name] = path
+            if with_meta:
+                path = out / f"{_STORE_META.name}.parquet"
+                conn.execute(
+                    f"COPY (SELECT * FROM {_STORE_META.name} WHERE key NOT LIKE 'host_journal:%' "
+                    f"AND key NOT IN ({', '.join(repr(_sql_str(k)) for k in LOCAL_META_KEYS)}) ORDER BY key) "
+                    f"TO '{_sql_str(path)}' (FORMAT parquet)"
+                )
+                paths[_STORE_META.name] = path
         return paths
+
+    def import_parquet(self, in_dir: str | Path) -> int:
+        """Load an ``export_parquet(with_meta=True)`` snapshot into this store, which must be
+        empty; all tables in one transaction. Returns the number of agents loaded."""
+        folder = Path(in_dir)
+        with self._db.tx() as conn:
+            if conn.execute("SELECT count(*) FROM agents").fetchone()[0]:
+                raise ConflictError(f"the metadata store {self.path} is not empty: not restoring over it")
+            for table in (*_DATA_TABLES, _STORE_META):
+                path = folder / f"{table.name}.parquet"
+                if path.exists():  # a table added since the snapshot stays empty
+                    conn.execute(f"INSERT INTO {table.name} SELECT * FROM read_parquet('{_sql_str(path)}')")
+            agents = int(conn.execute("SELECT count(*) FROM agents").fetchone()[0])
+        self.messages.reload()
+        self.messages.rebuild_search_index()
+        return agents
