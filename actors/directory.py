@@ -38,6 +38,8 @@ class _Host(Protocol):
 
     async def ping(self) -> str: ...
 
+    async def info(self) -> dict[str, Any]: ...
+
 
 HostFactory = Callable[[str], Any]
 """Makes a host from its id and returns its handle (a ``HostHandle``, on a Ray actor or local)."""
@@ -98,8 +100,13 @@ class Directory:
 
     NODES_CHECK_S = 2.0
 
-    def _follow_nodes(self, force: bool = False) -> None:
-        """Match the hosts to the cluster's live nodes (at most every ``NODES_CHECK_S``)."""
+    async def _follow_nodes(self, force: bool = False) -> None:
+        """Match the hosts to the cluster's live nodes (at most every ``NODES_CHECK_S``).
+
+        A host whose node is no longer listed is asked where it runs: a host made for a
+        node that was dying (a soft affinity put it elsewhere) is alive and keeps its
+        agents, with its node corrected; only a host that does not answer is dropped. A
+        live host is never dropped, so no agent is ever in two hosts at once."""
         if self._slots is None:
             return
         now = time.monotonic()
@@ -115,13 +122,24 @@ class Directory:
             return
         self._slots_seen = slots
         alive = set(slots)
-        for host_id, node in list(self.host_node.items()):
-            if node is not None and node not in alive:
-                log.warning("node %s is gone: re-placing the %d agents of its host %s", node,
-                            self.load.get(host_id, 0), host_id)
-                self._drop_host(host_id)
+        orphans = [(h, n) for h, n in self.host_node.items() if n is not None and n not in alive and h in self.hosts]
+        running = await asyncio.gather(*(self._node_of(self.hosts[h]) for h, _ in orphans))
+        for (host_id, node), actual in zip(orphans, running, strict=True):
+            if actual is not None:
+                self.host_node[host_id] = actual
+                continue
+            log.warning("node %s is gone: re-placing the %d agents of its host %s", node,
+                        self.load.get(host_id, 0), host_id)
+            self._drop_host(host_id)
         if self._follow_cluster:
             self.max_hosts = len(slots)
+
+    async def _node_of(self, handle: _Host) -> str | None:
+        """The node a host runs on, or None if it does not answer (it is gone)."""
+        try:
+            return (await asyncio.wait_for(handle.info(), timeout=5.0)).get("node_id")
+        except Exception:
+            return None
 
     def _node_short_of_hosts(self) -> str | None:
         """A live node with fewer hosts than CPUs (the one most short), if any."""
@@ -135,7 +153,6 @@ class Directory:
     def _choose(self) -> str:
         if self.placement == "dedicated":
             return self._new_host()
-        self._follow_nodes()
         if self._follow_cluster and self._slots_seen:
             node = self._node_short_of_hosts()
             if node is not None:  # a node with a free CPU: a host there (new agents fill it first)
@@ -159,6 +176,7 @@ class Directory:
     async def place(self, agent_ids: list[str]) -> list[tuple[str, Any]]:
         """Hosts for new agents (one per id, in order)."""
         async with self._lock:
+            await self._follow_nodes()
             return [self._assign(a) for a in agent_ids]
 
     async def locate(self, agent_id: str) -> tuple[str, Any]:
@@ -176,7 +194,7 @@ class Directory:
             if missing:
                 raise NotFoundError("agent", ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
         async with self._lock:
-            self._follow_nodes()  # agents of a node that left go elsewhere now, not after a failed call
+            await self._follow_nodes()  # agents of a node that left go elsewhere now, not after a failed call
             return [self._assign(a) for a in agent_ids]
 
     async def host_failed(self, host_id: str, agent_id: str) -> tuple[str, Any]:
@@ -186,7 +204,7 @@ class Directory:
             if handle is not None and not await self._alive(handle):
                 log.warning("host %s is gone; re-placing its %d agents", host_id, self.load.get(host_id, 0))
                 self._drop_host(host_id)
-                self._follow_nodes(force=True)  # its node may have gone with it
+                await self._follow_nodes(force=True)  # its node may have gone with it
             return self._assign(agent_id)
 
     async def _alive(self, handle: _Host) -> bool:

@@ -118,10 +118,13 @@ class _HostMaker:
         self.agent_call_timeout_s = agent_call_timeout_s
 
     def __call__(self, host_id: str, node: str | None = None) -> HostHandle:
-        """A new host; on ``node`` if given (soft: elsewhere if that node is gone)."""
+        """A new host; on ``node`` if given, and only there: a node that just joined may not
+        have shown Ray its resources yet, and a soft affinity would then put the host (and
+        the agents meant for that node) elsewhere. If the node dies first, the host dies
+        with it and its agents are placed again (``Directory.host_failed``)."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=True) if node else self._node_for(host_id)
+        strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=False) if node else self._node_for(host_id)
         remote = ray.remote(AgentHost).options(
             name=f"{self.prefix}-{host_id}", namespace=self.namespace, lifetime="detached",
             scheduling_strategy=strategy, max_restarts=0, **_ACTOR_OPTIONS)

@@ -41,6 +41,7 @@ __all__ = [
     "forbid_real_llm_calls",
     "is_loopback_url",
     "last_user_text",
+    "memory_responder",
     "reply",
     "send_message",
     "tool_call",
@@ -160,6 +161,20 @@ def echo_responder(messages: list[dict[str, Any]], info: CallInfo) -> Response:
         return send_message(text)
     return text
 
+
+
+def memory_responder(messages: list[dict[str, Any]], info: CallInfo) -> Response:
+    """``echo_responder``, and "remember <fact>" appends the fact to the ``human`` block
+    (``memory_insert``) before answering "Noted.": a fake that edits memory, importable on
+    every node of a cluster (the multi-node tests and benchmarks use it)."""
+    last = messages[-1]
+    text = last_user_text(messages)
+    if last.get("role") == "user" and text.startswith("remember ") and "memory_insert" in info.tool_names:
+        return tool_call("memory_insert", label="human", new_str=text.removeprefix("remember "),
+                         request_heartbeat=True)
+    if last.get("role") == "tool" and "send_message" in info.tool_names:
+        return send_message("Noted.")
+    return echo_responder(messages, info)
 
 class _FakeLLM:
     """Shared machinery: history, token counting and turning shorthands into responses."""

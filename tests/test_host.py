@@ -193,17 +193,32 @@ async def test_directory_packs_agents_and_replaces_a_dead_host() -> None:
 async def test_packed_placement_follows_the_clusters_nodes() -> None:
     """Hosts go one per CPU of each live node; a node that leaves takes its hosts off the
     map (their agents are placed again elsewhere); a node that joins gets a host, which new
-    agents go to first."""
+    agents go to first. A host made for a node that was dying runs elsewhere (the affinity
+    is soft): it answers, so it keeps its agents, with its node corrected."""
     nodes = {"head": 1, "worker": 1}
     made: list[tuple[str, str | None]] = []
+    runs_on: dict[str, str] = {}  # where each fake host really runs
 
     class FakeHost:
+        def __init__(self, host_id: str) -> None:
+            self.host_id = host_id
+
         async def ping(self) -> str:
+            return await self._answer()
+
+        async def info(self) -> dict:
+            await self._answer()
+            return {"node_id": runs_on[self.host_id]}
+
+        async def _answer(self) -> str:
+            if runs_on[self.host_id] not in nodes:
+                raise ConnectionError("its node is gone")
             return "ok"
 
     def make_host(host_id: str, node: str | None = None) -> FakeHost:
         made.append((host_id, node))
-        return FakeHost()
+        runs_on[host_id] = node if node in nodes else "head"  # soft affinity: a dead node's host lands on the head
+        return FakeHost(host_id)
 
     def slots() -> list[str]:
         return [node for node, cpus in sorted(nodes.items()) for _ in range(cpus)]
@@ -226,3 +241,17 @@ async def test_packed_placement_follows_the_clusters_nodes() -> None:
     [(fresh, _)] = await directory.place(["new"])
     assert node_of.get(fresh) is None and dict(made)[fresh] == "worker-2"
     assert (await directory.describe())["hosts"][fresh] == 1
+
+    # worker-2 is listed but dying: a host made for it runs on the head, and once worker-2
+    # is off the list that host is kept (it answers), its node corrected, its agents with it.
+    runs_on[fresh] = "worker-2"
+    nodes["worker-3"] = 1
+    nodes_before = dict(nodes)
+    del nodes["worker-3"]  # gone before its host was made ...
+    directory._slots = lambda: [n for n in sorted(nodes_before) for _ in range(nodes_before[n])]  # ... but still listed
+    [(made_for_dying, _)] = await directory.place(["late"])
+    assert dict(made)[made_for_dying] == "worker-3" and runs_on[made_for_dying] == "head"
+    directory._slots = slots
+    [(still, _)] = await directory.locate_many(["late"])
+    assert still == made_for_dying
+    assert (await directory.describe())["host_nodes"][made_for_dying] == "head"
