@@ -27,12 +27,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    ActorUnschedulableError,
+    RayActorError,
+    RayTaskError,
+)
 
 log = logging.getLogger(__name__)
 
-ACTOR_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
-"""What a call raises when its actor died or cannot be reached."""
+ACTOR_GONE = (ActorDiedError, ActorUnavailableError, RayActorError, ActorUnschedulableError)
+"""What a call raises when its actor died or cannot be reached (or, made for a node that is
+gone, can never start)."""
 
 P = ParamSpec("P")
 R = TypeVar("R")

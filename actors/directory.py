@@ -69,6 +69,7 @@ class Directory:
         self._follow_cluster = slots is not None and max_hosts is None
         self._slots_seen: list[str] = []
         self._slots_checked = float("-inf")
+        self._suspect: dict[str, float] = {}  # node -> when a host of it was found dead
         self.host_node: dict[str, str | None] = {}  # the node each host was made on
         self.max_hosts = max_hosts or max(1, os.cpu_count() or 1)
         self._exists = exists
@@ -141,28 +142,41 @@ class Directory:
         except Exception:
             return None
 
+    # A node whose host just died gets no new host for this long, even while the cluster
+    # still lists it (Ray takes a few health checks to call a node dead): a host made there
+    # could never start, and the agents meant for it would fail again.
+    SUSPECT_S = 30.0
+
+    def _usable_nodes(self) -> list[str]:
+        now = time.monotonic()
+        return [n for n in self._slots_seen if now - self._suspect.get(n, float("-inf")) >= self.SUSPECT_S]
+
     def _node_short_of_hosts(self) -> str | None:
         """A live node with fewer hosts than CPUs (the one most short), if any."""
         if not self._follow_cluster or not self._slots_seen:
             return None
         have = Counter(self.host_node.get(h) for h in self.hosts)
-        want = Counter(self._slots_seen)
+        want = Counter(self._usable_nodes())
         short = [(want[node] - have[node], node) for node in want if want[node] > have[node]]
         return max(short)[1] if short else None
 
     def _choose(self) -> str:
         if self.placement == "dedicated":
             return self._new_host()
+        open_hosts = [h for h in self.hosts if self.load[h] < self.agents_per_host]
         if self._follow_cluster and self._slots_seen:
             node = self._node_short_of_hosts()
             if node is not None:  # a node with a free CPU: a host there (new agents fill it first)
                 return self._new_host(node)
-        open_hosts = [h for h in self.hosts if self.load[h] < self.agents_per_host]
+            if open_hosts:
+                return min(open_hosts, key=lambda h: self.load[h])
+            usable = self._usable_nodes() or self._slots_seen
+            have = Counter(self.host_node.get(h) for h in self.hosts)
+            return self._new_host(min(dict.fromkeys(usable), key=lambda n: have[n]))  # all full: one more
         if len(self.hosts) < self.max_hosts or not open_hosts:
             # Up to max_hosts, a new host beats piling onto an existing one: hosts are
             # where turns run in parallel.
-            if not open_hosts or len(self.hosts) < self.max_hosts:
-                return self._new_host()
+            return self._new_host()
         return min(open_hosts, key=lambda h: self.load[h])
 
     def _assign(self, agent_id: str) -> tuple[str, _Host]:
@@ -203,6 +217,9 @@ class Directory:
             handle = self.hosts.get(host_id)
             if handle is not None and not await self._alive(handle):
                 log.warning("host %s is gone; re-placing its %d agents", host_id, self.load.get(host_id, 0))
+                node = self.host_node.get(host_id)
+                if node is not None:
+                    self._suspect[node] = time.monotonic()
                 self._drop_host(host_id)
                 await self._follow_nodes(force=True)  # its node may have gone with it
             return self._assign(agent_id)

@@ -146,9 +146,10 @@ class LocalCluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def node_env(self) -> dict[str, str]:
+    def node_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
         env.update(self.env)
+        env.update(extra or {})
         env.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_AUTH_MODE": "token",
                     "RAY_AUTH_TOKEN_PATH": str(self._token), "RAY_USAGE_STATS_ENABLED": "0",
                     "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
@@ -158,13 +159,14 @@ class LocalCluster:
         """The environment of a process that joins this cluster (``ray.init(address=...)``)."""
         return {**self.node_env(), "RAY_ADDRESS": self.address}
 
-    def _start(self, name: str, args: list[str], head: bool, num_cpus: int) -> Node:
+    def _start(self, name: str, args: list[str], head: bool, num_cpus: int,
+               env: dict[str, str] | None = None) -> Node:
         temp_dir = self.root / name
         shutil.rmtree(temp_dir, ignore_errors=True)
         temp_dir.mkdir(parents=True)
         command = [_ray_cli(), "start", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
                    f"--temp-dir={temp_dir}", "--disable-usage-stats", *args]
-        result = subprocess.run(command, env=self.node_env(), capture_output=True, text=True, timeout=180)
+        result = subprocess.run(command, env=self.node_env(env), capture_output=True, text=True, timeout=180)
         if result.returncode != 0:
             raise RuntimeError(f"ray start of {name} failed ({result.returncode}):\n{result.stdout[-3000:]}"
                                f"\n{result.stderr[-3000:]}")
@@ -191,10 +193,11 @@ class LocalCluster:
             args.append(f"--system-config={json.dumps(self.system_config)}")
         return self._start("head", args, True, num_cpus)
 
-    def add_worker(self, num_cpus: int = 1, name: str | None = None) -> Node:
+    def add_worker(self, num_cpus: int = 1, name: str | None = None, env: dict[str, str] | None = None) -> Node:
+        """A worker node; ``env`` is its own environment on top of the cluster's (its data dir)."""
         name = name or f"worker-{sum(not n.head for n in self.nodes) + 1}"
         return self._start(name, [f"--address={self.address}", f"--dashboard-agent-listen-port={free_port()}"],
-                           False, num_cpus)
+                           False, num_cpus, env)
 
     def kill(self, node: Node) -> list[int]:
         """SIGKILL every process of ``node`` at once, as when its machine loses power."""

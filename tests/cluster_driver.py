@@ -158,6 +158,13 @@ class Driver:
     def search(self, agent_id: str, query: str) -> dict[str, Any]:
         return {"texts": [p.text for p in self.client.agent(agent_id).archival.list(limit=1000)]}
 
+    def keepers(self) -> dict[str, Any]:
+        """What the journal keepers on the head wrote for hosts elsewhere."""
+        async def stats() -> list[dict[str, int]]:
+            return list(await asyncio.gather(*(k.stats() for k in self.client.runtime.keepers)))
+
+        return {"keepers": self.client.run_sync(stats())}
+
     def snapshot(self) -> dict[str, Any]:
         return self.client.run_sync(self.client.runtime.store.snapshot())
 

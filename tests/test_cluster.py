@@ -89,7 +89,7 @@ def object_store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, object_store):
-    moto, proxy = object_store
+    _, proxy = object_store
     root = tmp_path_factory.mktemp("cluster")
     ray_root = Path(tempfile.mkdtemp(prefix="lrc-", dir="/tmp"))  # Ray's socket paths must stay < 108 bytes
     local = LocalCluster(ray_root, system_config=FAST_HEALTH_CHECKS,
@@ -97,7 +97,7 @@ def cluster(tmp_path_factory, object_store):
                               "LETTA_RAY_HOME": str(root / "head-data"), "LETTA_RAY_OFFLINE_LLM": "1"})
     try:
         local.start_head(num_cpus=1)
-        local.add_worker(num_cpus=1)
+        local.add_worker(num_cpus=1, env={"LETTA_RAY_HOME": str(root / "worker-data")})
         yield local
     finally:
         local.stop()
@@ -152,6 +152,9 @@ def test_a_worker_node_lost_loses_nothing_acknowledged(cluster, driver):
     after = driver("where", ids=ids)["agents"]
     assert all(after[a] == head.node_id for a in on_worker), after
 
+    # The worker's hosts shipped their journals to the keepers on the head: its own disk held none.
+    shipped = driver("keepers")["keepers"]
+    assert sum(k["appends"] for k in shipped) > 0, shipped
     assert all(e["stop_reason"] == "end_turn" for e in acked), Counter(e["stop_reason"] for e in acked)
     found = _check_ledger(driver, acked, ids)
     # Acknowledged before the kill: exactly once (a retry of a turn in flight at the kill may

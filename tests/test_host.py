@@ -255,3 +255,40 @@ async def test_packed_placement_follows_the_clusters_nodes() -> None:
     [(still, _)] = await directory.locate_many(["late"])
     assert still == made_for_dying
     assert (await directory.describe())["host_nodes"][made_for_dying] == "head"
+
+
+async def test_a_node_whose_host_died_gets_no_new_host_while_ray_still_lists_it() -> None:
+    """Ray calls a dead node dead only after a few missed health checks; until then the
+    directory must not make hosts there (they could never start): the dead host's agents go
+    to the live node's host."""
+    made: list[tuple[str, str | None]] = []
+    dead_nodes: set[str] = set()
+
+    class FakeHost:
+        def __init__(self, node: str | None) -> None:
+            self.node = node
+
+        async def ping(self) -> str:
+            if self.node in dead_nodes:
+                raise ConnectionError("gone")
+            return "ok"
+
+        async def info(self) -> dict:
+            await self.ping()
+            return {"node_id": self.node}
+
+    def make_host(host_id: str, node: str | None = None) -> FakeHost:
+        made.append((host_id, node))
+        return FakeHost(node)
+
+    directory = Directory(make_host, agents_per_host=100, slots=lambda: ["head", "worker"])
+    directory.NODES_CHECK_S = 0.0
+    placed = dict(zip(["a0", "a1", "a2", "a3"], [h for h, _ in await directory.place(["a0", "a1", "a2", "a3"])],
+                      strict=True))
+    node_of = dict(made)
+    worker_host = next(h for h, n in node_of.items() if n == "worker")
+    victim = next(a for a, h in placed.items() if h == worker_host)
+    dead_nodes.add("worker")  # killed, but still listed by the cluster
+    new_host, _ = await directory.host_failed(worker_host, victim)
+    assert node_of.get(new_host, dict(made)[new_host]) == "head"
+    assert [n for _, n in made].count("worker") == 1, made  # no second host made on the dead node
