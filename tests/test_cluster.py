@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -175,3 +176,88 @@ def test_a_worker_node_lost_loses_nothing_acknowledged(cluster, driver):
     assert back.node_id in fresh.values(), f"no new agent placed on the returning worker: {fresh}"
     answered = driver("answer", ids=list(fresh), text="hi", deadline_s=60)
     assert not answered["errors"], answered["errors"]
+
+
+OUTAGE_S = 4.0
+
+
+def test_the_object_store_dropping_for_seconds_loses_nothing(cluster, driver, object_store):
+    """The S3 server is unreachable for a few seconds (connections reset) while agents talk and
+    write archival memory: turns go on (they wait only for the journal on the head), an
+    archival insert waits for the store or fails with a clear error, and nothing
+    acknowledged is lost."""
+    _, proxy = object_store
+    ids = list(driver("create", n=4, prefix="s3")["agents"])
+    before = driver("archive", agent_id=ids[0], texts=["written before the outage"])
+    assert before["inserted"] and not before["errors"], before
+
+    driver("start_traffic", ids=ids[1:], tag="outage", pause_s=0.02)
+    time.sleep(1.0)
+    proxy.down()
+    down_at = time.time()
+    restore = threading.Timer(OUTAGE_S, proxy.up)
+    restore.start()
+    try:
+        during = driver("archive", agent_id=ids[0], texts=["written during the outage"])
+        snapshot_error = None
+        try:
+            driver("snapshot")
+        except AssertionError as exc:  # a snapshot is the store's background work: it may fail, clearly
+            snapshot_error = str(exc)
+    finally:
+        restore.join()
+        proxy.up()
+    up_at = down_at + OUTAGE_S
+    time.sleep(1.0)
+    traffic = driver("stop_traffic")
+
+    assert not traffic["failed"], traffic["failed"][:3]
+    in_outage = [e for e in traffic["acked"] if down_at <= e["sent"] and e["acked"] <= up_at]
+    assert len(in_outage) >= 3, "no turns completed while the object store was down"
+    slowest = max(e["acked"] - e["sent"] for e in in_outage)
+    assert slowest < 2.0, f"a turn waited {slowest:.1f}s on the object store"
+    assert all(e["stop_reason"] == "end_turn" for e in traffic["acked"])
+    _check_ledger(driver, traffic["acked"], ids[1:])
+
+    for error in during["errors"]:
+        assert "object store" in error["error"] or "StorageError" in error["error"], error
+    if snapshot_error is not None:
+        assert "StorageError" in snapshot_error or "object store" in snapshot_error, snapshot_error
+    listed = set(driver("search", agent_id=ids[0], query="")["texts"])
+    assert {"written before the outage", *during["inserted"]} <= listed
+    after = driver("archive", agent_id=ids[0], texts=["written after the outage"])
+    assert after["inserted"] and not after["errors"], after
+    assert driver("snapshot")  # and the metadata snapshots to the object store again
+    print(f"outage: {len(in_outage)} turns in {OUTAGE_S:g}s, slowest {slowest * 1000:.0f} ms; archival insert "
+          f"{'waited and completed' if during['inserted'] else 'failed clearly'} in {during['seconds']:.1f}s; "
+          f"snapshot {'failed clearly' if snapshot_error else 'completed'}")
+
+
+def test_the_metadata_snapshots_to_s3_and_a_new_head_restores_it(object_store, tmp_path, monkeypatch):
+    """The head's disk is lost: a new head with an empty data dir restores the metadata from
+    the newest snapshot in the object store (what was committed after it is what the
+    snapshot interval risks: see docs/deploy.md)."""
+    from test_storage_location import filled_store
+
+    from letta_ray.storage.metadata import MetadataStore
+    from letta_ray.storage.object_store import StorageLocation
+    from letta_ray.storage.snapshots import Snapshots, restore_latest, take_snapshot
+
+    moto, _ = object_store
+    for name, value in s3_env(moto.endpoint).items():
+        monkeypatch.setenv(name, value)
+    snapshots = Snapshots(StorageLocation(f"s3://{BUCKET}/restore-test"))
+    store, state = filled_store(tmp_path / "head" / "meta.duckdb")
+    requests_before = sum(moto.requests().values())
+    names = [take_snapshot(store, snapshots, tmp_path / "head" / "scratch")[0] for _ in range(4)]
+    per_snapshot = (sum(moto.requests().values()) - requests_before) / len(names)
+    store.close()
+    assert len(set(names)) == 4
+    assert snapshots.names() == sorted(names)[-3:]  # the newest three are kept
+
+    fresh = tmp_path / "new-head" / "meta.duckdb"
+    assert restore_latest(fresh, snapshots) == names[-1]
+    with MetadataStore(fresh) as restored:
+        assert restored.get_agent(state.id).block("human").value == "likes tea"
+        assert [m.content for m in restored.messages.list_messages(state.id)] == ["the lighthouse keeper", "noted"]
+    print(f"a snapshot of a small store: {per_snapshot:.0f} S3 requests")

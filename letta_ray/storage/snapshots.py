@@ -84,14 +84,22 @@ class Snapshots:
             raise StorageError(f"cannot read snapshot {name} from {self.location.uri}: {exc}") from exc
         return local_dir
 
-    def _prune(self, newest: str) -> None:
-        """Delete all but the ``keep`` newest snapshots (best effort: the next upload retries)."""
+    def names(self) -> list[str]:
+        """The snapshots there, oldest first (a folder being uploaded is listed too)."""
         import pyarrow.fs as pafs
 
         fs, base = self._filesystem()
         try:
-            names = sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(base))
-                           if info.type == pafs.FileType.Directory and info.base_name <= newest)
+            return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+                          if info.type == pafs.FileType.Directory)
+        except Exception as exc:
+            raise StorageError(f"cannot list the snapshots in {self.location.uri}: {exc}") from exc
+
+    def _prune(self, newest: str) -> None:
+        """Delete all but the ``keep`` newest snapshots (best effort: the next upload retries)."""
+        fs, base = self._filesystem()
+        try:
+            names = [name for name in self.names() if name <= newest]
             for name in names[: max(0, len(names) - self.keep)]:
                 fs.delete_dir(f"{base}/{name}")
         except Exception:
