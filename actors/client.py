@@ -593,6 +593,23 @@ class Client:
         """Snapshot the metadata tables to Parquet (default: ``<home>/export``)."""
         return self.run_sync(self.runtime.store.export_parquet(out_dir or str(self.settings.export_path)))
 
+    def status(self) -> dict[str, Any]:
+        """What an operator watches: the hosts and the nodes they run on (``placement``), the
+        metadata store's apply lag and snapshots (``store``), what the journal keepers wrote
+        for hosts on other nodes (``keepers``)."""
+        async def gather() -> dict[str, Any]:
+            placement, store, keepers = await asyncio.gather(
+                self.runtime.directory.describe(), self.runtime.store.status(),
+                asyncio.gather(*(k.stats() for k in self.runtime.keepers)))
+            return {"placement": placement, "store": store, "keepers": list(keepers)}
+
+        return self.run_sync(gather())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Snapshot the metadata to the object store now (``LETTA_RAY_STORAGE``); its name,
+        seconds and bytes. A StorageError without an object store or if it cannot be written."""
+        return self.run_sync(self.runtime.store.snapshot())
+
     def close(self, *, shutdown: bool | None = None) -> None:
         """Disconnect. With an embedded Ray (or ``shutdown=True``) the actors stop too."""
         if self._closed:

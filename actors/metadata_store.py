@@ -96,6 +96,8 @@ class MetadataStoreActor:
         self._tail_offsets: dict[str, int] = {}  # may run ahead of DuckDB inside a transaction
         self._committed_offsets: dict[str, int] = {}  # what DuckDB holds for sure
         self._tailing: asyncio.Task[None] | None = None
+        self.turns_applied = 0  # from the hosts' journals, since this store started
+        self.last_applied_at: float | None = None
         if self._host_journals is not None:
             self._host_journals.mkdir(parents=True, exist_ok=True)
             # what hosts acknowledged before a crash of this process
@@ -212,6 +214,9 @@ class MetadataStoreActor:
             self._committed_offsets[key] = max(offset, self._committed_offsets.get(key, 0))
         if offsets:
             self._drop_applied_journals()
+        if applied:
+            self.turns_applied += applied
+            self.last_applied_at = time.time()
         return applied
 
     def _drop_applied_journals(self) -> None:
@@ -629,6 +634,18 @@ class MetadataStoreActor:
                                     last_error=None)
         return {"name": name, "seconds": seconds, "bytes": size}
 
+    async def status(self) -> dict[str, Any]:
+        """How far DuckDB is behind the journals (the apply lag: journaled bytes not yet
+        applied, and when turns were last applied), and the snapshots' state."""
+        backlog, files = 0, 0
+        if self._host_journals is not None:
+            for path in self._host_journals.glob("*.log"):
+                files += 1
+                backlog += max(0, path.stat().st_size - self._committed_offsets.get(f"host_journal:{path.name}", 0))
+        return {"journal_files": files, "journal_backlog_bytes": backlog, "turns_applied": self.turns_applied,
+                "last_applied_at": self.last_applied_at, "snapshots": dict(self.snapshot_status),
+                "snapshots_to": self._snapshots.location.uri if self._snapshots is not None else None}
+
     async def snapshots(self) -> dict[str, Any]:
         """How the snapshots stand: the last one taken, the last error, what this store started from."""
         return dict(self.snapshot_status)
@@ -751,4 +768,5 @@ class MetadataStoreHandle(ActorFacade):
     node_id = remote_method(MetadataStoreActor.node_id)
     snapshot = remote_method(MetadataStoreActor.snapshot)
     snapshots = remote_method(MetadataStoreActor.snapshots)
+    status = remote_method(MetadataStoreActor.status)
     close = remote_method(MetadataStoreActor.close)

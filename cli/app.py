@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -592,6 +593,52 @@ def sim(
                          show_progress=not no_progress)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
+
+
+# --------------------------------------------------------------------------- operations
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """Hosts and their nodes, the metadata store's apply lag, the last snapshot."""
+    with _connected(ctx) as client:
+        report = client.status()
+        home, storage = client.settings.home, client.settings.storage
+    out = _console()
+    placement, store = report["placement"], report["store"]
+    table = Table(title=f"Hosts ({placement['agents']:,} agents placed)", title_justify="left")
+    for column in ("host", "node", "agents"):
+        table.add_column(column, no_wrap=True)
+    for host_id, agents in sorted(placement["hosts"].items()):
+        table.add_row(host_id, (placement["host_nodes"].get(host_id) or "-")[:16], f"{agents:,}")
+    out.print(table)
+    applied = store["last_applied_at"]
+    since = f"{time.time() - applied:.1f} s ago" if applied else "not since it started"
+    out.print(f"Metadata store ({home}): {store['journal_backlog_bytes']:,} journaled bytes not yet applied, "
+              f"in {store['journal_files']} journal files; {store['turns_applied']:,} turns applied, the last {since}.")
+    if report["keepers"]:
+        shipped = sum(k["appends"] for k in report["keepers"])
+        out.print(f"Journal keepers: {len(report['keepers'])}, {shipped:,} appends from hosts on other nodes.")
+    snap = store["snapshots"]
+    if not store["snapshots_to"]:
+        out.print(Text(f"Snapshots: none (no object store: LETTA_RAY_STORAGE is {storage or 'unset'}).", style="dim"))
+    else:
+        last = (f"the last {snap['name']} ({snap['bytes'] / 2**20:.1f} MiB, {snap['seconds']:.1f} s)"
+                if snap.get("name") else "none taken yet")
+        out.print(f"Snapshots to {store['snapshots_to']}: {last}"
+                  + (f"; restored from {snap['restored_from']}" if snap.get("restored_from") else ""))
+        if snap.get("last_error"):
+            out.print(Text(f"The last snapshot failed: {snap['last_error']}", style="red"))
+
+
+@app.command()
+def snapshot(ctx: typer.Context) -> None:
+    """Snapshot the metadata to the object store now (LETTA_RAY_STORAGE)."""
+    with _connected(ctx) as client:
+        taken = client.snapshot()
+        target = client.settings.storage
+    _console().print(f"Snapshot {taken['name']} written to {target}/snapshots "
+                     f"({taken['bytes'] / 2**20:.1f} MiB in {taken['seconds']:.1f} s).")
 
 
 # --------------------------------------------------------------------------- export

@@ -200,3 +200,15 @@ def test_import_then_export_an_agent_file(ray_session: Any, tmp_path: Path) -> N
     assert {b["label"] for b in doc["blocks"]} == {"human", "persona", "research_citations", "research_plan"}
     bad = cli(tmp_path, "import", str(tmp_path / "missing.af"))
     assert bad.exit_code != 0 and "cannot read the agent file" in bad.output
+
+
+@pytest.mark.ray
+def test_status_shows_the_store_lag_and_no_snapshots(ray_session: Any, tmp_path: Path) -> None:
+    shown = cli(tmp_path, "status")
+    assert shown.exit_code == 0, shown.output
+    assert "agents placed" in shown.output  # the hosts table (empty: an embedded runtime starts afresh)
+    assert "journaled bytes not yet applied" in shown.output and "turns applied" in shown.output
+    assert "Snapshots: none (no object store" in shown.output
+    # without an object store there is nothing to snapshot to: one red line
+    snap = cli(tmp_path, "snapshot")
+    assert snap.exit_code == 1 and "no object store is configured" in snap.output and "Traceback" not in snap.output

@@ -556,3 +556,16 @@ def test_identities_name_who_agents_talk_to(client: Any, fake_llm_server: Any) -
     assert agent.state().identity_ids == []
     with pytest.raises(NotFoundError):
         client.identities.create(f"{key}-2", "Bob", block_ids=["block-missing"])
+
+
+def test_status_shows_where_agents_are_and_that_the_store_keeps_up(client: Any, fake_llm_server: Any) -> None:
+    agent = new_agent(client, fake_llm_server)
+    before = client.status()["store"]["turns_applied"]
+    agent.send("hello")
+    assert agent.messages(limit=5)  # a read: every acknowledged turn is applied first
+    status = client.status()
+    placement, store = status["placement"], status["store"]
+    assert placement["agents"] >= 1 and sum(placement["hosts"].values()) >= 1
+    assert store["turns_applied"] >= before + 1 and store["last_applied_at"] is not None
+    assert store["journal_backlog_bytes"] == 0  # nothing journaled is waiting after the read
+    assert store["snapshots_to"] is None and status["keepers"] == []  # embedded: no object store, no keepers

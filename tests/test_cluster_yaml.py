@@ -280,6 +280,10 @@ def test_the_setup_writes_the_environment_every_command_sees(config, node_home):
     assert env["AWS_REGION"] == config["provider"]["region"]
     assert env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
     assert env["LETTA_RAY_RAY_ADDRESS"] == "auto"  # letta-ray commands on a node join the cluster
+    # Ray's token authentication, with one token for every node (a worker without it cannot join)
+    assert env["RAY_AUTH_MODE"] == "token"
+    assert env["RAY_AUTH_TOKEN_PATH"] == f"{node_home}/letta_ray.ray_token"
+    assert Path(env["RAY_AUTH_TOKEN_PATH"]).name in {Path(remote).name for remote in config["file_mounts"]}
     assert env["PATH"].startswith(f"{node_home}/venv/bin:")
     assert "AWS_ACCESS_KEY_ID" not in env  # the instance profile, not keys, by default
     assert stat.S_IMODE((node_home / ENV_FILE).stat().st_mode) == 0o600
