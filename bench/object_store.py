@@ -5,8 +5,9 @@ and on an S3 server on 127.0.0.1 (moto, via ``letta_ray.local_cluster``) in one 
 prints for each: the median latency of inserting one passage (what an agent's
 ``archival_memory_insert`` costs, since the archive actor writes each batch at once), of a
 batch of 100, of a hybrid search while the table grows, and of the periodic ``optimize``,
-with the S3 requests each made. (The archive actor optimizes every 200 writes.) Turns themselves make no S3 request (``bench/sim.py
---storage s3`` counts them): this is the cost of the tools that touch archival memory.
+with the S3 requests each made (the archive actor optimizes every 200 writes). Turns
+themselves make no S3 request (``bench/sim.py --storage s3`` counts them): this is the
+cost of the tools that touch archival memory.
 
 Run: .venv/bin/python bench/object_store.py [--inserts 200]
 """

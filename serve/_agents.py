@@ -23,6 +23,7 @@ from ._common import (
     json_response,
     message_response,
     page,
+    page_limit,
     tool_name,
 )
 from .schemas import (
@@ -178,7 +179,7 @@ async def list_agents(
     match_all_tags: bool = False,
     before: str | None = None,
     after: str | None = None,
-    limit: Annotated[int | None, Query(ge=0)] = 50,
+    limit: Annotated[int | None, page_limit()] = 50,
     order: Order | None = None,
     ascending: bool | None = None,
     identity_id: str | None = Query(default=None, description="only the agents of this identity"),
@@ -266,7 +267,7 @@ async def reset_messages(agent_id: str, client: ClientDep,
 
 @agents.get("/{agent_id}/tools", response_model=list[ToolView], summary="Tools attached to an agent")
 async def list_agent_tools(agent_id: str, client: ClientDep, after: str | None = None, before: str | None = None,
-                           limit: Annotated[int | None, Query(ge=0)] = None, order: Order = "asc") -> list[ToolView]:
+                           limit: Annotated[int | None, page_limit()] = None, order: Order = "asc") -> list[ToolView]:
     view = await agent_view(client, await client.get_agent_state_async(agent_id))
     return page(view.tools, after, before, limit, order)
 
@@ -322,7 +323,7 @@ async def retrieve_memory(agent_id: str, client: ClientDep) -> MemoryView:
 
 @agents.get("/{agent_id}/core-memory/blocks", response_model=list[BlockView], summary="An agent's blocks")
 async def list_agent_blocks(agent_id: str, client: ClientDep, after: str | None = None, before: str | None = None,
-                            limit: Annotated[int | None, Query(ge=0)] = None, order: Order = "asc") -> list[BlockView]:
+                            limit: Annotated[int | None, page_limit()] = None, order: Order = "asc") -> list[BlockView]:
     blocks = (await client.get_agent_state_async(agent_id)).blocks
     return [BlockView.of(b) for b in page(blocks, after, before, limit, order)]
 
@@ -369,7 +370,7 @@ async def list_passages(
     client: ClientDep,
     after: str | None = None,
     before: str | None = None,
-    limit: Annotated[int, Query(ge=1)] = 100,
+    limit: Annotated[int, page_limit(1)] = 100,
     search: str | None = None,
     ascending: bool = True,
 ) -> list[PassageView]:

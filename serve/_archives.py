@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from letta_ray.schemas import Archive, Order, time_cursors
 
-from ._common import ClientDep
+from ._common import ClientDep, page_limit
 from .schemas import EmbeddingConfigView, PassageView
 
 archives = APIRouter(prefix="/v1/archives", tags=["archives"])
@@ -69,7 +69,7 @@ async def create_archive(body: CreateArchiveRequest, client: ClientDep) -> Archi
 @archives.get("/", response_model=list[ArchiveView], summary="List archives")
 async def list_archives(client: ClientDep, agent_id: str | None = None, name: str | None = None,
                         after: str | None = None, before: str | None = None,
-                        limit: Annotated[int | None, Query(ge=0)] = 50, order: Order = "desc",
+                        limit: Annotated[int | None, page_limit()] = 50, order: Order = "desc",
                         order_by: Literal["created_at"] = "created_at") -> list[ArchiveView]:
     after, before = time_cursors(order, after, before)
     found = await client.archives.list_async(agent_id=agent_id, name=name, after=after, before=before, limit=limit,

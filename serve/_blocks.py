@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from letta_ray.schemas import Order
@@ -15,6 +15,7 @@ from ._common import (
     custom_tools,
     message_response,
     page,
+    page_limit,
 )
 from .schemas import (
     AgentStateView,
@@ -35,7 +36,7 @@ async def create_block(body: CreateBlockRequest, client: ClientDep) -> BlockView
 
 @blocks.get("/", response_model=list[BlockView], summary="List blocks, by id")
 async def list_blocks(client: ClientDep, label: str | None = None, after: str | None = None,
-                      before: str | None = None, limit: Annotated[int | None, Query(ge=0)] = 50,
+                      before: str | None = None, limit: Annotated[int | None, page_limit()] = 50,
                       order: Order = "asc", order_by: Literal["created_at"] = "created_at") -> list[BlockView]:
     if before is None and order == "asc":
         found = await client.list_blocks_async(label=label, limit=limit, after=after)
@@ -67,7 +68,7 @@ async def delete_block(block_id: str, client: ClientDep) -> JSONResponse:
 
 @blocks.get("/{block_id}/agents", response_model=list[AgentStateView], summary="Agents a block is attached to")
 async def list_block_agents(block_id: str, client: ClientDep, after: str | None = None, before: str | None = None,
-                            limit: Annotated[int | None, Query(ge=0)] = 50,
+                            limit: Annotated[int | None, page_limit()] = 50,
                             order: Order = "asc") -> list[AgentStateView]:
     ids = await client.agents_of_block_async(block_id)
     states = page(list(await asyncio.gather(*(client.get_agent_state_async(i) for i in ids))), after, before, limit,

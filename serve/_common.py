@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import uuid
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -14,15 +17,17 @@ from letta_ray.errors import (
     AgentBusyTimeout,
     ConflictError,
     InvalidInputError,
-    LettaRayError,
     LLMError,
     NotFoundError,
+    StorageError,
 )
 from letta_ray.mcp import MCPServerUnavailableError
 from letta_ray.sandbox import SandboxError
 from letta_ray.schemas import AgentState, Order, Tool
 
 from .schemas import BASE_TOOL_IDS, BASE_TOOL_VIEWS, AgentStateView
+
+log = logging.getLogger(__name__)
 
 
 async def _client_of(request: Request) -> Client:
@@ -31,6 +36,16 @@ async def _client_of(request: Request) -> Client:
 
 
 ClientDep = Annotated[Client, Depends(_client_of)]
+
+# The largest page a list route returns (its ``limit``), in the published schema too: a
+# bigger one is a 422 before it reaches storage. ``LETTA_RAY_MAX_PAGE_SIZE`` changes it
+# (read when the API starts).
+MAX_PAGE_SIZE = int(os.environ.get("LETTA_RAY_MAX_PAGE_SIZE", "10000"))
+
+
+def page_limit(minimum: int = 0) -> Any:
+    """The ``Query`` of a list route's ``limit``: from ``minimum`` to ``MAX_PAGE_SIZE``."""
+    return Query(ge=minimum, le=MAX_PAGE_SIZE, description=f"at most this many items (up to {MAX_PAGE_SIZE:,})")
 
 
 def json_response(model: Any) -> Response:
@@ -100,6 +115,19 @@ def status_of(exc: BaseException) -> tuple[int, str]:
         return 503, f"the tool sandbox is unavailable on this server: {exc}"
     if isinstance(exc, ActorDiedError | ActorUnavailableError | RayActorError):
         return 503, "the agent's host is unavailable; retry"
-    if isinstance(exc, LettaRayError):
-        return 500, str(exc)
-    return 500, f"internal error: {type(exc).__name__}: {exc}"
+    if isinstance(exc, StorageError):  # its text names files, URIs, perhaps SQL: for the log only
+        return 503, "storage is unavailable"
+    return 500, "internal error"
+
+
+def error_body(exc: BaseException, where: str) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of an error for a client. A 5xx says only what kind of
+    failure it was and an error id; its detail (which may hold paths, SQL, internals) goes
+    to the log under that id."""
+    status, detail = status_of(exc)
+    if status < 500:
+        return status, {"detail": detail}
+    error_id = uuid.uuid4().hex[:16]
+    log.error("%s failed (error id %s)", where, error_id, exc_info=exc)
+    return status, {"detail": f"{detail} (error id {error_id}; the server's log has the detail)",
+                    "error_id": error_id}

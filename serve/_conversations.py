@@ -13,7 +13,7 @@ from letta_ray.actors.client import Client
 from letta_ray.errors import InvalidInputError, NotFoundError
 from letta_ray.schemas import Conversation, Order, time_cursors
 
-from ._common import ClientDep, json_response, message_response
+from ._common import ClientDep, json_response, message_response, page_limit
 from ._messages import CompactionView, override_model, shown, sse_of
 from ._run_streams import RunStreams
 from ._runs import RunStreamRequest, event_page, replay
@@ -82,7 +82,7 @@ async def create_conversation(client: ClientDep, agent_id: str | None = None,
 @conversations.get("/", response_model=list[ConversationView], summary="An agent's conversations, newest first")
 async def list_conversations(client: ClientDep, agent_id: str | None = None, archived: bool | None = None,
                              after: str | None = None, before: str | None = None,
-                             limit: Annotated[int | None, Query(ge=0)] = 50, order: Order = "desc",
+                             limit: Annotated[int | None, page_limit()] = 50, order: Order = "desc",
                              order_by: Literal["created_at"] = "created_at") -> list[ConversationView]:
     after, before = time_cursors(order, after, before)
     found = await client.conversations.list_async(agent_id=agent_id, archived=archived, after=after, before=before,
@@ -133,7 +133,7 @@ async def send_conversation_message(conversation_id: str, body: ConversationMess
 
 @conversations.get("/{conversation_id}/messages", summary="A conversation's messages, as Letta messages")
 async def list_conversation_messages(conversation_id: str, client: ClientDep, after: str | None = None,
-                                     before: str | None = None, limit: Annotated[int | None, Query(ge=0)] = 100,
+                                     before: str | None = None, limit: Annotated[int | None, page_limit()] = 100,
                                      order: Order = "asc",
                                      include_return_message_types: Annotated[list[str] | None, Query()] = None,
                                      ) -> Response:

@@ -7,7 +7,7 @@ import tempfile
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
@@ -15,7 +15,7 @@ from letta_ray.actors.client import Client
 from letta_ray.errors import InvalidInputError
 from letta_ray.schemas import FileMetadata, Folder, Order, time_cursors
 
-from ._common import ClientDep, page
+from ._common import ClientDep, page, page_limit
 from .schemas import EmbeddingConfigView
 
 folders = APIRouter(prefix="/v1/folders", tags=["folders"])
@@ -89,7 +89,7 @@ async def create_folder(body: CreateFolderRequest, client: ClientDep) -> FolderV
 
 @folders.get("/", response_model=list[FolderView], summary="List folders")
 async def list_folders(client: ClientDep, name: str | None = None, after: str | None = None,
-                       before: str | None = None, limit: Annotated[int | None, Query(ge=0)] = 50,
+                       before: str | None = None, limit: Annotated[int | None, page_limit()] = 50,
                        order: Order = "asc", order_by: Literal["created_at"] = "created_at") -> list[FolderView]:
     after, before = time_cursors(order, after, before)
     return [FolderView.of(f) for f in await client.folders.list_async(name=name, after=after, before=before,
@@ -150,7 +150,7 @@ async def _save(upload: UploadFile, limit: int) -> str:
 
 @folders.get("/{folder_id}/files", response_model=list[FileView], summary="A folder's files, with their status")
 async def list_folder_files(folder_id: str, client: ClientDep, after: str | None = None, before: str | None = None,
-                            limit: Annotated[int | None, Query(ge=0)] = 1000, order: Order = "asc",
+                            limit: Annotated[int | None, page_limit()] = 1000, order: Order = "asc",
                             include_content: bool = False) -> list[FileView]:
     after, before = time_cursors(order, after, before)
     files = await client.folders.list_files_async(folder_id, after=after, before=before, limit=limit, order=order)
@@ -186,7 +186,7 @@ async def list_folder_agents(folder_id: str, client: ClientDep) -> list[str]:
 
 @agent_folders.get("/{agent_id}/folders", response_model=list[FolderView], summary="An agent's folders")
 async def list_agent_folders(agent_id: str, client: ClientDep, after: str | None = None, before: str | None = None,
-                             limit: Annotated[int | None, Query(ge=0)] = 100,
+                             limit: Annotated[int | None, page_limit()] = 100,
                              order: Order = "asc") -> list[FolderView]:
     state = await client.get_agent_state_async(agent_id)
     found = [await client.folders.retrieve_async(f) for f in state.folder_ids]
@@ -233,7 +233,7 @@ class AgentFilesPage(BaseModel):
 @agent_folders.get("/{agent_id}/files", response_model=AgentFilesPage, summary="An agent's files, open or not")
 async def list_agent_files(agent_id: str, client: ClientDep, is_open: bool | None = None, after: str | None = None,
                            before: str | None = None, cursor: str | None = None,
-                           limit: Annotated[int | None, Query(ge=1)] = 100, order: Order = "asc") -> AgentFilesPage:
+                           limit: Annotated[int | None, page_limit(1)] = 100, order: Order = "asc") -> AgentFilesPage:
     names = {f.id: f.name for f in [await client.folders.retrieve_async(i)
                                     for i in (await client.get_agent_state_async(agent_id)).folder_ids]}
     views = [AgentFileView(id=f.id, file_id=f.id, file_name=f.file_name, folder_id=f.folder_id,

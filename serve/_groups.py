@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from letta_ray.group_policies import Group, GroupCreate
 from letta_ray.schemas import Order
 
-from ._common import ClientDep, json_response, message_response, page
+from ._common import ClientDep, json_response, message_response, page, page_limit
 from .schemas import SendMessageRequest
 
 groups = APIRouter(prefix="/v1/groups", tags=["groups"])
@@ -24,7 +24,7 @@ async def create_group(body: GroupCreate, client: ClientDep) -> Response:
 
 @groups.get("/", response_model=list[Group], summary="List groups")
 async def list_groups(client: ClientDep, manager_type: str | None = None, after: str | None = None,
-                      before: str | None = None, limit: Annotated[int | None, Query(ge=0)] = 50,
+                      before: str | None = None, limit: Annotated[int | None, page_limit()] = 50,
                       order: Order = "asc", order_by: Literal["created_at"] = "created_at") -> list[Group]:
     found = await client.groups.list_groups_async(manager_type=manager_type, limit=None)
     return page(found, after, before, limit, order)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from letta_ray.actors.client import Client
 from letta_ray.schemas import Identity, IdentityProperty, Order, time_cursors
 
-from ._common import ClientDep, message_response
+from ._common import ClientDep, message_response, page_limit
 
 identities = APIRouter(prefix="/v1/identities", tags=["identities"])
 agent_identities = APIRouter(prefix="/v1/agents", tags=["identities"])
@@ -63,7 +63,7 @@ class IdentityUpdateRequest(BaseModel):
 async def list_identities(client: ClientDep, name: str | None = None, identifier_key: str | None = None,
                           identity_type: IdentityType | None = None, project_id: str | None = None,
                           after: str | None = None, before: str | None = None,
-                          limit: Annotated[int | None, Query(ge=0)] = 50, order: Order = "desc",
+                          limit: Annotated[int | None, page_limit()] = 50, order: Order = "desc",
                           order_by: Literal["created_at"] = "created_at") -> list[IdentityView]:
     after, before = time_cursors(order, after, before)
     found = await client.identities.list_async(name=name, identifier_key=identifier_key, identity_type=identity_type,

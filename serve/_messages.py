@@ -19,7 +19,7 @@ from letta_ray.errors import InvalidInputError
 from letta_ray.messages import LettaMessage, LettaResponse
 from letta_ray.schemas import LLMConfig, Order, utcnow
 
-from ._common import ClientDep, json_response, status_of
+from ._common import ClientDep, error_body, json_response, page_limit
 from ._run_streams import RunStream
 from ._runs import event_page
 from .schemas import RunView, SendMessageRequest
@@ -105,8 +105,8 @@ async def sse_of(events: AsyncIterator[Any], types: list[str] | None) -> Respons
         except StopAsyncIteration:
             yield "data: [DONE]\n\n"
         except Exception as exc:  # the turn failed after the stream began: say so in the stream
-            status, detail = status_of(exc)
-            yield f"event: error\ndata: {json.dumps({'error': detail, 'detail': detail, 'status': status})}\n\n"
+            status, body = error_body(exc, "a streamed message")
+            yield f"event: error\ndata: {json.dumps({'error': body['detail'], **body, 'status': status})}\n\n"
         finally:
             await events.aclose()
 
@@ -126,7 +126,7 @@ async def list_messages(
     client: ClientDep,
     before: str | None = None,
     after: str | None = None,
-    limit: Annotated[int | None, Query(ge=0)] = 100,
+    limit: Annotated[int | None, page_limit()] = 100,
     order: Order = "desc",
     include_return_message_types: Annotated[list[str] | None, Query()] = None,
 ) -> Response:

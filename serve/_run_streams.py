@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ._common import status_of
+from ._common import error_body
 
 
 class RunStream:
@@ -38,8 +38,8 @@ class RunStream:
         self._wake()
 
     def fail(self, exc: BaseException) -> None:
-        status, detail = status_of(exc)
-        self.frames.append(f"event: error\ndata: {json.dumps({'error': detail, 'detail': detail, 'status': status})}"
+        status, body = error_body(exc, "a background run")
+        self.frames.append(f"event: error\ndata: {json.dumps({'error': body['detail'], **body, 'status': status})}"
                            "\n\n")
         self._wake()
 

@@ -16,7 +16,7 @@ from letta_ray.actors.client import Client
 from letta_ray.messages import LettaMessage, Message, StepRecord, StopReason, UsageStatistics, to_events
 from letta_ray.schemas import Order, time_cursors
 
-from ._common import ClientDep
+from ._common import ClientDep, page_limit
 from ._run_streams import RunStreams
 from .schemas import RunView
 
@@ -24,7 +24,7 @@ runs = APIRouter(prefix="/v1/runs", tags=["runs"])
 steps = APIRouter(prefix="/v1/steps", tags=["steps"])
 history = APIRouter(prefix="/v1/messages", tags=["messages"])
 
-Limit = Annotated[int | None, Query(ge=0)]
+Limit = Annotated[int | None, page_limit()]
 OrderBy = Literal["created_at"]
 
 

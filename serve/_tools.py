@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from letta_ray.actors.client import Client
@@ -16,6 +16,7 @@ from ._common import (
     ClientDep,
     message_response,
     page,
+    page_limit,
 )
 from .schemas import (
     BASE_TOOL_IDS,
@@ -37,7 +38,7 @@ tools = APIRouter(prefix="/v1/tools", tags=["tools"])
 
 @tools.get("/", response_model=list[ToolView], summary="List tools: the built-in ones, then yours, by name")
 async def list_tools(client: ClientDep, name: str | None = None, after: str | None = None,
-                     before: str | None = None, limit: Annotated[int | None, Query(ge=0)] = 50,
+                     before: str | None = None, limit: Annotated[int | None, page_limit()] = 50,
                      order: Order = "asc", order_by: Literal["created_at"] = "created_at") -> list[ToolView]:
     views = sorted(BASE_TOOL_VIEWS.values(), key=lambda t: t.name)
     views += [ToolView.of(t) for t in await client.list_tools_async(limit=None)]

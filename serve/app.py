@@ -13,7 +13,7 @@ import logging
 import os
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -28,7 +28,7 @@ from letta_ray.settings import PROVIDER_KEYS
 from ._agents import agents
 from ._archives import agent_archives, archives, passages
 from ._blocks import blocks
-from ._common import ClientDep, status_of
+from ._common import ClientDep, error_body, page_limit
 from ._conversations import conversations
 from ._folders import agent_folders, folders
 from ._groups import groups
@@ -84,7 +84,7 @@ async def list_models(client: ClientDep) -> list[ModelView]:
 @tags.get("/", response_model=list[str], summary="The tags of all agents, alphabetical")
 async def list_tags(client: ClientDep, name: str | None = None, query_text: str | None = None,
                     after: str | None = None, before: str | None = None,
-                    limit: Annotated[int | None, Query(ge=0)] = 50, order: Order = "asc",
+                    limit: Annotated[int | None, page_limit()] = 50, order: Order = "asc",
                     order_by: Literal["name"] = "name") -> list[str]:
     after, before = time_cursors(order, after, before)
     return await client.runtime.store.list_tags(name=name or query_text, after=after, before=before, limit=limit,
@@ -102,10 +102,8 @@ async def list_embedding_models(client: ClientDep) -> list[EmbeddingModelView]:
 
 
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:
-    status, detail = status_of(exc)
-    if status >= 500:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({"detail": detail}, status_code=status)
+    status, body = error_body(exc, f"{request.method} {request.url.path}")
+    return JSONResponse(body, status_code=status)
 
 
 async def _on_unauthorized(request: Request, exc: Exception) -> JSONResponse:

@@ -40,6 +40,9 @@ class _Shape(BaseModel):
 # --------------------------------------------------------------------------- configs
 
 # litellm provider prefix <-> Letta's model_endpoint_type, where they differ or matter.
+# A block's character limit, at most (a bigger one is a 422): far above any context window.
+MAX_BLOCK_LIMIT = 10_000_000
+
 _ENDPOINT_TYPE_OF_PROVIDER = {
     "openai": "openai", "anthropic": "anthropic", "gemini": "google_ai", "vertex_ai": "google_vertex",
     "azure": "azure", "groq": "groq", "ollama": "ollama", "mistral": "mistral", "together_ai": "together",
@@ -136,7 +139,7 @@ class CreateBlockRequest(_Shape):
 
     label: str = Field(min_length=1)
     value: str
-    limit: int | None = Field(default=None, ge=1)
+    limit: int | None = Field(default=None, ge=1, le=MAX_BLOCK_LIMIT)
     description: str | None = None
     read_only: bool = False
     metadata: dict[str, Any] | None = None
@@ -155,7 +158,7 @@ class CreateBlockRequest(_Shape):
 
 class UpdateBlockRequest(_Shape):
     value: str | None = None
-    limit: int | None = Field(default=None, ge=1)
+    limit: int | None = Field(default=None, ge=1, le=MAX_BLOCK_LIMIT)
     description: str | None = None
     read_only: bool | None = None
     label: str | None = Field(default=None, min_length=1)

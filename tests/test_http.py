@@ -794,6 +794,53 @@ def test_bad_edits_are_400_and_change_nothing(http: Any, sdk: Any, fake_llm_serv
     assert response.status_code == 404
 
 
+def test_a_page_size_past_the_maximum_is_a_422_and_the_schema_says_so(http: Any) -> None:
+    """Found by schemathesis: this once reached DuckDB and came back as a 500 with its SQL."""
+    response = http.get("/v1/blocks/", params={"label": "0", "limit": "591993940433374975879547080146944"})
+    assert response.status_code == 422, response.text
+    assert "less than or equal to 10000" in response.text and "SELECT" not in response.text
+    assert http.get("/v1/blocks/", params={"limit": 10_000}).status_code == 200
+    spec = http.get("/openapi.json").json()
+    limit = next(p for p in spec["paths"]["/v1/blocks/"]["get"]["parameters"] if p["name"] == "limit")
+    bounds = limit["schema"]["anyOf"][0] if "anyOf" in limit["schema"] else limit["schema"]
+    assert bounds["maximum"] == 10_000 and bounds["minimum"] == 0
+    # every list route's limit is bounded in the published schema
+    unbounded = [(path, op) for path, ops in spec["paths"].items() for op, spec_op in ops.items()
+                 for p in spec_op.get("parameters", []) if p["name"] == "limit"
+                 and "maximum" not in json.dumps(p["schema"])]
+    assert not unbounded, unbounded
+    block = http.post("/v1/blocks/", json={"label": "x", "value": "", "limit": 10**30})
+    assert block.status_code == 422
+
+
+def test_an_internal_error_reaches_the_client_as_a_500_with_an_error_id_only(
+        client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from fastapi.testclient import TestClient
+
+    from letta_ray.errors import StorageError
+    from letta_ray.serve.app import create_app
+
+    class Broken:
+        settings = client.settings
+
+        async def list_blocks_async(self, **kwargs: Any) -> list[Any]:
+            raise RuntimeError('Binder Error: SELECT doc FROM blocks WHERE label = ? -- at /srv/meta.duckdb')
+
+        async def list_tools_async(self, **kwargs: Any) -> list[Any]:
+            raise StorageError("cannot write /srv/letta/meta.duckdb: IO Error: No space left on device")
+
+    with TestClient(create_app(Broken()), raise_server_exceptions=False) as broken:  # type: ignore[arg-type]
+        response = broken.get("/v1/blocks/")
+        assert response.status_code == 500
+        body = response.json()
+        assert set(body) == {"detail", "error_id"} and body["detail"].startswith("internal error")
+        assert "SELECT" not in response.text and "duckdb" not in response.text and "RuntimeError" not in response.text
+        assert any(body["error_id"] in r.getMessage() and r.exc_info for r in caplog.records)  # the detail is logged
+        storage = broken.get("/v1/tools/")
+        assert storage.status_code == 503 and storage.json()["detail"].startswith("storage is unavailable")
+        assert "No space" not in storage.text and "/srv" not in storage.text
+
+
 def test_bearer_token_is_required_when_configured(client: Any) -> None:
     from fastapi.testclient import TestClient
 
