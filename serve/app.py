@@ -44,15 +44,26 @@ log = logging.getLogger(__name__)
 
 
 async def _require_token(request: Request) -> None:
-    """With ``Settings.api_token`` set, every route but health needs ``Authorization: Bearer <token>``.
+    """With ``Settings.api_token`` set, every route but health needs it: as
+    ``Authorization: Bearer <token>`` (the Letta SDK's ``api_key``), or as Letta's own
+    password header for a secured server, ``X-BARE-PASSWORD: password <token>`` (what the
+    ADE and Letta's clients send; the bare ``<token>`` is taken too).
 
     async although it never awaits: FastAPI runs a sync dependency in a worker thread."""
     token = request.app.state.client.settings.api_token
     if not token:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise _Unauthorized()
+    if scheme.lower() == "bearer" and _same(given.strip(), token):
+        return
+    password = request.headers.get("x-bare-password", "").strip()
+    if password and _same(password.removeprefix("password ").strip(), token):
+        return
+    raise _Unauthorized()
+
+
+def _same(given: str, token: str) -> bool:
+    return hmac.compare_digest(given.encode(), token.encode())
 
 
 class _Unauthorized(Exception):
@@ -107,7 +118,8 @@ async def _on_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_unauthorized(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+    return JSONResponse({"detail": "missing or wrong token (Authorization: Bearer <token>, or "
+                                   "X-BARE-PASSWORD: password <token>)"},
                         status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
 

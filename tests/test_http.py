@@ -865,6 +865,41 @@ def test_bearer_token_is_required_when_configured(client: Any) -> None:
         "Authorization": "Bearer s3cret"}
 
 
+def test_with_a_token_every_route_but_health_refuses_a_request_without_it(client: Any) -> None:
+    """Walks every operation of the published OpenAPI spec without a token: 401 for all but
+    health; Letta's X-BARE-PASSWORD header (as the ADE sends it, and bare) is taken too."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from letta_ray.serve.app import create_app
+
+    class Guarded:
+        settings = client.settings.model_copy(update={"api_token": "s3cret"})
+
+        async def list_agents_async(self, **kwargs: Any) -> list[Any]:
+            return []
+
+    with TestClient(create_app(Guarded()), raise_server_exceptions=False) as guarded:  # type: ignore[arg-type]
+        spec = guarded.get("/openapi.json").json()
+        walked, let_through = 0, []
+        for path, operations in spec["paths"].items():
+            for method in operations:
+                url = re.sub(r"\{[^}]+\}", "x", path)
+                response = guarded.request(method.upper(), url)
+                walked += 1
+                if path.startswith("/v1/health"):
+                    assert response.status_code == 200, (method, path)
+                elif response.status_code != 401:
+                    let_through.append((method, path, response.status_code))
+        assert not let_through, let_through
+        assert walked > 100  # the whole API, not a handful
+        for header in ({"X-BARE-PASSWORD": "password s3cret"}, {"X-BARE-PASSWORD": "s3cret"},
+                       {"Authorization": "Bearer s3cret"}):
+            assert guarded.get("/v1/agents/", headers=header).json() == [], header
+        assert guarded.get("/v1/agents/", headers={"X-BARE-PASSWORD": "password wrong"}).status_code == 401
+
+
 # --------------------------------------------------------------------------- the command
 
 
