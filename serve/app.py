@@ -11,13 +11,15 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray.exceptions import RayError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import letta_ray
 from letta_ray.actors.client import Client
@@ -38,7 +40,7 @@ from ._messages import messages
 from ._run_streams import RunStreams
 from ._runs import history, runs, steps
 from ._tools import tools
-from .schemas import EmbeddingConfigView, EmbeddingModelView, HealthView, ModelView
+from .schemas import ERROR_RESPONSES, EmbeddingConfigView, EmbeddingModelView, HealthView, ModelView
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,28 @@ async def _on_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (404, 405, ...). A 405's ``Allow`` lists every method of the
+    path: Starlette lists only those of the first route that matched it, and routers here
+    declare a path's methods in several routes."""
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allowed = {method for pattern, methods in _methods_by_path(request.app) if pattern.fullmatch(request.url.path)
+                   for method in methods}
+        headers["Allow"] = ", ".join(sorted(allowed))
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+def _methods_by_path(app: FastAPI) -> list[tuple[re.Pattern[str], list[str]]]:
+    """Each path of the published schema as a pattern, with its methods (made once per app)."""
+    if not hasattr(app.state, "methods_by_path"):
+        app.state.methods_by_path = [
+            (re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path))), [m.upper() for m in operations])
+            for path, operations in app.openapi()["paths"].items()]
+    return app.state.methods_by_path
+
+
 async def _on_unauthorized(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "missing or wrong token (Authorization: Bearer <token>, or "
                                    "X-BARE-PASSWORD: password <token>)"},
@@ -140,12 +164,13 @@ def create_app(client: Client) -> FastAPI:
     # Routes are matched in order, per request (by FastAPI, and again by Serve for its
     # metrics): the hot one, sending a message, goes first. No route of another router
     # matches a messages path, so the order changes nothing else.
-    app.include_router(messages, dependencies=auth)
+    app.include_router(messages, dependencies=auth, responses=ERROR_RESPONSES)
     app.include_router(health)
     for router in (agents, agent_archives, agent_folders, agent_identities, blocks, tools, runs, steps, history,
                    archives, passages, folders, identities, conversations, models, tags, groups, mcp_servers):
-        app.include_router(router, dependencies=auth)
+        app.include_router(router, dependencies=auth, responses=ERROR_RESPONSES)
     app.add_exception_handler(_Unauthorized, _on_unauthorized)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(ValidationError, _on_validation)
     for kind in (LettaRayError, TimeoutError, RayError, Exception):

@@ -601,6 +601,28 @@ class RunView(_Shape):
     error: str | None = Field(default=None, description="letta_ray: why the run failed")
 
 
+class ErrorView(_Shape):
+    """An error: what went wrong; a 5xx adds the id under which the server logged it."""
+
+    detail: Any
+    error_id: str | None = None
+
+
+# The error statuses every route may answer with (besides FastAPI's 422), in the published schema.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorView, "description": "the request is well-formed but not acceptable (a block over its "
+                                             "limit, a tool without a docstring, ...)"},
+    401: {"model": ErrorView, "description": "a token is set and this request has none, or the wrong one"},
+    404: {"model": ErrorView, "description": "no such agent, block, tool, ..."},
+    409: {"model": ErrorView, "description": "it conflicts with what is there (a name taken, ...)"},
+    422: {"model": ErrorView, "description": "the request does not match the schema"},
+    500: {"model": ErrorView, "description": "an internal error; its detail is in the server's log under error_id"},
+    502: {"model": ErrorView, "description": "the LLM provider failed"},
+    503: {"model": ErrorView, "description": "a part of the service is unavailable (storage, a host, an MCP server)"},
+    504: {"model": ErrorView, "description": "timed out"},
+}
+
+
 class HealthView(_Shape):
     version: str
     status: str

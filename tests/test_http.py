@@ -813,6 +813,17 @@ def test_a_page_size_past_the_maximum_is_a_422_and_the_schema_says_so(http: Any)
     assert block.status_code == 422
 
 
+def test_a_method_not_allowed_lists_every_method_of_the_path(http: Any) -> None:
+    """Starlette lists only the first matching route's methods; GET and POST of /v1/agents/
+    are two routes, and the answer must name both (found by schemathesis)."""
+    response = http.request("OPTIONS", "/v1/agents/")
+    assert response.status_code == 405
+    assert set(response.headers["allow"].split(", ")) == {"GET", "POST"}
+    response = http.request("PUT", "/v1/agents/agent-x")
+    assert response.status_code == 405 and set(response.headers["allow"].split(", ")) == {"DELETE", "GET", "PATCH"}
+    assert http.get("/v1/nowhere").status_code == 404
+
+
 def test_an_internal_error_reaches_the_client_as_a_500_with_an_error_id_only(
         client: Any, caplog: pytest.LogCaptureFixture) -> None:
     from fastapi.testclient import TestClient
