@@ -126,17 +126,21 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        allowed = {method for pattern, methods in _methods_by_path(request.app) if pattern.fullmatch(request.url.path)
-                   for method in methods}
-        headers["Allow"] = ", ".join(sorted(allowed))
+        # the path's most specific templates: /v1/agents/count, not /v1/agents/{agent_id}
+        matches = [(params, methods) for pattern, params, methods in _methods_by_path(request.app)
+                   if pattern.fullmatch(request.url.path)]
+        fewest = min((params for params, _ in matches), default=0)
+        headers["Allow"] = ", ".join(sorted({m for params, methods in matches if params == fewest for m in methods}))
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
 
-def _methods_by_path(app: FastAPI) -> list[tuple[re.Pattern[str], list[str]]]:
-    """Each path of the published schema as a pattern, with its methods (made once per app)."""
+def _methods_by_path(app: FastAPI) -> list[tuple[re.Pattern[str], int, list[str]]]:
+    """Each path of the published schema as a pattern, its number of parameters and its
+    methods (made once per app)."""
     if not hasattr(app.state, "methods_by_path"):
         app.state.methods_by_path = [
-            (re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path))), [m.upper() for m in operations])
+            (re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path))), path.count("{"),
+             [m.upper() for m in operations])
             for path, operations in app.openapi()["paths"].items()]
     return app.state.methods_by_path
 

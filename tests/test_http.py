@@ -821,6 +821,8 @@ def test_a_method_not_allowed_lists_every_method_of_the_path(http: Any) -> None:
     assert set(response.headers["allow"].split(", ")) == {"GET", "POST"}
     response = http.request("PUT", "/v1/agents/agent-x")
     assert response.status_code == 405 and set(response.headers["allow"].split(", ")) == {"DELETE", "GET", "PATCH"}
+    # the most specific path: /v1/agents/count is its own route, not an agent called "count"
+    assert http.request("OPTIONS", "/v1/agents/count").headers["allow"] == "GET"
     assert http.get("/v1/nowhere").status_code == 404
 
 
