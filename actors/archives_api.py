@@ -14,7 +14,7 @@ from typing import Any
 
 from letta_ray.deps import TagMatchMode
 from letta_ray.errors import InvalidInputError
-from letta_ray.schemas import Archive, EmbeddingConfig, Order, Passage, utcnow
+from letta_ray.schemas import Archive, EmbeddingConfig, Order, Passage, changed
 
 from .handles import AgentHandle
 from .hosts import Connection
@@ -68,7 +68,7 @@ class ArchivesAPI:
                    if v is not None}
         if "name" in changes and not str(changes["name"]).strip():
             raise InvalidInputError("an archive's name must not be empty")
-        return await self.store.upsert_archive(archive.model_copy(update={**changes, "updated_at": utcnow()}))
+        return await self.store.upsert_archive(changed(archive, changes))
 
     def update(self, archive_id: str, **changes: Any) -> Archive:
         """Rename an archive or change its description or metadata."""

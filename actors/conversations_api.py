@@ -14,7 +14,7 @@ from typing import Any
 
 from letta_ray.errors import InvalidInputError
 from letta_ray.messages import LettaResponse, Message, MessageCreate, as_messages
-from letta_ray.schemas import ClientTool, Conversation, LLMConfig, Order, utcnow
+from letta_ray.schemas import ClientTool, Conversation, LLMConfig, Order, changed
 
 from .handles import _client_tools
 from .hosts import Connection
@@ -60,7 +60,7 @@ class ConversationsAPI:
         if unknown := sorted(set(changes) - allowed):
             raise InvalidInputError(f"cannot change {unknown} of a conversation; one of {sorted(allowed)}")
         conversation = await self.store.get_conversation(conversation_id)
-        return await self.store.upsert_conversation(conversation.model_copy(update={**changes, "updated_at": utcnow()}))
+        return await self.store.upsert_conversation(changed(conversation, changes))
 
     def update(self, conversation_id: str, **changes: Any) -> Conversation:
         return self._run(self.update_async(conversation_id, **changes))

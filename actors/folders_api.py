@@ -22,7 +22,7 @@ from typing import Any, Literal
 from letta_ray.base_tools import FILE_TOOLS, open_file_view
 from letta_ray.documents import chunk_text, extract_text, file_type
 from letta_ray.errors import ConflictError, InvalidInputError, LettaRayError, NotFoundError
-from letta_ray.schemas import EmbeddingConfig, FileMetadata, Folder, OpenFile, Order, Passage, utcnow
+from letta_ray.schemas import EmbeddingConfig, FileMetadata, Folder, OpenFile, Order, Passage, changed, utcnow
 
 from .handles import AgentHandle
 from .hosts import Connection
@@ -80,7 +80,7 @@ class FoldersAPI:
         allowed = {"name", "description", "instructions", "metadata"}
         if unknown := sorted(set(changes) - allowed):
             raise InvalidInputError(f"cannot change {unknown} of a folder; one of {sorted(allowed)}")
-        return await self.store.upsert_folder(folder.model_copy(update={**changes, "updated_at": utcnow()}))
+        return await self.store.upsert_folder(changed(folder, changes))
 
     def update(self, folder_id: str, **changes: Any) -> Folder:
         return self._run(self.update_async(folder_id, **changes))

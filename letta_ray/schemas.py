@@ -12,11 +12,11 @@ import json
 import uuid
 import zoneinfo
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from letta_ray.errors import BlockLimitError, InvalidInputError
+from letta_ray.errors import BlockLimitError, InvalidInputError, describe_validation_error
 
 DEFAULT_BLOCK_LIMIT = 20_000
 DEFAULT_CONTEXT_WINDOW = 32_000
@@ -38,6 +38,19 @@ def new_id(prefix: str) -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def changed(model: M, changes: dict[str, Any]) -> M:
+    """``model`` with ``changes``, validated as a new one would be (``model_copy(update=...)``
+    does not validate: a ``None`` name or a list for metadata would be stored, and break
+    every later read); InvalidInputError naming what is wrong."""
+    try:
+        return type(model).model_validate({**model.model_dump(), **changes, "updated_at": utcnow()})
+    except ValidationError as exc:
+        raise InvalidInputError(describe_validation_error(exc)) from None
 
 
 class _Model(BaseModel):

@@ -813,6 +813,22 @@ def test_a_page_size_past_the_maximum_is_a_422_and_the_schema_says_so(http: Any)
     assert block.status_code == 422
 
 
+def test_a_bad_patch_is_refused_and_does_not_break_later_reads(http: Any) -> None:
+    """Found by schemathesis: PATCH /v1/folders/{id} with "metadata": null was stored as it
+    was, and from then on every listing of folders failed."""
+    folder = http.post("/v1/folders/", json={"name": "patched-badly"}).json()
+    for bad in ({"metadata": None}, {"name": None}, {"metadata": ["not", "an", "object"]}):
+        response = http.patch(f"/v1/folders/{folder['id']}", json=bad)
+        assert response.status_code in (400, 422), (bad, response.text)
+    assert http.get(f"/v1/folders/{folder['id']}").json()["metadata"] == {}
+    assert http.get("/v1/folders/", params={"limit": 1000}).status_code == 200
+    assert http.patch(f"/v1/folders/{folder['id']}", json={"metadata": {"k": "v"}}).json()["metadata"] == {"k": "v"}
+    archive = http.post("/v1/archives/", json={"name": "patched-archive"}).json()
+    assert http.patch(f"/v1/archives/{archive['id']}", json={"metadata": ["a", "list"]}).status_code in (400, 422)
+    assert http.patch(f"/v1/archives/{archive['id']}", json={"name": None}).json()["name"] == "patched-archive"
+    assert http.get("/v1/archives/", params={"limit": 1000}).status_code == 200
+
+
 def test_a_method_not_allowed_lists_every_method_of_the_path(http: Any) -> None:
     """Starlette lists only the first matching route's methods; GET and POST of /v1/agents/
     are two routes, and the answer must name both (found by schemathesis)."""
