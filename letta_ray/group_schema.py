@@ -78,7 +78,7 @@ def parse_manager_config(value: ManagerConfig | dict[str, Any] | None) -> Manage
 class GroupCreate(_Model):
     """What a caller sends to create a group (Letta's ``GroupCreate``)."""
 
-    agent_ids: list[str]
+    agent_ids: list[str] = Field(min_length=1, description="the group's agents (at least one)")
     description: str = ""
     manager_config: ManagerConfig = Field(default_factory=RoundRobinManager)
 
