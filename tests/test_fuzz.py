@@ -25,7 +25,7 @@ import pytest
 from letta_ray.serve.startup import free_port
 
 EXAMPLES = int(os.environ.get("LETTA_RAY_FUZZ_EXAMPLES", "5"))
-SECONDS = int(os.environ.get("LETTA_RAY_FUZZ_SECONDS", "150"))
+SECONDS = int(os.environ.get("LETTA_RAY_FUZZ_SECONDS", "90"))
 CHECKS = ["not_a_server_error", "status_code_conformance", "response_schema_conformance",
           "content_type_conformance", "response_headers_conformance", "allow_header_conformance"]
 
