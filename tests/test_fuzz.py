@@ -71,7 +71,8 @@ def test_every_operation_answers_as_its_schema_says(server: tuple[str, Path], tm
     command = [str(Path(sys.executable).with_name("schemathesis")), "run", f"{url}/openapi.json",
                "--checks", ",".join(CHECKS), "--max-examples", str(EXAMPLES), "--max-time", str(SECONDS),
                "--request-timeout", "60", "--seed", "1", "--no-color"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=SECONDS + 240)
+    # in tmp_path: schemathesis keeps a cache (.schemathesis/) in its working directory
+    result = subprocess.run(command, capture_output=True, text=True, timeout=SECONDS + 240, cwd=tmp_path)
     report.write_text(result.stdout + result.stderr)
     summary = result.stdout[result.stdout.find("SUMMARY"):] if "SUMMARY" in result.stdout else result.stdout[-3000:]
     print(summary)
