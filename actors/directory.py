@@ -104,10 +104,11 @@ class Directory:
     async def _follow_nodes(self, force: bool = False) -> None:
         """Match the hosts to the cluster's live nodes (at most every ``NODES_CHECK_S``).
 
-        A host whose node is no longer listed is asked where it runs: a host made for a
-        node that was dying (a soft affinity put it elsewhere) is alive and keeps its
-        agents, with its node corrected; only a host that does not answer is dropped. A
-        live host is never dropped, so no agent is ever in two hosts at once."""
+        A host whose node is no longer listed is asked where it runs: one that answers (its
+        node was only missing from the list for a moment, or the host runs elsewhere than
+        recorded) keeps its agents, with its node corrected; only a host that does not
+        answer is dropped. A live host is never dropped, so no agent is ever in two hosts
+        at once."""
         if self._slots is None:
             return
         now = time.monotonic()

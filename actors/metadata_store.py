@@ -646,10 +646,6 @@ class MetadataStoreActor:
                 "last_applied_at": self.last_applied_at, "snapshots": dict(self.snapshot_status),
                 "snapshots_to": self._snapshots.location.uri if self._snapshots is not None else None}
 
-    async def snapshots(self) -> dict[str, Any]:
-        """How the snapshots stand: the last one taken, the last error, what this store started from."""
-        return dict(self.snapshot_status)
-
     async def _snapshot_loop(self) -> None:
         """Every interval, a snapshot; a failure (the object store down) is logged and the next
         interval tries again: acknowledged turns never wait for the object store."""
@@ -767,6 +763,5 @@ class MetadataStoreHandle(ActorFacade):
     ping = remote_method(MetadataStoreActor.ping)
     node_id = remote_method(MetadataStoreActor.node_id)
     snapshot = remote_method(MetadataStoreActor.snapshot)
-    snapshots = remote_method(MetadataStoreActor.snapshots)
     status = remote_method(MetadataStoreActor.status)
     close = remote_method(MetadataStoreActor.close)

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from letta_ray.local_cluster import descendants
+
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 SEND_MESSAGE_TOOL = {
@@ -83,20 +85,7 @@ def uss_bytes(pid: int) -> int:
 
 def session_pids() -> list[int]:
     """This process and all its descendants (the embedded Ray and its workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [os.getpid()]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
+    return [os.getpid(), *sorted(descendants(os.getpid()))]
 
 
 def total_uss(exclude: set[int]) -> int:

@@ -37,11 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from letta_ray._urls import free_port
 
 
 def wait_for_port(port: int, timeout_s: float = 30.0, what: str = "server") -> None:
@@ -55,42 +51,69 @@ def wait_for_port(port: int, timeout_s: float = 30.0, what: str = "server") -> N
     raise TimeoutError(f"the {what} did not listen on 127.0.0.1:{port} within {timeout_s:g}s")
 
 
+def start_serve(port: int, env: dict[str, str], log: Path, timeout_s: float = 120.0) -> subprocess.Popen[bytes]:
+    """``letta-ray serve --port port`` in a process of its own (its output in ``log``),
+    returned once ``/v1/health/`` answers 200; the caller stops it. If it exits or does not
+    come up in ``timeout_s``, it is killed and AssertionError says so, with its log."""
+    import httpx
+
+    command = [sys.executable, "-c", "from letta_ray.cli import app; app()", "serve", "--port", str(port)]
+    with Path(log).open("w") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            assert proc.poll() is None, Path(log).read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/health/", timeout=2).status_code == 200:
+                    return proc
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"letta-ray serve did not come up: {Path(log).read_text()[-3000:]}"
+            time.sleep(0.5)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
 def _ray_cli() -> str:
     found = Path(sys.executable).with_name("ray")
     return str(found) if found.exists() else (shutil.which("ray") or "ray")
 
 
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _processes_with(text: str) -> list[int]:
-    """Pids of the processes whose command line contains ``text``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and int(entry.name) != os.getpid():
-            pids.append(int(entry.name))
-    return pids
+    """Pids of the processes (not this one) whose command line contains ``text``."""
+    return [pid for pid in _pids() if pid != os.getpid() and text in _cmdline(pid)]
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> set[int]:
+    """Every process below ``root``: its children, theirs, and so on (``root`` not included)."""
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in _pids():
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    todo = [root]
     while todo:
         for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
+            if child not in found:
+                found.add(child)
+                todo.append(child)
     return found
 
 
@@ -107,14 +130,8 @@ class Node:
         """Every process of this node: those naming its temp dir, and the raylet's descendants."""
         own = _processes_with(str(self.temp_dir) + "/")
         raylets = [p for p in own if "raylet/raylet" in _cmdline(p)]
-        return sorted(set(own) | {d for r in raylets for d in _descendants(r)})
+        return sorted(set(own) | {d for r in raylets for d in descendants(r)})
 
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 # Health checks a little faster than Ray's defaults (every 3 s, 5 misses), so a test sees a
@@ -369,5 +386,5 @@ class TcpProxy:
         self._listener.close()
 
 
-__all__ = ["FAST_HEALTH_CHECKS", "LocalCluster", "MotoServer", "Node", "TcpProxy", "free_port", "make_bucket",
-           "s3_env", "wait_for_port"]
+__all__ = ["FAST_HEALTH_CHECKS", "LocalCluster", "MotoServer", "Node", "TcpProxy", "descendants", "free_port",
+           "make_bucket", "s3_env", "start_serve", "wait_for_port"]

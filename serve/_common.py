@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -131,3 +132,9 @@ def error_body(exc: BaseException, where: str) -> tuple[int, dict[str, Any]]:
     log.error("%s failed (error id %s)", where, error_id, exc_info=exc)
     return status, {"detail": f"{detail} (error id {error_id}; the server's log has the detail)",
                     "error_id": error_id}
+
+
+def error_frame(exc: BaseException, where: str) -> str:
+    """An SSE ``error`` event for a stream that failed after it began (``error_body``'s body)."""
+    status, body = error_body(exc, where)
+    return f"event: error\ndata: {json.dumps({'error': body['detail'], **body, 'status': status})}\n\n"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +18,7 @@ from letta_ray.errors import InvalidInputError
 from letta_ray.messages import LettaMessage, LettaResponse
 from letta_ray.schemas import LLMConfig, Order, utcnow
 
-from ._common import ClientDep, error_body, json_response, page_limit
+from ._common import ClientDep, error_frame, json_response, page_limit
 from ._run_streams import RunStream
 from ._runs import event_page
 from .schemas import RunView, SendMessageRequest
@@ -105,8 +104,7 @@ async def sse_of(events: AsyncIterator[Any], types: list[str] | None) -> Respons
         except StopAsyncIteration:
             yield "data: [DONE]\n\n"
         except Exception as exc:  # the turn failed after the stream began: say so in the stream
-            status, body = error_body(exc, "a streamed message")
-            yield f"event: error\ndata: {json.dumps({'error': body['detail'], **body, 'status': status})}\n\n"
+            yield error_frame(exc, "a streamed message")
         finally:
             await events.aclose()
 

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ._common import error_body
+from ._common import error_frame
 
 
 class RunStream:
@@ -38,9 +38,7 @@ class RunStream:
         self._wake()
 
     def fail(self, exc: BaseException) -> None:
-        status, body = error_body(exc, "a background run")
-        self.frames.append(f"event: error\ndata: {json.dumps({'error': body['detail'], **body, 'status': status})}"
-                           "\n\n")
+        self.frames.append(error_frame(exc, "a background run"))
         self._wake()
 
     def close(self) -> None:

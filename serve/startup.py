@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 
 # Ray reads this once, when it is imported (not at ray.init): set it before the first
 # `import ray`, or an embedded Ray listens on every interface instead of 127.0.0.1.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from ray import serve
+
+from letta_ray._urls import free_port
 
 from ._serve_internals import keep_replica_grpc_on_loopback, reuse_address_for_direct_ingress, serve_running
 
@@ -79,18 +80,6 @@ def direct_ingress_env(port: int) -> dict[str, str]:
             # A released port is held back for 150 s (for HAProxy, unused here); with a
             # range of one port, a replica that restarts would have none to listen on.
             "RAY_SERVE_PORT_QUARANTINE_S": "0"}
-
-
-def free_port(preferred: int = 0, host: str = "127.0.0.1") -> int:
-    """``preferred`` if nothing listens on it on ``host``, else a free port there."""
-    for candidate in dict.fromkeys((preferred, 0)):
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-            try:
-                sock.bind((host, candidate))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise OSError(f"no free port on {host}")
 
 
 def start_serve(host: str, port: int, *, direct_ingress: bool = False) -> None:

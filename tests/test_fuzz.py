@@ -16,13 +16,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from letta_ray.serve.startup import free_port
+from letta_ray.local_cluster import free_port, start_serve
 
 EXAMPLES = int(os.environ.get("LETTA_RAY_FUZZ_EXAMPLES", "5"))
 SECONDS = int(os.environ.get("LETTA_RAY_FUZZ_SECONDS", "90"))
@@ -41,20 +39,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
            "LETTA_RAY_MCP_STDIO": "0",  # no commands from generated MCP server configs
            "PIP_NO_INDEX": "1", "LETTA_RAY_TOOL_INSTALL_TIMEOUT_S": "20"}  # tools' pip_requirements fail fast
     log = home / "serve.log"
-    command = [sys.executable, "-c", "from letta_ray.cli import app; app()", "serve", "--port", str(port)]
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = start_serve(port, env, log)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/health/", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "letta-ray serve did not come up"
-            time.sleep(0.5)
         yield f"http://127.0.0.1:{port}", log
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 import threading
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from letta_ray.local_cluster import descendants, start_serve
 from letta_ray.serve.startup import free_port
 
 pytestmark = pytest.mark.ray
@@ -701,10 +701,10 @@ def test_concurrent_sends_to_one_agent_wait_their_turn(http: Any, sdk: Any, fake
 
 
 def test_every_serve_listener_is_on_loopback(base_url: str) -> None:
-    from test_network import _descendants, _is_loopback, _socket_inodes, listening_sockets
+    from test_network import _is_loopback, _socket_inodes, listening_sockets
 
     listeners = listening_sockets()
-    ours = {listeners[i] for pid in _descendants(os.getpid()) for i in _socket_inodes(pid) if i in listeners}
+    ours = {listeners[i] for pid in descendants(os.getpid()) for i in _socket_inodes(pid) if i in listeners}
     port = int(base_url.rsplit(":", 1)[1])
     assert ("127.0.0.1", port) in ours
     assert not [a for a in ours if not _is_loopback(a[0])], sorted(ours)
@@ -716,7 +716,7 @@ def test_the_proxy_and_the_replica_run_with_the_lean_request_path(base_url: str)
     through Serve's proxy a message costs ~4x the CPU in Serve."""
     from pathlib import Path
 
-    from test_network import _descendants, _socket_inodes, listening_sockets
+    from test_network import _socket_inodes, listening_sockets
 
     from letta_ray.serve.startup import PROXY_ENV, REPLICA_ENV, direct_ingress_env
 
@@ -727,7 +727,7 @@ def test_the_proxy_and_the_replica_run_with_the_lean_request_path(base_url: str)
     def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
 
-    pids = _descendants(os.getpid())
+    pids = descendants(os.getpid())
     proxies = [p for p in pids if "ray::ProxyActor" in cmdline(p)]
     replicas = [p for p in pids if "ServeReplica:letta_ray:letta_ray_http" in cmdline(p)]
     assert proxies and replicas
@@ -936,22 +936,9 @@ def test_letta_ray_serve_command_serves_until_terminated(tmp_path: Any) -> None:
     port = free_port()
     env = {**os.environ, "LETTA_RAY_HOME": str(tmp_path / "home")}
     log = tmp_path / "serve.log"
-    command = [sys.executable, "-c", "from letta_ray.cli import app; app()", "serve", "--port", str(port)]
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = start_serve(port, env, log)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/v1/health/", timeout=2)
-                if health.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "letta-ray serve did not come up"
-            time.sleep(0.5)
-        assert health.json()["status"] == "ok"
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/health/", timeout=10).json()["status"] == "ok"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
         assert f"letta_ray HTTP API on http://127.0.0.1:{port}/v1" in log.read_text()
@@ -990,12 +977,11 @@ def test_a_killed_api_replica_is_replaced_on_the_same_port(base_url: str, http: 
     """kill -9 of the API replica: Serve starts another, which listens on the same port
     (direct ingress hands out a range of exactly that port) and serves the same agents.
     Kept last in this module: the API is down while the replica restarts."""
-    from test_network import _descendants
 
     agent = new_agent(sdk, fake_llm_server)
 
     def replicas() -> set[int]:
-        return {p for p in _descendants(os.getpid())
+        return {p for p in descendants(os.getpid())
                 if "ServeReplica:letta_ray:letta_ray_http" in Path(f"/proc/{p}/cmdline").read_bytes().decode()}
 
     (old,) = replicas()

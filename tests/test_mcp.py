@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 
 from letta_ray.errors import InvalidInputError
+from letta_ray.local_cluster import free_port, wait_for_port
 from letta_ray.mcp import (
     MCPServer,
     MCPServerUnavailableError,
@@ -36,12 +36,6 @@ def stdio_config(**env: str) -> dict[str, Any]:
     return {"mcp_server_type": "stdio", "command": sys.executable, "args": [DEMO, "stdio"], "env": env or None}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def http_server(transport: str = "streamable-http") -> Iterator[str]:
     """The demo server over HTTP on a loopback port; yields its URL."""
@@ -51,15 +45,7 @@ def http_server(transport: str = "streamable-http") -> Iterator[str]:
     path = "/mcp" if transport == "streamable-http" else "/sse"
     url = f"http://127.0.0.1:{port}{path}"
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("the demo MCP server did not start")
+        wait_for_port(port, 30.0, "demo MCP server")
         yield url
     finally:
         proc.kill()

@@ -9,27 +9,9 @@ from typing import Any
 
 import pytest
 
+from letta_ray.local_cluster import descendants
+
 pytestmark = pytest.mark.ray
-
-
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        for child in children.get(pid, []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def _socket_inodes(pid: int) -> set[str]:
@@ -79,7 +61,7 @@ def test_every_ray_listener_is_on_loopback(client: Any, fake_llm_server: Any) ->
     # make sure hosts and stores exist, so their worker processes are counted too
     agent = client.create_agent("net-check", model="fake-model", model_endpoint=fake_llm_server.url)
     agent.send("hello")
-    ray_pids = _descendants(os.getpid())
+    ray_pids = descendants(os.getpid())
     listeners = listening_sockets()
     ours = {inode: listeners[inode] for pid in ray_pids for inode in _socket_inodes(pid) if inode in listeners}
     assert len(ours) >= 3, "expected Ray's GCS, raylet and workers to be listening"
@@ -102,7 +84,7 @@ def test_the_user_path_keeps_ray_on_loopback_without_any_environment(tmp_path: P
                             text=True, env=env)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        pids = _descendants(proc.pid) | {proc.pid}
+        pids = descendants(proc.pid) | {proc.pid}
         listeners = listening_sockets()
         theirs = {listeners[i] for pid in pids for i in _socket_inodes(pid) if i in listeners}
         assert len(theirs) >= 3

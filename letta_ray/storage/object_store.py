@@ -66,7 +66,7 @@ class StorageLocation:
                 options["aws_endpoint"] = endpoint
                 if endpoint.startswith("http://"):
                     options["allow_http"] = "true"
-            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+            region = _region()
             if region:
                 options["aws_region"] = region
         if self.remote:
@@ -94,7 +94,7 @@ class StorageLocation:
             "connect_timeout": CONNECT_TIMEOUT_S, "request_timeout": REQUEST_TIMEOUT_S,
             "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
         }
-        region = self.options.get("aws_region") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        region = self.options.get("aws_region") or _region()
         if region:
             kwargs["region"] = region
         if endpoint:
@@ -112,3 +112,7 @@ class StorageLocation:
 
 def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def _region() -> str | None:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
