@@ -55,6 +55,7 @@ from .limits import LimitedLLM, LimitsView, LLMLimiterSource
 from .mcp_servers import MCPServers
 from .messaging import AgentMessenger, Router
 from .metadata_store import MetadataStoreHandle
+from .store_shards import ShardedStore, journal_folder, shard_of
 from .tool_sandboxes import ToolSandboxes
 
 log = logging.getLogger(__name__)
@@ -143,13 +144,12 @@ class AgentHost:
         self.tools = tools
         self.mcp = mcp
         self.host_id = host_id
-        self._journal_dir = Path(journal_dir) if journal_dir is not None else None
-        self._keeper = keeper if keeper is not None and not _on_node(store_node) else None
-        self._journal_name = f"{host_id}-{uuid.uuid4().hex[:8]}"
-        self._journal_part = 0
-        self._journal = self._open_journal() if self._journal_dir is not None else None
-        self._journal_seq = 0
-        self._writer = JournalWriter(self._current_journal, lambda _: self._rotate_journal_if_full(), "host-journal")
+        shipped = keeper if keeper is not None and not _on_node(store_node) else None
+        name = f"{host_id}-{uuid.uuid4().hex[:8]}"
+        self._shards = len(store.shards) if isinstance(store, ShardedStore) else 1
+        # one journal per store shard: each shard applies the turns of its own agents
+        self._journals = [HostJournal(journal_folder(journal_dir, k), f"shard-{k}/" if k else "", name, shipped)
+                          for k in range(self._shards)] if journal_dir is not None else []
         self._turns_running = 0
         self.store = store
         self.archive = archive
@@ -400,21 +400,11 @@ class AgentHost:
                             steps: list[StepRecord], run: dict[str, Any] | None,
                             conversation: Conversation | None = None) -> None:
         """Make a turn durable before its reply goes out."""
-        if self._journal is None:
+        if not self._journals:
             await self.store.commit_step(state, messages, edited, steps, run, conversation)
             return
-        self._journal_seq += 1
-        record = TurnRecord(self._journal_seq, state, messages, list(edited), steps, run, conversation)
-        if self._turns_running <= 1 and not self._writer.busy and isinstance(self._journal, Journal):
-            # The only turn in flight: write it here (an fsync, ~0.2 ms) rather than pay a
-            # thread hop and a loop round trip (~1 ms) for a batch of one.
-            try:
-                self._journal.append([record])
-            except OSError as exc:
-                raise StorageError(f"cannot write the journal {self._journal.path}: {exc}") from exc
-            self._rotate_journal_if_full()
-            return
-        await self._writer.write(record)  # several turns in flight: they share fsyncs
+        await self._journals[shard_of(state.id, self._shards)].write(
+            state, messages, edited, steps, run, conversation, alone=self._turns_running <= 1)
 
     @contextlib.asynccontextmanager
     async def _running_turn(self) -> AsyncIterator[None]:
@@ -423,25 +413,6 @@ class AgentHost:
             yield
         finally:
             self._turns_running -= 1
-
-    def _current_journal(self) -> Journal | ShippedJournal:
-        assert self._journal is not None
-        return self._journal
-
-    def _rotate_journal_if_full(self) -> None:
-        assert self._journal is not None
-        if self._journal.size() > JOURNAL_ROTATE_BYTES:
-            # a new file; the store deletes the old one once it has applied all of it
-            self._journal.close()
-            self._journal_part += 1
-            self._journal = self._open_journal()
-
-    def _open_journal(self) -> Journal | ShippedJournal:
-        assert self._journal_dir is not None
-        name = f"{self._journal_name}-{self._journal_part:06d}.log"
-        if self._keeper is not None:
-            return ShippedJournal(self._keeper, name)
-        return Journal(self._journal_dir / name)
 
     async def _shared_blocks(self, state: AgentState) -> set[str]:
         return set(await self.store.shared_blocks([b.id for b in state.blocks]))
@@ -770,3 +741,46 @@ def pair_sleeptime(main: AgentState, sleeper: AgentState, frequency: int, descri
             "manager_config": {"manager_type": "sleeptime", "manager_agent_id": main.id,
                                "sleeptime_agent_frequency": frequency},
             "shared_block_ids": [b.id for b in main.blocks]}
+
+
+class HostJournal:
+    """A host's journal of one store shard's turns: files ``<name>-<part>.log`` in ``folder``
+    (shipped to a keeper on the store's node as ``<prefix><file>`` if ``keeper`` is set), a
+    new part once one passes JOURNAL_ROTATE_BYTES (the store deletes applied parts)."""
+
+    def __init__(self, folder: Path, prefix: str, name: str, keeper: KeeperHandle | None) -> None:
+        self.folder, self.prefix, self.name, self.keeper = folder, prefix, name, keeper
+        self.part = 0
+        self.seq = 0
+        self.journal = self._open()
+        self.writer = JournalWriter(lambda: self.journal, lambda _: self._rotate_if_full(), "host-journal")
+
+    async def write(self, state: AgentState, messages: list[Message], edited: list[Block], steps: list[StepRecord],
+                    run: dict[str, Any] | None, conversation: Conversation | None, *, alone: bool) -> None:
+        """Make one turn durable; returns once it is. ``alone``: no other turn is in flight."""
+        self.seq += 1
+        record = TurnRecord(self.seq, state, messages, list(edited), steps, run, conversation)
+        if alone and not self.writer.busy and isinstance(self.journal, Journal):
+            # The only turn in flight: write it here (an fsync, ~0.2 ms) rather than pay a
+            # thread hop and a loop round trip (~1 ms) for a batch of one.
+            try:
+                self.journal.append([record])
+            except OSError as exc:
+                raise StorageError(f"cannot write the journal {self.journal.path}: {exc}") from exc
+            self._rotate_if_full()
+            return
+        await self.writer.write(record)  # several turns in flight: they share fsyncs
+
+    def _rotate_if_full(self) -> None:
+        if self.journal.size() > JOURNAL_ROTATE_BYTES:
+            self.journal.close()
+            self.part += 1
+            self.journal = self._open()
+
+    def _open(self) -> Journal | ShippedJournal:
+        file_name = f"{self.name}-{self.part:06d}.log"
+        if self.keeper is not None:
+            return ShippedJournal(self.keeper, self.prefix + file_name)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return Journal(self.folder / file_name)
+

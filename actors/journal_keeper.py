@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ from ._journal import TurnRecord
 
 log = logging.getLogger(__name__)
 
+
+# A host's journal file: a name of its own, in the folder of a store shard for shards past 0
+# (``store_shards.journal_folder``); nothing that climbs out of the journal folder.
+_FILE_NAME = re.compile(r"(shard-[0-9]+/)?[A-Za-z0-9][A-Za-z0-9._-]*\.log")
 
 class JournalKeeper:
     """Appends hosts' journal records to their files in ``journal_dir``, durably."""
@@ -49,7 +54,7 @@ class JournalKeeper:
         """Append ``payload`` (whole records, each ending in a newline) to ``file_name`` and
         fsync it; returns the file's size after. Records from one host arrive in order:
         the host waits for each call before sending the next."""
-        if "/" in file_name or not file_name.endswith(".log") or file_name.startswith("."):
+        if not _FILE_NAME.fullmatch(file_name):
             raise StorageError(f"not a journal file name: {file_name!r}")
         if not payload.endswith(b"\n"):
             raise StorageError("a journal payload must end with a whole record")
@@ -60,6 +65,7 @@ class JournalKeeper:
         with lock:
             file = self._files.get(file_name)
             if file is None:
+                (self.dir / file_name).parent.mkdir(parents=True, exist_ok=True)
                 file = self._files[file_name] = self._open(self.dir / file_name)
             file.write(payload)
             file.flush()

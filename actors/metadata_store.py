@@ -28,6 +28,7 @@ from letta_ray.schemas import (
     Archive,
     Block,
     Conversation,
+    Cursor,
     FileMetadata,
     Folder,
     Identity,
@@ -371,8 +372,8 @@ class MetadataStoreActor:
         return await self._read(self.store.existing_agents, agent_ids)
 
     async def list_agents(self, *, name: str | None = None, tags: list[str] | None = None,
-                          match_all_tags: bool = False, limit: int | None = 50, after: str | None = None,
-                          before: str | None = None, order: Order = "asc") -> list[AgentState]:
+                          match_all_tags: bool = False, limit: int | None = 50, after: Cursor | None = None,
+                          before: Cursor | None = None, order: Order = "asc") -> list[AgentState]:
         return await self._read(self.store.list_agents, name=name, tags=tags, match_all_tags=match_all_tags,
                                 limit=limit, after=after, before=before, order=order)
 
@@ -386,8 +387,14 @@ class MetadataStoreActor:
     async def get_block(self, block_id: str) -> Block:
         return await self._read(self.store.get_block, block_id)
 
-    async def get_blocks(self, block_ids: list[str]) -> list[Block]:
-        return await self._read(lambda: [self.store.get_block(b) for b in block_ids])
+    async def get_blocks(self, block_ids: list[str], missing_ok: bool = False) -> list[Block]:
+        """The blocks, in the order of ``block_ids`` (with ``missing_ok``: those stored here)."""
+        def read() -> list[Block]:
+            if not missing_ok:
+                return [self.store.get_block(b) for b in block_ids]
+            held = self.store.attachment_counts(block_ids)
+            return [self.store.get_block(b) for b in block_ids if b in held]
+        return await self._read(read)
 
     async def list_blocks(self, *, label: str | None = None, limit: int | None = 50,
                           after: str | None = None) -> list[Block]:
@@ -398,6 +405,12 @@ class MetadataStoreActor:
 
     async def shared_blocks(self, block_ids: list[str]) -> list[str]:
         return await self._read(self.store.shared_blocks, block_ids)
+
+    async def attachment_counts(self, block_ids: list[str]) -> dict[str, int]:
+        return await self._read(self.store.attachment_counts, block_ids)
+
+    async def cursor_key(self, kind: str, key: str) -> tuple[Any, Any] | None:
+        return await self._read(self.store.cursor_key, kind, key)
 
     async def get_tool(self, tool_id: str) -> Tool:
         return await self._read(self.store.get_tool, tool_id)
@@ -436,11 +449,11 @@ class MetadataStoreActor:
 
     # ---------------------------------------------------------------- the message history
 
-    async def get_messages(self, ids: list[str]) -> list[Message]:
-        return await self._read(self.store.messages.get_messages, ids)
+    async def get_messages(self, ids: list[str], missing_ok: bool = False) -> list[Message]:
+        return await self._read(self.store.messages.get_messages, ids, missing_ok=missing_ok)
 
-    async def list_messages(self, agent_id: str | None, *, limit: int | None = 50, before: str | None = None,
-                            after: str | None = None, order: Order = "asc", roles: list[Role] | None = None,
+    async def list_messages(self, agent_id: str | None, *, limit: int | None = 50, before: Cursor | None = None,
+                            after: Cursor | None = None, order: Order = "asc", roles: list[Role] | None = None,
                             start: datetime | None = None, end: datetime | None = None,
                             run_id: str | None = None, step_id: str | None = None,
                             conversation_id: str | None = None) -> list[Message]:
@@ -467,6 +480,9 @@ class MetadataStoreActor:
 
     async def delete_agent(self, agent_id: str) -> None:
         await self._write(self.store.delete_agent, agent_id)
+
+    async def sync_blocks(self, blocks: list[Block]) -> None:
+        await self._write(self.store.sync_blocks, blocks)
 
     async def upsert_block(self, block: Block) -> None:
         await self._write(self.store.upsert_block, block)
@@ -683,6 +699,9 @@ class MetadataStoreHandle(ActorFacade):
     create_agents = remote_method(MetadataStoreActor.create_agents)
     edit_block = remote_method(MetadataStoreActor.edit_block)
     get_blocks = remote_method(MetadataStoreActor.get_blocks)
+    attachment_counts = remote_method(MetadataStoreActor.attachment_counts)
+    cursor_key = remote_method(MetadataStoreActor.cursor_key)
+    sync_blocks = remote_method(MetadataStoreActor.sync_blocks)
 
     get_agent = remote_method(MetadataStoreActor.get_agent)
     get_agent_by_name = remote_method(MetadataStoreActor.get_agent_by_name)

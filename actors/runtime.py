@@ -24,6 +24,7 @@ from letta_ray._process_env import apply as apply_process_env
 from letta_ray.errors import InvalidInputError
 from letta_ray.schemas import EmbeddingConfig
 from letta_ray.settings import Settings
+from letta_ray.storage.object_store import StorageLocation
 
 from ._facade import get_or_create, run_blocking
 from .archive import ArchiveActor, ArchiveHandle
@@ -34,6 +35,7 @@ from .journal_keeper import JournalKeeper, KeeperHandle
 from .mcp_servers import MCPConfig, MCPServers
 from .messaging import DirectoryRouter
 from .metadata_store import MetadataStoreActor, MetadataStoreHandle
+from .store_shards import ShardedStore, check_shard_count, journal_folder, meta_file
 from .tool_sandboxes import SandboxConfig, ToolSandboxes
 
 log = logging.getLogger(__name__)
@@ -214,10 +216,7 @@ def start_runtime(settings: Settings, *, llm: Any = None) -> Runtime:
     ns = settings.namespace
     detached = {"lifetime": "detached", **_ACTOR_OPTIONS, **_ON_HEAD}
     journals = str(settings.home / "journal")
-    store = MetadataStoreHandle(get_or_create(
-        MetadataStoreActor, f"{prefix}-store", ns,
-        (str(settings.meta_path), settings.store_batch_ms, True, journals,
-         settings.location if settings.location.remote else None, settings.snapshot_interval_s), **detached))
+    store = start_store(settings, prefix, detached)
     keepers = [KeeperHandle(get_or_create(JournalKeeper, f"{prefix}-keeper-{i}", ns, (journals,),
                                           max_restarts=-1, **detached))
                for i in range(settings.keeper_count())]
@@ -247,6 +246,33 @@ def start_runtime(settings: Settings, *, llm: Any = None) -> Runtime:
     return Runtime(settings, prefix, store, archive, embedder, directory, tools, mcp, keepers)
 
 
+def start_store(settings: Settings, prefix: str, options: dict[str, Any]) -> MetadataStoreHandle:
+    """The metadata store: one actor, or ``settings.store_shards`` of them behind a
+    ``ShardedStore`` (each its own DuckDB file, journal folder and snapshot folder)."""
+    def shard(k: int) -> MetadataStoreHandle:
+        snapshots = None
+        if settings.location.remote:
+            snapshots = settings.location if k == 0 else StorageLocation(
+                settings.location.child(f"shard-{k}"), dict(settings.storage_options))
+        return MetadataStoreHandle(get_or_create(
+            MetadataStoreActor, f"{prefix}-store" if k == 0 else f"{prefix}-store-{k}", settings.namespace,
+            (str(meta_file(settings.meta_path, k)), settings.store_batch_ms, True,
+             str(journal_folder(settings.home / "journal", k)), snapshots, settings.snapshot_interval_s),
+            **options))
+
+    first = shard(0)
+    # before any other shard is made: a count the data was not written with is refused
+    run_blocking(lambda: check_shard_count(first, settings.store_shards))
+    if settings.store_shards == 1:
+        return first
+    return ShardedStore([first, *(shard(k) for k in range(1, settings.store_shards))])
+
+
+def store_actors(store: MetadataStoreHandle) -> list[Any]:
+    """The Ray actors behind a store handle (one, or each shard's)."""
+    return [shard.actor for shard in store.shards] if isinstance(store, ShardedStore) else [store.actor]
+
+
 def sandbox_config(settings: Settings) -> SandboxConfig:
     """How tools are shut in: the settings' limits, and the data directory out of reach."""
     return SandboxConfig(limits=settings.sandbox_limits(), isolation=settings.tool_isolation,
@@ -268,7 +294,7 @@ def stop_runtime(runtime: Runtime) -> None:
     runtime.mcp.stop_all()
     handles = [host.actor for host in hosts.values()]
     for handle in [*handles, runtime.directory.actor, runtime.archive.actor, runtime.embedder.actor,
-                   runtime.store.actor, *(keeper.actor for keeper in runtime.keepers)]:
+                   *store_actors(runtime.store), *(keeper.actor for keeper in runtime.keepers)]:
         try:
             ray.kill(handle, no_restart=True)
         except Exception:

@@ -111,16 +111,19 @@ def main() -> None:
                         "cluster on 127.0.0.1, CPUs split between them)")
     parser.add_argument("--storage", choices=["local", "s3"], default="local",
                         help="s3: archival memory and metadata snapshots in an S3 server on 127.0.0.1 (moto)")
-    parser.add_argument("--no-baseline", action="store_true", help="with --nodes > 1 or --storage s3, skip the "
-                        "one-node, local-storage run that is otherwise measured first, in the same run")
+    parser.add_argument("--store-shards", type=int, default=1, help="metadata store shards (store_shards)")
+    parser.add_argument("--no-baseline", action="store_true", help="with --nodes > 1, --storage s3 or "
+                        "--store-shards > 1, skip the one-node, local-storage, one-store run that is otherwise "
+                        "measured first, in the same run")
     args = parser.parse_args()
 
     with spawned_fake_server(responder="letta_ray.sim.fake:town_responder") as url, object_store(args.storage) as s3:
         runs = []
-        if (args.nodes > 1 or args.storage != "local") and not args.no_baseline:
-            runs.append(("one node, local storage (baseline)", measure(args, url, nodes=1, s3=None)))
-        runs.append((f"{args.nodes} node{'s' * (args.nodes > 1)}, {args.storage} storage",
-                     measure(args, url, nodes=args.nodes, s3=s3)))
+        if (args.nodes > 1 or args.storage != "local" or args.store_shards > 1) and not args.no_baseline:
+            runs.append(("one node, local storage, one store (baseline)", measure(args, url, nodes=1, s3=None)))
+        runs.append((f"{args.nodes} node{'s' * (args.nodes > 1)}, {args.storage} storage, "
+                     f"{args.store_shards} store shard{'s' * (args.store_shards > 1)}",
+                     measure(args, url, nodes=args.nodes, s3=s3, shards=args.store_shards)))
     for title, (lines, _) in runs:
         print(f"== {title}")
         print("\n".join(lines))
@@ -151,13 +154,15 @@ def object_store(kind: str) -> Iterator[Any]:
             moto.stop()
 
 
-def measure(args: argparse.Namespace, url: str, *, nodes: int, s3: Any) -> tuple[list[str], dict[str, float]]:
+def measure(args: argparse.Namespace, url: str, *, nodes: int, s3: Any,
+            shards: int = 1) -> tuple[list[str], dict[str, float]]:
     """One simulation: its printed figures and the key numbers."""
     import letta_ray
     from letta_ray.sim import Simulation, parse_config
 
     cpus = os.cpu_count() or 1
-    storage = {"storage": f"s3://letta-ray-bench/run-{time.time_ns()}"} if s3 is not None else {}
+    storage: dict[str, Any] = {"storage": f"s3://letta-ray-bench/run-{time.time_ns()}"} if s3 is not None else {}
+    storage["store_shards"] = shards
     with tempfile.TemporaryDirectory() as home:
         started = time.perf_counter()
         cluster = None
@@ -216,8 +221,8 @@ def measure(args: argparse.Namespace, url: str, *, nodes: int, s3: Any) -> tuple
         pss_after, rss_after, _ = memory(fake)
         load = os.getloadavg()
         client.run_sync(client.runtime.store.count_agents())  # every acknowledged turn applied
-        journal_bytes = sum(f.stat().st_size for f in (Path(home) / "journal").glob("*.log"))
-        duckdb_bytes = sum(f.stat().st_size for f in Path(home).glob("meta.duckdb*"))
+        journal_bytes = sum(f.stat().st_size for f in (Path(home) / "journal").glob("**/*.log"))
+        duckdb_bytes = sum(f.stat().st_size for f in Path(home).glob("meta*.duckdb*"))
         breakdown = sorted(((pss_bytes(p), process_name(p)) for p in cluster_pids(fake)), reverse=True)
         placement = hosts_by_node(client)
         keepers = client.run_sync(keeper_stats(client.runtime.keepers))

@@ -24,6 +24,10 @@ DEFAULT_CONTEXT_WINDOW = 32_000
 Order = Literal["asc", "desc"]
 """The direction of a listing, by creation time (then id)."""
 
+Cursor = str | tuple[Any, Any]
+"""Where a page of a list starts or ends: a row's id, or (within the stores, when shards
+page one list together) the values of the columns the list is ordered by."""
+
 
 def time_cursors(order: Order, after: str | None, before: str | None) -> tuple[str | None, str | None]:
     """Letta's cursors are positions in the requested order: the ``(later than, earlier than)``

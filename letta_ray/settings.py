@@ -68,6 +68,9 @@ class Settings(BaseSettings):
                                             "(LanceDB's names, e.g. {\"aws_endpoint\": ...}), as JSON")
     snapshot_interval_s: float = Field(default=300.0, ge=0, description="with an object store: how often the "
                                        "metadata is snapshotted to it as Parquet (0: never)")
+    store_shards: int = Field(default=1, ge=1, le=64, description="metadata store actors, each with its own "
+                              "DuckDB file and a share of the agents (by id): more shards apply more turns/s "
+                              "(a data directory keeps the count it was made with)")
     journal_keepers: int | None = Field(default=None, ge=0, le=64, description="journal keeper actors on the "
                                         "head node, which hosts on other nodes ship their turns to (default: "
                                         "2 when joining a cluster, 0 in an embedded Ray)")

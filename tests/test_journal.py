@@ -207,8 +207,8 @@ async def test_a_keeper_that_cannot_be_reached_fails_the_turn_unacknowledged(tmp
     store = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=tmp_path / "journal")
     host = AgentHost("h", MetadataStoreHandle.local(store), None, llm=FunctionLLM(lambda m, i: send_message("ok")),
                      journal_dir=str(tmp_path / "journal"), keeper=Gone(), store_node="elsewhere")  # type: ignore[arg-type]
-    host._open_journal = lambda: ShippedJournal(Gone(), "h-x-000000.log", timeout_s=0.2)  # type: ignore[method-assign]
-    host._journal = host._open_journal()
+    [journal] = host._journals
+    journal.journal = ShippedJournal(Gone(), "h-x-000000.log", timeout_s=0.2)
     state = agent().model_copy(update={"tools": ["send_message"]})
     await host.create_agents([state])
     with pytest.raises(StorageError, match="did not confirm"):

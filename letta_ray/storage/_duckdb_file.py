@@ -9,13 +9,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from letta_ray.errors import ConflictError, NotFoundError, StorageError
-from letta_ray.schemas import Order
+from letta_ray.schemas import Cursor, Order
 from letta_ray.storage._duckdb_layout import (
     _DATA_TABLES,
     _M,
@@ -28,6 +29,7 @@ from letta_ray.storage._duckdb_layout import (
     fts_extension_path,
 )
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 class DuckDBFile:
     """The connection to one DuckDB file, used under one lock.
@@ -117,8 +119,8 @@ class DuckDBFile:
         with self.tx() as conn:
             conn.execute(_STORE_META.upsert_sql(), [key, value])
 
-    def page_docs(self, table: str, kind: str, clauses: list[str], params: list[Any], *, after: str | None,
-                  before: str | None, limit: int | None, order: Order, column: str = "created_at") -> list[str]:
+    def page_docs(self, table: str, kind: str, clauses: list[str], params: list[Any], *, after: Cursor | None,
+                  before: Cursor | None, limit: int | None, order: Order, column: str = "created_at") -> list[str]:
         """The JSON docs of ``table`` matching ``clauses``, by (``column``, id) in ``order``,
         later than the row ``after`` and earlier than the row ``before`` (ids, in that order
         whatever ``order`` is), at most ``limit``."""
@@ -131,6 +133,19 @@ class DuckDBFile:
             rows = conn.execute(f"SELECT doc FROM {table} {_where(clauses)} "
                                 f"ORDER BY {column} {direction}, id {direction} {_limit(limit)}", params).fetchall()
         return [row[0] for row in rows]
+
+    def cursor_key(self, table: str, order: tuple[str, str], key: str, *, timestamp: bool = True
+                   ) -> tuple[Any, Any] | None:
+        """The values of the ``order`` columns of the row with id ``key`` (None if absent);
+        ``timestamp``: the first is a TIMESTAMPTZ (read as microseconds: DuckDB's own
+        conversion to Python needs pytz)."""
+        column = f"epoch_us({order[0]})" if timestamp else order[0]
+        with self.locked() as conn:
+            row = conn.execute(f"SELECT {column}, {order[1]} FROM {table} WHERE id = ?", [key]).fetchone()
+        if row is None:
+            return None
+        first = _EPOCH + timedelta(microseconds=row[0]) if timestamp else row[0]
+        return first, row[1]
 
     @staticmethod
     def require(conn: duckdb.DuckDBPyConnection, table: str, kind: str, key: str) -> None:
@@ -147,10 +162,17 @@ class DuckDBFile:
         return model.model_validate_json(row[0])
 
     def add_cursor(self, conn: duckdb.DuckDBPyConnection, clauses: list[str], params: list[Any], table: str,
-                   kind: str, order: tuple[str, str], cursor: str, op: str) -> None:
-        """Keep rows strictly ``op`` the cursor row in ``order`` (a column and a tiebreak)."""
-        self.require(conn, table, kind, cursor)
+                   kind: str, order: tuple[str, str], cursor: Cursor, op: str) -> None:
+        """Keep rows strictly ``op`` the cursor row in ``order`` (a column and a tiebreak).
+
+        ``cursor`` is a row's id, or the values of its ``order`` columns (a row of another
+        store: the shards of a sharded store page one list together, see ``cursor_key``)."""
         column, tiebreak = order
+        if isinstance(cursor, (tuple, list)):
+            clauses.append(f"({column} {op} ? OR ({column} = ? AND {tiebreak} {op} ?))")
+            params.extend([cursor[0], cursor[0], cursor[1]])
+            return
+        self.require(conn, table, kind, cursor)
         value = f"(SELECT {{}} FROM {table} WHERE id = ?)"
         clauses.append(
             f"({column} {op} {value.format(column)} OR "

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from letta_ray.errors import NotFoundError, StorageError
 from letta_ray.messages import Message, Role
-from letta_ray.schemas import Order
+from letta_ray.schemas import Cursor, Order
 from letta_ray.storage._duckdb_file import DuckDBFile
 from letta_ray.storage._duckdb_layout import (
     _FTS_IGNORE,
@@ -71,13 +71,16 @@ class MessageStore:
             ])
             self._max_seq = first + len(messages) - 1
 
-    def get_messages(self, ids: Sequence[str]) -> list[Message]:
-        """The messages with these ids, in the order of ``ids``."""
+    def get_messages(self, ids: Sequence[str], *, missing_ok: bool = False) -> list[Message]:
+        """The messages with these ids, in the order of ``ids`` (with ``missing_ok``, those
+        stored here, in that order)."""
         with self._db.locked() as conn:
             rows = conn.execute(
                 "SELECT id, doc FROM messages WHERE id IN (SELECT unnest(?::VARCHAR[]))", [list(ids)]
             ).fetchall()
         docs = dict(rows)
+        if missing_ok:
+            return [Message.model_validate_json(docs[i]) for i in ids if i in docs]
         missing = next((i for i in ids if i not in docs), None)
         if missing is not None:
             raise NotFoundError("message", missing)
@@ -88,8 +91,8 @@ class MessageStore:
         agent_id: str | None,
         *,
         limit: int | None = 50,
-        before: str | None = None,
-        after: str | None = None,
+        before: Cursor | None = None,
+        after: Cursor | None = None,
         order: Order = "asc",
         roles: Sequence[Role] | None = None,
         start: datetime | None = None,

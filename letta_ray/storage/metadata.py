@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,18 @@ import duckdb
 from letta_ray.errors import ConflictError, InvalidInputError, NotFoundError
 from letta_ray.mcp import MCP_TOOL_TYPE, MCPServer
 from letta_ray.messages import Message, StepRecord
-from letta_ray.schemas import AgentState, Archive, Block, Conversation, FileMetadata, Folder, Identity, Order, Tool
+from letta_ray.schemas import (
+    AgentState,
+    Archive,
+    Block,
+    Conversation,
+    Cursor,
+    FileMetadata,
+    Folder,
+    Identity,
+    Order,
+    Tool,
+)
 from letta_ray.storage._duckdb_file import DuckDBFile
 from letta_ray.storage._duckdb_layout import (
     _AGENT_BLOCKS,
@@ -65,6 +76,16 @@ LOCAL_META_KEYS = ("journal_applied_seq", "fts_watermark")
 
 # The tools registered from one MCP server (parameters: the MCP tool type, the server's id).
 _OF_MCP_SERVER = "tool_type = ? AND json_extract_string(doc, '$.metadata.mcp.server_id') = ?"
+
+
+_CURSOR_ORDERS: dict[str, tuple[str, tuple[str, str]]] = {
+    "agent": ("agents", ("created_at", "id")),
+    "message": ("messages", ("created_at", "seq")),
+    "run": ("runs", ("created_at", "id")),
+    "step": ("steps", ("step_start_ns", "id")),
+    "conversation": ("conversations", ("created_at", "id")),
+}
+"""For each kind of paged list: its table and the columns it is ordered by (see ``add_cursor``)."""
 
 
 class MetadataStore:
@@ -279,8 +300,8 @@ class MetadataStore:
         tags: Sequence[str] | None = None,
         match_all_tags: bool = False,
         limit: int | None = 50,
-        after: str | None = None,
-        before: str | None = None,
+        after: Cursor | None = None,
+        before: Cursor | None = None,
         order: Order = "asc",
     ) -> list[AgentState]:
         """Agents ordered by (created_at, id); ``after``/``before`` are agent ids.
@@ -452,6 +473,37 @@ class MetadataStore:
             ).fetchall()
         return [row[0] for row in rows]
 
+    def attachment_counts(self, block_ids: Sequence[str]) -> dict[str, int]:
+        """For each of ``block_ids`` stored here: to how many agents it is attached (0 for a
+        block stored on its own). Absent blocks are left out."""
+        if not block_ids:
+            return {}
+        with self._db.locked() as conn:
+            rows = conn.execute(
+                "SELECT b.id, count(ab.agent_id) FROM blocks b LEFT JOIN agent_blocks ab ON ab.block_id = b.id "
+                "WHERE b.id IN (SELECT unnest(?::VARCHAR[])) GROUP BY b.id", [list(block_ids)]
+            ).fetchall()
+        return {row[0]: int(row[1]) for row in rows}
+
+    def sync_blocks(self, blocks: Sequence[Block]) -> None:
+        """Write each of ``blocks`` that is stored here and at least as new as the stored copy
+        (copies of one block kept alike, see ``actors.store_shards``); the others are left."""
+        with self._db.tx() as conn:
+            stored = {r[0] for r in conn.execute(
+                "SELECT id FROM blocks WHERE id IN (SELECT unnest(?::VARCHAR[]))", [[b.id for b in blocks]]).fetchall()}
+            written = []
+            for block in (_utc_model(b) for b in blocks if b.id in stored):
+                if conn.execute(_UPDATE_BLOCK_IF_NEWER,
+                                [*_BLOCKS.update_params(_BLOCKS.row(block)), block.updated_at]).fetchone():
+                    written.append(block.id)
+            self._check_labels(conn, written)
+
+    def cursor_key(self, kind: str, key: str) -> tuple[Any, Any] | None:
+        """The values a list of ``kind`` ("agent", "message", "run", "step", "conversation") is
+        ordered by, for the row ``key``; None if it is not stored here."""
+        table, order = _CURSOR_ORDERS[kind]
+        return self._db.cursor_key(table, order, key, timestamp=order[0] == "created_at")
+
     def _check_labels(self, conn: duckdb.DuckDBPyConnection, block_ids: list[str]) -> None:
         """Refuse a write that would give an agent two blocks with one label."""
         if not block_ids:
@@ -595,7 +647,7 @@ class MetadataStore:
         return self._list_docs(Archive, "archives", "archive", clauses, params, after, before, limit, order)
 
     def _list_docs(self, model: type[_M], table: str, kind: str, clauses: list[str], params: list[Any],
-                   after: str | None, before: str | None, limit: int | None, order: Order) -> list[_M]:
+                   after: Cursor | None, before: Cursor | None, limit: int | None, order: Order) -> list[_M]:
         """The docs of ``table`` matching ``clauses``, by (created_at, id), between the cursors."""
         docs = self._db.page_docs(table, kind, clauses, params, after=after, before=before, limit=limit, order=order)
         return [model.model_validate_json(doc) for doc in docs]
@@ -625,7 +677,7 @@ class MetadataStore:
         return self._db.get_doc(Conversation, "conversations", "conversation", "id", conversation_id)
 
     def list_conversations(self, *, agent_id: str | None = None, archived: bool | None = None,
-                           limit: int | None = 50, after: str | None = None, before: str | None = None,
+                           limit: int | None = 50, after: Cursor | None = None, before: Cursor | None = None,
                            order: Order = "desc") -> list[Conversation]:
         clauses: list[str] = []
         params: list[Any] = []
@@ -825,3 +877,28 @@ class MetadataStore:
         self.messages.reload()
         self.messages.rebuild_search_index()
         return agents
+
+
+def merge_exports(parts: Sequence[dict[str, Path]], out_dir: Path) -> dict[str, Path]:
+    """One Parquet file per table in ``out_dir`` from several stores' exports (a sharded
+    store's shards); a block held by several (a copy on each) once, its newest copy. The
+    parts' files are deleted."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    with duckdb.connect() as conn:
+        for table in _DATA_TABLES:
+            sources = [str(part[table.name]) for part in parts if table.name in part]
+            path = out_dir / f"{table.name}.parquet"
+            files = ", ".join(f"'{_sql_str(source)}'" for source in sources)
+            rows = f"SELECT * FROM read_parquet([{files}], union_by_name = true)"
+            if table is _BLOCKS:
+                rows += " QUALIFY row_number() OVER (PARTITION BY id ORDER BY updated_at DESC) = 1 ORDER BY id"
+            conn.execute(f"COPY ({rows}) TO '{_sql_str(path)}' (FORMAT parquet)")
+            paths[table.name] = path
+    for part in parts:
+        for source in part.values():
+            source.unlink(missing_ok=True)
+            with suppress(OSError):
+                source.parent.rmdir()
+    return paths
+

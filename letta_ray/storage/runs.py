@@ -17,7 +17,7 @@ import duckdb
 
 from letta_ray.errors import InvalidInputError, NotFoundError
 from letta_ray.messages import StepRecord
-from letta_ray.schemas import Order
+from letta_ray.schemas import Cursor, Order
 from letta_ray.storage._duckdb_file import DuckDBFile
 from letta_ray.storage._duckdb_layout import (
     _RUNS,
@@ -103,8 +103,8 @@ class RunStore:
         background: bool | None = None,
         stop_reason: str | None = None,
         conversation_id: str | None = None,
-        after: str | None = None,
-        before: str | None = None,
+        after: Cursor | None = None,
+        before: Cursor | None = None,
         limit: int | None = 50,
         order: Order = "desc",
     ) -> list[dict[str, Any]]:
@@ -159,8 +159,8 @@ class RunStore:
         feedback: str | None = None,
         has_feedback: bool | None = None,
         tags: Sequence[str] | None = None,
-        after: str | None = None,
-        before: str | None = None,
+        after: Cursor | None = None,
+        before: Cursor | None = None,
         limit: int | None = 50,
         order: Order = "desc",
     ) -> list[StepRecord]:
