@@ -139,6 +139,7 @@ class RemoteJournal(Protocol):
     """A journal on another node (``journal_keeper.ShippedJournal``): appends are actor calls."""
 
     path: Any
+    remote: bool  # True: the writer awaits ``append_async`` on its loop (else ``append`` in its thread)
 
     async def append_async(self, records: list[TurnRecord]) -> None: ...
 
@@ -184,10 +185,10 @@ class JournalWriter:
             records = [r for r, _ in batch]
             journal = self._journal()
             try:
-                if isinstance(journal, Journal):
-                    await self.run(journal.append, records)
-                else:  # a journal on another node: an actor call, on this loop
+                if getattr(journal, "remote", False):  # on another node: an actor call, on this loop
                     await journal.append_async(records)
+                else:
+                    await self.run(journal.append, records)
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():

@@ -146,10 +146,9 @@ class AgentHost:
         self.host_id = host_id
         shipped = keeper if keeper is not None and not _on_node(store_node) else None
         name = f"{host_id}-{uuid.uuid4().hex[:8]}"
-        self._shards = len(store.shards) if isinstance(store, ShardedStore) else 1
-        # one journal per store shard: each shard applies the turns of its own agents
-        self._journals = [HostJournal(journal_folder(journal_dir, k), f"shard-{k}/" if k else "", name, shipped)
-                          for k in range(self._shards)] if journal_dir is not None else []
+        shards = len(store.shards) if isinstance(store, ShardedStore) else 1
+        # a file per store shard: each shard applies the turns of its own agents
+        self._journals = HostJournals(journal_dir, name, shipped, shards) if journal_dir is not None else None
         self._turns_running = 0
         self.store = store
         self.archive = archive
@@ -400,11 +399,11 @@ class AgentHost:
                             steps: list[StepRecord], run: dict[str, Any] | None,
                             conversation: Conversation | None = None) -> None:
         """Make a turn durable before its reply goes out."""
-        if not self._journals:
+        if self._journals is None:
             await self.store.commit_step(state, messages, edited, steps, run, conversation)
             return
-        await self._journals[shard_of(state.id, self._shards)].write(
-            state, messages, edited, steps, run, conversation, alone=self._turns_running <= 1)
+        await self._journals.write(state, messages, edited, steps, run, conversation,
+                                   alone=self._turns_running <= 1)
 
     @contextlib.asynccontextmanager
     async def _running_turn(self) -> AsyncIterator[None]:
@@ -743,44 +742,63 @@ def pair_sleeptime(main: AgentState, sleeper: AgentState, frequency: int, descri
             "shared_block_ids": [b.id for b in main.blocks]}
 
 
-class HostJournal:
-    """A host's journal of one store shard's turns: files ``<name>-<part>.log`` in ``folder``
-    (shipped to a keeper on the store's node as ``<prefix><file>`` if ``keeper`` is set), a
-    new part once one passes JOURNAL_ROTATE_BYTES (the store deletes applied parts)."""
+class HostJournals:
+    """A host's journals, one per store shard: files ``<name>-<part>.log`` in each shard's
+    journal folder (shipped to a keeper on the store's node, as ``shard-K/<file>`` past shard
+    0, if ``keeper`` is set); a file past JOURNAL_ROTATE_BYTES is followed by the next part
+    (the store deletes applied parts). One writer for all: the turns that arrive while a
+    write is under way share the next one, whichever shards they go to."""
 
-    def __init__(self, folder: Path, prefix: str, name: str, keeper: KeeperHandle | None) -> None:
-        self.folder, self.prefix, self.name, self.keeper = folder, prefix, name, keeper
-        self.part = 0
+    def __init__(self, root: str | Path, name: str, keeper: KeeperHandle | None, shards: int) -> None:
+        self.root, self.name, self.keeper, self.shards = Path(root), name, keeper, shards
+        self.parts = [0] * shards
+        self.files = [self._open(k) for k in range(shards)]
+        self.path = self.root  # for the writer's messages
+        self.remote = keeper is not None
         self.seq = 0
-        self.journal = self._open()
-        self.writer = JournalWriter(lambda: self.journal, lambda _: self._rotate_if_full(), "host-journal")
+        self.writer = JournalWriter(lambda: self, lambda _: self._rotate_if_full(), "host-journal")
 
     async def write(self, state: AgentState, messages: list[Message], edited: list[Block], steps: list[StepRecord],
                     run: dict[str, Any] | None, conversation: Conversation | None, *, alone: bool) -> None:
         """Make one turn durable; returns once it is. ``alone``: no other turn is in flight."""
         self.seq += 1
         record = TurnRecord(self.seq, state, messages, list(edited), steps, run, conversation)
-        if alone and not self.writer.busy and isinstance(self.journal, Journal):
+        if alone and not self.writer.busy and self.keeper is None:
             # The only turn in flight: write it here (an fsync, ~0.2 ms) rather than pay a
             # thread hop and a loop round trip (~1 ms) for a batch of one.
             try:
-                self.journal.append([record])
+                self.append([record])
             except OSError as exc:
-                raise StorageError(f"cannot write the journal {self.journal.path}: {exc}") from exc
+                raise StorageError(f"cannot write the journal in {self.root}: {exc}") from exc
             self._rotate_if_full()
             return
         await self.writer.write(record)  # several turns in flight: they share fsyncs
 
+    def _by_shard(self, records: list[TurnRecord]) -> dict[int, list[TurnRecord]]:
+        groups: dict[int, list[TurnRecord]] = {}
+        for record in records:
+            groups.setdefault(shard_of(record.state.id, self.shards), []).append(record)
+        return groups
+
+    def append(self, records: list[TurnRecord]) -> None:
+        """Local files: each shard's records, fsync'ed (the writer's thread)."""
+        for k, group in self._by_shard(records).items():
+            self.files[k].append(group)  # type: ignore[union-attr]
+
+    async def append_async(self, records: list[TurnRecord]) -> None:
+        """Shipped files: each shard's records to the keeper, at once."""
+        await asyncio.gather(*(self.files[k].append_async(group)  # type: ignore[union-attr]
+                               for k, group in self._by_shard(records).items()))
+
     def _rotate_if_full(self) -> None:
-        if self.journal.size() > JOURNAL_ROTATE_BYTES:
-            self.journal.close()
-            self.part += 1
-            self.journal = self._open()
+        for k, journal in enumerate(self.files):
+            if journal.size() > JOURNAL_ROTATE_BYTES:
+                journal.close()
+                self.parts[k] += 1
+                self.files[k] = self._open(k)
 
-    def _open(self) -> Journal | ShippedJournal:
-        file_name = f"{self.name}-{self.part:06d}.log"
+    def _open(self, shard: int) -> Journal | ShippedJournal:
+        file_name = f"{self.name}-{self.parts[shard]:06d}.log"
         if self.keeper is not None:
-            return ShippedJournal(self.keeper, self.prefix + file_name)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return Journal(self.folder / file_name)
-
+            return ShippedJournal(self.keeper, (f"shard-{shard}/" if shard else "") + file_name)
+        return Journal(journal_folder(self.root, shard) / file_name)

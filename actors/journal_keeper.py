@@ -120,8 +120,10 @@ class ShippedJournal:
 
     def __init__(self, keeper: Any, file_name: str, timeout_s: float = 30.0) -> None:
         self.keeper = keeper  # a KeeperHandle, or anything with ``await append(name, payload)``
-        self.path = Path(file_name)  # for messages and rotation; it lives on the keeper's node
+        self.file_name = file_name  # in the keeper's folder (``shard-K/...`` for a store shard's)
+        self.path = Path(file_name)  # for messages; it lives on the keeper's node
         self.timeout_s = timeout_s
+        self.remote = True
         self.last_written = 0
         self._size = 0
 
@@ -133,12 +135,12 @@ class ShippedJournal:
         reached in ``timeout_s`` fails the turns (they are not acknowledged)."""
         payload = b"".join(r.encode() for r in records)
         try:
-            self._size = await asyncio.wait_for(self.keeper.append(self.path.name, payload), self.timeout_s)
+            self._size = await asyncio.wait_for(self.keeper.append(self.file_name, payload), self.timeout_s)
         except TimeoutError as exc:
-            raise StorageError(f"the journal keeper did not confirm {self.path.name} within {self.timeout_s:g}s") \
+            raise StorageError(f"the journal keeper did not confirm {self.file_name} within {self.timeout_s:g}s") \
                 from exc
         except ACTOR_GONE as exc:
-            raise StorageError(f"the journal keeper of {self.path.name} is gone: {exc}") from exc
+            raise StorageError(f"the journal keeper of {self.file_name} is gone: {exc}") from exc
         if records:
             self.last_written = max(self.last_written, records[-1].seq)
 
@@ -154,9 +156,9 @@ class ShippedJournal:
 
     async def _close(self) -> None:
         try:
-            await self.keeper.close(self.path.name)
+            await self.keeper.close(self.file_name)
         except Exception:  # the keeper restarted: it has no such file open anyway
-            log.debug("closing %s on its keeper failed", self.path.name, exc_info=True)
+            log.debug("closing %s on its keeper failed", self.file_name, exc_info=True)
 
 
 _CLOSING: set[asyncio.Task[None]] = set()

@@ -165,6 +165,9 @@ class Driver:
 
         return {"keepers": self.client.run_sync(stats())}
 
+    def status(self) -> dict[str, Any]:
+        return self.client.status()
+
     def snapshot(self) -> dict[str, Any]:
         return self.client.run_sync(self.client.runtime.store.snapshot())
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from letta_ray.actors.store_shards import shard_of
 from letta_ray.local_cluster import FAST_HEALTH_CHECKS, LocalCluster, MotoServer, TcpProxy, make_bucket, s3_env
 
 LONG = os.environ.get("LETTA_RAY_CLUSTER_LONG") == "1"
@@ -39,6 +40,9 @@ RAY_DEFAULT_HEALTH = os.environ.get("LETTA_RAY_CLUSTER_RAY_HEALTH") == "default"
 # the kill with the faster health checks. The bound leaves room for a busy machine.
 RECOVERY_BOUND_S = 60.0 if RAY_DEFAULT_HEALTH else 30.0
 BUCKET = "letta-ray-cluster-test"
+# The metadata store in two shards (LETTA_RAY_CLUSTER_SHARDS=1 for one store): shard 0 runs
+# exactly as one store does, and the second shard's journals are shipped and applied too.
+STORE_SHARDS = int(os.environ.get("LETTA_RAY_CLUSTER_SHARDS", "2"))
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -98,7 +102,8 @@ def cluster(tmp_path_factory, object_store):
     ray_root = Path(tempfile.mkdtemp(prefix="lrc-", dir="/tmp"))  # Ray's socket paths must stay < 108 bytes
     local = LocalCluster(ray_root, system_config={} if RAY_DEFAULT_HEALTH else FAST_HEALTH_CHECKS,
                          env={**s3_env(proxy.endpoint), "LETTA_RAY_STORAGE": f"s3://{BUCKET}/letta",
-                              "LETTA_RAY_HOME": str(root / "head-data"), "LETTA_RAY_OFFLINE_LLM": "1"})
+                              "LETTA_RAY_HOME": str(root / "head-data"), "LETTA_RAY_OFFLINE_LLM": "1",
+                              "LETTA_RAY_STORE_SHARDS": str(STORE_SHARDS)})
     try:
         local.start_head(num_cpus=1)
         local.add_worker(num_cpus=1, env={"LETTA_RAY_HOME": str(root / "worker-data")})
@@ -167,6 +172,11 @@ def test_a_worker_node_lost_loses_nothing_acknowledged(cluster, driver):
     assert all(found[e["text"]] == 1 for e in before), [e for e in before if found[e["text"]] != 1]
     failed_after = [f for f in traffic["failed"] if f["sent"] < killed_at - 0.5]
     assert not failed_after, f"messages sent well before the kill failed: {failed_after}"
+    # every shard with agents here applied their turns (shipped, for the worker's hosts)
+    shards = driver("status")["store"].get("shards") or [driver("status")["store"]]
+    assert len(shards) == STORE_SHARDS
+    for k in {shard_of(a, STORE_SHARDS) for a in ids}:
+        assert shards[k]["turns_applied"] > 0, shards
 
     # The worker comes back: new agents go to it again.
     back = cluster.add_worker(num_cpus=1, name="worker-again")

@@ -190,7 +190,8 @@ async def test_a_keeper_cuts_off_a_torn_record_before_appending(tmp_path: Path) 
 
 async def test_a_keeper_refuses_what_is_not_a_journal_append(tmp_path: Path) -> None:
     keeper = JournalKeeper(tmp_path / "j")
-    for name in ("../escape.log", "h.txt", ".hidden.log"):
+    for name in ("../escape.log", "h.txt", ".hidden.log", "other/h.log", "shard-1/../../escape.log",
+                 "shard-x/h.log", "/abs/h.log"):
         with pytest.raises(StorageError, match="not a journal file name"):
             await keeper.append(name, b"{}\n")
     with pytest.raises(StorageError, match="whole record"):
@@ -207,11 +208,23 @@ async def test_a_keeper_that_cannot_be_reached_fails_the_turn_unacknowledged(tmp
     store = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=tmp_path / "journal")
     host = AgentHost("h", MetadataStoreHandle.local(store), None, llm=FunctionLLM(lambda m, i: send_message("ok")),
                      journal_dir=str(tmp_path / "journal"), keeper=Gone(), store_node="elsewhere")  # type: ignore[arg-type]
-    [journal] = host._journals
-    journal.journal = ShippedJournal(Gone(), "h-x-000000.log", timeout_s=0.2)
+    assert host._journals is not None and host._journals.remote
+    host._journals.files[0] = ShippedJournal(Gone(), "h-x-000000.log", timeout_s=0.2)
     state = agent().model_copy(update={"tools": ["send_message"]})
     await host.create_agents([state])
     with pytest.raises(StorageError, match="did not confirm"):
         await host.send(state.id, [MessageCreate(content="hello?")])
     assert await store.count_messages(state.id) == 0  # not acknowledged, and not half there
     await store.close()
+
+
+async def test_a_keeper_keeps_a_shards_journal_in_that_shards_folder(tmp_path: Path) -> None:
+    from letta_ray.actors.store_shards import journal_folder
+
+    keeper = JournalKeeper(tmp_path / "journal")
+    state = agent()
+    await keeper.append("shard-2/h-1-000000.log", TurnRecord(1, state, turn(state, "on shard 2"), []).encode())
+    [record] = Journal(journal_folder(tmp_path / "journal", 2) / "h-1-000000.log").read()
+    assert record.messages[0].content == "on shard 2"
+    assert not list((tmp_path / "journal").glob("*.log"))  # not shard 0's
+

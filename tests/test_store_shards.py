@@ -323,22 +323,34 @@ async def test_a_data_directory_keeps_its_shard_count(tmp_path: Path) -> None:
     await single.close()
 
 
-async def test_the_hosts_journal_each_turn_to_its_agents_shard(tmp_path: Path) -> None:
+@pytest.mark.parametrize("shipped", [False, True], ids=["own disk", "shipped to a keeper"])
+async def test_the_hosts_journal_each_turn_to_its_agents_shard(tmp_path: Path, shipped: bool) -> None:
     from letta_ray.actors.host import AgentHost
+    from letta_ray.actors.journal_keeper import JournalKeeper, KeeperHandle
     from letta_ray.messages import MessageCreate
     from letta_ray.testing import FunctionLLM, send_message
 
     many = sharded(tmp_path)
+    keeper = KeeperHandle.local(JournalKeeper(tmp_path / "journal")) if shipped else None
     host = AgentHost("h", many, None, llm=FunctionLLM(lambda m, i: send_message("ok")),
-                     journal_dir=str(tmp_path / "journal"))
-    states = [agent(f"h{i}").model_copy(update={"tools": ["send_message"]}) for i in range(9)]
+                     journal_dir=str(tmp_path / "journal"), keeper=keeper,
+                     store_node="another node" if shipped else None)
+    states = [agent(f"h{i}").model_copy(update={"tools": ["send_message"]}) for i in range(12)]
     await host.create_agents(states)
-    await asyncio.gather(*(host.send(s.id, [MessageCreate(content="hi")]) for s in states))
+    await host.send(states[0].id, [MessageCreate(content="alone")])  # written on the spot
+    await asyncio.gather(*(host.send(s.id, [MessageCreate(content="hi")]) for s in states))  # batched
+    used = {shard_of(s.id, SHARDS) for s in states}
+    assert len(used) > 1
     for k in range(SHARDS):
         files = list(journal_folder(tmp_path / "journal", k).glob("h-*.log"))
-        assert len(files) == (1 if any(shard_of(s.id, SHARDS) == k for s in states) else 0)
-    for state in states:  # each shard applied its own agents' turns
-        assert await many.of(state.id).count_messages(state.id) >= 2
+        assert len(files) == (1 if k in used else 0), (k, files)
+    await many.ingest_host_journals()
+    per_turn = await many.count_messages(states[1].id)  # the user's, the call, its result
+    assert per_turn >= 2
+    for state in states:  # each shard applied its own agents' turns, and none of another's
+        assert await many.of(state.id).count_messages(state.id) == per_turn * (2 if state is states[0] else 1)
+        assert sum([await shard.count_messages(state.id) for shard in many.shards]) == await many.count_messages(
+            state.id)
     await many.close()
 
 
