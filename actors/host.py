@@ -763,7 +763,7 @@ class HostJournals:
         """Make one turn durable; returns once it is. ``alone``: no other turn is in flight."""
         self.seq += 1
         record = TurnRecord(self.seq, state, messages, list(edited), steps, run, conversation)
-        if alone and not self.writer.busy and self.keeper is None:
+        if alone and not self.writer.busy and not self.remote:
             # The only turn in flight: write it here (an fsync, ~0.2 ms) rather than pay a
             # thread hop and a loop round trip (~1 ms) for a batch of one.
             try:

@@ -93,6 +93,17 @@ def _merge(pages: Sequence[Sequence[T]], key: Callable[[T], Any], order: Order, 
     return items if limit is None else items[:limit]
 
 
+def _newest(parts: Iterable[Iterable[Block]]) -> dict[str, Block]:
+    """The shards' copies of blocks, by id: the newest copy of each."""
+    newest: dict[str, Block] = {}
+    for part in parts:
+        for block in part:
+            held = newest.get(block.id)
+            if held is None or block.updated_at > held.updated_at:
+                newest[block.id] = block
+    return newest
+
+
 def _run_key(doc: dict[str, Any]) -> tuple[datetime, str]:
     return datetime.fromisoformat(doc["created_at"]), doc["id"]
 
@@ -166,14 +177,34 @@ class ShardedStore(MetadataStoreHandle):
         """A cursor id as the values its list is ordered by (found on whichever shard has it)."""
         if cursor is None or not isinstance(cursor, str):
             return cursor
-        for found in await self._all(lambda shard: shard.cursor_key(kind, cursor)):
-            if found is not None:
-                return tuple(found)  # type: ignore[return-value]
-        raise NotFoundError(kind, cursor)
+        found = await self.cursor_key(kind, cursor)
+        if found is None:
+            raise NotFoundError(kind, cursor)
+        return tuple(found)  # type: ignore[return-value]
+
+    def _of_agents(self, agent_ids: Sequence[str] | None) -> list[MetadataStoreHandle]:
+        """The shards of these agents (every shard for None or no agents)."""
+        if not agent_ids:
+            return self.shards
+        return [self.shards[k] for k in sorted({shard_of(a, len(self.shards)) for a in agent_ids})]
+
+    async def _page(self, kind: str, shards: Sequence[MetadataStoreHandle],
+                    list_page: Callable[[MetadataStoreHandle, Cursor | None, Cursor | None], Awaitable[list[T]]],
+                    key: Callable[[T], Any], *, after: Cursor | None, before: Cursor | None, limit: int | None,
+                    order: Order) -> list[T]:
+        """One page of a list of ``kind`` ordered by ``key``: the cursors turned into values,
+        each shard's page between them (``list_page(shard, after, before)``), merged."""
+        after, before = await self._key(kind, after), await self._key(kind, before)
+        pages = await asyncio.gather(*(list_page(shard, after, before) for shard in shards))
+        return _merge(pages, key, order, limit)
 
     async def _holders(self, block_ids: Sequence[str]) -> list[dict[str, int]]:
         """Per shard: the blocks of ``block_ids`` it holds, with their attachments there."""
         return await self._all(lambda shard: shard.attachment_counts(list(block_ids)))
+
+    async def _holding(self, block_id: str) -> list[int]:
+        """The shards with a copy of block ``block_id``, in order."""
+        return [k for k, holds in enumerate(await self._holders([block_id])) if block_id in holds]
 
     # ------------------------------------------------------------------ agents
 
@@ -238,11 +269,9 @@ class ShardedStore(MetadataStoreHandle):
     async def list_agents(self, *, name: str | None = None, tags: list[str] | None = None,
                           match_all_tags: bool = False, limit: int | None = 50, after: Cursor | None = None,
                           before: Cursor | None = None, order: Order = "asc") -> list[AgentState]:
-        after, before = await self._key("agent", after), await self._key("agent", before)
-        pages = await self._all(lambda shard: shard.list_agents(
-            name=name, tags=tags, match_all_tags=match_all_tags, limit=limit, after=after, before=before,
-            order=order))
-        return _merge(pages, lambda state: (state.created_at, state.id), order, limit)
+        return await self._page("agent", self.shards, lambda shard, a, b: shard.list_agents(
+            name=name, tags=tags, match_all_tags=match_all_tags, limit=limit, after=a, before=b, order=order),
+            lambda state: (state.created_at, state.id), after=after, before=before, limit=limit, order=order)
 
     async def list_tags(self, *, name: str | None = None, after: str | None = None, before: str | None = None,
                         limit: int | None = 50, order: Order = "asc") -> list[str]:
@@ -266,12 +295,7 @@ class ShardedStore(MetadataStoreHandle):
     # ------------------------------------------------------------------ blocks
 
     async def get_blocks(self, block_ids: list[str], missing_ok: bool = False) -> list[Block]:
-        newest: dict[str, Block] = {}
-        for part in await self._all(lambda shard: shard.get_blocks(block_ids, True)):
-            for block in part:
-                held = newest.get(block.id)
-                if held is None or block.updated_at > held.updated_at:
-                    newest[block.id] = block
+        newest = _newest(await self._all(lambda shard: shard.get_blocks(block_ids, True)))
         missing = next((b for b in block_ids if b not in newest), None)
         if missing is not None and not missing_ok:
             raise NotFoundError("block", missing)
@@ -283,12 +307,7 @@ class ShardedStore(MetadataStoreHandle):
 
     async def list_blocks(self, *, label: str | None = None, limit: int | None = 50,
                           after: str | None = None) -> list[Block]:
-        newest: dict[str, Block] = {}
-        for part in await self._all(lambda shard: shard.list_blocks(label=label, limit=limit, after=after)):
-            for block in part:
-                held = newest.get(block.id)
-                if held is None or block.updated_at > held.updated_at:
-                    newest[block.id] = block
+        newest = _newest(await self._all(lambda shard: shard.list_blocks(label=label, limit=limit, after=after)))
         blocks = [newest[b] for b in sorted(newest)]
         return blocks if limit is None else blocks[:limit]
 
@@ -313,8 +332,7 @@ class ShardedStore(MetadataStoreHandle):
     async def edit_block(self, block_id: str, op: str, args: dict[str, Any]) -> Block:
         """The edit runs on the first shard holding the block (one after another with every
         other edit of it), then its result goes to the other copies."""
-        held = await self._holders([block_id])
-        holders = [k for k, holds in enumerate(held) if block_id in holds]
+        holders = await self._holding(block_id)
         if not holders:
             raise NotFoundError("block", block_id)
         block = await self.shards[holders[0]].edit_block(block_id, op, args)
@@ -324,9 +342,7 @@ class ShardedStore(MetadataStoreHandle):
     async def upsert_block(self, block: Block) -> None:
         """Write every copy; if one shard refuses (a label clash with one of its agents), the
         copies already written are put back and the refusal raised."""
-        held = await self._holders([block.id])
-        holders = [k for k, holds in enumerate(held) if block.id in holds] or [
-            shard_of(block.id, len(self.shards))]
+        holders = await self._holding(block.id) or [shard_of(block.id, len(self.shards))]
         before = {k: (await self.shards[k].get_blocks([block.id], True)) for k in holders}
         written: list[int] = []
         try:
@@ -340,8 +356,7 @@ class ShardedStore(MetadataStoreHandle):
             raise
 
     async def delete_block(self, block_id: str) -> None:
-        held = await self._holders([block_id])
-        holders = [k for k, holds in enumerate(held) if block_id in holds]
+        holders = await self._holding(block_id)
         if not holders:
             raise NotFoundError("block", block_id)
         await asyncio.gather(*(self.shards[k].delete_block(block_id) for k in holders))
@@ -442,12 +457,9 @@ class ShardedStore(MetadataStoreHandle):
     async def list_runs(self, agent_ids: list[str] | None = None, *, after: Cursor | None = None,
                         before: Cursor | None = None, limit: int | None = 50, order: Order = "desc",
                         **filters: Any) -> list[dict[str, Any]]:
-        after, before = await self._key("run", after), await self._key("run", before)
-        shards = self.shards if not agent_ids else [
-            self.shards[k] for k in sorted({shard_of(a, len(self.shards)) for a in agent_ids})]
-        pages = await asyncio.gather(*(shard.list_runs(agent_ids, after=after, before=before, limit=limit,
-                                                       order=order, **filters) for shard in shards))
-        return _merge(pages, _run_key, order, limit)
+        return await self._page("run", self._of_agents(agent_ids), lambda shard, a, b: shard.list_runs(
+            agent_ids, after=a, before=b, limit=limit, order=order, **filters),
+            _run_key, after=after, before=before, limit=limit, order=order)
 
     async def get_step(self, step_id: str) -> StepRecord:
         return (await self._found(lambda shard: shard.get_step(step_id), "step", step_id))[0]
@@ -459,12 +471,10 @@ class ShardedStore(MetadataStoreHandle):
     async def list_steps(self, *, agent_id: str | None = None, after: Cursor | None = None,
                          before: Cursor | None = None, limit: int | None = 50, order: Order = "desc",
                          **filters: Any) -> list[StepRecord]:
-        after, before = await self._key("step", after), await self._key("step", before)
-        shards = [self.of(agent_id)] if agent_id is not None else self.shards
-        pages = await asyncio.gather(*(shard.list_steps(agent_id=agent_id, after=after, before=before,
-                                                        limit=limit, order=order, **filters)
-                                       for shard in shards))
-        return _merge(pages, lambda step: (step.step_start_ns, step.id), order, limit)
+        shards = self._of_agents([agent_id] if agent_id is not None else None)
+        return await self._page("step", shards, lambda shard, a, b: shard.list_steps(
+            agent_id=agent_id, after=a, before=b, limit=limit, order=order, **filters),
+            lambda step: (step.step_start_ns, step.id), after=after, before=before, limit=limit, order=order)
 
     # ------------------------------------------------------------------ conversations
 
@@ -482,12 +492,10 @@ class ShardedStore(MetadataStoreHandle):
     async def list_conversations(self, *, agent_id: str | None = None, after: Cursor | None = None,
                                  before: Cursor | None = None, limit: int | None = 50, order: Order = "desc",
                                  **filters: Any) -> list[Conversation]:
-        after, before = await self._key("conversation", after), await self._key("conversation", before)
-        shards = [self.of(agent_id)] if agent_id is not None else self.shards
-        pages = await asyncio.gather(*(shard.list_conversations(agent_id=agent_id, after=after, before=before,
-                                                                limit=limit, order=order, **filters)
-                                       for shard in shards))
-        return _merge(pages, lambda c: (c.created_at, c.id), order, limit)
+        shards = self._of_agents([agent_id] if agent_id is not None else None)
+        return await self._page("conversation", shards, lambda shard, a, b: shard.list_conversations(
+            agent_id=agent_id, after=a, before=b, limit=limit, order=order, **filters),
+            lambda c: (c.created_at, c.id), after=after, before=before, limit=limit, order=order)
 
     async def cursor_key(self, kind: str, key: str) -> tuple[Any, Any] | None:
         for found in await self._all(lambda shard: shard.cursor_key(kind, key)):
