@@ -49,6 +49,7 @@ from .host import HostHandle, TurnResult, pair_sleeptime
 from .hosts import Connection, Hosts
 from .identities_api import IdentitiesAPI
 from .limits import parse_limits
+from .local_model import stored_endpoint
 from .mcp_api import MCPServersAPI
 from .runs_api import MessagesAPI, RunsAPI, StepsAPI
 from .runtime import Runtime, init_ray, start_runtime, stop_runtime
@@ -268,7 +269,8 @@ class Client:
             if model is None:
                 raise InvalidInputError(f"no model given and {why}")
         try:
-            return LLMConfig(model=model, model_endpoint=model_endpoint or self.settings.endpoint_for(model),
+            endpoint = stored_endpoint(model, model_endpoint or self.settings.endpoint_for(model))
+            return LLMConfig(model=model, model_endpoint=endpoint,
                              context_window=context_window or self.settings.default_context_window)
         except ValueError as exc:
             raise InvalidInputError(f"invalid model settings: {exc}") from exc

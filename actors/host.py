@@ -52,6 +52,7 @@ from ._journal import Journal, JournalWriter, TurnRecord
 from .archive import ArchiveHandle
 from .journal_keeper import KeeperHandle, ShippedJournal
 from .limits import LimitedLLM, LimitsView, LLMLimiterSource
+from .local_model import LocalModelLLM
 from .mcp_servers import MCPServers
 from .messaging import AgentMessenger, Router
 from .metadata_store import MetadataStoreHandle
@@ -173,7 +174,7 @@ class AgentHost:
         if self._llm is None:
             from letta_ray.llm import LiteLLM  # litellm is heavy: import on first use
 
-            self._llm = LiteLLM()
+            self._llm = LocalModelLLM(LiteLLM())
         if self._limits is not None and not isinstance(self._llm, LimitedLLM):
             self._llm = LimitedLLM(self._llm, self._limits)
         return self._llm

@@ -23,6 +23,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from letta_ray.actors.local_model import stored_endpoint
 from letta_ray.errors import InvalidInputError, LettaRayError, NotFoundError
 from letta_ray.messages import (
     AssistantMessage,
@@ -390,10 +391,11 @@ def run(
             else:
                 status = "existing"
                 config = state.llm_config
-                if (config.model, config.model_endpoint) != (choice.model, choice.endpoint):
+                endpoint = stored_endpoint(choice.model, choice.endpoint)  # none for the local model
+                if (config.model, config.model_endpoint) != (choice.model, endpoint):
                     try:
                         config = LLMConfig.model_validate(
-                            {**config.model_dump(), "model": choice.model, "model_endpoint": choice.endpoint})
+                            {**config.model_dump(), "model": choice.model, "model_endpoint": endpoint})
                     except ValueError as exc:
                         raise InvalidInputError(f"invalid model settings: {exc}") from exc
                     handle.modify(llm_config=config)

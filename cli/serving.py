@@ -29,9 +29,9 @@ def _with_local_llm(settings: Settings, *, host: str | None, port: int | None,
     on_ready(resolution.why)
     from letta_ray.local_llm.app import start_local_llm  # needs llama.cpp: only when it is used
 
-    endpoint = start_local_llm(settings, host=host, port=port)
+    start_local_llm(settings, host=host, port=port)  # agents look its address up when they use it
     return settings.model_copy(update={
-        "default_model": LOCAL_LLM_MODEL, "default_model_endpoint": endpoint,
+        "default_model": LOCAL_LLM_MODEL, "default_model_endpoint": None,
         "default_context_window": min(settings.default_context_window, LOCAL_LLM_CONTEXT_WINDOW)})
 
 

@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
+from letta_ray.actors.local_model import publish_local_model
 from letta_ray.serve.startup import direct_ingress_running, is_loopback, keep_replica_grpc_on_loopback, start_serve
 from letta_ray.settings import LOCAL_LLM_NAME, Settings
 
@@ -143,8 +144,11 @@ def start_local_llm(settings: Settings, *, host: str | None = None, port: int | 
     start_serve(host, port)
     app = LocalModelServer.bind(is_loopback(host), None, settings.api_token)
     serve.run(app, name=APP_NAME, route_prefix=ROUTE_PREFIX, blocking=False)
-    return loopback_url(host, port)
+    url = loopback_url(host, port)
+    publish_local_model(url)
+    return url
 
 
 def stop_local_llm() -> None:
+    publish_local_model(None)
     serve.delete(APP_NAME)

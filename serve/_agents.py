@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from letta_ray.actors.client import Client
+from letta_ray.actors.local_model import stored_endpoint
 from letta_ray.errors import InvalidInputError, NotFoundError
 from letta_ray.schemas import LLMConfig, Order, resolve_agent_type, time_cursors
 
@@ -233,7 +234,8 @@ async def modify_agent(agent_id: str, body: UpdateAgentRequest, client: ClientDe
             config = body.llm_config.to_core()
         elif body.model is not None:
             config = {"model": body.model, "handle": body.model,
-                      "model_endpoint": body.model_endpoint or client.settings.endpoint_for(body.model),
+                      "model_endpoint": stored_endpoint(body.model, body.model_endpoint
+                                                        or client.settings.endpoint_for(body.model)),
                       "context_window": client.settings.default_context_window}
         else:
             config = (await client.get_agent_state_async(agent_id)).llm_config

@@ -7,6 +7,7 @@ load SmolLM2-135M and need the ``letta-ray[local-llm]`` extra; they skip without
 from __future__ import annotations
 
 import json
+import time
 import socket
 from typing import Any
 
@@ -374,3 +375,105 @@ async def test_on_ray_serve_litellm_reaches_it_and_an_agent_edits_its_memory(ser
     assert reply.assistant_text().strip()
     human = (await agent.state_async()).block("human").value
     assert human.strip()  # the model wrote it
+
+
+# --------------------------------------------------------------------------- its address: looked up, never stored
+
+
+def test_the_local_models_address_is_looked_up_at_use_not_stored() -> None:
+    from letta_ray.actors.local_model import LocalModelLLM, stored_endpoint
+    from letta_ray.errors import LLMError
+    from letta_ray.schemas import LLMConfig
+
+    published: list[str | None] = ["http://127.0.0.1:9001/local-llm/v1"]
+    lookups = 0
+
+    def lookup() -> str | None:
+        nonlocal lookups
+        lookups += 1
+        return published[0]
+
+    llm = LocalModelLLM(None, ttl_s=60.0, lookup=lookup)  # type: ignore[arg-type]
+    local = LLMConfig(model=LOCAL_LLM_MODEL)
+    assert llm.resolve(local).model_endpoint == "http://127.0.0.1:9001/local-llm/v1"
+    stale = LLMConfig(model=LOCAL_LLM_MODEL, model_endpoint="http://127.0.0.1:8283/local-llm/v1")
+    assert llm.resolve(stale).model_endpoint == "http://127.0.0.1:9001/local-llm/v1"  # the old port is gone
+    elsewhere = LLMConfig(model=LOCAL_LLM_MODEL, model_endpoint="http://gpu-box:8000/v1")
+    assert llm.resolve(elsewhere) is elsewhere  # served on another machine on purpose
+    other = LLMConfig(model="openai/gpt-4o-mini", model_endpoint="http://127.0.0.1:4000/v1")
+    assert llm.resolve(other) is other
+    assert lookups == 1  # read once per ttl
+
+    published[0] = None
+    fresh = LocalModelLLM(None, lookup=lookup)  # type: ignore[arg-type]
+    with pytest.raises(LLMError, match="local model is not running"):
+        fresh.resolve(local)
+    assert fresh.resolve(stale) is stale  # nothing published: a stored address is all there is
+
+    assert stored_endpoint(LOCAL_LLM_MODEL, "http://127.0.0.1:8283/local-llm/v1") is None
+    assert stored_endpoint(LOCAL_LLM_MODEL, "http://gpu-box:8000/v1") == "http://gpu-box:8000/v1"
+    assert stored_endpoint("openai/gpt-4o-mini", "http://127.0.0.1:4000/v1") == "http://127.0.0.1:4000/v1"
+
+
+def test_serve_makes_the_local_model_the_default_without_an_address(monkeypatch: pytest.MonkeyPatch,
+                                                                   no_keys: None) -> None:
+    import letta_ray.local_llm.app as local_app
+    from letta_ray.cli.serving import _with_local_llm
+
+    started: list[tuple[str | None, int | None]] = []
+    monkeypatch.setattr(local_app, "start_local_llm",
+                        lambda settings, host, port: started.append((host, port)) or "http://127.0.0.1:1/local-llm/v1")
+    monkeypatch.setattr("letta_ray.settings.local_llm_available", lambda: True)
+    settings = _with_local_llm(Settings(), host="127.0.0.1", port=8999, on_ready=lambda _: None)
+    assert started == [("127.0.0.1", 8999)]
+    assert settings.default_model == LOCAL_LLM_MODEL and settings.default_model_endpoint is None
+    assert settings.endpoint_for(LOCAL_LLM_MODEL) is None
+
+
+def test_agents_on_the_local_model_answer_after_a_restart_on_another_port(ray_session: Any, tmp_path: Any) -> None:
+    """Two fake servers on two ports stand in for the local model before and after a restart."""
+    import letta_ray
+    from letta_ray.actors.local_model import publish_local_model
+    from letta_ray.fake_llm_server import FakeOpenAIServer
+    from letta_ray.schemas import LLMConfig
+
+    home = str(tmp_path / "home")
+    before = FakeOpenAIServer(model=LOCAL_LLM_MODEL).start()
+    old_port = before.port
+    try:
+        publish_local_model(before.url)  # what start_local_llm does
+        first = letta_ray.connect(home=home)
+        try:
+            agent = first.create_agent("on-local", model=LOCAL_LLM_MODEL, model_endpoint=before.url)
+            assert agent.state().llm_config.model_endpoint is None  # a name, not an address
+            # as stored by an older version: the address of the server it was made on
+            legacy = first.create_agent("legacy", llm_config=LLMConfig(model=LOCAL_LLM_MODEL,
+                                                                       model_endpoint=before.url))
+            assert legacy.state().llm_config.model_endpoint == before.url
+            assert agent.send("hello").assistant_text() == "You said: hello"
+        finally:
+            first.close()
+    finally:
+        before.stop()
+    answered_before = before.request_count
+
+    with FakeOpenAIServer(model=LOCAL_LLM_MODEL) as after:
+        assert after.port != old_port
+        publish_local_model(after.url)
+        second = letta_ray.connect(home=home)
+        try:
+            for name in ("on-local", "legacy"):
+                reply = second.get_agent(name).send("still there?")
+                assert reply.stop_reason.stop_reason == "end_turn", name
+                assert reply.assistant_text() == "You said: still there?"
+            assert after.request_count >= 2 and before.request_count == answered_before
+            publish_local_model(None)  # the local model stopped: a clear error, the agent intact
+            time.sleep(1.1)  # the hosts' cached address expires
+            failed = second.get_agent("on-local").send("and now?")
+            assert failed.stop_reason.stop_reason == "llm_api_error"
+            publish_local_model(after.url)
+            time.sleep(1.1)
+            assert second.get_agent("on-local").send("back").assistant_text() == "You said: back"
+        finally:
+            publish_local_model(None)
+            second.close()
