@@ -90,7 +90,7 @@ class Client:
         self.runtime = runtime
         self.settings = runtime.settings
         self.hosts = Hosts(runtime.directory, runtime.store, self.settings.call_timeout_s)
-        self.connection = Connection(runtime, self.hosts, EventLoopThread())
+        self.connection = Connection(runtime, self.hosts, EventLoopThread(), self.settings.input_limits())
         self.groups = GroupsAPI(self.connection)
         """Groups of agents: round robin, supervisor, dynamic (``client.groups.create_group(...)``)."""
         self.mcp_servers = MCPServersAPI(self.connection)
@@ -331,6 +331,8 @@ class Client:
         stored with them (an agent file's messages)."""
         if not states:
             return []
+        for state in states:
+            self.connection.limits.check_blocks(state.blocks)
         await self._check_tools(states)
         ids = [s.id for s in states]
         by_host = self.hosts.by_host(states, ids, await self.hosts.place(ids))
@@ -420,6 +422,8 @@ class Client:
         return await self._store_tool(tool, **{k: v for k, v in changes.items() if v is not None})
 
     async def _tool_from(self, source: Any, name: str | None, reqs: list[PipRequirement]) -> Tool:
+        if isinstance(source, str):  # before anything reads it
+            self.connection.limits.check_tool_source(name or "?", source)
         sandbox = await self.runtime.tools.get(reqs)  # ToolDefinitionError if they cannot be installed
         if isinstance(source, str):
             described = await sandbox.describe(source, name)
@@ -427,6 +431,7 @@ class Client:
         tf = build_tool(source, name=name)
         if tf.tool.source_code is None:
             raise InvalidInputError(f"cannot read the source of {tf.name}; pass its source code as a string")
+        self.connection.limits.check_tool_source(tf.name, tf.tool.source_code)
         if tf.takes_context and tf.context_param != "agent_state":
             raise InvalidInputError(f"tool {tf.name!r} takes a ToolContext, which only built-in tools can")
         return tf.tool.model_copy(update={"takes_agent_state": tf.takes_context})
@@ -528,6 +533,7 @@ class Client:
 
     async def create_block_async(self, block: Block) -> Block:
         """Store a block of its own, to attach to agents later (a shared block)."""
+        self.connection.limits.check_blocks([block], already=0)
         await self.runtime.store.upsert_block(block)
         return block
 
@@ -544,6 +550,7 @@ class Client:
     async def update_block_async(self, block_id: str, **changes: Any) -> Block:
         """Edit a block by id; every agent it is attached to sees the edit before its next turn."""
         block = (await self.runtime.store.get_block(block_id)).updated(**changes)
+        self.connection.limits.check_block(block.label, block.value, block.limit)
         await self.runtime.store.upsert_block(block)
         await self.hosts.reload(await self.runtime.store.agents_of_block(block_id))
         return block
@@ -556,6 +563,9 @@ class Client:
 
     async def attach_block_async(self, agent_id: str, block_id: str) -> AgentState:
         """Attach a stored block to an agent (blocks attached to several agents are shared)."""
+        state = await self.runtime.store.get_agent(agent_id)
+        if block_id not in {b.id for b in state.blocks}:
+            self.connection.limits.check_blocks([], already=len(state.blocks) + 1)
         await self.runtime.store.attach_block(agent_id, block_id)
         # every holder reloads: the block may have just become shared
         await self.hosts.reload(await self.runtime.store.agents_of_block(block_id))

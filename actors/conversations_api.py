@@ -87,7 +87,7 @@ class ConversationsAPI:
                          client_tools: list[ClientTool | dict[str, Any]] | None = None,
                          llm_config: LLMConfig | None = None) -> LettaResponse:
         conversation = await self.store.get_conversation(conversation_id)
-        messages = as_messages(message)
+        messages = as_messages(message, limits=self.connection.limits)
         offered = _client_tools(client_tools)
         return await self.connection.hosts.call(
             conversation.agent_id, lambda host: host.send(conversation.agent_id, messages, max_steps=max_steps,
@@ -103,7 +103,7 @@ class ConversationsAPI:
                            client_tools: list[ClientTool | dict[str, Any]] | None = None,
                            llm_config: LLMConfig | None = None) -> AsyncIterator[Any]:
         conversation = await self.store.get_conversation(conversation_id)
-        messages = as_messages(message)
+        messages = as_messages(message, limits=self.connection.limits)
         offered = _client_tools(client_tools)
         async for item in self.connection.hosts.stream(
                 conversation.agent_id, lambda host: host.send_stream(

@@ -136,7 +136,7 @@ class GroupsAPI:
 
     async def send_group_async(self, group_id: str, message: str | MessageCreate | list[Any], *,
                                max_steps: int | None = None) -> LettaResponse:
-        messages = as_messages(message)
+        messages = as_messages(message, limits=self.connection.limits)
         lock = self._locks.setdefault(group_id, asyncio.Lock())
         async with lock:  # one run of a group at a time: a run reads and writes its backlog
             doc = await self.store.get_group(group_id)

@@ -43,7 +43,7 @@ class AgentHandle:
                          max_steps: int | None = None, run_id: str | None = None,
                          client_tools: list[ClientTool | dict[str, Any]] | None = None,
                          llm_config: LLMConfig | None = None) -> LettaResponse:
-        messages = as_messages(message)
+        messages = as_messages(message, limits=self.connection.limits)
         offered = _client_tools(client_tools)
         return await self.connection.hosts.call(
             self.id, lambda host: host.send(self.id, messages, max_steps=max_steps, run_id=run_id,
@@ -65,7 +65,7 @@ class AgentHandle:
                            client_tools: list[ClientTool | dict[str, Any]] | None = None,
                            run_id: str | None = None, llm_config: LLMConfig | None = None) -> AsyncIterator[Any]:
         """Each event of the turn as it happens, then ``StopReason`` and ``UsageStatistics``."""
-        messages = as_messages(message)
+        messages = as_messages(message, limits=self.connection.limits)
         offered = _client_tools(client_tools)
         async for item in self.connection.hosts.stream(
                 self.id, lambda host: host.send_stream(self.id, messages, max_steps=max_steps, run_id=run_id,
@@ -152,7 +152,7 @@ class AgentHandle:
 
     async def preview_async(self, message: str | MessageCreate | list[Any], *,
                             client_tools: list[ClientTool | dict[str, Any]] | None = None) -> dict[str, Any]:
-        messages = as_messages(message)
+        messages = as_messages(message, limits=self.connection.limits)
         offered = _client_tools(client_tools)
         return await self.connection.hosts.call(self.id, lambda host: host.preview(self.id, messages, offered))
 
@@ -248,6 +248,7 @@ class BlocksView(Mapping[str, Block]):
 
     async def update_async(self, label: str, value: str | None = None, **changes: Any) -> Block:
         agent_id, connection = self._agent.id, self._agent.connection
+        connection.limits.check_block(label, value, changes.get("limit"))
         block: Block = await connection.hosts.call(
             agent_id, lambda host: host.update_block(agent_id, label, value=value, **changes))
         others = [a for a in await connection.runtime.store.agents_of_block(block.id) if a != agent_id]

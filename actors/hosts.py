@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from letta_ray.errors import NotFoundError
+from letta_ray.input_limits import InputLimits
 
 from ._facade import ACTOR_GONE
 from ._loop import EventLoopThread
@@ -132,3 +133,4 @@ class Connection:
     runtime: Runtime
     hosts: Hosts
     loop: EventLoopThread
+    limits: InputLimits  # what callers may send (the settings')

@@ -36,6 +36,10 @@ class InvalidInputError(LettaRayError, ValueError):
     """A caller passed something malformed: a bad config, an unknown label, a bad limit."""
 
 
+class InputTooLargeError(InvalidInputError):
+    """A request over one of the server's input limits (``InputLimits``); over HTTP a 413."""
+
+
 class BlockLimitError(InvalidInputError):
     """A block value longer than the block's character limit."""
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from letta_ray.errors import InvalidInputError, describe_validation_error
 from letta_ray.schemas import new_id, utcnow
+
+if TYPE_CHECKING:
+    from letta_ray.input_limits import InputLimits
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -149,9 +152,11 @@ class MessageCreate(_Model):
         return "\n".join(str(part.get("text", "")) for part in self.content if isinstance(part, dict))
 
 
-def as_messages(message: Any, *, to: str = "an agent") -> list[MessageCreate | Message]:
+def as_messages(message: Any, *, to: str = "an agent", limits: InputLimits | None = None
+                ) -> list[MessageCreate | Message]:
     """What a caller sends ``to`` someone as messages: text, a message, or a list of them
-    (or of dicts shaped like ``MessageCreate``); InvalidInputError for anything else."""
+    (or of dicts shaped like ``MessageCreate``); InvalidInputError for anything else, and
+    InputTooLargeError past ``limits``."""
     items = message if isinstance(message, list) else [message]
     out: list[MessageCreate | Message] = []
     for item in items:
@@ -168,6 +173,8 @@ def as_messages(message: Any, *, to: str = "an agent") -> list[MessageCreate | M
             raise InvalidInputError(f"cannot send {type(item).__name__} to {to}")
     if not out:
         raise InvalidInputError(f"no message to send to {to}")
+    if limits is not None:
+        limits.check_messages(out)
     return out
 
 

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from letta_ray.input_limits import InputLimits
 from letta_ray.sandbox.runner import SandboxLimits
 from letta_ray.schemas import LLMLimit
 from letta_ray.storage.object_store import StorageLocation
@@ -116,6 +117,13 @@ class Settings(BaseSettings):
     mcp_connect_timeout_s: float = Field(default=15.0, gt=0, le=600, description="how long connecting to an "
                                          "MCP server (starting a stdio one) may take")
     max_upload_mb: int = Field(default=100, ge=1, description="largest file an upload to a folder may be")
+    max_body_mb: int = Field(default=32, ge=1, description="largest HTTP request body other than an upload "
+                             "(413 beyond it)")
+    max_message_chars: int = Field(default=200_000, ge=1, description="longest message a caller may send")
+    max_messages_per_request: int = Field(default=100, ge=1, description="most messages one request may send")
+    max_blocks_per_agent: int = Field(default=100, ge=1, description="most memory blocks one agent may have")
+    max_block_chars: int = Field(default=200_000, ge=1, description="largest value (and limit) of a memory block")
+    max_tool_source_kb: int = Field(default=256, ge=1, description="largest source code of a tool")
     mcp_stdio: bool = Field(default=True, description="allow MCP servers of type stdio: commands this machine "
                             "runs for whoever may call the API")
     local_llm: bool = Field(default=True, description="with no provider key, think with the bundled local "
@@ -158,6 +166,12 @@ class Settings(BaseSettings):
     @property
     def export_path(self) -> Path:
         return self.home / "export"
+
+    def input_limits(self) -> InputLimits:
+        return InputLimits(max_message_chars=self.max_message_chars,
+                           max_messages_per_request=self.max_messages_per_request,
+                           max_blocks_per_agent=self.max_blocks_per_agent, max_block_chars=self.max_block_chars,
+                           max_tool_source_kb=self.max_tool_source_kb)
 
     def sandbox_limits(self) -> SandboxLimits:
         return SandboxLimits(timeout_s=self.tool_timeout_s, cpu_s=self.tool_cpu_s, memory_mb=self.tool_memory_mb,

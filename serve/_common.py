@@ -17,6 +17,7 @@ from letta_ray.actors.client import Client
 from letta_ray.errors import (
     AgentBusyTimeout,
     ConflictError,
+    InputTooLargeError,
     InvalidInputError,
     LLMError,
     NotFoundError,
@@ -102,6 +103,8 @@ def status_of(exc: BaseException) -> tuple[int, str]:
         return 404, str(exc)
     if isinstance(exc, ConflictError):
         return 409, str(exc)
+    if isinstance(exc, InputTooLargeError):
+        return 413, str(exc)
     if isinstance(exc, InvalidInputError):  # BlockLimitError, ToolDefinitionError, ...
         return 400, str(exc)
     if isinstance(exc, ValidationError):

@@ -12,9 +12,9 @@ import hmac
 import logging
 import os
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
@@ -157,6 +157,47 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is over {limit / 2**20:,.0f} MB (settings LETTA_RAY_MAX_BODY_MB "
+                              "and, for uploads, LETTA_RAY_MAX_UPLOAD_MB)")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over its limit is a 413, refused on its declared
+    ``Content-Length`` before it is read, or as soon as more arrives than the limit (a
+    chunked body). Uploads (multipart) have their own, larger limit."""
+
+    def __init__(self, app: Any, body_bytes: int, upload_bytes: int) -> None:
+        self.app = app
+        self.body_bytes = body_bytes
+        self.upload_bytes = upload_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        multipart = headers.get(b"content-type", b"").startswith(b"multipart/")
+        limit = self.upload_bytes if multipart else self.body_bytes
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            error = BodyTooLarge(limit)
+            response = JSONResponse({"detail": error.detail}, status_code=413, headers={"Connection": "close"})
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)  # raised where the route reads the body: a 413
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def create_app(client: Client) -> FastAPI:
     """The HTTP API over ``client``: Letta's routes under /v1, OpenAPI at /openapi.json, docs at /docs."""
     app = FastAPI(title="letta_ray", version=letta_ray.__version__,
@@ -179,4 +220,8 @@ def create_app(client: Client) -> FastAPI:
     app.add_exception_handler(ValidationError, _on_validation)
     for kind in (LettaRayError, TimeoutError, RayError, Exception):
         app.add_exception_handler(kind, _on_error)
+    settings = client.settings
+    # an upload's own limit is checked as it is written; the body around it may be a little more
+    app.add_middleware(BodyLimit, body_bytes=settings.max_body_mb * 2**20,
+                       upload_bytes=(settings.max_upload_mb + 1) * 2**20)
     return app

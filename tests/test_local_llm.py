@@ -7,8 +7,8 @@ load SmolLM2-135M and need the ``letta-ray[local-llm]`` extra; they skip without
 from __future__ import annotations
 
 import json
-import time
 import socket
+import time
 from typing import Any
 
 import pytest
