@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,15 @@ from letta_ray.deps import LLM, StepDeps
 from letta_ray.errors import InvalidInputError, NotFoundError, StorageError, ToolDefinitionError
 from letta_ray.mcp import MCPServer, server_of
 from letta_ray.memory import Memory, MemoryStats, join_system_prompt, system_prompt_parts
-from letta_ray.messages import LettaResponse, Message, MessageCreate, StepRecord
+from letta_ray.messages import (
+    LettaResponse,
+    Message,
+    MessageCreate,
+    StepRecord,
+    StopReason,
+    UsageStatistics,
+    to_events,
+)
 from letta_ray.sandbox import SandboxError
 from letta_ray.schemas import (
     AgentState,
@@ -68,6 +77,7 @@ SLEEPTIME_TURNS = "sleeptime_turns"
 SLEEPTIME_LAST_MESSAGE = "sleeptime_last_message_id"
 
 # A run's status from its turn's stop reason (any other: "completed").
+_REPLIES_KEPT = 64  # per agent
 _RUN_STATUS = {"cancelled": "cancelled", "error": "failed", "llm_api_error": "failed"}
 
 # A host starts a new journal file past this size (the store deletes applied ones).
@@ -124,6 +134,8 @@ class _Hosted:
     run_id: str | None = None  # the turn running now, the event that cancels it, and its conversation
     cancel: asyncio.Event | None = None
     conversation_id: str | None = None
+    # the latest replies by the otid of the message they answer: a retry is answered again, not run again
+    replies: OrderedDict[str, LettaResponse] = field(default_factory=OrderedDict)
 
 
 class AgentHost:
@@ -316,6 +328,12 @@ class AgentHost:
             if agent_id not in self.agents:  # deleted while we waited our turn
                 raise NotFoundError("agent", agent_id)
             thread = await self._thread(hosted, conversation_id)
+            otid = next((m.otid for m in messages if m.otid), None)
+            if otid is not None and (answered := await self._answered(hosted, thread.context, otid)) is not None:
+                if on_event is not None:
+                    for event in answered.messages:
+                        await on_event(event)
+                return answered
             hosted.run_id, hosted.cancel, hosted.conversation_id = run_id, asyncio.Event(), conversation_id
             try:
                 toolset = await self._toolset(hosted.state)
@@ -356,7 +374,33 @@ class AgentHost:
             hosted.last_used = time.monotonic()
             if sleeper and turns % int(result.state.metadata.get(SLEEPTIME_FREQUENCY, 5)) == 0:
                 self._wake_sleeptime(result.state, sleeper, through=result.new_messages[-1])
-            return result.response()
+            response = result.response()
+            if otid is not None:
+                hosted.replies[otid] = response
+                while len(hosted.replies) > _REPLIES_KEPT:
+                    hosted.replies.popitem(last=False)
+            return response
+
+    async def _answered(self, hosted: _Hosted, context: list[Message], otid: str) -> LettaResponse | None:
+        """The reply to a message with this ``otid`` already sent and answered, if any.
+
+        Clients retry a message whose reply they did not get (Letta's ``otid`` is the
+        idempotency key). The reply is kept for the latest turns; after a restart of the
+        host it is rebuilt from the turn's messages in the context window and its run."""
+        if (reply := hosted.replies.get(otid)) is not None:
+            return reply
+        sent = next((m for m in reversed(context) if m.otid == otid and m.run_id), None)
+        if sent is None:
+            return None
+        turn = [m for m in context if m.run_id == sent.run_id]
+        try:
+            run = await self.store.get_run(sent.run_id)
+        except NotFoundError:
+            run = {}
+        events = [e for m in turn for e in to_events(m, uses_send_message=hosted.state.uses_send_message)]
+        usage = UsageStatistics.model_validate(run.get("usage") or {"run_ids": [sent.run_id]})
+        return LettaResponse(messages=events, stop_reason=StopReason(stop_reason=run.get("stop_reason", "end_turn")),
+                             usage=usage)
 
     # ---------------------------------------------------------------- sleep-time agents
 

@@ -203,6 +203,34 @@ def test_kill_9_of_a_host_then_the_agent_answers_with_memory_intact(client: Any,
     assert any(m.content == "remember has a cat named Miso" for m in agent.context())
 
 
+def test_a_retried_message_with_its_otid_is_answered_again_not_run_again(client: Any, fake_llm_server: Any) -> None:
+    """Letta's ``otid`` is the idempotency key of a message: a client that did not get the
+    reply sends it again, and gets the same reply, also after its host was killed."""
+    from letta_ray.messages import MessageCreate
+
+    agent = new_agent(client, fake_llm_server)
+    asked = MessageCreate(content="remember likes tea", otid=f"otid-{uuid.uuid4().hex}")
+    first = agent.send(asked)
+    stored = [m.id for m in agent.messages(limit=None)]
+    calls = fake_llm_server.request_count
+    again = agent.send(asked)
+    assert again.model_dump() == first.model_dump()
+    streamed = [e for e in agent.stream(asked) if getattr(e, "message_type", "").endswith("_message")]
+    assert [e.id for e in streamed] == [e.id for e in first.messages]
+    assert [m.id for m in agent.messages(limit=None)] == stored and fake_llm_server.request_count == calls
+    assert agent.blocks["human"].value == "Name: Ada\nlikes tea"  # the edit ran once
+
+    pid = _host_pid(client, agent.id)
+    os.kill(pid, signal.SIGKILL)
+    poll(lambda: process_gone(pid), what=f"host process {pid} exiting")
+    rebuilt = agent.send(asked)  # a new host: rebuilt from the context window and the run
+    assert [e.id for e in rebuilt.messages] == [e.id for e in first.messages]
+    assert rebuilt.stop_reason.stop_reason == first.stop_reason.stop_reason
+    assert [m.id for m in agent.messages(limit=None)] == stored and fake_llm_server.request_count == calls
+    fresh = agent.send(MessageCreate(content="and coffee", otid=f"otid-{uuid.uuid4().hex}"))
+    assert fresh.assistant_text() == "You said: and coffee"
+
+
 def test_close_and_reconnect_keeps_everything(ray_session: Any, fake_llm_server: Any, tmp_path: Path) -> None:
     home = tmp_path / "restart_home"
     first = letta_ray.connect(home=str(home))
