@@ -11,6 +11,7 @@ store process as well as of the host. Plain class, no Ray: unit-tested directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -79,6 +80,25 @@ class _RecordShape(BaseModel):
 
 
 
+def append_whole(file: Any, payload: bytes) -> None:
+    """Append ``payload`` to an unbuffered file and make it durable, or leave the file as it
+    was and raise. A write cut short (a full disk) must leave no part of it behind: glued
+    to the next record, it would make that one unreadable; and no buffer may keep it, to be
+    written after all by a later flush (a turn reported failed, retried by its client, and
+    then there twice)."""
+    fd = file.fileno()
+    start = os.fstat(fd).st_size
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[file.write(view):]
+        os.fdatasync(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)  # needs no space
+        raise
+
+
 class Journal:
     """The file of turns acknowledged but perhaps not yet applied to the metadata store."""
 
@@ -86,16 +106,14 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._file = open(self.path, "ab")
+        self._file = open(self.path, "ab", buffering=0)  # unbuffered: see append_whole
         self.last_written = 0
 
     def append(self, records: list[TurnRecord]) -> None:
         """Write records and make them durable before returning (one fsync for all)."""
         payload = b"".join(r.encode() for r in records)
         with self._lock:
-            self._file.write(payload)
-            self._file.flush()
-            os.fdatasync(self._file.fileno())
+            append_whole(self._file, payload)
             if records:
                 self.last_written = max(self.last_written, records[-1].seq)
 

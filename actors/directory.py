@@ -40,6 +40,8 @@ class _Host(Protocol):
 
     async def info(self) -> dict[str, Any]: ...
 
+    async def hosted(self) -> list[str]: ...
+
 
 HostFactory = Callable[[str], Any]
 """Makes a host from its id and returns its handle (a ``HostHandle``, on a Ray actor or local)."""
@@ -83,6 +85,41 @@ class Directory:
         self._lock = asyncio.Lock()
         self.limiter = LLMLimiter(llm_limits)
         self._host_timeout_s = host_timeout_s
+        self._adopted = False
+
+    async def _adopt(self) -> None:
+        """Once, before the first placement: take over the hosts alive now (their agents stay
+        where they are) and start the timers. A directory restarted after a crash (its
+        actor is restarted by Ray) finds its predecessor's hosts this way; a new one, none.
+        Without it, an agent still held by a live host could be placed on a second one."""
+        if self._adopted:
+            return
+        self._adopted = True
+        existing = getattr(self._make_host, "existing", None)
+        found: dict[str, Any] = existing() if existing is not None else {}
+
+        async def agents_of(handle: _Host) -> list[str] | None:
+            try:
+                return await asyncio.wait_for(handle.hosted(), timeout=10.0)
+            except Exception:  # dead or stuck: not taken over (a call to it re-places its agents)
+                return None
+
+        held = await asyncio.gather(*(agents_of(h) for h in found.values()))
+        # host names stay unique: new ones are numbered after every host found, live or not
+        numbers = [-1] + [int(h.removeprefix("host-")) for h in found if h.removeprefix("host-").isdigit()]
+        adopted = 0
+        for (host_id, handle), agent_ids in zip(found.items(), held, strict=True):
+            if agent_ids is None or host_id in self.hosts:
+                continue
+            adopted += 1
+            self.hosts[host_id] = handle
+            self.load[host_id] = len(agent_ids)
+            self.host_node[host_id] = await self._node_of(handle)
+            self.where.update(dict.fromkeys(agent_ids, host_id))
+        if adopted:
+            log.warning("took over %d hosts with %d agents", adopted, sum(self.load.values()))
+        self._ids = itertools.count(max(max(numbers) + 1, next(self._ids)))
+        await self.start_timers()
 
     def _new_host(self, node: str | None = None) -> str:
         host_id = f"host-{next(self._ids)}"
@@ -191,6 +228,7 @@ class Directory:
     async def place(self, agent_ids: list[str]) -> list[tuple[str, Any]]:
         """Hosts for new agents (one per id, in order)."""
         async with self._lock:
+            await self._adopt()
             await self._follow_nodes()
             return [self._assign(a) for a in agent_ids]
 
@@ -209,12 +247,14 @@ class Directory:
             if missing:
                 raise NotFoundError("agent", ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
         async with self._lock:
+            await self._adopt()
             await self._follow_nodes()  # agents of a node that left go elsewhere now, not after a failed call
             return [self._assign(a) for a in agent_ids]
 
     async def host_failed(self, host_id: str, agent_id: str) -> tuple[str, Any]:
         """A call to ``host_id`` failed: if it is really gone, re-place its agents."""
         async with self._lock:
+            await self._adopt()
             handle = self.hosts.get(host_id)
             if handle is not None and not await self._alive(handle):
                 log.warning("host %s is gone; re-placing its %d agents", host_id, self.load.get(host_id, 0))
@@ -285,6 +325,8 @@ class Directory:
 
     async def _tell_hosts(self, call: Callable[[_Host], Awaitable[Any]]) -> None:
         """Make ``call`` on every live host and wait for all (a dead or stuck host is skipped)."""
+        async with self._lock:
+            await self._adopt()
         if self.hosts:
             await asyncio.gather(*(asyncio.wait_for(call(h), self._host_timeout_s) for h in self.hosts.values()),
                                  return_exceptions=True)
@@ -302,6 +344,8 @@ class Directory:
         return self.limiter.stats()
 
     async def all_hosts(self) -> dict[str, Any]:
+        async with self._lock:
+            await self._adopt()
         return dict(self.hosts)
 
     async def describe(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 from letta_ray.errors import StorageError
 
 from ._facade import ACTOR_GONE, ActorFacade, remote_method
-from ._journal import TurnRecord
+from ._journal import TurnRecord, append_whole
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,7 @@ class JournalKeeper:
             if file is None:
                 (self.dir / file_name).parent.mkdir(parents=True, exist_ok=True)
                 file = self._files[file_name] = self._open(self.dir / file_name)
-            file.write(payload)
-            file.flush()
-            os.fdatasync(file.fileno())
+            append_whole(file, payload)
             self.appends += 1
             self.bytes += len(payload)
             return int(file.tell())
@@ -79,7 +77,7 @@ class JournalKeeper:
         """Open a journal file for appending. A keeper that died mid-write may have left a
         torn last record (never acknowledged); it is cut off here, or the next record
         would be glued to it and lost with it."""
-        file = open(path, "ab+")
+        file = open(path, "ab+", buffering=0)  # unbuffered: see append_whole
         size = file.seek(0, os.SEEK_END)
         if size:
             file.seek(max(0, size - 1))

@@ -138,6 +138,19 @@ class _HostMaker:
                                         self.agent_call_timeout_s, self.journal_dir, directory, self.tools,
                                         self.mcp, keeper=keeper, store_node=self.store_node))
 
+    def existing(self) -> dict[str, HostHandle]:
+        """The hosts alive now, by host id: what a restarted directory takes over."""
+        marker = f"{self.prefix}-host-"
+        found: dict[str, HostHandle] = {}
+        for name in ray.util.list_named_actors():
+            if name.startswith(marker):
+                try:
+                    found[name.removeprefix(f"{self.prefix}-")] = HostHandle(
+                        ray.get_actor(name, namespace=self.namespace))
+                except ValueError:  # gone meanwhile
+                    continue
+        return found
+
     @staticmethod
     def _node_for(host_id: str) -> Any:
         """Hosts go round-robin over the nodes with CPUs (in proportion to their CPUs), so a
@@ -214,11 +227,12 @@ def start_runtime(settings: Settings, *, llm: Any = None) -> Runtime:
     settings.home.mkdir(parents=True, exist_ok=True)
     prefix = runtime_prefix(settings)
     ns = settings.namespace
-    detached = {"lifetime": "detached", **_ACTOR_OPTIONS, **_ON_HEAD}
+    # Ray restarts a killed store, archive, embedder or directory; each rebuilds itself from
+    # the data directory (the directory takes over the live hosts)
+    detached = {"lifetime": "detached", "max_restarts": -1, **_ACTOR_OPTIONS, **_ON_HEAD}
     journals = str(settings.home / "journal")
     store = start_store(settings, prefix, detached)
-    keepers = [KeeperHandle(get_or_create(JournalKeeper, f"{prefix}-keeper-{i}", ns, (journals,),
-                                          max_restarts=-1, **detached))
+    keepers = [KeeperHandle(get_or_create(JournalKeeper, f"{prefix}-keeper-{i}", ns, (journals,), **detached))
                for i in range(settings.keeper_count())]
     embedding = EmbeddingConfig(embedding_model=settings.embedding_model, embedding_dim=settings.embedding_dim)
     embedder = EmbedderHandle(get_or_create(EmbedderActor, f"{prefix}-embedder", ns, (embedding,), **detached))

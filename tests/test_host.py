@@ -190,6 +190,47 @@ async def test_directory_packs_agents_and_replaces_a_dead_host() -> None:
     assert len(hosts) == 3
 
 
+async def test_a_restarted_directory_takes_over_the_live_hosts_and_their_agents() -> None:
+    """A directory restarted after a crash starts empty; the hosts of its predecessor still
+    hold their agents. It takes them over: an agent stays on its host (never on two), a dead
+    host is left out (its agents are placed again), and new hosts get fresh names."""
+
+    class FakeHost:
+        def __init__(self, host_id: str, agents: list[str], alive: bool = True) -> None:
+            self.host_id, self.agents, self.alive = host_id, agents, alive
+
+        async def hosted(self) -> list[str]:
+            if not self.alive:
+                raise RuntimeError("gone")
+            return list(self.agents)
+
+        async def ping(self) -> str:
+            return self.host_id
+
+        async def info(self) -> dict[str, Any]:
+            return {"node_id": None}
+
+    survivors = {"host-0": FakeHost("host-0", ["a", "b"]), "host-3": FakeHost("host-3", ["c"]),
+                 "host-4": FakeHost("host-4", ["d"], alive=False)}
+    made: list[str] = []
+
+    class Maker:
+        def __call__(self, host_id: str) -> FakeHost:
+            made.append(host_id)
+            return FakeHost(host_id, [])
+
+        def existing(self) -> dict[str, FakeHost]:
+            return survivors
+
+    directory = Directory(Maker(), placement="packed", agents_per_host=2, max_hosts=8)
+    located = await directory.locate_many(["a", "c", "d"])
+    assert [h for h, _ in located[:2]] == ["host-0", "host-3"] and located[0][1] is survivors["host-0"]
+    assert located[2][0] not in {"host-4", "host-0"}  # the dead host's agent went elsewhere
+    assert made and all(int(h.removeprefix("host-")) > 4 for h in made)
+    described = await directory.describe()
+    assert described["hosts"]["host-0"] == 2 and "host-4" not in described["hosts"]
+
+
 async def test_packed_placement_follows_the_clusters_nodes() -> None:
     """Hosts go one per CPU of each live node; a node that leaves takes its hosts off the
     map (their agents are placed again elsewhere); a node that joins gets a host, which new

@@ -228,3 +228,45 @@ async def test_a_keeper_keeps_a_shards_journal_in_that_shards_folder(tmp_path: P
     assert record.messages[0].content == "on shard 2"
     assert not list((tmp_path / "journal").glob("*.log"))  # not shard 0's
 
+
+
+@pytest.mark.parametrize("fails_in", ["write", "fdatasync"])
+def test_a_journal_write_cut_short_by_a_full_disk_leaves_nothing_behind(tmp_path: Path, fails_in: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failed turn's bytes must neither glue onto the next record (which would then be
+    unreadable and lost) nor sit in a buffer to be written later (a turn reported failed,
+    retried by its client, and then there twice)."""
+    import errno
+    import os
+
+    from letta_ray.actors._journal import read_complete
+
+    state = agent()
+    journal = Journal(tmp_path / "host.log")
+    journal.append([TurnRecord(1, state, turn(state, "first"), [])])
+    real = journal._file
+
+    class FullDisk:  # writes a part of what it is given, then the disk is full
+        def fileno(self) -> int:
+            return real.fileno()
+
+        def write(self, data: memoryview) -> int:
+            if fails_in == "write" and len(data) > 10:
+                return real.write(data[:10])
+            if fails_in == "write":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real.write(data)
+
+    journal._file = FullDisk()
+    if fails_in == "fdatasync":
+        def no_space(fd: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(os, "fdatasync", no_space)
+    with pytest.raises(OSError, match="No space"):
+        journal.append([TurnRecord(2, state, turn(state, "lost"), [])])
+    monkeypatch.undo()
+    journal._file = real
+    journal.append([TurnRecord(3, state, turn(state, "third"), [])])
+    records, _ = read_complete(tmp_path / "host.log", 0)
+    assert [r.seq for r in records] == [1, 3]
+    assert [r.messages[0].content for r in records] == ["first", "third"]
