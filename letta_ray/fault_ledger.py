@@ -20,7 +20,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -31,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from .local_cluster import descendants
+from .local_cluster import descendants, start_serve
 
 # Where each fault strikes: a substring of the process's command line (Ray names a worker
 # after the actor it runs).
@@ -61,18 +60,8 @@ class ServerProcess:
     def start(self, timeout_s: float = 180.0) -> float:
         """Start it and wait until it answers; the seconds that took."""
         started = time.monotonic()
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "letta_ray.cli", "serve", "--host", "127.0.0.1",
-                                          "--port", str(self.port)], env=self.env, stdout=out, stderr=out,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        while time.monotonic() - started < timeout_s:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.proc.returncode}; see {self.log}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/v1/health/", timeout=2).status_code == 200:
-                    return time.monotonic() - started
-            time.sleep(0.3)
-        raise TimeoutError(f"the server did not answer within {timeout_s:.0f} s; see {self.log}")
+        self.proc = start_serve(self.port, self.env, self.log, timeout_s=timeout_s)
+        return time.monotonic() - started
 
     def processes(self, needle: str) -> list[int]:
         """The server's processes whose command line holds ``needle``."""
@@ -442,3 +431,66 @@ def full_disk(folder: Path) -> Iterator[Path]:
         yield filler
     finally:
         filler.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- one round of faults
+
+
+FAULTS = [*PROCESSES, "Ray restart", "full disk"]
+
+
+def inject(server: ServerProcess, fault: str, *, disk: Path | None, probe: str, hold_s: float = 4.0) -> float:
+    """Inject ``fault`` into ``server`` (for "full disk", ``disk`` is the tmpfs its data
+    directory is on); the seconds until a message to ``probe`` is answered again, counted
+    from the fault (from freeing the disk, for a full one)."""
+    if fault == "full disk":
+        if disk is None:
+            raise ValueError("a full disk needs the data directory on a small file system of its own")
+        with full_disk(disk):
+            time.sleep(hold_s)  # traffic against a full disk: refused, not acknowledged
+            freed = time.monotonic()
+        return time_to_answer(server.url, probe, since=freed)
+    struck = time.monotonic()
+    if fault == "Ray restart":
+        server.kill_all()
+        server.start()
+    elif fault == "agent host":
+        for _ in server.processes(PROCESSES[fault]):  # every host, the probe's too
+            server.kill(PROCESSES[fault])
+    else:
+        server.kill(PROCESSES[fault])
+    return time_to_answer(server.url, probe, since=struck)
+
+
+def run_faults(server: ServerProcess, ledger: Ledger, *, disk: Path | None, faults: list[str] | None = None,
+               pause_s: float = 4.0) -> tuple[dict[str, float], dict[str, Any]]:
+    """Traffic into ``ledger`` while each fault strikes in turn (``pause_s`` of traffic
+    before each); the recovery time of each, and the ledger's check afterwards."""
+    recovery: dict[str, float] = {}
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        probe = http.post("/v1/agents/", json={"name": f"probe-{uuid.uuid4().hex[:6]}"}).json()["id"]
+        traffic = Traffic(server.url, ledger, workers=3, retry_for_s=150).start()
+        try:
+            for fault in faults or FAULTS:
+                time.sleep(pause_s)
+                if fault == "full disk" and disk is None:
+                    continue
+                ledger.phase = fault
+                recovery[fault] = inject(server, fault, disk=disk, probe=probe)
+            time.sleep(pause_s)
+        finally:
+            traffic.stop()
+        return recovery, ledger.check(http)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size_mb: int = 384) -> Iterator[Path | None]:
+    """A tmpfs of ``size_mb`` at ``path`` to fill up (root only); None where it cannot be mounted."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], capture_output=True).returncode == 0
+    try:
+        yield path if mounted else None
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], check=False)

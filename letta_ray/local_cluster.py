@@ -58,7 +58,7 @@ def start_serve(port: int, env: dict[str, str], log: Path, timeout_s: float = 12
     import httpx
 
     command = [sys.executable, "-c", "from letta_ray.cli import app; app()", "serve", "--port", str(port)]
-    with Path(log).open("w") as out:
+    with Path(log).open("a") as out:  # a restart's output after the last run's
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout_s
     try:
