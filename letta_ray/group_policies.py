@@ -43,6 +43,7 @@ from letta_ray.group_schema import (
     group_tag,
     parse_manager_config,
 )
+from letta_ray.input_limits import InputLimits
 from letta_ray.messages import (
     AssistantMessage,
     LettaMessage,
@@ -157,9 +158,10 @@ def user_utterances(messages: list[MessageCreate]) -> list[Utterance]:
     return [Utterance(name=m.name or "user", text=m.text(), original=m) for m in messages]
 
 
-def as_messages(message: str | MessageCreate | list[Any]) -> list[MessageCreate]:
-    """A group's input: text, a ``MessageCreate``, or a list of them (or of dicts)."""
-    out = to_messages(message, to="a group")
+def as_messages(message: str | MessageCreate | list[Any], *, limits: InputLimits | None = None
+                ) -> list[MessageCreate]:
+    """A group's input: text, a ``MessageCreate``, or a list of them (or of dicts), within ``limits``."""
+    out = to_messages(message, to="a group", limits=limits)
     if not all(isinstance(m, MessageCreate) for m in out):
         raise InvalidInputError("a group is sent new messages (MessageCreate), not stored ones")
     if not any(m.text().strip() for m in out):

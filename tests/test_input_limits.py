@@ -96,6 +96,12 @@ def test_over_a_limit_in_python_nothing_is_stored(limited: Any, fake_llm_server:
     with pytest.raises(InputTooLargeError, match="KB of source code"):
         limited.create_tool(BIG_TOOL)
     assert "shout" not in {t.name for t in limited.list_tools()}
+    other = limited.create_agent("py-2", model="fake-model", model_endpoint=fake_llm_server.url)
+    group = limited.groups.create_group([agent.id, other.id], {"manager_type": "round_robin", "max_turns": 2})
+    with pytest.raises(InputTooLargeError, match="at most 50"):  # a group is sent messages too
+        limited.groups.send_group(group.id, "x" * 51)
+    assert [m.id for m in agent.messages(limit=None)] == before
+    assert limited.groups.send_group(group.id, "hello all").stop_reason.stop_reason == "end_turn"
     assert agent.send("still fine").assistant_text() == "You said: still fine"
 
 
