@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,10 +71,15 @@ class ArchiveActor:
             self._optimizing = asyncio.create_task(self._optimize())
         return [p.model_copy(update={"embedding": None}) for p in passages]
 
+    # LanceDB keeps every table version for 7 days unless told: under steady writes the
+    # versions (and the memory that tracks them) grow without end (found by bench/soak.py).
+    # This actor is the archive's only writer, and nothing reads a version an hour old.
+    KEEP_VERSIONS = timedelta(hours=1)
+
     async def _optimize(self) -> None:
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(self.store.optimize)
+            await asyncio.to_thread(self.store.optimize, cleanup_older_than=self.KEEP_VERSIONS)
         except Exception:  # optimisation is housekeeping; a failure must not fail writes
             log.exception("archive optimize failed")
         else:

@@ -16,6 +16,10 @@ PROCESS_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     "RAY_DEDUP_LOGS": "0",
+    # Ray's control store keeps the events of the last 100,000 tasks by default: ~120 MB of
+    # gcs_server growing for the first hours of a busy server (bench/soak.py). Each agent
+    # turn is a task or two; the last 10,000 are plenty to look at in the dashboard.
+    "RAY_task_events_max_num_task_in_gcs": "10000",
 }
 
 

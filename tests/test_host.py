@@ -333,3 +333,23 @@ async def test_a_node_whose_host_died_gets_no_new_host_while_ray_still_lists_it(
     new_host, _ = await directory.host_failed(worker_host, victim)
     assert node_of.get(new_host, dict(made)[new_host]) == "head"
     assert [n for _, n in made].count("worker") == 1, made  # no second host made on the dead node
+
+
+@pytest.mark.filterwarnings("ignore:optimize\\(cleanup_older_than:UserWarning")  # LanceDB's, for a tiny age
+async def test_the_archive_drops_table_versions_older_than_it_keeps(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every write is a LanceDB version; kept for LanceDB's default 7 days they pile up
+    (with the memory that tracks them) under steady writes. The archive's optimize drops
+    those older than ``KEEP_VERSIONS``."""
+    from datetime import timedelta
+
+    embedder = EmbedderActor(EmbeddingConfig(embedding_model="hash", embedding_dim=64))
+    archive = ArchiveActor(tmp_path / "archive", EmbedderHandle.local(embedder), dim=64)
+    for i in range(12):
+        await archive.insert("agent-1", f"passage {i}")
+    versions = len(archive.store._table().list_versions())
+    assert versions >= 12
+    monkeypatch.setattr(ArchiveActor, "KEEP_VERSIONS", timedelta(microseconds=1))
+    await archive.optimize()
+    assert len(archive.store._table().list_versions()) < versions / 4
+    assert len(await archive.search("agent-1", "passage", top_k=20)) == 12  # the data is all there
