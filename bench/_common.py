@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from letta_ray.llm import drain_litellm_logging
 from letta_ray.local_cluster import descendants
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -208,7 +209,9 @@ async def measure_raw_litellm(server_url: str, n: int, concurrency: int, *,
             max_retries=0,
         )
 
-    return await measure_calls(call, n, concurrency)
+    result = await measure_calls(call, n, concurrency)
+    await drain_litellm_logging()  # outside the timing; else it runs during the next measurement
+    return result
 
 
 def format_result(label: str, result: dict[str, Any]) -> str:

@@ -126,6 +126,19 @@ def check_litellm_internals() -> None:
                            f"(installed: {getattr(litellm, 'version', '?')}): " + "; ".join(problems))
 
 
+async def drain_litellm_logging() -> None:
+    """Run what litellm's logging worker still holds for calls made with its logging on
+    (outside ``unlogged``: a baseline calling ``litellm.acompletion`` itself). Its queue is
+    bound to the event loop: left there when ``asyncio.run`` ends, it is carried onto the
+    next loop and runs during whatever is measured next."""
+    try:
+        from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+    except ImportError:
+        _warn_once("litellm_core_utils.logging_worker.GLOBAL_LOGGING_WORKER is gone")
+        return
+    await GLOBAL_LOGGING_WORKER.flush()
+
+
 @functools.cache
 def _warn_once(what: str) -> None:
     logger.warning("litellm internals changed (%s); calls run with litellm's full logging and pricing. "
