@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, File, Form, Query, UploadFile
@@ -35,6 +34,7 @@ from .schemas import (
     BlockView,
     CreateAgentRequest,
     CreatePassageRequest,
+    DateTime,
     ImportedAgentsView,
     MemoryView,
     ModifyApprovalRequest,
@@ -94,7 +94,10 @@ async def import_agent_file(
 
 @agents.get("/{agent_id}/export", summary="Export an agent (with its sleep-time agent) as a Letta agent file")
 async def export_agent_file(agent_id: str, client: ClientDep, scrub_messages: bool = False,
-                            max_steps: int | None = None, use_legacy_format: bool = False,
+                            max_steps: int | None = None,
+                            use_legacy_format: Annotated[bool, Query(
+                                description="only false: the legacy format is not written",
+                                json_schema_extra={"enum": [False]})] = False,
                             max_messages: Annotated[int | None, Query(ge=0)] = None) -> JSONResponse:
     if use_legacy_format:
         raise InvalidInputError("the legacy agent file format is not written; use the current one")
@@ -343,10 +346,13 @@ async def retrieve_agent_block(agent_id: str, block_label: str, client: ClientDe
 async def modify_agent_block(agent_id: str, block_label: str, body: UpdateBlockRequest,
                              client: ClientDep) -> BlockView:
     changes = body.changes()
-    if changes.pop("label", block_label) != block_label:
-        raise InvalidInputError("a block cannot be renamed here; PATCH /v1/blocks/{block_id} with a new label")
-    if changes.pop("metadata", None) is not None:
-        raise InvalidInputError("a block's metadata is edited at PATCH /v1/blocks/{block_id}")
+    if changes.get("label", block_label) != block_label or "metadata" in changes:
+        # a rename or new metadata: the edit by id, which every agent holding the block sees
+        block = (await client.get_agent_state_async(agent_id)).block(block_label)
+        if block is None:
+            raise NotFoundError("block", block_label)
+        return BlockView.of(await client.update_block_async(block.id, **changes))
+    changes.pop("label", None)
     value = changes.pop("value", None)
     return BlockView.of(await client.agent(agent_id).blocks.update_async(block_label, value, **changes))
 
@@ -402,8 +408,8 @@ async def search_passages(
     tags: Annotated[list[str] | None, Query()] = None,
     tag_match_mode: Literal["any", "all"] = "any",
     top_k: Annotated[int | None, Query(ge=1)] = None,
-    start_datetime: datetime | None = None,
-    end_datetime: datetime | None = None,
+    start_datetime: DateTime | None = None,
+    end_datetime: DateTime | None = None,
 ) -> ArchivalSearchResponse:
     await client.get_agent_state_async(agent_id)
     found = await client.agent(agent_id).archival.search_async(

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from letta_ray.schemas import Archive, Order, time_cursors
 
 from ._common import ClientDep, page_limit
-from .schemas import EmbeddingConfigView, PassageView
+from .schemas import DateTime, EmbeddingConfigView, PassageView
 
 archives = APIRouter(prefix="/v1/archives", tags=["archives"])
 agent_archives = APIRouter(prefix="/v1/agents", tags=["archives"])
@@ -52,7 +52,7 @@ class ModifyArchiveRequest(BaseModel):
 class CreateArchivePassageRequest(BaseModel):
     text: str = Field(min_length=1)
     tags: list[str] | None = None
-    created_at: datetime | None = None
+    created_at: DateTime | None = None
     metadata: dict[str, Any] | None = None
 
 
@@ -144,8 +144,8 @@ class PassageSearchRequest(BaseModel):
     archive_id: str | None = None
     tags: list[str] | None = None
     tag_match_mode: Literal["any", "all"] = "any"
-    start_date: datetime | None = None
-    end_date: datetime | None = None
+    start_date: DateTime | None = None
+    end_date: DateTime | None = None
     limit: int = Field(default=50, ge=1, le=1000)
 
 

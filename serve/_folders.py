@@ -16,7 +16,7 @@ from letta_ray.errors import InvalidInputError
 from letta_ray.schemas import FileMetadata, Folder, Order, time_cursors
 
 from ._common import ClientDep, page, page_limit
-from .schemas import EmbeddingConfigView
+from .schemas import EmbeddingConfigView, Integer
 
 folders = APIRouter(prefix="/v1/folders", tags=["folders"])
 agent_folders = APIRouter(prefix="/v1/agents", tags=["folders"])
@@ -71,14 +71,16 @@ class CreateFolderRequest(BaseModel):
     metadata: dict[str, Any] | None = None
     embedding: str | None = Field(default=None, description="accepted: files are embedded by the deployment's embedder")
     embedding_config: dict[str, Any] | None = None
-    embedding_chunk_size: int | None = None
+    embedding_chunk_size: Annotated[Integer, Field(ge=1)] | None = None
 
 
 class ModifyFolderRequest(BaseModel):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    """The fields to change (those sent); a name and metadata are not null."""
+
+    name: str = Field(default=None, min_length=1, max_length=200)  # type: ignore[assignment]
     description: str | None = None
     instructions: str | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] = Field(default=None)  # type: ignore[assignment]
 
 
 @folders.post("/", response_model=FolderView, summary="Create a folder of documents")

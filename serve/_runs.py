@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request
@@ -18,7 +17,7 @@ from letta_ray.schemas import Order, time_cursors
 
 from ._common import ClientDep, page_limit
 from ._run_streams import RunStreams
-from .schemas import RunView
+from .schemas import DateTime, RunView
 
 runs = APIRouter(prefix="/v1/runs", tags=["runs"])
 steps = APIRouter(prefix="/v1/steps", tags=["steps"])
@@ -183,8 +182,8 @@ async def list_steps(
     agent_id: str | None = None,
     run_id: str | None = None,
     model: str | None = None,
-    start_date: datetime | None = None,
-    end_date: datetime | None = None,
+    start_date: DateTime | None = None,
+    end_date: DateTime | None = None,
     feedback: Literal["positive", "negative"] | None = None,
     has_feedback: bool | None = None,
     tags: Annotated[list[str] | None, Query()] = None,
@@ -269,8 +268,8 @@ class MessageSearchRequest(BaseModel):
     agent_id: str | None = None
     conversation_id: str | None = None
     search_mode: Literal["vector", "fts", "hybrid"] = "hybrid"
-    start_date: datetime | None = None
-    end_date: datetime | None = None
+    start_date: DateTime | None = None
+    end_date: DateTime | None = None
     limit: int = Field(default=50, ge=1, le=1000)
 
 

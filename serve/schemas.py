@@ -8,11 +8,12 @@ Request bodies ignore fields they don't know (the SDK sends many Letta-cloud fie
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
 from letta_ray.base_tools import BASE_TOOLS
 from letta_ray.errors import BlockLimitError, InvalidInputError
@@ -35,6 +36,35 @@ from letta_ray.schemas import (
 
 class _Shape(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:?\d{2})?$")
+
+
+def _date_time_string(value: Any) -> Any:
+    # pydantic alone also reads a number (or a numeric string) as Unix time, which the
+    # schema's ``format: date-time`` does not allow
+    if isinstance(value, datetime) or (isinstance(value, str) and _DATE_TIME.match(value)):
+        return value
+    raise ValueError("a date-time is an ISO 8601 string, e.g. 2025-01-31T12:00:00Z")
+
+
+DateTime = Annotated[datetime, BeforeValidator(_date_time_string)]
+"""A date-time in a request: an ISO 8601 string, as the schema says (no Unix times)."""
+
+
+def _json_integer(value: Any) -> Any:
+    # pydantic alone reads true as 1 and "5" as 5; JSON's integers include 5.0, which it reads
+    if isinstance(value, bool | str):
+        raise ValueError("an integer is a JSON number, not a boolean or a string")
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_json_integer)]
+"""An integer in a request body: a JSON number (5 or 5.0), not true or "5"."""
+
+# A block label: no whitespace (str.isspace: Unicode spaces and the separators \x1c-\x1f) nor < >.
+BLOCK_LABEL_PATTERN = r"^[^\s\x1c-\x1f<>]+$"
 
 
 # --------------------------------------------------------------------------- configs
@@ -60,12 +90,12 @@ def _provider(model: str) -> str | None:
 class LLMConfigView(_Shape):
     """Letta's ``llm_config``; ``model`` is our litellm model string."""
 
-    model: str = Field(description="litellm model string, or a bare model name with model_endpoint_type")
+    model: str = Field(pattern=r"\S", description="litellm model string, or a bare model name with model_endpoint_type")
     model_endpoint_type: str = Field(default="openai", description="provider kind (Letta's names)")
     model_endpoint: str | None = Field(default=None, description="base URL of an OpenAI-compatible server")
-    context_window: int = DEFAULT_CONTEXT_WINDOW
-    temperature: float = 0.7
-    max_tokens: int | None = None
+    context_window: int = Field(default=DEFAULT_CONTEXT_WINDOW, ge=256)
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1)
     handle: str | None = None
     provider_name: str | None = None
     put_inner_thoughts_in_kwargs: bool = False
@@ -137,11 +167,11 @@ class BlockView(_Shape):
 class CreateBlockRequest(_Shape):
     """A new block: an entry of ``memory_blocks``, or the body of ``POST /v1/blocks``."""
 
-    label: str = Field(min_length=1)
+    label: str = Field(pattern=BLOCK_LABEL_PATTERN)
     value: str
     limit: int | None = Field(default=None, ge=1, le=MAX_BLOCK_LIMIT)
     description: str | None = None
-    read_only: bool = False
+    read_only: StrictBool = False
     metadata: dict[str, Any] | None = None
 
     def to_core(self) -> Block:
@@ -160,8 +190,8 @@ class UpdateBlockRequest(_Shape):
     value: str | None = None
     limit: int | None = Field(default=None, ge=1, le=MAX_BLOCK_LIMIT)
     description: str | None = None
-    read_only: bool | None = None
-    label: str | None = Field(default=None, min_length=1)
+    read_only: StrictBool | None = None
+    label: str | None = Field(default=None, pattern=BLOCK_LABEL_PATTERN)
     metadata: dict[str, Any] | None = None
 
     def changes(self) -> dict[str, Any]:
@@ -390,7 +420,7 @@ class CreateAgentRequest(_Shape):
                             "the letta_v1 loop")
     embedding: str | None = Field(default=None, description="accepted: agents here use the deployment's embedder")
     embedding_config: dict[str, Any] | None = Field(default=None, description="accepted, as embedding")
-    embedding_chunk_size: int | None = None
+    embedding_chunk_size: Annotated[Integer, Field(ge=1)] | None = None
     model_settings: dict[str, Any] | None = Field(default=None, description="temperature, max_output_tokens "
                                                   "(others are the provider's defaults here)")
     initial_message_sequence: list[MessageCreateRequest] | None = None
@@ -503,8 +533,14 @@ class ClientToolRequest(_Shape):
 class SendMessageRequest(_Shape):
     """Letta's LettaRequest / LettaStreamingRequest."""
 
-    messages: list[MessageCreateRequest] | None = None
-    input: str | list[dict[str, Any]] | None = Field(default=None, description="shorthand for one user message")
+    # messages or input, one of them not empty: the schema says so too
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+        {"required": ["input"], "properties": {"input": {"type": ["string", "array"]}}}]})
+
+    messages: list[MessageCreateRequest] | None = Field(default=None, min_length=1)
+    input: Annotated[str, Field(min_length=1)] | Annotated[list[dict[str, Any]], Field(min_length=1)] | None = Field(
+        default=None, description="shorthand for one user message")
     max_steps: int | None = Field(default=None, ge=1)
     streaming: bool = False
     stream_tokens: bool = False
@@ -615,6 +651,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorView, "description": "a token is set and this request has none, or the wrong one"},
     404: {"model": ErrorView, "description": "no such agent, block, tool, ..."},
     409: {"model": ErrorView, "description": "it conflicts with what is there (a name taken, ...)"},
+    413: {"model": ErrorView, "description": "over a size limit: the body, a message, a block, a tool's source, ..."},
     422: {"model": ErrorView, "description": "the request does not match the schema"},
     500: {"model": ErrorView, "description": "an internal error; its detail is in the server's log under error_id"},
     502: {"model": ErrorView, "description": "the LLM provider failed"},

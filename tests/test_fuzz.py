@@ -3,9 +3,32 @@ generated requests against ``letta-ray serve`` on 127.0.0.1, bounded in examples
 
 Checked on every response: no server error (5xx), the status code is one the spec
 documents, the body matches the spec's schema, the content type and headers are the
-documented ones, and a 405 names the path's methods. (Whether every schema-valid request
-is accepted and every schema-violating one refused, schemathesis's
-``positive_data_acceptance`` and ``negative_data_rejection``, is not yet clean: issue 18.)
+documented ones, a 405 names the path's methods, a schema-valid request is accepted
+(``positive_data_acceptance``; a 404 for an id that does not exist counts as accepted, as
+schemathesis has it by default) and a schema-violating one refused
+(``negative_data_rejection``). Any operation may answer 413, over a size limit that is
+a setting of the deployment (a block's characters, a message's, ...).
+
+Where a well-formed request can still be refused for what it says, not how, the
+operation may also answer 400 (``ACCEPTED_400``, written to the run's schemathesis.toml):
+a built-in tool is not edited or deleted, a tool's source must define a plain typed
+function with a docstring, an agent needs a model the deployment has, an agent file or an
+upload must be one we read, ``requires_approval`` and a conversation's ``agent_id`` come in
+the query or the body (a one-of across the two a schema cannot state). A 422 there is
+still a failure. ``UNCHECKED_POSITIVE`` may answer 422 too, not yet clean (issue 18):
+their request models live in the core (``letta_ray/group_policies.py``,
+``letta_ray/mcp.py``), whose schema says less than their validators (a group's
+``manager_type`` is not required though the union needs it, agent ids are not marked
+unique; an MCP ``server_url`` has no http(s) pattern). Also in the core and not yet clean:
+the messages of a request (the message routes, and ``initial_message_sequence`` of POST
+/v1/agents/): an ``approvals`` entry of type ``approval`` needs ``approve`` and one of type
+``tool`` needs ``tool_return`` and ``status``, which their schema (``letta_ray/messages.py``'s
+ApprovalDecision) does not require; a message needs ``content`` unless it is an approval or
+a tool return, and an approval needs ``approvals`` (or ``approve`` and
+``approval_request_id``), which MessageCreateRequest's schema does not say yet (a
+discriminated union by ``type`` would). And PATCH /v1/agents/{agent_id} refuses
+``block_ids`` (blocks are attached and detached one at a time), which its schema offers
+for Letta's SDK.
 
 ``LETTA_RAY_FUZZ_EXAMPLES`` and ``LETTA_RAY_FUZZ_SECONDS`` make it longer.
 """
@@ -25,7 +48,31 @@ from letta_ray.local_cluster import free_port, start_serve
 EXAMPLES = int(os.environ.get("LETTA_RAY_FUZZ_EXAMPLES", "5"))
 SECONDS = int(os.environ.get("LETTA_RAY_FUZZ_SECONDS", "90"))
 CHECKS = ["not_a_server_error", "status_code_conformance", "response_schema_conformance",
-          "content_type_conformance", "response_headers_conformance", "allow_header_conformance"]
+          "content_type_conformance", "response_headers_conformance", "allow_header_conformance",
+          "positive_data_acceptance", "negative_data_rejection"]
+ACCEPTED_400 = [("DELETE", "/v1/tools/{tool_id}"), ("PATCH", "/v1/tools/{tool_id}"), ("POST", "/v1/tools/"),
+                ("PUT", "/v1/tools/"), ("POST", "/v1/tools/run"), ("POST", "/v1/agents/"),
+                ("POST", "/v1/agents/import"), ("PATCH", "/v1/agents/{agent_id}/tools/approval/{tool_name}"),
+                ("POST", "/v1/conversations/"), ("POST", "/v1/folders/{folder_id}/upload")]
+UNCHECKED_POSITIVE = [("POST", "/v1/groups/"), ("POST", "/v1/mcp-servers/"), ("PATCH", "/v1/agents/{agent_id}"),
+                      *(("POST", path) for path in (
+                          "/v1/agents/", "/v1/agents/{agent_id}/messages", "/v1/agents/{agent_id}/messages/async",
+                          "/v1/agents/{agent_id}/messages/stream", "/v1/agents/{agent_id}/messages/preview-raw-payload",
+                          "/v1/conversations/{conversation_id}/messages", "/v1/groups/{group_id}/messages"))]
+# schemathesis's default for positive_data_acceptance and 413: over a size limit of this
+# deployment's settings (a block's characters, LETTA_RAY_MAX_BLOCK_CHARS, ...); and with 400
+_ACCEPTED_ANYWHERE = '"2xx", "3xx", 401, 403, 404, 409, 413, 429, "5xx"'
+_ACCEPTED = '"2xx", "3xx", 400, 401, 403, 404, 409, 413, 429, "5xx"'
+
+
+def _config() -> str:
+    """schemathesis.toml: the operations above, each with its positive_data_acceptance."""
+    entries = [(method, path, f"expected-statuses = [{_ACCEPTED}]") for method, path in ACCEPTED_400]
+    # `enabled = false` would lose to --checks naming the check: these may also answer 422
+    entries += [(method, path, f"expected-statuses = [{_ACCEPTED}, 422]") for method, path in UNCHECKED_POSITIVE]
+    return f"[checks.positive_data_acceptance]\nexpected-statuses = [{_ACCEPTED_ANYWHERE}]\n\n" + "".join(
+        f'[[operations]]\ninclude-name = "{method} {path}"\nchecks.positive_data_acceptance.{setting}\n\n'
+        for method, path, setting in entries)
 
 pytestmark = pytest.mark.timeout(SECONDS + 300)
 
@@ -57,7 +104,9 @@ def test_every_operation_answers_as_its_schema_says(server: tuple[str, Path], tm
     command = [str(Path(sys.executable).with_name("schemathesis")), "run", f"{url}/openapi.json",
                "--checks", ",".join(CHECKS), "--max-examples", str(EXAMPLES), "--max-time", str(SECONDS),
                "--request-timeout", "60", "--seed", "1", "--no-color"]
-    # in tmp_path: schemathesis keeps a cache (.schemathesis/) in its working directory
+    # in tmp_path: schemathesis keeps a cache (.schemathesis/) in its working directory and
+    # reads its schemathesis.toml from there
+    (tmp_path / "schemathesis.toml").write_text(_config())
     result = subprocess.run(command, capture_output=True, text=True, timeout=SECONDS + 240, cwd=tmp_path)
     report.write_text(result.stdout + result.stderr)
     summary = result.stdout[result.stdout.find("SUMMARY"):] if "SUMMARY" in result.stdout else result.stdout[-3000:]
