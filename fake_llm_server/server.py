@@ -20,8 +20,9 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib.util import find_spec
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
@@ -43,6 +44,39 @@ _CONTEXT_LENGTH_MESSAGE = (
     "This model's maximum context length is 8192 tokens. However, your messages resulted "
     "in 9000 tokens. Please reduce the length of the messages. (injected by FakeOpenAIServer)"
 )
+
+
+FaultKind = Literal["status", "hang", "empty", "reset"]
+
+
+@dataclass(frozen=True)
+class _Fault:
+    kind: FaultKind
+    status: int = 500
+    message: str | None = None
+    code: str | None = None
+    retry_after: float | None = None
+    seconds: float = 30.0
+
+
+class _Reset(Exception):
+    """Raised inside a response body: the server drops the connection mid-response."""
+
+
+def _torn_response(stream: bool) -> Response:
+    """The start of an answer, then the connection dropped (uvicorn closes it when the body raises)."""
+    async def body() -> Any:
+        if stream:
+            yield 'data: {"id": "chatcmpl-torn", "object": "chat.completion.chunk", "choices": [{"index": 0, ' \
+                  '"delta": {"role": "assistant", "content": "I was ab"}, "finish_reason": null}]}\n\n'
+        else:
+            yield '{"id": "chatcmpl-torn", "object": "chat.completion", "choices": [{"index": 0, "mess'
+        await asyncio.sleep(0.05)
+        raise _Reset("connection reset by FakeOpenAIServer")
+
+    media = "text/event-stream" if stream else "application/json"
+    headers = None if stream else {"Content-Length": "4096"}
+    return StreamingResponse(body(), media_type=media, headers=headers)
 
 
 def _as_llm(responder: Any, keep_history: int | None) -> LLM:
@@ -116,7 +150,7 @@ class FakeOpenAIServer:
         self.max_in_flight = 0  # the most ever answered at once (reset it to measure a burst)
         self.errors: list[BaseException] = []
         self._port = port
-        self._failures: deque[tuple[int, str | None, str | None]] = deque()
+        self._failures: deque[_Fault] = deque()
         self._lock = threading.Lock()
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -193,14 +227,28 @@ class FakeOpenAIServer:
 
     # ------------------------------------------------------------------ test hooks
 
-    def fail_next(self, n: int = 1, status: int = 429, message: str | None = None, *, code: str | None = None) -> None:
+    def fail_next(self, n: int = 1, status: int = 429, message: str | None = None, *, code: str | None = None,
+                  retry_after: float | None = None) -> None:
         """Answer the next ``n`` POST requests with HTTP ``status`` instead of a result.
 
         ``code="context_length_exceeded"`` (with status 400) mimics OpenAI's
-        context-window error, message included.
+        context-window error, message included; ``retry_after`` sends a ``Retry-After``
+        header (seconds), as a provider throttling a client does.
+        """
+        self.inject("status", n, status=status, message=message, code=code, retry_after=retry_after)
+
+    def inject(self, kind: FaultKind, n: int = 1, *, status: int = 500, message: str | None = None,
+               code: str | None = None, retry_after: float | None = None, seconds: float = 30.0) -> None:
+        """The next ``n`` POST requests meet a fault instead of an answer:
+
+        - ``"status"``: an HTTP error (see ``fail_next``);
+        - ``"hang"``: no answer for ``seconds`` (longer than the client waits: a timeout);
+        - ``"empty"``: a 200 whose ``choices`` list is empty;
+        - ``"reset"``: the headers and part of the body, then the connection is dropped
+          (mid-stream, for a streamed request).
         """
         with self._lock:
-            self._failures.extend([(status, message, code)] * n)
+            self._failures.extend([_Fault(kind, status, message, code, retry_after, seconds)] * n)
 
     def enqueue(self, *responses: Any) -> None:
         """Append turns to the script of a ``ScriptedLLM`` responder."""
@@ -228,20 +276,33 @@ class FakeOpenAIServer:
             with self._lock:
                 failure = self._failures.popleft() if self._failures else None
         if failure is not None:
-            return body, self._error(*failure)
+            if failure.kind == "status":
+                return body, self._error(failure.status, failure.message, failure.code, failure.retry_after)
+            if failure.kind == "hang":
+                await asyncio.sleep(failure.seconds)
+            elif failure.kind == "empty":
+                return body, Response(json.dumps({"id": "chatcmpl-empty", "object": "chat.completion",
+                                                  "created": int(time.time()), "model": self.model, "choices": [],
+                                                  "usage": {"prompt_tokens": 1, "completion_tokens": 0,
+                                                            "total_tokens": 1}}), media_type="application/json")
+            elif failure.kind == "reset":
+                return body, _torn_response(bool(body.get("stream")))
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         return body, None
 
     @staticmethod
-    def _error(status: int, message: str | None = None, code: str | None = None) -> Response:
+    def _error(status: int, message: str | None = None, code: str | None = None,
+               retry_after: float | None = None) -> Response:
         kind, default = _DEFAULT_ERRORS.get(
             status, ("server_error", f"The server had an error (HTTP {status}, injected by FakeOpenAIServer)")
         )
         if code == "context_length_exceeded":
             kind, default = "invalid_request_error", _CONTEXT_LENGTH_MESSAGE
         error = {"message": message or default, "type": kind, "param": None, "code": code}
-        return Response(json.dumps({"error": error}), status_code=status, media_type="application/json")
+        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
+        return Response(json.dumps({"error": error}), status_code=status, media_type="application/json",
+                        headers=headers)
 
     def _config(self, body: dict[str, Any]) -> LLMConfig:
         try:

@@ -36,7 +36,7 @@ def test_every_acknowledged_write_survives_each_fault(tmp_path: Path, fake_llm_s
         server.start()
         ledger = Ledger()
         try:
-            recovery, report = run_faults(server, ledger, disk=disk)
+            recovery, report = run_faults(server, ledger, disk=disk, pause_s=2.5)
         finally:
             server.stop()
     print(json.dumps({"recovery_s": {k: round(v, 1) for k, v in recovery.items()},

@@ -46,7 +46,7 @@ import pytest
 from letta_ray.local_cluster import free_port, start_serve
 
 EXAMPLES = int(os.environ.get("LETTA_RAY_FUZZ_EXAMPLES", "5"))
-SECONDS = int(os.environ.get("LETTA_RAY_FUZZ_SECONDS", "90"))
+SECONDS = int(os.environ.get("LETTA_RAY_FUZZ_SECONDS", "75"))
 CHECKS = ["not_a_server_error", "status_code_conformance", "response_schema_conformance",
           "content_type_conformance", "response_headers_conformance", "allow_header_conformance",
           "positive_data_acceptance", "negative_data_rejection"]
