@@ -533,7 +533,7 @@ class Client:
 
     async def create_block_async(self, block: Block) -> Block:
         """Store a block of its own, to attach to agents later (a shared block)."""
-        self.connection.limits.check_blocks([block], already=0)
+        self.connection.limits.check_blocks([block])
         await self.runtime.store.upsert_block(block)
         return block
 

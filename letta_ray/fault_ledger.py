@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from .local_cluster import descendants, start_serve
+from .local_cluster import _cmdline, descendants, start_serve, wait_gone
 
 # Where each fault strikes: a substring of the process's command line (Ray names a worker
 # after the actor it runs).
@@ -67,14 +67,7 @@ class ServerProcess:
         """The server's processes whose command line holds ``needle``."""
         if self.proc is None:
             return []
-        found = []
-        for pid in sorted(descendants(self.proc.pid)):
-            try:
-                if needle in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    found.append(pid)
-            except OSError:
-                continue
-        return found
+        return [pid for pid in sorted(descendants(self.proc.pid)) if needle in _cmdline(pid)]
 
     def kill(self, needle: str) -> int:
         """SIGKILL one process whose command line holds ``needle``; its pid."""
@@ -82,7 +75,7 @@ class ServerProcess:
         if not pids:
             raise LookupError(f"no process of the server matches {needle!r}")
         os.kill(pids[0], signal.SIGKILL)
-        _wait_gone([pids[0]])
+        wait_gone([pids[0]])
         return pids[0]
 
     def kill_all(self) -> None:
@@ -94,7 +87,7 @@ class ServerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
-        _wait_gone(pids)
+        wait_gone(pids)
         self.proc = None
 
     def stop(self) -> None:
@@ -106,23 +99,6 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             pass
         self.kill_all()
-
-
-def _wait_gone(pids: list[int], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        alive = [p for p in pids if Path(f"/proc/{p}").exists() and "zombie" not in _state(p)]
-        if not alive:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"processes {pids} outlived SIGKILL")
-
-
-def _state(pid: int) -> str:
-    try:
-        return "zombie" if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z" else "alive"
-    except OSError:
-        return "zombie"
 
 
 # --------------------------------------------------------------------------- the ledger

@@ -93,6 +93,24 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def process_gone(pid: int) -> bool:
+    """The process has exited (gone, or a zombie waiting for its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_gone(pids: list[int], timeout_s: float = 30.0) -> None:
+    """Wait until every one of ``pids`` has exited (after a SIGKILL); TimeoutError if not."""
+    deadline = time.monotonic() + timeout_s
+    while not all(process_gone(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"processes {pids} outlived SIGKILL")
+        time.sleep(0.05)
+
+
 def _processes_with(text: str) -> list[int]:
     """Pids of the processes (not this one) whose command line contains ``text``."""
     return [pid for pid in _pids() if pid != os.getpid() and text in _cmdline(pid)]

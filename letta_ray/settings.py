@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
@@ -168,10 +168,8 @@ class Settings(BaseSettings):
         return self.home / "export"
 
     def input_limits(self) -> InputLimits:
-        return InputLimits(max_message_chars=self.max_message_chars,
-                           max_messages_per_request=self.max_messages_per_request,
-                           max_blocks_per_agent=self.max_blocks_per_agent, max_block_chars=self.max_block_chars,
-                           max_tool_source_kb=self.max_tool_source_kb)
+        """The limits on input, each the setting of its name."""
+        return InputLimits(**{f.name: getattr(self, f.name) for f in fields(InputLimits)})
 
     def sandbox_limits(self) -> SandboxLimits:
         return SandboxLimits(timeout_s=self.tool_timeout_s, cpu_s=self.tool_cpu_s, memory_mb=self.tool_memory_mb,

@@ -18,6 +18,7 @@ import pytest
 
 import letta_ray
 from letta_ray.errors import BlockLimitError, ConflictError, InvalidInputError, NotFoundError
+from letta_ray.local_cluster import process_gone
 from letta_ray.messages import AssistantMessage, ToolCallMessage
 from letta_ray.schemas import Block
 
@@ -36,13 +37,6 @@ def poll(check: Any, *, timeout: float = 30.0, every: float = 0.05, what: str = 
         time.sleep(every)
 
 
-def process_gone(pid: int) -> bool:
-    """The process has exited (gone, or a zombie waiting for its parent)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def new_agent(client: Any, server: Any, **kw: Any) -> Any:
