@@ -348,6 +348,11 @@ class Directory:
             await self._adopt()
         return dict(self.hosts)
 
+    async def hosts_of(self, agent_ids: list[str]) -> dict[str, str]:
+        """The host of each of these agents that is placed (an agent not in use has none);
+        unlike ``locate``, places nothing."""
+        return {agent_id: self.where[agent_id] for agent_id in agent_ids if agent_id in self.where}
+
     async def describe(self) -> dict[str, Any]:
         return {"placement": self.placement, "agents_per_host": self.agents_per_host, "max_hosts": self.max_hosts,
                 "hosts": dict(self.load), "agents": len(self.where), "host_nodes": dict(self.host_node)}
@@ -375,3 +380,4 @@ class DirectoryHandle(ActorFacade):
     tools_changed = remote_method(Directory.tools_changed)
     all_hosts = remote_method(Directory.all_hosts)
     describe = remote_method(Directory.describe)
+    hosts_of = remote_method(Directory.hosts_of)

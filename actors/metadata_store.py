@@ -384,6 +384,11 @@ class MetadataStoreActor:
     async def count_agents(self) -> int:
         return await self._read(self.store.count_agents)
 
+    async def agent_rows(self, *, query: str | None = None, limit: int = 50, offset: int = 0
+                         ) -> tuple[int, list[dict[str, Any]]]:
+        """See ``MetadataStore.agent_rows``."""
+        return await self._read(self.store.agent_rows, query=query, limit=limit, offset=offset)
+
     async def get_block(self, block_id: str) -> Block:
         return await self._read(self.store.get_block, block_id)
 
@@ -708,6 +713,7 @@ class MetadataStoreHandle(ActorFacade):
     existing_agents = remote_method(MetadataStoreActor.existing_agents)
     list_agents = remote_method(MetadataStoreActor.list_agents)
     count_agents = remote_method(MetadataStoreActor.count_agents)
+    agent_rows = remote_method(MetadataStoreActor.agent_rows)
     list_tags = remote_method(MetadataStoreActor.list_tags)
     get_block = remote_method(MetadataStoreActor.get_block)
     list_blocks = remote_method(MetadataStoreActor.list_blocks)

@@ -283,6 +283,14 @@ class ShardedStore(MetadataStoreHandle):
     async def count_agents(self) -> int:
         return sum(await self._all(lambda shard: shard.count_agents()))
 
+    async def agent_rows(self, *, query: str | None = None, limit: int = 50, offset: int = 0
+                         ) -> tuple[int, list[dict[str, Any]]]:
+        """Each shard's first ``offset + limit`` rows, merged newest first, then the page."""
+        parts = await self._all(lambda shard: shard.agent_rows(query=query, limit=offset + limit, offset=0))
+        rows = sorted((row for _, page in parts for row in page), key=lambda r: (r["created_at"], r["id"]),
+                      reverse=True)
+        return sum(total for total, _ in parts), rows[offset:offset + limit]
+
     async def agents_with_archive(self, archive_id: str) -> list[str]:
         return sorted(a for part in await self._all(lambda s: s.agents_with_archive(archive_id)) for a in part)
 

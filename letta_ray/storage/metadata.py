@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +368,39 @@ class MetadataStore:
             rows = conn.execute(f"SELECT tag FROM (SELECT DISTINCT unnest(tags) AS tag FROM agents) {_where(clauses)} "
                                 f"ORDER BY tag {direction} {_limit(limit)}", params).fetchall()
         return [row[0] for row in rows]
+
+    def agent_rows(self, *, query: str | None = None, limit: int = 50, offset: int = 0
+                   ) -> tuple[int, list[dict[str, Any]]]:
+        """One page of agents for a list to look at, newest first: how many match ``query``
+        (any case, in the name, id or a tag) and, for the page's agents only, their name, tags,
+        model, message count and the time of their last message (so a page costs the same
+        with ten agents or a hundred thousand)."""
+        _check_limit(limit)
+        if offset < 0:
+            raise InvalidInputError(f"offset must be >= 0, got {offset}")
+        clauses: list[str] = []
+        params: list[Any] = []
+        if query:
+            pattern = _like_pattern(query)
+            clauses.append("(name ILIKE ? ESCAPE '\\' OR id ILIKE ? ESCAPE '\\' "
+                           "OR array_to_string(tags, ' ') ILIKE ? ESCAPE '\\')")
+            params += [pattern, pattern, pattern]
+        with self._db.locked() as conn:
+            total = conn.execute(f"SELECT count(*) FROM agents {_where(clauses)}", params).fetchone()[0]  # type: ignore[index]
+            rows = conn.execute(
+                f"WITH page AS (SELECT id, name, tags, created_at, "
+                f"json_extract_string(doc, '$.llm_config.model') AS model FROM agents {_where(clauses)} "
+                f"ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?) "
+                "SELECT page.id, page.name, page.tags, page.model, epoch_us(page.created_at), count(m.id), "
+                "epoch_us(max(m.created_at)) "
+                "FROM page LEFT JOIN messages m ON m.agent_id = page.id "
+                "GROUP BY page.id, page.name, page.tags, page.model, page.created_at "
+                "ORDER BY page.created_at DESC, page.id DESC",
+                [*params, limit, offset],
+            ).fetchall()
+        return total, [{"id": id_, "name": name, "tags": tags, "model": model, "created_at": _from_us(created),
+                        "message_count": count, "last_active": _from_us(last)}
+                       for id_, name, tags, model, created, count, last in rows]
 
     def count_agents(self) -> int:
         with self._db.locked() as conn:
@@ -902,3 +935,10 @@ def merge_exports(parts: Sequence[dict[str, Path]], out_dir: Path) -> dict[str, 
                 source.parent.rmdir()
     return paths
 
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _from_us(epoch_us: int | None) -> datetime | None:
+    """A DuckDB ``epoch_us`` as an aware UTC datetime (a TIMESTAMPTZ read directly needs pytz)."""
+    return None if epoch_us is None else _EPOCH + timedelta(microseconds=epoch_us)
