@@ -74,11 +74,12 @@ def init_ray(settings: Settings) -> bool:
             num_cpus=settings.num_cpus,
             namespace=settings.namespace,
             logging_level=logging.WARNING,
-            log_to_driver=True,
+            log_to_driver=settings.log_to_driver,
             configure_logging=True,
         )
     else:
         ray.init(address=settings.ray_address, namespace=settings.namespace, logging_level=logging.WARNING,
+                 log_to_driver=settings.log_to_driver,
                  runtime_env={"env_vars": {**RUNTIME_ENV_VARS, **object_store_env()}})
     return True
 

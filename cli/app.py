@@ -45,6 +45,7 @@ from letta_ray.settings import (
 )
 
 from .demo import DEMO_MODEL, demo_responder
+from .logfile import LogFile, terminal_logs
 
 if TYPE_CHECKING:
     from letta_ray.actors.client import AgentHandle, Client
@@ -87,8 +88,8 @@ class _Options:
     home: Path | None
     address: str | None
 
-    def settings(self) -> Settings:
-        values: dict[str, Any] = {}
+    def settings(self, **overrides: Any) -> Settings:
+        values: dict[str, Any] = dict(overrides)
         if self.home is not None:
             # Absolute: the store actors resolve paths in their own working directory.
             values["home"] = self.home.expanduser().resolve()
@@ -134,6 +135,25 @@ def _connected(ctx: typer.Context) -> Iterator[Client]:
             yield client
         finally:
             client.close()
+
+
+@contextmanager
+def _talking(ctx: typer.Context, *, verbose: bool) -> Iterator[tuple[Client, LogFile | None]]:
+    """Connected for a command that talks to a person (run, sim): the runtime's own logs go to
+    the log file, unless ``verbose``."""
+    with _errors():
+        from letta_ray.actors.client import connect
+
+        settings = ctx.obj.settings(log_to_driver=verbose)
+        with terminal_logs(settings, verbose=verbose) as logs:
+            client = connect(settings=settings)
+            try:
+                yield client, logs
+            finally:
+                client.close()
+
+
+_VERBOSE_HELP = "Show Ray's, Ray Serve's and litellm's logs here, not in <home>/logs/letta-ray.log."
 
 
 @app.callback()
@@ -335,10 +355,13 @@ def _chat(out: Console, handle: AgentHandle, messages: list[str]) -> int:
         _show_response(out, handle, response)
 
 
-def _start_local_llm(out: Console, settings: Settings) -> str:
+def _start_local_llm(out: Console, settings: Settings, logs: LogFile | None) -> str:
     """Serve the bundled local model on this process's Ray (127.0.0.1, a free port); its URL."""
     from letta_ray.local_llm.app import start_local_llm
     from letta_ray.serve.startup import free_port
+
+    if logs is not None:
+        logs.route()  # importing ray.serve gave its logger a terminal handler of its own
 
     with out.status("loading the local model on Ray Serve…") if out.is_terminal else _no_status():
         return start_local_llm(settings, host="127.0.0.1", port=free_port(settings.http_port))
@@ -364,12 +387,13 @@ def run(
     demo: Annotated[bool, typer.Option(
         "--demo", help="With no key, no --model and no local model installed, fall back to the scripted "
                        "offline demo model.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=_VERBOSE_HELP)] = False,
 ) -> None:
     """Chat with one agent in the terminal (created if it does not exist)."""
     out = _console()
     server = None
     local_started = False
-    with _connected(ctx) as client:
+    with _talking(ctx, verbose=verbose) as (client, logs):
         try:
             key = agent or name
             handle = _find_agent(client, key, must_exist=agent is not None and agent.startswith("agent-"))
@@ -381,7 +405,7 @@ def run(
                 server = FakeOpenAIServer(demo_responder, model=DEMO_MODEL).start()
                 choice.endpoint = server.url
             if choice.local:
-                choice.endpoint = _start_local_llm(out, client.settings)
+                choice.endpoint = _start_local_llm(out, client.settings, logs)
                 local_started = True
             if handle is None or state is None:
                 handle = client.create_agent(key, model=choice.model, model_endpoint=choice.endpoint,
@@ -403,6 +427,8 @@ def run(
             out.print(Text.assemble(("letta-ray ", "bold"), f"agent {handle.name} ({handle.id}, {status})"))
             out.print(Text.assemble(("model ", "bold"), f"{choice.model}{where}", (f"  ({choice.why})", "dim")),
                       soft_wrap=True)
+            if logs is not None:
+                out.print(Text.assemble(("logs ", "bold"), logs.banner(client.settings)), soft_wrap=True)
             code = _chat(out, handle, message or [])
         finally:
             if server is not None:
@@ -561,13 +587,16 @@ def serve(
     port: Annotated[int | None, typer.Option(
         help="Port of the HTTP API (default 8283, or $LETTA_RAY_HTTP_PORT).", show_default=False)] = None,
     replicas: Annotated[int, typer.Option(min=1, help="Ray Serve replicas of the API.")] = 1,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=_VERBOSE_HELP)] = False,
 ) -> None:
     """Serve Letta's REST API (/v1, docs at /docs) on Ray Serve, for Letta's SDKs and clients."""
     with _errors():
-        from .serving import serve_forever
+        from .serving import serve_forever  # imports ray.serve, which sets its logger up: before the routing
 
-        serve_forever(ctx.obj.settings(), host=host, port=port, replicas=replicas,
-                      on_ready=lambda text: _console().print(Text(text), soft_wrap=True))
+        settings = ctx.obj.settings(log_to_driver=verbose)
+        with terminal_logs(settings, verbose=verbose) as logs:
+            serve_forever(settings, host=host, port=port, replicas=replicas, logs=logs,
+                          on_ready=lambda text: _console().print(Text(text), soft_wrap=True))
 
 
 # --------------------------------------------------------------------------- simulations
@@ -585,13 +614,19 @@ def sim(
         min=1, help="Play up to this round (overrides the config).", show_default=False)] = None,
     seed: Annotated[int | None, typer.Option(help="Override the config's seed.", show_default=False)] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=_VERBOSE_HELP)] = False,
 ) -> None:
-    """Run a simulation: a population of agents taking turns in rounds (Ctrl-C stops; --resume continues)."""
+    """Run a simulation: a population of agents taking turns in rounds (Ctrl-C stops; --resume continues).
+
+    With no key for the config's provider it runs offline, on the scripted town model."""
     from letta_ray.sim.cli import run_from_cli
 
-    with _connected(ctx) as client, _errors():
+    console = _console()
+    with _talking(ctx, verbose=verbose) as (client, logs), _errors():
+        if logs is not None:
+            console.print(Text.assemble(("logs ", "bold"), logs.banner(client.settings)), soft_wrap=True)
         try:
-            run_from_cli(client, config, out=out, resume=resume, rounds=rounds, seed=seed, console=_console(),
+            run_from_cli(client, config, out=out, resume=resume, rounds=rounds, seed=seed, console=console,
                          show_progress=not no_progress)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None

@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ray import serve
 
@@ -13,6 +14,9 @@ from letta_ray.actors.client import connect
 from letta_ray.serve.deployment import start_http, stop_http
 from letta_ray.serve.startup import is_loopback
 from letta_ray.settings import LOCAL_LLM_CONTEXT_WINDOW, LOCAL_LLM_MODEL, Settings
+
+if TYPE_CHECKING:
+    from .logfile import LogFile
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +40,10 @@ def _with_local_llm(settings: Settings, *, host: str | None, port: int | None,
 
 
 def serve_forever(settings: Settings, *, host: str | None = None, port: int | None = None,
-                  replicas: int = 1, on_ready: Callable[[str], object] = print) -> None:
-    """``letta-ray serve``: an embedded Ray (or ``settings.ray_address``), the API, until Ctrl-C."""
+                  replicas: int = 1, on_ready: Callable[[str], object] = print, logs: LogFile | None = None) -> None:
+    """``letta-ray serve``: an embedded Ray (or ``settings.ray_address``), the API, until Ctrl-C.
+
+    With ``logs``, Ray's and Serve's logs are in that file, and the banner says so."""
     client = connect(settings=settings)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -46,6 +52,8 @@ def serve_forever(settings: Settings, *, host: str | None = None, port: int | No
         url = start_http(settings, host=host, port=port, replicas=replicas)
         on_ready(f"letta_ray HTTP API on {url}/v1 (docs: {url}/docs, data: {client.settings.home}); "
                  "Ctrl-C stops it")
+        if logs is not None:
+            on_ready(f"logs: {logs.banner(client.settings)}")
         if not is_loopback(host or client.settings.http_host) and not client.settings.api_token:
             on_ready("Warning: listening beyond this machine with no token; set LETTA_RAY_API_TOKEN "
                      "so that clients must send it (Authorization: Bearer <token>)")
