@@ -40,6 +40,8 @@ from ._messages import messages
 from ._run_streams import RunStreams
 from ._runs import history, runs, steps
 from ._tools import tools
+from ._ui import api as ui_api
+from ._ui import page as ui_page
 from .schemas import ERROR_RESPONSES, EmbeddingConfigView, EmbeddingModelView, HealthView, ModelView
 
 log = logging.getLogger(__name__)
@@ -211,8 +213,10 @@ def create_app(client: Client) -> FastAPI:
     # matches a messages path, so the order changes nothing else.
     app.include_router(messages, dependencies=auth, responses=ERROR_RESPONSES)
     app.include_router(health)
+    app.include_router(ui_page)  # the inspector's static files: no data, no token
     for router in (agents, agent_archives, agent_folders, agent_identities, blocks, tools, runs, steps, history,
-                   archives, passages, folders, identities, conversations, models, tags, groups, mcp_servers):
+                   archives, passages, folders, identities, conversations, models, tags, groups, mcp_servers,
+                   ui_api):
         app.include_router(router, dependencies=auth, responses=ERROR_RESPONSES)
     app.add_exception_handler(_Unauthorized, _on_unauthorized)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
