@@ -70,7 +70,7 @@ def init_ray(settings: Settings) -> bool:
         ray.init(
             address="local",
             _node_ip_address="127.0.0.1",
-            include_dashboard=False,
+            include_dashboard=settings.dashboard,
             num_cpus=settings.num_cpus,
             namespace=settings.namespace,
             logging_level=logging.WARNING,

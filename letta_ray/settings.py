@@ -128,6 +128,9 @@ class Settings(BaseSettings):
                             "runs for whoever may call the API")
     local_llm: bool = Field(default=True, description="with no provider key, think with the bundled local "
                               "model (needs the local-llm extra) instead of failing")
+    dashboard: bool = Field(default=False, description="an embedded Ray also starts Ray's dashboard (on "
+                            "127.0.0.1:8265; the inspector's cluster page links to it); it costs a few "
+                            "processes and ~200 MB")
     log_to_driver: bool = Field(default=True, description="print in the driver what Ray's workers (agent hosts, "
                                 "Serve's controller, proxy and replicas) write to stdout/stderr; when false it stays "
                                 "in Ray's session logs. letta-ray run, sim and serve set it from --verbose")

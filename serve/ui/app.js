@@ -525,7 +525,7 @@ async function viewCluster(params, signal) {
   show(el("h1", {}, "Cluster"),
     el("p", {}, data.dashboard_url ? el("a", { href: data.dashboard_url, target: "_blank", id: "dashboard-link" }, "Ray dashboard ↗")
       : el("span", { class: "muted", id: "dashboard-link" },
-           "Ray's dashboard is not running (start a cluster with `ray start --head --include-dashboard=true`, or set LETTA_RAY_DASHBOARD=1).")),
+           "Ray's dashboard is not running (set LETTA_RAY_DASHBOARD=1 for an embedded Ray; a cluster's head runs it by default).")),
     el("div", { class: "grid" },
       card("Agent hosts", table(["Host", "Node", "#Agents", "#Busy", "#Queued", "Alive"], data.hosts.map((h) => {
         const queue = metrics && metrics.queue_depth ? metrics.queue_depth[h.host_id] : undefined;
