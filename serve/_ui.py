@@ -170,12 +170,11 @@ async def _host_info(host_id: str, handle: Any) -> dict[str, Any]:
 
 
 async def _metrics_summary() -> dict[str, Any] | None:
+    """The runtime's metrics as Ray's metrics endpoints export them (they lag by Ray's report interval)."""
     try:
-        from letta_ray.actors import metrics
-    except ImportError:
-        return None
-    try:
-        return await metrics.summary()
+        from letta_ray.actors.metrics import read_metrics, summary
+
+        return summary(await read_metrics())
     except Exception:
         log.debug("could not read the runtime's metrics", exc_info=True)
         return None

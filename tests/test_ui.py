@@ -290,6 +290,24 @@ def test_a_message_sent_through_the_api_appears_on_the_open_page(page: Any, base
     assert steps.count() >= 4 and "fake-model" in steps.first.inner_text()
 
 
+def test_groups_page_shows_members_and_last_turns(page: Any, base_url: str, http: httpx.Client,
+                                                  fake_llm_server: FakeOpenAIServer) -> None:
+    a = new_agent(http, fake_llm_server, name=f"ann-{uuid.uuid4().hex[:6]}")
+    b = new_agent(http, fake_llm_server, name=f"bob-{uuid.uuid4().hex[:6]}")
+    group = http.post("/v1/groups/", json={"agent_ids": [a["id"], b["id"]],
+                                           "manager_config": {"manager_type": "round_robin", "max_turns": 2}}).json()
+    marker = f"group news {uuid.uuid4().hex[:6]}"
+    assert http.post(f"/v1/groups/{group['id']}/messages",
+                     json={"messages": [{"role": "user", "content": marker}]}).status_code == 200
+    page.goto(f"{base_url}/ui/#/groups")
+    card = page.locator("section", has_text=group["id"])
+    card.wait_for(timeout=15_000)
+    assert "round robin" in card.inner_text()
+    for member in (a, b):
+        assert card.get_by_role("link", name=member["name"]).count() >= 1
+    assert marker in card.inner_text()  # the group's last turns
+
+
 def test_a_simulation_page_draws_its_plots_and_network(page: Any, base_url: str, town_run: str,
                                                        shots: Path) -> None:
     page.goto(f"{base_url}/ui/#/sims")

@@ -83,7 +83,7 @@ function svg(tag, attrs = {}, ...children) {
 
 function show(...nodes) {
   const view = document.getElementById("view");
-  view.replaceChildren(...nodes);
+  view.replaceChildren(...nodes.flat(Infinity).filter((node) => node !== null && node !== undefined && node !== false));
 }
 
 function card(title, ...children) { return el("section", { class: "card" }, title ? el("h2", {}, title) : null, ...children); }
@@ -392,7 +392,7 @@ async function follow(url, signal, label, onEvents) {
 // ------------------------------------------------------------------ groups
 
 async function viewGroups(params, signal) {
-  const groups = await api("/v1/groups?limit=200", { signal });
+  const groups = await api("/v1/groups/?limit=200", { signal });
   const names = new Map();
   const ids = [...new Set(groups.flatMap((g) => [...g.agent_ids, g.manager_agent_id].filter(Boolean)))].slice(0, 200);
   await Promise.all(ids.map((id) => api(`/v1/agents/${id}`, { signal }).then((a) => names.set(id, a.name), () => {})));
@@ -528,7 +528,7 @@ async function viewCluster(params, signal) {
            "Ray's dashboard is not running (set LETTA_RAY_DASHBOARD=1 for an embedded Ray; a cluster's head runs it by default).")),
     el("div", { class: "grid" },
       card("Agent hosts", table(["Host", "Node", "#Agents", "#Busy", "#Queued", "Alive"], data.hosts.map((h) => {
-        const queue = metrics && metrics.queue_depth ? metrics.queue_depth[h.host_id] : undefined;
+        const queue = metrics && metrics.hosts && metrics.hosts[h.host_id] ? metrics.hosts[h.host_id].queue_depth : undefined;
         return el("tr", {}, el("td", { class: "mono" }, h.host_id), el("td", { class: "mono" }, (h.node_id || "").slice(0, 12)),
           el("td", { class: "num" }, num(h.agents)), el("td", { class: "num" }, num(h.busy)),
           el("td", { class: "num" }, queue === undefined ? "—" : num(queue)),
