@@ -65,6 +65,7 @@ from .local_model import LocalModelLLM
 from .mcp_servers import MCPServers
 from .messaging import AgentMessenger, Router
 from .metadata_store import MetadataStoreHandle
+from .metrics import TurnMetrics, host_gauges
 from .store_shards import ShardedStore, journal_folder, shard_of
 from .tool_sandboxes import ToolSandboxes
 
@@ -163,6 +164,8 @@ class AgentHost:
         # a file per store shard: each shard applies the turns of its own agents
         self._journals = HostJournals(journal_dir, name, shipped, shards) if journal_dir is not None else None
         self._turns_running = 0
+        self._turns_queued = 0  # turns waiting for their agent or running: the host's queue depth
+        self._gauges = host_gauges(lambda: (self._turns_queued, len(self.agents)))
         self.store = store
         self.archive = archive
         self._llm = llm
@@ -324,7 +327,8 @@ class AgentHost:
         hosted = await self._get(agent_id)
         run_id = run_id or new_id("run")  # every turn is a run, as in Letta
         created_at, started = utcnow(), time.perf_counter_ns()
-        async with hosted.lock, self._running_turn():
+        self._gauges.start()
+        async with self._queued(), hosted.lock, self._running_turn():
             if agent_id not in self.agents:  # deleted while we waited our turn
                 raise NotFoundError("agent", agent_id)
             thread = await self._thread(hosted, conversation_id)
@@ -362,6 +366,7 @@ class AgentHost:
                    "conversation_id": conversation_id}
             await self._persist_turn(result.state, result.new_messages, result.edited_blocks, result.steps, run,
                                      conversation)
+            TurnMetrics.shared().record(state.llm_config.model, result)
             hosted.state = result.state
             if conversation is None:
                 hosted.context = result.context
@@ -449,6 +454,14 @@ class AgentHost:
             return
         await self._journals.write(state, messages, edited, steps, run, conversation,
                                    alone=self._turns_running <= 1)
+
+    @contextlib.asynccontextmanager
+    async def _queued(self) -> AsyncIterator[None]:
+        self._turns_queued += 1
+        try:
+            yield
+        finally:
+            self._turns_queued -= 1
 
     @contextlib.asynccontextmanager
     async def _running_turn(self) -> AsyncIterator[None]:

@@ -39,6 +39,7 @@ from letta_ray.schemas import (
 from ._facade import ActorFacade, remote_method
 from ._group_commit import GroupCommitter
 from ._journal import Journal, JournalWriter, TurnRecord, read_complete
+from .metrics import store_gauges
 
 if TYPE_CHECKING:
     from letta_ray.storage.metadata import MetadataStore
@@ -99,6 +100,7 @@ class MetadataStoreActor:
         self._tailing: asyncio.Task[None] | None = None
         self.turns_applied = 0  # from the hosts' journals, since this store started
         self.last_applied_at: float | None = None
+        self._gauges = store_gauges(self._apply_lag)
         if self._host_journals is not None:
             self._host_journals.mkdir(parents=True, exist_ok=True)
             # what hosts acknowledged before a crash of this process
@@ -256,6 +258,7 @@ class MetadataStoreActor:
     TAIL_MAX_S = 2.0
 
     def _start_tailing(self) -> None:
+        self._gauges.start()
         if self._host_journals is not None and (self._tailing is None or self._tailing.done()):
             self._tailing = asyncio.ensure_future(self._tail())
 
@@ -655,14 +658,27 @@ class MetadataStoreActor:
                                     last_error=None)
         return {"name": name, "seconds": seconds, "bytes": size}
 
-    async def status(self) -> dict[str, Any]:
-        """How far DuckDB is behind the journals (the apply lag: journaled bytes not yet
-        applied, and when turns were last applied), and the snapshots' state."""
+    def _journal_backlog(self) -> tuple[int, int]:
+        """(journal files, their bytes not yet applied to DuckDB)."""
         backlog, files = 0, 0
         if self._host_journals is not None:
             for path in self._host_journals.glob("*.log"):
                 files += 1
                 backlog += max(0, path.stat().st_size - self._committed_offsets.get(f"host_journal:{path.name}", 0))
+        return files, backlog
+
+    def _apply_lag(self) -> tuple[float, int]:
+        """The apply lag for the metrics: (seconds since turns were last applied while some
+        wait, 0 when none does; bytes of journals not yet applied)."""
+        _, backlog = self._journal_backlog()
+        if not backlog and not self._to_apply:
+            return 0.0, 0
+        return (time.time() - self.last_applied_at if self.last_applied_at else 0.0), backlog
+
+    async def status(self) -> dict[str, Any]:
+        """How far DuckDB is behind the journals (the apply lag: journaled bytes not yet
+        applied, and when turns were last applied), and the snapshots' state."""
+        files, backlog = self._journal_backlog()
         return {"journal_files": files, "journal_backlog_bytes": backlog, "turns_applied": self.turns_applied,
                 "last_applied_at": self.last_applied_at, "snapshots": dict(self.snapshot_status),
                 "snapshots_to": self._snapshots.location.uri if self._snapshots is not None else None}

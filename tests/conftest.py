@@ -14,6 +14,8 @@ os.environ["LETTA_RAY_OFFLINE_LLM"] = "1"
 # Ray tries a failing runtime environment (a tool's pip_requirements) three times by
 # default; once is enough to see that it fails.
 os.environ.setdefault("RUNTIME_ENV_RETRY_TIMES", "1")
+# Ray's processes report metrics every 10 s by default; every second keeps the metrics tests short.
+os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
 
 
 @pytest.fixture(autouse=True)
