@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import ray
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
@@ -159,7 +160,8 @@ async def cluster(client: ClientDep) -> dict[str, Any]:
               "resources": n.get("Resources", {}), "head": "node:__internal_head__" in n.get("Resources", {})}
              for n in await asyncio.to_thread(ray.nodes)]
     return {"nodes": nodes, "hosts": list(infos), "placement": {k: v for k, v in placement.items() if k != "hosts"},
-            "store": store, "metrics": await _metrics_summary(), "dashboard_url": _dashboard_url()}
+            "store": store, "metrics": await _metrics_summary(),
+            "dashboard_url": await asyncio.to_thread(_dashboard_url)}
 
 
 async def _host_info(host_id: str, handle: Any) -> dict[str, Any]:
@@ -180,7 +182,7 @@ async def _metrics_summary() -> dict[str, Any] | None:
         return None
 
 
-def _dashboard_url() -> str | None:
+def _dashboard_url() -> str | None:  # (sync: called in a worker thread)
     """Ray's dashboard, when this cluster runs one (the embedded default does not)."""
     try:
         from ray.experimental.internal_kv import _internal_kv_get
@@ -191,4 +193,9 @@ def _dashboard_url() -> str | None:
     if not url:
         return None
     text = url.decode() if isinstance(url, bytes) else str(url)
-    return text if text.startswith("http") else f"http://{text}"
+    text = text if text.startswith("http") else f"http://{text}"
+    try:  # Ray writes the address even when it starts no dashboard: ask it
+        httpx.get(text, timeout=1.0, trust_env=False)
+    except httpx.HTTPError:
+        return None
+    return text

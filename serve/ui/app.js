@@ -528,7 +528,9 @@ async function viewCluster(params, signal) {
            "Ray's dashboard is not running (set LETTA_RAY_DASHBOARD=1 for an embedded Ray; a cluster's head runs it by default).")),
     el("div", { class: "grid" },
       card("Agent hosts", table(["Host", "Node", "#Agents", "#Busy", "#Queued", "Alive"], data.hosts.map((h) => {
-        const queue = metrics && metrics.hosts && metrics.hosts[h.host_id] ? metrics.hosts[h.host_id].queue_depth : undefined;
+        // the metrics name a host by its actor's name, <runtime prefix>-<host id>
+        const sampled = metrics && metrics.hosts ? Object.entries(metrics.hosts).find(([name]) => name.endsWith(`-${h.host_id}`)) : undefined;
+        const queue = sampled ? sampled[1].queue_depth : undefined;
         return el("tr", {}, el("td", { class: "mono" }, h.host_id), el("td", { class: "mono" }, (h.node_id || "").slice(0, 12)),
           el("td", { class: "num" }, num(h.agents)), el("td", { class: "num" }, num(h.busy)),
           el("td", { class: "num" }, queue === undefined ? "—" : num(queue)),
