@@ -203,6 +203,7 @@ class AgentHost:
         initial = initial or [[] for _ in states]
         history = history or [[] for _ in states]
         pairs = list(zip(states, initial, history, strict=True))
+        self._gauges.start()
         await self.store.create_agents(states, [[*old, *messages] for _, messages, old in pairs])
         shared = set(await self.store.shared_blocks([b.id for s in states for b in s.blocks]))
         for state, messages, old in pairs:

@@ -101,6 +101,7 @@ class MetadataStoreActor:
         self.turns_applied = 0  # from the hosts' journals, since this store started
         self.last_applied_at: float | None = None
         self._gauges = store_gauges(self._apply_lag)
+        self._applied_through = time.time()  # DuckDB holds every turn journaled before this
         if self._host_journals is not None:
             self._host_journals.mkdir(parents=True, exist_ok=True)
             # what hosts acknowledged before a crash of this process
@@ -251,8 +252,11 @@ class MetadataStoreActor:
 
     async def _apply_host_journals_committed(self) -> int:
         """``_apply_host_journals`` in a group-committed transaction, then ``_committed``."""
+        scanned = time.time()  # the scan starts after: it reads every turn journaled before
         applied, offsets = await self._writes.submit(self._apply_host_journals)
-        return await asyncio.to_thread(self._committed, applied, offsets)
+        applied = await asyncio.to_thread(self._committed, applied, offsets)
+        self._applied_through = max(self._applied_through, scanned)
+        return applied
 
     TAIL_MIN_S = 1.0
     TAIL_MAX_S = 2.0
@@ -668,12 +672,12 @@ class MetadataStoreActor:
         return files, backlog
 
     def _apply_lag(self) -> tuple[float, int]:
-        """The apply lag for the metrics: (seconds since turns were last applied while some
-        wait, 0 when none does; bytes of journals not yet applied)."""
+        """The apply lag for the metrics: (seconds: DuckDB holds every turn journaled longer
+        ago, 0 when none waits; bytes of the hosts' journals not yet applied)."""
         _, backlog = self._journal_backlog()
         if not backlog and not self._to_apply:
             return 0.0, 0
-        return (time.time() - self.last_applied_at if self.last_applied_at else 0.0), backlog
+        return max(0.0, time.time() - self._applied_through), backlog
 
     async def status(self) -> dict[str, Any]:
         """How far DuckDB is behind the journals (the apply lag: journaled bytes not yet

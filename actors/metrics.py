@@ -87,8 +87,10 @@ class TurnMetrics:
                                          ("model",))
         self.tool_calls = Counter("letta_ray_tool_calls_total", "Tool calls of turns, by tool and status",
                                   ("tool", "status"))
-        self._model, self._turn, self._step, self._tool = _Tags("model"), _Tags("model", "stop_reason"), \
-            _Tags("model", "status"), _Tags("tool", "status")
+        self._model = _Tags("model")
+        self._turn = _Tags("model", "stop_reason")
+        self._step = _Tags("model", "status")
+        self._tool = _Tags("tool", "status")
 
     @classmethod
     def shared(cls) -> TurnMetrics:
