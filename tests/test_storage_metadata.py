@@ -146,7 +146,7 @@ def test_list_agents_filters_by_tags_and_paginates(store: MetadataStore) -> None
 
 
 def test_agent_rows_page_searches_and_counts_messages_of_the_page(store: MetadataStore) -> None:
-    agents = [make_agent(f"agent-{i:02d}", tags=["town"] if i % 3 == 0 else ["farm"],
+    agents = [make_agent(f"person-{i:02d}", tags=["town"] if i % 3 == 0 else ["farm"],
                          created_at=T0 + timedelta(minutes=i)) for i in range(12)]
     store.create_agents(agents)
     store.messages.append_messages(make_messages(agents[11].id, ["hi", "hello", "bye"]))
@@ -154,7 +154,7 @@ def test_agent_rows_page_searches_and_counts_messages_of_the_page(store: Metadat
 
     total, rows = store.agent_rows(limit=5)
     assert total == 12
-    assert [r["name"] for r in rows] == ["agent-11", "agent-10", "agent-09", "agent-08", "agent-07"]
+    assert [r["name"] for r in rows] == ["person-11", "person-10", "person-09", "person-08", "person-07"]
     assert [r["message_count"] for r in rows] == [3, 1, 0, 0, 0]
     assert rows[0]["last_active"] == T0 + timedelta(seconds=2)
     assert rows[1]["last_active"] == T0 + timedelta(hours=1)
@@ -163,11 +163,11 @@ def test_agent_rows_page_searches_and_counts_messages_of_the_page(store: Metadat
     assert rows[0]["tags"] == ["farm"]
 
     total, rows = store.agent_rows(limit=5, offset=10)
-    assert (total, [r["name"] for r in rows]) == (12, ["agent-01", "agent-00"])
+    assert (total, [r["name"] for r in rows]) == (12, ["person-01", "person-00"])
 
     total, rows = store.agent_rows(query="TOWN", limit=50)  # a tag, any case
-    assert total == 4 and {r["name"] for r in rows} == {"agent-00", "agent-03", "agent-06", "agent-09"}
-    total, rows = store.agent_rows(query="nt-0", limit=50)  # part of a name
+    assert total == 4 and {r["name"] for r in rows} == {"person-00", "person-03", "person-06", "person-09"}
+    total, rows = store.agent_rows(query="on-0", limit=50)  # part of a name (ids hold no "on")
     assert total == 10
     total, rows = store.agent_rows(query="50%_", limit=50)  # LIKE's wildcards are literal
     assert (total, rows) == (0, [])
