@@ -144,7 +144,7 @@ class DuckDBFile:
             row = conn.execute(f"SELECT {column}, {order[1]} FROM {table} WHERE id = ?", [key]).fetchone()
         if row is None:
             return None
-        first = _EPOCH + timedelta(microseconds=row[0]) if timestamp else row[0]
+        first = from_epoch_us(row[0]) if timestamp else row[0]
         return first, row[1]
 
     @staticmethod
@@ -180,3 +180,8 @@ class DuckDBFile:
         )
         params.extend([cursor] * 3)
 
+
+def from_epoch_us(epoch_us: int) -> datetime:
+    """A DuckDB ``epoch_us(<TIMESTAMPTZ>)`` as an aware UTC datetime (reading the TIMESTAMPTZ
+    itself needs pytz)."""
+    return _EPOCH + timedelta(microseconds=epoch_us)

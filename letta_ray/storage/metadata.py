@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from letta_ray.schemas import (
     Order,
     Tool,
 )
-from letta_ray.storage._duckdb_file import DuckDBFile
+from letta_ray.storage._duckdb_file import DuckDBFile, from_epoch_us
 from letta_ray.storage._duckdb_layout import (
     _AGENT_BLOCKS,
     _AGENTS,
@@ -398,8 +398,8 @@ class MetadataStore:
                 "ORDER BY page.created_at DESC, page.id DESC",
                 [*params, limit, offset],
             ).fetchall()
-        return total, [{"id": id_, "name": name, "tags": tags, "model": model, "created_at": _from_us(created),
-                        "message_count": count, "last_active": _from_us(last)}
+        return total, [{"id": id_, "name": name, "tags": tags, "model": model, "created_at": from_epoch_us(created),
+                        "message_count": count, "last_active": None if last is None else from_epoch_us(last)}
                        for id_, name, tags, model, created, count, last in rows]
 
     def count_agents(self) -> int:
@@ -934,11 +934,3 @@ def merge_exports(parts: Sequence[dict[str, Path]], out_dir: Path) -> dict[str, 
             with suppress(OSError):
                 source.parent.rmdir()
     return paths
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _from_us(epoch_us: int | None) -> datetime | None:
-    """A DuckDB ``epoch_us`` as an aware UTC datetime (a TIMESTAMPTZ read directly needs pytz)."""
-    return None if epoch_us is None else _EPOCH + timedelta(microseconds=epoch_us)
