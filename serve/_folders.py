@@ -16,7 +16,7 @@ from letta_ray.errors import InvalidInputError
 from letta_ray.schemas import FileMetadata, Folder, Order, time_cursors
 
 from ._common import ClientDep, page, page_limit
-from .schemas import EmbeddingConfigView, Integer
+from .schemas import EmbeddingConfigView, PositiveInteger
 
 folders = APIRouter(prefix="/v1/folders", tags=["folders"])
 agent_folders = APIRouter(prefix="/v1/agents", tags=["folders"])
@@ -71,7 +71,7 @@ class CreateFolderRequest(BaseModel):
     metadata: dict[str, Any] | None = None
     embedding: str | None = Field(default=None, description="accepted: files are embedded by the deployment's embedder")
     embedding_config: dict[str, Any] | None = None
-    embedding_chunk_size: Annotated[Integer, Field(ge=1)] | None = None
+    embedding_chunk_size: PositiveInteger | None = None
 
 
 class ModifyFolderRequest(BaseModel):

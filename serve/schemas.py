@@ -63,6 +63,10 @@ def _json_integer(value: Any) -> Any:
 Integer = Annotated[int, BeforeValidator(_json_integer)]
 """An integer in a request body: a JSON number (5 or 5.0), not true or "5"."""
 
+PositiveInteger = Annotated[int, Field(ge=1), BeforeValidator(_json_integer)]
+"""An integer ≥ 1 in a request body. The bound goes before the validator: after it, pydantic
+writes ``ge`` into the JSON schema instead of ``minimum`` (the schema then allows 0)."""
+
 # A block label: no whitespace (str.isspace: Unicode spaces and the separators \x1c-\x1f) nor < >.
 BLOCK_LABEL_PATTERN = r"^[^\s\x1c-\x1f<>]+$"
 
@@ -420,7 +424,7 @@ class CreateAgentRequest(_Shape):
                             "the letta_v1 loop")
     embedding: str | None = Field(default=None, description="accepted: agents here use the deployment's embedder")
     embedding_config: dict[str, Any] | None = Field(default=None, description="accepted, as embedding")
-    embedding_chunk_size: Annotated[Integer, Field(ge=1)] | None = None
+    embedding_chunk_size: PositiveInteger | None = None
     model_settings: dict[str, Any] | None = Field(default=None, description="temperature, max_output_tokens "
                                                   "(others are the provider's defaults here)")
     initial_message_sequence: list[MessageCreateRequest] | None = None

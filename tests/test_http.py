@@ -666,6 +666,28 @@ def test_health_models_and_docs(sdk: Any, http: Any) -> None:
     assert http.get("/docs").status_code == 200
 
 
+def test_the_schemas_bounds_are_json_schema_keywords(http: Any) -> None:
+    """Found by schemathesis: a bound set after a validator came out as pydantic's ``ge`` (which
+    JSON Schema ignores), so the schema allowed a chunk size of -2**62 that the route refused."""
+    spec = http.get("/openapi.json").json()
+    pydantic_only = {"ge", "gt", "le", "lt", "min_length", "max_length", "multiple_of"}
+
+    def stray(node: Any, where: str) -> list[str]:
+        if isinstance(node, dict):
+            found = [f"{where}/{key}" for key, value in node.items()
+                     if key in pydantic_only and not isinstance(value, dict)]
+            return found + [hit for key, value in node.items() for hit in stray(value, f"{where}/{key}")]
+        if isinstance(node, list):
+            return [hit for i, value in enumerate(node) for hit in stray(value, f"{where}[{i}]")]
+        return []
+
+    assert not stray(spec, ""), stray(spec, "")
+    size = spec["components"]["schemas"]["CreateFolderRequest"]["properties"]["embedding_chunk_size"]
+    assert size["anyOf"][0]["minimum"] == 1
+    refused = http.post("/v1/folders/", json={"name": "f", "embedding_chunk_size": -4611686018427387904})
+    assert refused.status_code == 422 and "greater than or equal to 1" in refused.text
+
+
 # --------------------------------------------------------------------------- one runtime, two doors
 
 
