@@ -36,7 +36,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class TurnRecord:
     """One persisted agent turn: the agent's new state, its messages, the blocks it edited,
-    its LLM calls (steps) and its run's doc."""
+    its LLM calls (steps) and its run's doc.
+
+    With ``created`` it is an agent's creation instead (a host journals new agents whose
+    blocks are all new): the agent, its blocks and its first messages, inserted when applied."""
 
     seq: int
     state: AgentState
@@ -45,6 +48,7 @@ class TurnRecord:
     steps: list[StepRecord] = field(default_factory=list)
     run: dict[str, Any] | None = None
     conversation: Conversation | None = None  # the thread the turn was in, if not the agent's default
+    created: bool = False
 
     def encode(self) -> bytes:
         # Built from each model's own JSON: no intermediate dicts on the hot path.
@@ -53,9 +57,10 @@ class TurnRecord:
         steps = ",".join(s.model_dump_json() for s in self.steps)
         run = json.dumps(self.run, default=str) if self.run is not None else "null"
         conversation = self.conversation.model_dump_json() if self.conversation is not None else "null"
+        created = ',"created":true' if self.created else ""
         line = (f'{{"seq":{self.seq},"state":{self.state.model_dump_json()},'
                 f'"messages":[{messages}],"edited_blocks":[{blocks}],"steps":[{steps}],"run":{run},'
-                f'"conversation":{conversation}}}\n')
+                f'"conversation":{conversation}{created}}}\n')
         return line.encode()
 
     @classmethod
@@ -64,7 +69,7 @@ class TurnRecord:
         # json.loads and a validation per part (the store decodes every turn of the cluster).
         raw = _RecordShape.model_validate_json(line)
         return cls(seq=raw.seq, state=raw.state, messages=raw.messages, edited_blocks=raw.edited_blocks,
-                   steps=raw.steps, run=raw.run, conversation=raw.conversation)
+                   steps=raw.steps, run=raw.run, conversation=raw.conversation, created=raw.created)
 
 
 class _RecordShape(BaseModel):
@@ -77,7 +82,7 @@ class _RecordShape(BaseModel):
     steps: list[StepRecord] = Field(default_factory=list)  # older journals have none
     run: dict[str, Any] | None = None
     conversation: Conversation | None = None
-
+    created: bool = False
 
 
 def append_whole(file: Any, payload: bytes) -> None:

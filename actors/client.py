@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +46,7 @@ from .conversations_api import ConversationsAPI
 from .folders_api import FoldersAPI
 from .groups_api import GroupsAPI
 from .handles import AgentHandle, ArchivalView, BlocksView
-from .host import HostHandle, TurnResult, pair_sleeptime
+from .host import HostHandle, StalePlacement, TurnResult, pair_sleeptime
 from .hosts import Connection, Hosts
 from .identities_api import IdentitiesAPI
 from .limits import parse_limits
@@ -275,6 +276,12 @@ class Client:
         except ValueError as exc:
             raise InvalidInputError(f"invalid model settings: {exc}") from exc
 
+    async def _check(self, states: list[AgentState]) -> None:
+        """New agents' blocks within the limits and their tools known, or InvalidInputError / NotFoundError."""
+        for state in states:
+            self.connection.limits.check_blocks(state.blocks)
+        await self._check_tools(states)
+
     async def _check_tools(self, states: list[AgentState]) -> None:
         wanted = {t for s in states for t in s.tools if t not in BASE_TOOLS}
         for name in wanted:
@@ -285,17 +292,32 @@ class Client:
                                  initial_messages: list[MessageCreate | dict[str, Any]] | None = None,
                                  **kwargs: Any) -> AgentHandle:
         state = self.build_agent_state(name, **kwargs)
+        # blocks made here from specs are new; a Block passed in may be a stored one
+        new_blocks = not any(isinstance(b, Block) for b in kwargs.get("memory_blocks") or ())
+        reservation = None
+        if not enable_sleeptime and self.settings.placement == "packed":
+            await self._check([state])  # before an id is taken: a refused agent leaves none unused
+            reservation = await self.hosts.reserved()  # placed ahead: no directory call now
+            state.id = reservation[0]
         context = [[_initial_message(state, m) for m in initial_messages]] if initial_messages else None
         if context:
             state.message_ids = [m.id for m in context[0]]
+        if reservation is not None:
+            _, epoch, (_, host) = reservation
+            try:
+                await self._create_placed([(host, [state])], [state], context, None, new_blocks, epoch, checked=True)
+                return self.agent(state.id, state.name)
+            except (StalePlacement, *ACTOR_GONE):  # the directory or the host was replaced: place it anew
+                self.hosts.drop_reserved()
+                self.hosts.forget(state.id)
         if not enable_sleeptime:
-            [handle] = await self.create_agents_async([state], context=context)
+            [handle] = await self.create_agents_async([state], context=context, new_blocks=new_blocks)
             return handle
         if context:
             raise InvalidInputError("initial messages are not supported with enable_sleeptime")
-        return await self._create_with_sleeptime(state, sleeptime_agent_frequency)
+        return await self._create_with_sleeptime(state, sleeptime_agent_frequency, new_blocks)
 
-    async def _create_with_sleeptime(self, main: AgentState, frequency: int) -> AgentHandle:
+    async def _create_with_sleeptime(self, main: AgentState, frequency: int, new_blocks: bool) -> AgentHandle:
         """The main agent and its sleep-time agent, sharing the main agent's blocks."""
 
         if frequency < 1:
@@ -306,7 +328,7 @@ class Client:
             blocks=main.blocks, tools=list(DEFAULT_TOOLS["sleeptime_agent"]), llm_config=main.llm_config,
             embedding_config=main.embedding_config, tags=main.tags)
         group = pair_sleeptime(main, sleeper, frequency, f"sleep-time agent of {main.name}")
-        handle, _ = await self.create_agents_async([main, sleeper])
+        handle, _ = await self.create_agents_async([main, sleeper], new_blocks=new_blocks)
         await self.runtime.store.upsert_group(group["id"], group)
         return handle
 
@@ -325,25 +347,40 @@ class Client:
                                                  sleeptime_agent_frequency=sleeptime_agent_frequency, **kwargs))
 
     async def create_agents_async(self, states: list[AgentState], *, context: list[list[Message]] | None = None,
-                                  history: list[list[Message]] | None = None) -> list[AgentHandle]:
+                                  history: list[list[Message]] | None = None,
+                                  new_blocks: bool = False) -> list[AgentHandle]:
         """Create many agents at once: one placement call and one write per host. ``context``
         (per agent: the messages of its context window) and ``history`` (older ones) are
-        stored with them (an agent file's messages)."""
+        stored with them (an agent file's messages).
+
+        ``new_blocks``: the caller made every block of these agents (none is stored), so no
+        older agent shares them; the hosts then journal the agents rather than wait for DuckDB."""
         if not states:
             return []
-        for state in states:
-            self.connection.limits.check_blocks(state.blocks)
-        await self._check_tools(states)
-        ids = [s.id for s in states]
-        by_host = self.hosts.by_host(states, ids, await self.hosts.place(ids))
+        await self._create_placed(None, states, context, history, new_blocks)
+        return [self.agent(s.id, s.name) for s in states]
+
+    async def _create_placed(self, by_host: list[tuple[HostHandle, list[AgentState]]] | None,
+                             states: list[AgentState], context: list[list[Message]] | None,
+                             history: list[list[Message]] | None, new_blocks: bool, epoch: str | None = None,
+                             checked: bool = False) -> None:
+        """Check (unless ``checked``), place (unless ``by_host`` says where) and create the
+        agents on their hosts."""
+        if not checked:
+            await self._check(states)
+        if by_host is None:
+            ids = [s.id for s in states]
+            by_host = self.hosts.by_host(states, ids, await self.hosts.place(ids))
         position = {s.id: i for i, s in enumerate(states)}
+        uses = Counter(b.id for s in states for b in s.blocks)
+        shared = sorted(b for b, n in uses.items() if n > 1) if new_blocks else None
 
         def of(group: list[AgentState], given: list[list[Message]] | None) -> list[list[Message]] | None:
             return None if given is None else [given[position[s.id]] for s in group]
-        await asyncio.gather(*(host.create_agents(group, of(group, context), of(group, history))
+        await asyncio.gather(*(host.create_agents(group, of(group, context), of(group, history), shared, epoch)
                                for host, group in by_host))
-        await self.hosts.blocks_now_shared([b.id for s in states for b in s.blocks])
-        return [self.agent(s.id, s.name) for s in states]
+        if not new_blocks:
+            await self.hosts.blocks_now_shared(list(uses))
 
     def create_agents(self, states: list[AgentState]) -> list[AgentHandle]:
         return self.run_sync(self.create_agents_async(states))

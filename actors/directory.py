@@ -13,8 +13,9 @@ import itertools
 import logging
 import os
 import time
+import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Protocol
 
 from letta_ray.errors import NotFoundError
@@ -40,11 +41,15 @@ class _Host(Protocol):
 
     async def info(self) -> dict[str, Any]: ...
 
-    async def hosted(self) -> list[str]: ...
+    async def hosted(self, epoch: str | None = None) -> list[str]: ...
 
 
 HostFactory = Callable[[str], Any]
 """Makes a host from its id and returns its handle (a ``HostHandle``, on a Ray actor or local)."""
+
+
+def _unless_known(where: tuple[str, Any], known: Collection[str]) -> tuple[str, Any]:
+    return (where[0], None) if where[0] in known else where
 
 
 class Directory:
@@ -84,6 +89,9 @@ class Directory:
         self.scheduler = Scheduler(self._wake_agent, save=timers.save if timers is not None else None)
         self._lock = asyncio.Lock()
         self.limiter = LLMLimiter(llm_limits)
+        # This directory's incarnation (Ray restarts it after a crash): a host takes agents
+        # reserved by one incarnation only until a later one has taken the host over.
+        self.epoch = uuid.uuid4().hex
         self._host_timeout_s = host_timeout_s
         self._adopted = False
 
@@ -100,7 +108,7 @@ class Directory:
 
         async def agents_of(handle: _Host) -> list[str] | None:
             try:
-                return await asyncio.wait_for(handle.hosted(), timeout=10.0)
+                return await asyncio.wait_for(handle.hosted(self.epoch), timeout=10.0)
             except Exception:  # dead or stuck: not taken over (a call to it re-places its agents)
                 return None
 
@@ -225,21 +233,33 @@ class Directory:
             self.load[host_id] += 1
         return host_id, self.hosts[host_id]
 
-    async def place(self, agent_ids: list[str]) -> list[tuple[str, Any]]:
+    # place, locate, locate_many and host_failed answer (host id, handle) pairs; ``known``
+    # are host ids whose handles the caller holds: those come back as (host id, None), as a
+    # handle costs both sides ~0.3 ms of CPU to pass (Ray registers it on arrival).
+
+    async def place(self, agent_ids: list[str], known: Collection[str] = ()) -> list[tuple[str, Any]]:
         """Hosts for new agents (one per id, in order)."""
         async with self._lock:
             await self._adopt()
             await self._follow_nodes()
-            return [self._assign(a) for a in agent_ids]
+            return [_unless_known(self._assign(a), known) for a in agent_ids]
 
-    async def locate(self, agent_id: str) -> tuple[str, Any]:
+    async def reserve(self, agent_ids: list[str], known: Collection[str] = ()) -> tuple[str, list[tuple[str, Any]]]:
+        """``place`` for agents a caller will create later, one by one, with these ids; with
+        this directory's epoch, which the caller passes to the host (``AgentHost.create_agents``).
+
+        Saves a creation its call here. An id never used stays placed (counted in its host's
+        load) until ``forget``: callers reserve a few at a time."""
+        return self.epoch, await self.place(agent_ids, known)
+
+    async def locate(self, agent_id: str, known: Collection[str] = ()) -> tuple[str, Any]:
         """The host of an existing agent, placing it if no live host has it yet."""
         host_id = self.where.get(agent_id)
         if host_id is not None and host_id in self.hosts:
-            return host_id, self.hosts[host_id]
-        return (await self.locate_many([agent_id]))[0]
+            return _unless_known((host_id, self.hosts[host_id]), known)
+        return (await self.locate_many([agent_id], known))[0]
 
-    async def locate_many(self, agent_ids: list[str]) -> list[tuple[str, Any]]:
+    async def locate_many(self, agent_ids: list[str], known: Collection[str] = ()) -> list[tuple[str, Any]]:
         """``locate`` for many agents in one call (ids not known to the store raise NotFoundError)."""
         unknown = [a for a in agent_ids if self.where.get(a) not in self.hosts]
         if self._exists is not None and unknown:
@@ -249,9 +269,9 @@ class Directory:
         async with self._lock:
             await self._adopt()
             await self._follow_nodes()  # agents of a node that left go elsewhere now, not after a failed call
-            return [self._assign(a) for a in agent_ids]
+            return [_unless_known(self._assign(a), known) for a in agent_ids]
 
-    async def host_failed(self, host_id: str, agent_id: str) -> tuple[str, Any]:
+    async def host_failed(self, host_id: str, agent_id: str, known: Collection[str] = ()) -> tuple[str, Any]:
         """A call to ``host_id`` failed: if it is really gone, re-place its agents."""
         async with self._lock:
             await self._adopt()
@@ -263,7 +283,7 @@ class Directory:
                     self._suspect[node] = time.monotonic()
                 self._drop_host(host_id)
                 await self._follow_nodes(force=True)  # its node may have gone with it
-            return self._assign(agent_id)
+            return _unless_known(self._assign(agent_id), known)
 
     async def _alive(self, handle: _Host) -> bool:
         try:
@@ -362,6 +382,7 @@ class DirectoryHandle(ActorFacade):
     """The directory's methods, awaited (see ``Directory``)."""
 
     place = remote_method(Directory.place)
+    reserve = remote_method(Directory.reserve)
     locate = remote_method(Directory.locate)
     locate_many = remote_method(Directory.locate_many)
     host_failed = remote_method(Directory.host_failed)

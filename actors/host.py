@@ -166,6 +166,7 @@ class AgentHost:
         self._turns_running = 0
         self._turns_queued = 0  # turns waiting for their agent or running: the host's queue depth
         self._gauges = host_gauges(lambda: (self._turns_queued, len(self.agents)))
+        self._directory_epoch: str | None = None  # the directory incarnation that last took this host over
         self.store = store
         self.archive = archive
         self._llm = llm
@@ -197,15 +198,36 @@ class AgentHost:
     # ---------------------------------------------------------------- lifecycle of agents
 
     async def create_agents(self, states: list[AgentState], initial: list[list[Message]] | None = None,
-                            history: list[list[Message]] | None = None) -> list[str]:
+                            history: list[list[Message]] | None = None,
+                            new_blocks_shared: list[str] | None = None, epoch: str | None = None) -> list[str]:
         """Persist new agents (with optional initial messages: their context window) and host
-        them; ``history`` are older messages of theirs, stored but out of context."""
+        them; ``history`` are older messages of theirs, stored but out of context.
+
+        ``new_blocks_shared`` is given when none of the agents' blocks is stored yet: it lists
+        those the new agents share among themselves. Such agents cannot clash with anything
+        stored, so with journals they are journaled, as a turn is (one fsync, the store
+        applies them behind, before any read), instead of waiting for a DuckDB transaction.
+
+        ``epoch``: the agents were placed here by ``Directory.reserve`` of that directory
+        incarnation. A later one that has since taken this host over does not know of the
+        reservation (it might place the agents elsewhere too): StalePlacement, create nothing."""
+        if epoch is not None:
+            if self._directory_epoch not in (None, epoch):
+                raise StalePlacement(f"{self.host_id} was taken over by a newer directory")
+            self._directory_epoch = epoch
         initial = initial or [[] for _ in states]
         history = history or [[] for _ in states]
         pairs = list(zip(states, initial, history, strict=True))
+        messages = [[*old, *first] for _, first, old in pairs]
         self._gauges.start()
-        await self.store.create_agents(states, [[*old, *messages] for _, messages, old in pairs])
-        shared = set(await self.store.shared_blocks([b.id for s in states for b in s.blocks]))
+        if new_blocks_shared is not None and self._journals is not None:
+            await self._journals.write_created(states, messages)
+        else:
+            await self.store.create_agents(states, messages)
+        if new_blocks_shared is not None:
+            shared = set(new_blocks_shared)
+        else:
+            shared = set(await self.store.shared_blocks([b.id for s in states for b in s.blocks]))
         for state, messages, old in pairs:
             self.agents[state.id] = _Hosted(state, list(messages),
                                             MemoryStats(recall_messages=len(messages) + len(old)),
@@ -669,7 +691,10 @@ class AgentHost:
 
     # ---------------------------------------------------------------- introspection
 
-    async def hosted(self) -> list[str]:
+    async def hosted(self, epoch: str | None = None) -> list[str]:
+        """The agents hosted here; ``epoch``: the directory incarnation taking this host over."""
+        if epoch is not None:
+            self._directory_epoch = epoch
         return list(self.agents)
 
     async def info(self) -> dict[str, Any]:
@@ -801,6 +826,11 @@ def pair_sleeptime(main: AgentState, sleeper: AgentState, frequency: int, descri
             "shared_block_ids": [b.id for b in main.blocks]}
 
 
+class StalePlacement(RuntimeError):
+    """Agents reserved on a host by a directory that has since been replaced (see
+    ``AgentHost.create_agents``): place them again."""
+
+
 class HostJournals:
     """A host's journals, one per store shard: files ``<name>-<part>.log`` in each shard's
     journal folder (shipped to a keeper on the store's node, as ``shard-K/<file>`` past shard
@@ -832,6 +862,21 @@ class HostJournals:
             self._rotate_if_full()
             return
         await self.writer.write(record)  # several turns in flight: they share fsyncs
+
+    async def write_created(self, states: list[AgentState], messages: list[list[Message]]) -> None:
+        """Make new agents durable (``TurnRecord.created``); returns once they are."""
+        records = []
+        for state, first in zip(states, messages, strict=True):
+            self.seq += 1
+            records.append(TurnRecord(self.seq, state, first, [], created=True))  # hosted once written
+        if len(records) <= 8 and not self.writer.busy and not self.remote:
+            try:  # as a turn alone in flight: here, not through the writer's thread
+                self.append(records)
+            except OSError as exc:
+                raise StorageError(f"cannot write the journal in {self.root}: {exc}") from exc
+            self._rotate_if_full()
+            return
+        await asyncio.gather(*(self.writer.write(record) for record in records))  # one batch
 
     def _by_shard(self, records: list[TurnRecord]) -> dict[int, list[TurnRecord]]:
         groups: dict[int, list[TurnRecord]] = {}

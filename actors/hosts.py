@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from letta_ray.errors import NotFoundError
 from letta_ray.input_limits import InputLimits
+from letta_ray.schemas import new_id
 
 from ._facade import ACTOR_GONE
 from ._loop import EventLoopThread
@@ -28,6 +29,7 @@ from .runtime import Runtime
 T = TypeVar("T")
 Item = TypeVar("Item")
 _ATTEMPTS = 3
+RESERVE_MAX = 32
 
 
 class Hosts:
@@ -38,23 +40,55 @@ class Hosts:
         self.store = store
         self.call_timeout_s = call_timeout_s
         self._where: dict[str, tuple[str, HostHandle]] = {}
+        self._handles: dict[str, HostHandle] = {}  # by host id: the directory sends each once
+        self._reserved: list[tuple[str, tuple[str, HostHandle]]] = []  # agent ids placed ahead
+        self._epoch = ""  # the directory incarnation that placed them
+        self._reserve_next = 2
+        self._reserving = asyncio.Lock()
+
+    async def reserved(self) -> tuple[str, str, tuple[str, HostHandle]]:
+        """An agent id placed ahead, the directory epoch that placed it and its host: agents
+        created one at a time need no call to the directory each (``Directory.reserve``).
+        Reserves twice as many each time it runs out, up to RESERVE_MAX."""
+        async with self._reserving:
+            if not self._reserved:
+                ids = [new_id("agent") for _ in range(self._reserve_next)]
+                self._epoch, where = await self.directory.reserve(ids, list(self._handles))
+                self._reserved = [(a, self._known(w)) for a, w in zip(ids, where, strict=True)]
+                self._reserve_next = min(RESERVE_MAX, self._reserve_next * 2)
+            agent_id, where = self._reserved.pop()
+        self._where[agent_id] = where
+        return agent_id, self._epoch, where
+
+    def drop_reserved(self) -> None:
+        """Forget the ids reserved (their directory was replaced)."""
+        self._reserved.clear()
+        self._reserve_next = 2
+
+    def _known(self, where: tuple[str, HostHandle | None]) -> tuple[str, HostHandle]:
+        """A directory's answer with the handle filled in (it leaves out the ones we hold)."""
+        host_id, handle = where
+        if handle is None:
+            return host_id, self._handles[host_id]
+        self._handles[host_id] = handle
+        return host_id, handle
 
     async def locate(self, agent_id: str) -> tuple[str, HostHandle]:
         """The id and handle of the agent's host (NotFoundError for an unknown agent)."""
         where = self._where.get(agent_id)
         if where is None:
-            where = await self.directory.locate(agent_id)
+            where = self._known(await self.directory.locate(agent_id, list(self._handles)))
             self._where[agent_id] = where
         return where
 
     async def locate_many(self, agent_ids: list[str]) -> list[tuple[str, HostHandle]]:
-        where = await self.directory.locate_many(agent_ids)
+        where = [self._known(w) for w in await self.directory.locate_many(agent_ids, list(self._handles))]
         self._where.update(zip(agent_ids, where, strict=True))
         return where
 
     async def place(self, agent_ids: list[str]) -> list[tuple[str, HostHandle]]:
         """Hosts for new agents, in order."""
-        where = await self.directory.place(agent_ids)
+        where = [self._known(w) for w in await self.directory.place(agent_ids, list(self._handles))]
         self._where.update(zip(agent_ids, where, strict=True))
         return where
 
@@ -63,7 +97,7 @@ class Hosts:
 
     async def _replace(self, agent_id: str, host_id: str) -> None:
         self._where.pop(agent_id, None)
-        self._where[agent_id] = await self.directory.host_failed(host_id, agent_id)
+        self._where[agent_id] = self._known(await self.directory.host_failed(host_id, agent_id, list(self._handles)))
 
     async def call(self, agent_id: str, call: Callable[[HostHandle], Awaitable[T]]) -> T:
         """``call(host)`` on the agent's host, re-placing the agent if that host died."""

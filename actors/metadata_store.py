@@ -132,7 +132,16 @@ class MetadataStoreActor:
 
     def _commit_turns(self, records: list[TurnRecord]) -> list[str]:
         """Apply journaled turns (inside the caller's transaction), one statement per table;
-        returns the ids of agents that are no longer stored (their turns are dropped)."""
+        returns the ids of agents that are no longer stored (their turns are dropped).
+
+        Journaled creations go first: an agent's turns are journaled after its creation, by
+        the same host, and may be in the same batch."""
+        created = [r for r in records if r.created]
+        if created:
+            self.store.create_journaled_agents([(r.state, r.messages) for r in created])
+            records = [r for r in records if not r.created]
+        if not records:
+            return []
         gone = self.store.commit_turns([(r.state, r.messages, r.edited_blocks) for r in records],
                                        runs=[r.run for r in records if r.run is not None],
                                        steps=[s for r in records for s in r.steps],

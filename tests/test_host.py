@@ -198,10 +198,12 @@ async def test_a_restarted_directory_takes_over_the_live_hosts_and_their_agents(
     class FakeHost:
         def __init__(self, host_id: str, agents: list[str], alive: bool = True) -> None:
             self.host_id, self.agents, self.alive = host_id, agents, alive
+            self.epoch: str | None = None
 
-        async def hosted(self) -> list[str]:
+        async def hosted(self, epoch: str | None = None) -> list[str]:
             if not self.alive:
                 raise RuntimeError("gone")
+            self.epoch = epoch
             return list(self.agents)
 
         async def ping(self) -> str:
@@ -225,6 +227,8 @@ async def test_a_restarted_directory_takes_over_the_live_hosts_and_their_agents(
     directory = Directory(Maker(), placement="packed", agents_per_host=2, max_hosts=8)
     located = await directory.locate_many(["a", "c", "d"])
     assert [h for h, _ in located[:2]] == ["host-0", "host-3"] and located[0][1] is survivors["host-0"]
+    # the hosts taken over learn this directory's epoch: reservations of the old one are refused
+    assert survivors["host-0"].epoch == survivors["host-3"].epoch == directory.epoch
     assert located[2][0] not in {"host-4", "host-0"}  # the dead host's agent went elsewhere
     assert made and all(int(h.removeprefix("host-")) > 4 for h in made)
     described = await directory.describe()

@@ -102,6 +102,74 @@ async def test_hosts_journal_their_own_turns_and_the_store_applies_them(tmp_path
     await third.close()
 
 
+async def test_a_host_journals_new_agents_and_they_survive_a_crash_of_the_store(tmp_path: Path) -> None:
+    """Creating agents whose blocks are all new costs a journal write, not a DuckDB
+    transaction; once acknowledged they survive a store that never applied them, their
+    turns journaled after them are applied after them, and nothing is applied twice."""
+    journals = tmp_path / "journal"
+    store = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=journals)
+    host = AgentHost("h", MetadataStoreHandle.local(store), None, llm=FunctionLLM(lambda m, i: send_message("ok")),
+                     journal_dir=str(journals))
+    shared = Block(label="team", value="the same block for both")
+    first = agent().model_copy(update={"tools": ["send_message"], "blocks": [Block(label="human", value="Ada"), shared]})
+    second = agent().model_copy(update={"blocks": [Block(label="human", value="Bob"), shared]})
+    hello = [Message(agent_id=first.id, role="user", content="hello")]
+    first.message_ids = [hello[0].id]
+    store._start_tailing = lambda: None  # type: ignore[method-assign]  # nothing applied behind our back
+    await host.create_agents([first, second], [hello, []], new_blocks_shared=[shared.id])
+    assert store.store.count_agents() == 0  # in the journal only: DuckDB has not seen them yet
+    # the host knows the shared block is shared without asking the store
+    assert host.agents[first.id].shared == {shared.id} == host.agents[second.id].shared
+    [log_file] = journals.glob("*.log")
+    Journal(log_file).append([TurnRecord(3, first, turn(first, "after the creation"), [])])  # as a turn would
+    assert [TurnRecord.decode(line).created for line in log_file.read_bytes().splitlines()] == [True, True, False]
+    store.store.close()  # the store "crashes" before applying anything: a new one starts on the same files
+
+    again = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=journals)
+    assert {a.id for a in await again.list_agents()} == {first.id, second.id}
+    assert await again.shared_blocks([shared.id]) == [shared.id]
+    assert [m.content for m in await again.get_messages((await again.get_agent(first.id)).message_ids)][0] == "hello"
+    assert await again.count_messages(first.id) == 1 + 2  # its first message, then the turn's two
+    await again.close()
+    third = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=journals)
+    assert await third.count_agents() == 2 and await third.count_messages(first.id) == 3
+    await third.close()
+
+
+async def test_a_journaled_creation_of_a_stored_agent_is_skipped_not_stuck(tmp_path: Path) -> None:
+    """A journal is applied once, but a record that cannot apply must not hold up the turns
+    behind it: a creation of an agent already stored is left out, the next turn applied."""
+    journals = tmp_path / "journal"
+    store = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=journals)
+    state = agent()
+    await store.create_agents([state])
+    journals.mkdir(exist_ok=True)
+    later = state.block("human").with_value("Ada, again")
+    Journal(journals / "h-000000.log").append([
+        TurnRecord(1, state.model_copy(update={"name": "a second creation"}), turn(state, "dup"), [], created=True),
+        TurnRecord(2, state.replace_block(later), turn(state, "next"), [later])])
+    applied = await store.get_agent(state.id)
+    assert applied.name == "j" and applied.block("human").value == "Ada, again"
+    assert await store.count_messages(state.id) == 2  # the turn's, not the duplicate creation's
+    await store.close()
+
+
+async def test_a_host_refuses_agents_reserved_by_a_directory_that_was_replaced(tmp_path: Path) -> None:
+    from letta_ray.actors.host import StalePlacement
+
+    store = MetadataStoreActor(tmp_path / "meta.duckdb")
+    host = AgentHost("h", MetadataStoreHandle.local(store), None, llm=FunctionLLM(lambda m, i: send_message("ok")))
+    await host.create_agents([agent()], epoch="old")  # a host learns its directory's epoch from its first
+    await host.hosted("new")  # a restarted directory takes the host over
+    refused = agent()
+    with pytest.raises(StalePlacement):
+        await host.create_agents([refused], epoch="old")
+    assert refused.id not in await host.hosted() and refused.id not in await store.existing_agents([refused.id])
+    await host.create_agents([refused], epoch="new")
+    assert refused.id in await host.hosted()
+    await store.close()
+
+
 async def test_a_hosts_journal_rotates_and_applied_files_are_deleted(tmp_path: Path, monkeypatch) -> None:
     import letta_ray.actors.host as host_module
 

@@ -178,6 +178,20 @@ class MetadataStore:
             if stored:  # only a block shared with stored agents can bring a clash
                 self._check_labels(conn, list(stored))
 
+    def create_journaled_agents(self, agents: Sequence[tuple[AgentState, Sequence[Message]]]) -> None:
+        """Store agents a host journaled at their creation, with their first messages.
+
+        Their blocks were all new when they were created, so nothing here can clash; an agent
+        already stored is left as it is (a journal is applied once, but a record must never
+        stop the journal behind it)."""
+        with self._db.tx() as conn:
+            ids = [state.id for state, _ in agents]
+            stored = {r[0] for r in conn.execute(
+                "SELECT id FROM agents WHERE id IN (SELECT unnest(?::VARCHAR[]))", [ids]).fetchall()}
+            new = [(state, messages) for state, messages in agents if state.id not in stored]
+            self.messages.append_messages([m for _, messages in new for m in messages])
+            self.create_agents([state for state, _ in new])
+
     def commit_turn(self, state: AgentState, messages: Sequence[Message], edited_blocks: Sequence[Block] = ()) -> None:
         """Persist one turn of a stored agent whose set of attached blocks did not change.
 
