@@ -290,10 +290,12 @@ class Client:
     async def create_agent_async(self, name: str, *, enable_sleeptime: bool = False,
                                  sleeptime_agent_frequency: int = 5,
                                  initial_messages: list[MessageCreate | dict[str, Any]] | None = None,
-                                 **kwargs: Any) -> AgentHandle:
+                                 new_blocks: bool | None = None, **kwargs: Any) -> AgentHandle:
+        """``create_agent``; ``new_blocks``: no block of ``memory_blocks`` is stored yet (by
+        default: true when none is a ``Block``, which may be a stored one)."""
         state = self.build_agent_state(name, **kwargs)
-        # blocks made here from specs are new; a Block passed in may be a stored one
-        new_blocks = not any(isinstance(b, Block) for b in kwargs.get("memory_blocks") or ())
+        if new_blocks is None:
+            new_blocks = not any(isinstance(b, Block) for b in kwargs.get("memory_blocks") or ())
         reservation = None
         if not enable_sleeptime and self.settings.placement == "packed":
             await self._check([state])  # before an id is taken: a refused agent leaves none unused

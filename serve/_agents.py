@@ -144,10 +144,13 @@ async def create_agent(body: CreateAgentRequest, client: ClientDep) -> Response:
     initial = [m.to_core() for m in body.initial_message_sequence or []]
     agent = await client.create_agent_async(name, enable_sleeptime=body.enable_sleeptime,
                                             sleeptime_agent_frequency=body.sleeptime_agent_frequency,
-                                            initial_messages=initial or None, **spec)
+                                            initial_messages=initial or None,
+                                            new_blocks=not body.block_ids, **spec)
     for folder_id in folder_ids:
         await client.folders.attach_async(agent.id, folder_id)
-    return json_response(await agent_view(client, await client.get_agent_state_async(agent.id)))
+    # as its host holds it: the store's copy may still be in the host's journal, and reading
+    # it would make the store apply the journal now (a DuckDB transaction per create)
+    return json_response(await agent_view(client, await agent.state_async()))
 
 
 def _refuse_unsupported(response_format: dict[str, Any] | None) -> None:
