@@ -305,13 +305,18 @@ class Client:
         if context:
             state.message_ids = [m.id for m in context[0]]
         if reservation is not None:
-            _, epoch, (_, host) = reservation
+            _, epoch, (host_id, host) = reservation
             try:
                 await self._create_placed([(host, [state])], [state], context, None, new_blocks, epoch, checked=True)
                 return self.agent(state.id, state.name)
-            except (StalePlacement, *ACTOR_GONE):  # the directory or the host was replaced: place it anew
+            except StalePlacement:  # a restarted directory: it places the agent anew
                 self.hosts.drop_reserved()
                 self.hosts.forget(state.id)
+            except ACTOR_GONE:  # the host died: the directory places the agent elsewhere
+                self.hosts.drop_reserved()
+                _, host = await self.hosts.replace(state.id, host_id)
+                await self._create_placed([(host, [state])], [state], context, None, new_blocks, checked=True)
+                return self.agent(state.id, state.name)
         if not enable_sleeptime:
             [handle] = await self.create_agents_async([state], context=context, new_blocks=new_blocks)
             return handle

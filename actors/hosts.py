@@ -95,9 +95,12 @@ class Hosts:
     def forget(self, agent_id: str) -> None:
         self._where.pop(agent_id, None)
 
-    async def _replace(self, agent_id: str, host_id: str) -> None:
+    async def replace(self, agent_id: str, host_id: str) -> tuple[str, HostHandle]:
+        """A call to the agent on ``host_id`` found it gone: where the directory places it now."""
         self._where.pop(agent_id, None)
-        self._where[agent_id] = self._known(await self.directory.host_failed(host_id, agent_id, list(self._handles)))
+        where = self._known(await self.directory.host_failed(host_id, agent_id, list(self._handles)))
+        self._where[agent_id] = where
+        return where
 
     async def call(self, agent_id: str, call: Callable[[HostHandle], Awaitable[T]]) -> T:
         """``call(host)`` on the agent's host, re-placing the agent if that host died."""
@@ -109,7 +112,7 @@ class Hosts:
                 if attempt == _ATTEMPTS - 1:
                     self.forget(agent_id)
                     raise
-                await self._replace(agent_id, host_id)
+                await self.replace(agent_id, host_id)
         raise AssertionError("unreachable")
 
     async def stream(self, agent_id: str, call: Callable[[HostHandle], AsyncIterator[T]]) -> AsyncIterator[T]:
@@ -126,7 +129,7 @@ class Hosts:
                 if started or attempt == _ATTEMPTS - 1:  # items already went out: a retry would repeat them
                     self.forget(agent_id)
                     raise
-                await self._replace(agent_id, host_id)
+                await self.replace(agent_id, host_id)
 
     def by_host(self, items: list[Item], agent_ids: list[str], where: list[tuple[str, HostHandle]]
                 ) -> list[tuple[HostHandle, list[Item]]]:

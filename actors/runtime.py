@@ -143,8 +143,12 @@ class _HostMaker:
         """The hosts alive now, by host id: what a restarted directory takes over."""
         marker = f"{self.prefix}-host-"
         found: dict[str, HostHandle] = {}
-        for name in ray.util.list_named_actors():
-            if name.startswith(marker):
+        # of this runtime's namespace, not the caller's: a directory's job may be another's
+        # (one driver connected to two data directories), and without all_namespaces Ray
+        # lists the job's namespace only, so a restarted directory took over no host at all
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            name = entry["name"]
+            if entry["namespace"] == self.namespace and name.startswith(marker):
                 try:
                     found[name.removeprefix(f"{self.prefix}-")] = HostHandle(
                         ray.get_actor(name, namespace=self.namespace))

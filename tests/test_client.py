@@ -591,3 +591,64 @@ def test_status_shows_where_agents_are_and_that_the_store_keeps_up(client: Any, 
     assert store["turns_applied"] >= before + 1 and store["last_applied_at"] is not None
     assert store["journal_backlog_bytes"] == 0  # nothing journaled is waiting after the read
     assert store["snapshots_to"] is None and status["keepers"] == []  # embedded: no object store, no keepers
+
+
+def test_agents_created_one_by_one_outlive_a_restarted_directory_and_a_killed_host(
+        ray_session: Any, fake_llm_server: Any, tmp_path: Path) -> None:
+    """create_agent uses ids the directory placed ahead. A directory restarted since (it
+    took the hosts over) or a host killed since must not leave an agent nowhere or on
+    two hosts: the agent is placed again, created once, and answers."""
+    import ray
+
+    c = letta_ray.connect(home=str(tmp_path / "home"))
+    try:
+        def make(name: str) -> Any:
+            return c.create_agent(name, model="fake-model", model_endpoint=fake_llm_server.url)
+
+        def the_host_of(agent_id: str) -> tuple[str, Any]:
+            return c.run_sync(c.runtime.directory.locate(agent_id))
+
+        first = make("before")
+        first_host = the_host_of(first.id)[0]
+        assert c.hosts._reserved, "the first create_agent reserves more ids than it uses"
+        epoch = c.hosts._epoch
+        ray.kill(c.runtime.directory.actor, no_restart=False)
+
+        def taken_over() -> bool:  # the restarted directory (a new epoch) takes the live hosts over
+            try:
+                return c.run_sync(c.runtime.directory.reserve([]))[0] != epoch
+            except Exception:  # still restarting
+                return False
+        poll(taken_over, what="the restarted directory answering")
+        assert the_host_of(first.id)[0] == first_host, "the restarted directory took the live hosts over"
+
+        second = make("after the directory restarted")  # a reservation of the old directory: refused, placed anew
+        _, host = the_host_of(second.id)
+        assert second.id in c.run_sync(host.hosted())
+        third = make("reserved by the new directory")
+        assert c.hosts._epoch != epoch
+        assert second.send("hi").assistant_text() == "You said: hi"
+
+        def hosting(agent_id: str) -> list[str]:  # of the live hosts this client has seen
+            found = []
+            for host_id, handle in c.hosts._handles.items():
+                try:
+                    if agent_id in c.run_sync(handle.hosted()):
+                        found.append(host_id)
+                except Exception:  # the killed one
+                    pass
+            return found
+        assert hosting(second.id) == [the_host_of(second.id)[0]]  # on one host: the directory's
+
+        _, doomed = the_host_of(third.id)
+        pid = c.run_sync(doomed.info())["pid"]
+        os.kill(pid, signal.SIGKILL)
+        poll(lambda: process_gone(pid), what=f"host process {pid} exiting")
+        fourth = make("after the host died")  # its reservation may name the dead host
+        assert fourth.send("still here?").assistant_text() == "You said: still here?"
+        names = {a.name for a in c.list_agents()}
+        assert names == {"before", "after the directory restarted", "reserved by the new directory",
+                         "after the host died"}
+        assert hosting(fourth.id) == [the_host_of(fourth.id)[0]]
+    finally:
+        c.close()

@@ -111,7 +111,8 @@ async def test_a_host_journals_new_agents_and_they_survive_a_crash_of_the_store(
     host = AgentHost("h", MetadataStoreHandle.local(store), None, llm=FunctionLLM(lambda m, i: send_message("ok")),
                      journal_dir=str(journals))
     shared = Block(label="team", value="the same block for both")
-    first = agent().model_copy(update={"tools": ["send_message"], "blocks": [Block(label="human", value="Ada"), shared]})
+    first = agent().model_copy(update={"tools": ["send_message"],
+                                       "blocks": [Block(label="human", value="Ada"), shared]})
     second = agent().model_copy(update={"blocks": [Block(label="human", value="Bob"), shared]})
     hello = [Message(agent_id=first.id, role="user", content="hello")]
     first.message_ids = [hello[0].id]
@@ -128,7 +129,8 @@ async def test_a_host_journals_new_agents_and_they_survive_a_crash_of_the_store(
     again = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=journals)
     assert {a.id for a in await again.list_agents()} == {first.id, second.id}
     assert await again.shared_blocks([shared.id]) == [shared.id]
-    assert [m.content for m in await again.get_messages((await again.get_agent(first.id)).message_ids)][0] == "hello"
+    context = await again.get_messages((await again.get_agent(first.id)).message_ids)
+    assert [m.content for m in context] == ["hello"]
     assert await again.count_messages(first.id) == 1 + 2  # its first message, then the turn's two
     await again.close()
     third = MetadataStoreActor(tmp_path / "meta.duckdb", host_journals=journals)
