@@ -137,6 +137,9 @@ def test_date_range_filter(filled):
     # bounds are inclusive, to the microsecond, and a naive datetime means UTC
     naive_start = (T0 + timedelta(days=4)).replace(tzinfo=None)
     assert texts(filled.search("agent-a", start=naive_start)) == [FACTS[4][0]]
+    # years before 1000 too (strftime's %Y writes 209, not 0209, which Lance refuses)
+    assert texts(filled.search("agent-a", end=datetime(209, 11, 20, tzinfo=UTC))) == []
+    assert len(filled.search("agent-a", start=datetime(9, 1, 1), top_k=10)) == len(FACTS)
 
 
 def test_no_query_returns_newest_first(filled):

@@ -102,7 +102,8 @@ def sql_string(value: str) -> str:
 
 
 def _sql_timestamp(moment: datetime) -> str:
-    return f"TIMESTAMP '{_as_utc(moment).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}'"
+    # isoformat, not strftime: %Y writes year 209 as '209', which Lance's parser refuses
+    return f"TIMESTAMP '{_as_utc(moment).replace(tzinfo=None).isoformat(timespec='microseconds')}Z'"
 
 
 def _as_utc(moment: datetime) -> datetime:
