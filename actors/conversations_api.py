@@ -101,14 +101,15 @@ class ConversationsAPI:
     async def stream_async(self, conversation_id: str, message: str | MessageCreate | list[Any], *,
                            max_steps: int | None = None, run_id: str | None = None,
                            client_tools: list[ClientTool | dict[str, Any]] | None = None,
-                           llm_config: LLMConfig | None = None) -> AsyncIterator[Any]:
+                           llm_config: LLMConfig | None = None, stream_tokens: bool = False) -> AsyncIterator[Any]:
+        """A turn in the conversation, streamed (see ``AgentHandle.stream_async``)."""
         conversation = await self.store.get_conversation(conversation_id)
         messages = as_messages(message, limits=self.connection.limits)
         offered = _client_tools(client_tools)
         async for item in self.connection.hosts.stream(
                 conversation.agent_id, lambda host: host.send_stream(
                     conversation.agent_id, messages, max_steps=max_steps, run_id=run_id, client_tools=offered,
-                    llm_config=llm_config, conversation_id=conversation.id)):
+                    llm_config=llm_config, conversation_id=conversation.id, stream_tokens=stream_tokens)):
             yield item
 
     async def messages_async(self, conversation_id: str, *, after: str | None = None, before: str | None = None,

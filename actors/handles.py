@@ -63,20 +63,27 @@ class AgentHandle:
 
     async def stream_async(self, message: str | MessageCreate | list[Any], *, max_steps: int | None = None,
                            client_tools: list[ClientTool | dict[str, Any]] | None = None,
-                           run_id: str | None = None, llm_config: LLMConfig | None = None) -> AsyncIterator[Any]:
-        """Each event of the turn as it happens, then ``StopReason`` and ``UsageStatistics``."""
+                           run_id: str | None = None, llm_config: LLMConfig | None = None,
+                           stream_tokens: bool = False) -> AsyncIterator[Any]:
+        """Each event of the turn as it happens, then ``StopReason`` and ``UsageStatistics``.
+
+        With ``stream_tokens`` the model's text, reasoning and tool-call arguments arrive
+        piece by piece as the LLM generates them: several events of one kind with the same
+        id, whose text concatenated is the whole (as Letta streams tokens)."""
         messages = as_messages(message, limits=self.connection.limits)
         offered = _client_tools(client_tools)
         async for item in self.connection.hosts.stream(
                 self.id, lambda host: host.send_stream(self.id, messages, max_steps=max_steps, run_id=run_id,
-                                                       client_tools=offered, llm_config=llm_config)):
+                                                       client_tools=offered, llm_config=llm_config,
+                                                       stream_tokens=stream_tokens)):
             yield item
 
     def stream(self, message: str | MessageCreate | list[Any], *, max_steps: int | None = None,
-               client_tools: list[ClientTool | dict[str, Any]] | None = None) -> Iterator[Any]:
+               client_tools: list[ClientTool | dict[str, Any]] | None = None,
+               stream_tokens: bool = False) -> Iterator[Any]:
         """Sync twin of ``stream_async``."""
         return self.connection.loop.iterate(self.stream_async(message, max_steps=max_steps,
-                                                              client_tools=client_tools))
+                                                              client_tools=client_tools, stream_tokens=stream_tokens))
 
     async def state_async(self) -> AgentState:
         return await self.connection.hosts.call(self.id, lambda host: host.get_state(self.id))

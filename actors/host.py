@@ -316,9 +316,11 @@ class AgentHost:
     async def send_stream(self, agent_id: str, messages: list[MessageCreate | Message], *,
                           max_steps: int | None = None, run_id: str | None = None,
                           client_tools: list[ClientTool] | None = None,
-                          llm_config: LLMConfig | None = None, conversation_id: str | None = None
-                          ) -> AsyncIterator[Any]:
-        """Like ``send``, yielding each event as it happens, then the stop reason and usage.
+                          llm_config: LLMConfig | None = None, conversation_id: str | None = None,
+                          stream_tokens: bool = False) -> AsyncIterator[Any]:
+        """Like ``send``, yielding each event as it happens, then the stop reason and usage;
+        with ``stream_tokens`` the model's text and tool-call arguments piece by piece as the
+        LLM streams them (see ``agent.TokenStream``).
 
         Call it as a Ray streaming generator (``.options(num_returns="streaming")``).
         The final stop reason is yielded only after the turn is persisted.
@@ -330,7 +332,7 @@ class AgentHost:
             try:
                 return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id, on_event=queue.put,
                                         client_tools=client_tools, llm_config=llm_config,
-                                        conversation_id=conversation_id)
+                                        conversation_id=conversation_id, stream_tokens=stream_tokens)
             finally:
                 await queue.put(done)
 
@@ -344,7 +346,7 @@ class AgentHost:
     async def _send(self, agent_id: str, messages: list[MessageCreate | Message], *, max_steps: int | None,
                     run_id: str | None, on_event: EventSink | None = None,
                     client_tools: list[ClientTool] | None = None, llm_config: LLMConfig | None = None,
-                    conversation_id: str | None = None) -> LettaResponse:
+                    conversation_id: str | None = None, stream_tokens: bool = False) -> LettaResponse:
         if not messages:
             raise InvalidInputError("send needs at least one message")
         hosted = await self._get(agent_id)
@@ -371,7 +373,8 @@ class AgentHost:
                     state = state.model_copy(update={"llm_config": llm_config})
                 result = await step(state, thread.context, messages, self._deps(hosted), toolset=toolset,
                                     stats=hosted.stats, max_steps=max_steps, run_id=run_id, on_event=on_event,
-                                    cache=thread.cache, client_tools=client_tools, cancel=hosted.cancel)
+                                    cache=thread.cache, client_tools=client_tools, cancel=hosted.cancel,
+                                    stream_tokens=stream_tokens)
                 if llm_config is not None:  # the override was for this turn only
                     result.state = result.state.model_copy(update={"llm_config": hosted.state.llm_config})
             finally:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from letta_ray.deps import LLM, LLMResponse
+from letta_ray.deps import LLM, DeltaSink, LLMResponse, delta_kwargs
 from letta_ray.errors import InvalidInputError
 from letta_ray.schemas import LLMConfig, LLMLimit
 
@@ -175,14 +175,16 @@ class LimitedLLM:
         self.view = view
 
     async def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], config: LLMConfig, *,
-                       tool_choice: str | dict[str, Any] | None = None) -> LLMResponse:
+                       tool_choice: str | dict[str, Any] | None = None,
+                       on_delta: DeltaSink | None = None) -> LLMResponse:
         model = config.model
+        streamed = delta_kwargs(on_delta)
         if not await self.view.limited(model):
-            return await self.inner.complete(messages, tools, config, tool_choice=tool_choice)
+            return await self.inner.complete(messages, tools, config, tool_choice=tool_choice, **streamed)
         limiter = self.view.limiter
         await limiter.llm_acquire(model)
         try:
-            return await self.inner.complete(messages, tools, config, tool_choice=tool_choice)
+            return await self.inner.complete(messages, tools, config, tool_choice=tool_choice, **streamed)
         finally:
             await limiter.llm_release(model)
 

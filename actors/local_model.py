@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from letta_ray._urls import is_loopback_url
-from letta_ray.deps import LLM, LLMResponse
+from letta_ray.deps import LLM, DeltaSink, LLMResponse, delta_kwargs
 from letta_ray.errors import LLMError
 from letta_ray.schemas import LLMConfig
 from letta_ray.settings import LOCAL_LLM_MODEL
@@ -90,8 +90,10 @@ class LocalModelLLM:
         return config if url == endpoint else config.model_copy(update={"model_endpoint": url})
 
     async def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], config: LLMConfig, *,
-                       tool_choice: str | dict[str, Any] | None = None) -> LLMResponse:
-        return await self.inner.complete(messages, tools, self.resolve(config), tool_choice=tool_choice)
+                       tool_choice: str | dict[str, Any] | None = None,
+                       on_delta: DeltaSink | None = None) -> LLMResponse:
+        return await self.inner.complete(messages, tools, self.resolve(config), tool_choice=tool_choice,
+                                         **delta_kwargs(on_delta))
 
     def count_tokens(self, messages: list[dict[str, Any]], config: LLMConfig,
                      tools: list[dict[str, Any]] | None = None) -> int:

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from importlib.util import find_spec
 from typing import Any, Literal
@@ -27,7 +27,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
-from letta_ray.deps import LLM, LLMResponse
+from letta_ray.deps import LLM, LLMResponse, pieces
 from letta_ray.errors import LLMError
 from letta_ray.schemas import LLMConfig
 from letta_ray.testing import FunctionLLM, ScriptedLLM, ScriptExhausted, echo_responder
@@ -105,14 +105,6 @@ def hash_embedding(text: str, dim: int) -> list[float]:
     return [v / norm for v in vector]
 
 
-def _pieces(text: str, parts: int = 4) -> list[str]:
-    """Split ``text`` into a few chunks, as a provider streams it."""
-    if not text:
-        return []
-    size = max(1, math.ceil(len(text) / parts))
-    return [text[i : i + size] for i in range(0, len(text), size)]
-
-
 class FakeOpenAIServer:
     """An OpenAI-compatible HTTP server on 127.0.0.1 answering from a fake LLM.
 
@@ -137,6 +129,7 @@ class FakeOpenAIServer:
         latency_s: float = 0.0,
         keep_requests: int | None = 10_000,
         port: int = 0,
+        token_interval_s: float = 0.0,
     ) -> None:
         # The LLM it builds keeps as many calls as the server keeps requests: a server
         # answering a long benchmark must not hold a copy of every prompt it was sent.
@@ -144,6 +137,12 @@ class FakeOpenAIServer:
         self.model = model
         self.embedding_dim = embedding_dim
         self.latency_s = latency_s
+        # > 0: a streamed answer comes a word at a time, one every token_interval_s (a
+        # model generating at a fixed rate; an answer not streamed comes whole as its last
+        # word would have); first_pieces has when each stream's first
+        # word went out (time.perf_counter(), the clock of every process on the machine)
+        self.token_interval_s = token_interval_s
+        self.first_pieces: deque[float] = deque(maxlen=keep_requests)
         self.requests: deque[dict[str, Any]] = deque(maxlen=keep_requests)
         self.request_count = 0
         self.in_flight = 0  # chat requests being answered now
@@ -346,6 +345,9 @@ class FakeOpenAIServer:
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(self._sse(response, model, include_usage), media_type="text/event-stream")
+        if self.token_interval_s > 0:  # a paced model takes as long to answer whole as to stream
+            words = sum(is_piece for _, is_piece in self._sse_frames(response, model, False, words=True))
+            await asyncio.sleep(max(0, words - 1) * self.token_interval_s)
         message: dict[str, Any] = {"role": "assistant", "content": response.content}
         if response.reasoning:
             message["reasoning_content"] = response.reasoning
@@ -364,7 +366,21 @@ class FakeOpenAIServer:
         }
         return Response(json.dumps(payload), media_type="application/json")
 
-    def _sse(self, response: LLMResponse, model: str, include_usage: bool) -> Iterator[str]:
+    async def _sse(self, response: LLMResponse, model: str, include_usage: bool) -> AsyncIterator[str]:
+        paced = self.token_interval_s > 0
+        first = True
+        for text, is_piece in self._sse_frames(response, model, include_usage, words=paced):
+            if is_piece and paced:
+                if not first:
+                    await asyncio.sleep(self.token_interval_s)
+            yield text
+            if is_piece and first:
+                first = False
+                self.first_pieces.append(time.perf_counter())
+
+    def _sse_frames(self, response: LLMResponse, model: str, include_usage: bool, *,
+                    words: bool) -> Iterator[tuple[str, bool]]:
+        """The frames of a streamed answer, each with whether it carries a piece of it."""
         head = {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion.chunk",
@@ -372,14 +388,17 @@ class FakeOpenAIServer:
             "model": model,
         }
 
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> tuple[str, bool]:
             body = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            return f"data: {json.dumps(body)}\n\n"
+            return f"data: {json.dumps(body)}\n\n", bool(delta) and delta.get("content") != ""
+
+        def split(text: str, parts: int = 4) -> list[str]:
+            return re.findall(r"\s*\S+\s*", text) or ([text] if text else []) if words else pieces(text, parts)
 
         yield chunk({"role": "assistant", "content": ""})
-        for piece in _pieces(response.reasoning or ""):
+        for piece in split(response.reasoning or ""):
             yield chunk({"reasoning_content": piece})
-        for piece in _pieces(response.content or ""):
+        for piece in split(response.content or ""):
             yield chunk({"content": piece})
         for index, call in enumerate(response.tool_calls):
             yield chunk(
@@ -394,12 +413,12 @@ class FakeOpenAIServer:
                     ]
                 }
             )
-            for piece in _pieces(call.arguments, 3):
+            for piece in split(call.arguments, 3):
                 yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
         yield chunk({}, response.finish_reason)
         if include_usage:
-            yield f"data: {json.dumps({**head, 'choices': [], 'usage': _usage(response)})}\n\n"
-        yield "data: [DONE]\n\n"
+            yield f"data: {json.dumps({**head, 'choices': [], 'usage': _usage(response)})}\n\n", False
+        yield "data: [DONE]\n\n", False
 
     async def _embeddings(self, request: Request) -> Response:
         body, failure = await self._begin(request)
@@ -456,6 +475,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0] if main.__doc__ else None)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency-s", type=float, default=0.0)
+    parser.add_argument("--token-interval-s", type=float, default=0.0,
+                        help="stream a word at a time, one every this many seconds")
     parser.add_argument("--embedding-dim", type=int, default=64)
     parser.add_argument("--responder", default=None, metavar="MODULE:FUNCTION",
                         help="a fn(messages, info) answering each request (default: the echo model)")
@@ -467,7 +488,8 @@ def main(argv: list[str] | None = None) -> None:
         module, _, function = args.responder.partition(":")
         responder = getattr(importlib.import_module(module), function)
     server = FakeOpenAIServer(
-        responder, latency_s=args.latency_s, embedding_dim=args.embedding_dim, port=args.port, keep_requests=0
+        responder, latency_s=args.latency_s, embedding_dim=args.embedding_dim, port=args.port, keep_requests=0,
+        token_interval_s=args.token_interval_s,
     )
     with server:
         print(server.url, flush=True)

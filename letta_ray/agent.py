@@ -20,6 +20,9 @@ import zoneinfo
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
+
+from pydantic_core import from_json
 
 from letta_ray.base_tools import TERMINAL_TOOLS
 from letta_ray.context import (
@@ -31,23 +34,27 @@ from letta_ray.context import (
     needs_summary,
     summarise,
 )
-from letta_ray.deps import LLMResponse, StepDeps
+from letta_ray.deps import LLMDelta, LLMResponse, StepDeps, delta_kwargs
 from letta_ray.errors import ConflictError, InvalidInputError, LLMError
 from letta_ray.memory import Memory, MemoryStats
 from letta_ray.messages import (
     ApprovalDecision,
+    AssistantMessage,
     LettaMessage,
     LettaResponse,
     Message,
     MessageCreate,
+    ReasoningMessage,
     StepRecord,
     StopReason,
     StopReasonType,
     ToolCall,
+    ToolCallEvent,
+    ToolCallMessage,
     UsageStatistics,
     to_events,
 )
-from letta_ray.schemas import AgentState, Block, ClientTool, PendingToolCall, new_id
+from letta_ray.schemas import AgentState, Block, ClientTool, PendingToolCall, new_id, utcnow
 from letta_ray.tool_rules import ToolRuleSolver
 from letta_ray.tools import ToolContext, ToolFunction, ToolOutcome, Toolset, openai_schema, run_tool
 
@@ -116,13 +123,16 @@ class _Turn:
         self.evicted_ids: list[str] = []
         self.tool_state: dict[str, object] = {}
         self.steps: list[StepRecord] = []
+        self.stream_tokens = False
 
-    async def add(self, message: Message) -> None:
+    async def add(self, message: Message, streamed: frozenset[str] = frozenset()) -> None:
+        """Append a message to the turn; its events go to ``on_event`` except those of the
+        kinds in ``streamed`` (already sent token by token, ``TokenStream``)."""
         self.context.append(message)
         self.new_messages.append(message)
         for event in to_events(message, uses_send_message=self.state.uses_send_message):
             self.events.append(event)
-            if self.on_event is not None:
+            if self.on_event is not None and event.message_type not in streamed:
                 await self.on_event(event)
 
     def now_text(self) -> str:
@@ -227,8 +237,13 @@ async def step(
     run_id: str | None = None,
     cache: MessageCache | None = None,
     client_tools: list[ClientTool] | None = None,
+    stream_tokens: bool = False,
 ) -> StepResult:
     """Run one turn: take ``inbound``, loop LLM calls and tools until the turn ends.
+
+    With ``stream_tokens`` (and ``on_event``) the model's text, reasoning and tool-call
+    arguments go to ``on_event`` piece by piece as the LLM streams them (Letta's token
+    streaming: events of one message share its id; concatenate their text).
 
     ``cache`` (kept by the caller across turns) saves re-serialising and re-counting
     the messages already in context. ``client_tools`` are offered to the model for this
@@ -240,6 +255,7 @@ async def step(
     if stats is None:
         stats = await gather_stats(state, deps)
     turn = _Turn(state, context, deps, toolset, stats, run_id, on_event, cache, client_tools)
+    turn.stream_tokens = stream_tokens and on_event is not None
     ended = None
     if approvals:
         ended = await _answer_approvals(turn, approvals)
@@ -485,9 +501,11 @@ async def _loop(turn: _Turn, max_steps: int, cancel: asyncio.Event | None) -> St
         steps += 1
         record = turn.begin_step()
         started = time.perf_counter_ns()
+        tokens = TokenStream(turn, record.id) if turn.stream_tokens else None
         try:
             response = await _unless_cancelled(
-                turn.deps.llm.complete(compiled.messages, schemas, config, tool_choice=tool_choice), cancel)
+                turn.deps.llm.complete(compiled.messages, schemas, config, tool_choice=tool_choice,
+                                       **delta_kwargs(tokens)), cancel)
         except _Cancelled:
             turn.end_step(record, None, time.perf_counter_ns() - started, None)
             record.status, record.stop_reason = "cancelled", "cancelled"
@@ -506,7 +524,7 @@ async def _loop(turn: _Turn, max_steps: int, cancel: asyncio.Event | None) -> St
         llm_ns = time.perf_counter_ns() - started
         turn.usage.add(response.prompt_tokens, response.completion_tokens)
         turn.usage.step_count += 1
-        outcome = await _handle_response(turn, response, record.id)
+        outcome = await _handle_response(turn, response, record.id, tokens)
         turn.end_step(record, response, llm_ns, time.perf_counter_ns() - started - llm_ns)
         if outcome == "invalid":
             invalid_streak += 1
@@ -522,6 +540,84 @@ async def _loop(turn: _Turn, max_steps: int, cancel: asyncio.Event | None) -> St
                 f"[system] Before ending your turn you must call: {', '.join(missing)}.")))
             continue
         return turn.stop(outcome)
+
+
+@dataclass
+class _StreamedCall:
+    """A tool call as its pieces arrive."""
+
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+    sent: int = 0  # how much of ``arguments`` went out as tool-call pieces
+    said: str = ""  # of a send_message call: how much of its message went out as the reply
+
+
+class TokenStream:
+    """One LLM call's streamed pieces as Letta's events (to the turn's ``on_event``), all with
+    the id of the assistant message the call becomes.
+
+    Text goes out as reasoning in an agent that replies through send_message (its text is
+    its thinking) and as the reply otherwise; a send_message call's ``message`` argument as
+    the reply, read out of its JSON as that arrives; any other call as tool-call pieces
+    (the name and id on each, the arguments' next piece). The kinds sent this way are not
+    sent again whole when the message is complete (``streamed``)."""
+
+    def __init__(self, turn: _Turn, step_id: str) -> None:
+        self.turn = turn
+        self.message_id = new_id("message")
+        self.created_at = utcnow()
+        self.step_id = step_id
+        self._kinds: set[str] = set()
+        self._calls: dict[int, _StreamedCall] = {}
+
+    @property
+    def streamed(self) -> frozenset[str]:
+        return frozenset(self._kinds)
+
+    async def _emit(self, event: LettaMessage) -> None:
+        self._kinds.add(event.message_type)
+        assert self.turn.on_event is not None
+        await self.turn.on_event(event)
+
+    async def __call__(self, delta: LLMDelta) -> None:
+        common: dict[str, Any] = {"id": self.message_id, "date": self.created_at, "step_id": self.step_id,
+                                  "run_id": self.turn.run_id}
+        replies_by_tool = self.turn.state.uses_send_message
+        if delta.reasoning:
+            await self._emit(ReasoningMessage(reasoning=delta.reasoning, source="reasoner_model", **common))
+        if delta.content:
+            await self._emit(ReasoningMessage(reasoning=delta.content, **common) if replies_by_tool
+                             else AssistantMessage(content=delta.content, **common))
+        if delta.tool_index is None:
+            return
+        call = self._calls.setdefault(delta.tool_index, _StreamedCall())
+        call.id = call.id or delta.tool_call_id
+        call.name = call.name or delta.tool_name
+        call.arguments += delta.arguments
+        if call.name is None:  # nothing to show until the name is known
+            return
+        if replies_by_tool and call.name == "send_message":
+            text = _partial_message(call.arguments)
+            if len(text) > len(call.said) and text.startswith(call.said):
+                piece, call.said = text[len(call.said):], text
+                await self._emit(AssistantMessage(content=piece, **common))
+            return
+        piece = call.arguments[call.sent:]
+        if piece or (call.sent == 0 and delta.tool_name):
+            call.sent = len(call.arguments)
+            event = ToolCallEvent(name=call.name, arguments=piece, tool_call_id=call.id or "")
+            await self._emit(ToolCallMessage(tool_call=event, tool_calls=[event], **common))
+
+
+def _partial_message(arguments: str) -> str:
+    """The ``message`` argument of a send_message call whose JSON is still arriving ("" until it starts)."""
+    try:
+        parsed = from_json(arguments, allow_partial="trailing-strings")
+    except ValueError:
+        return ""
+    value = parsed.get("message") if isinstance(parsed, dict) else None
+    return value if isinstance(value, str) else ""
 
 
 class _Cancelled(Exception):
@@ -550,8 +646,9 @@ async def _unless_cancelled(call: Awaitable[LLMResponse], cancel: asyncio.Event 
     raise _Cancelled
 
 
-async def _handle_response(turn: _Turn, response: LLMResponse, step_id: str) -> str:
-    """Record the assistant turn and run its tools; say how the loop goes on.
+async def _handle_response(turn: _Turn, response: LLMResponse, step_id: str, tokens: TokenStream | None = None) -> str:
+    """Record the assistant turn (with the id its streamed pieces had, if ``tokens``) and run
+    its tools; say how the loop goes on.
 
     Returns "continue", "invalid" (only unusable calls), or a stop reason; a call that needs
     approval is not run: the turn stops with "requires_approval" once the others ran.
@@ -564,10 +661,11 @@ async def _handle_response(turn: _Turn, response: LLMResponse, step_id: str) -> 
     waiting = [call for call in response.tool_calls if call.name in allowed and (tf := tools[call.id]) is not None
                and (call.name in turn.client or turn.solver.requires_approval(call.name)
                     or bool(tf.tool.default_requires_approval))]
+    streamed = {"id": tokens.message_id, "created_at": tokens.created_at} if tokens is not None else {}
     message = Message(agent_id=state.id, role="assistant", content=response.content, reasoning=response.reasoning,
                       tool_calls=response.tool_calls, step_id=step_id, run_id=turn.run_id,
-                      approval_required=[call.id for call in waiting])
-    await turn.add(message)
+                      approval_required=[call.id for call in waiting], **streamed)
+    await turn.add(message, tokens.streamed if tokens is not None else frozenset())
     if not response.tool_calls:
         return "no_tool_call" if state.uses_send_message else "end_turn"
     ctx = ToolContext(agent=state, memory=turn.memory, deps=turn.deps, state=turn.tool_state)

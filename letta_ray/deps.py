@@ -7,7 +7,7 @@ wire them to fakes and to the embedded engines in a temp dir.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -30,9 +30,56 @@ class LLMResponse(BaseModel):
     model: str | None = None
 
 
+@dataclass(frozen=True)
+class LLMDelta:
+    """A piece of an answer as the provider streams it: text, reasoning, or a piece of one
+    tool call (``tool_index``; its id and name come with its first piece)."""
+
+    content: str = ""
+    reasoning: str = ""
+    tool_index: int | None = None
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    arguments: str = ""
+
+
+DeltaSink = Callable[[LLMDelta], Awaitable[None]]
+"""Where an LLM streams the pieces of its answer (``LLM.complete(on_delta=...)``)."""
+
+
+def pieces(text: str, parts: int) -> list[str]:
+    """``text`` in ``parts`` pieces or fewer (as a provider would stream it)."""
+    if not text:
+        return []
+    size = max(1, -(-len(text) // max(1, parts)))
+    return [text[i:i + size] for i in range(0, len(text), size)]
+
+
+async def stream_whole(response: LLMResponse, on_delta: DeltaSink, parts: int = 1) -> None:
+    """Stream an answer already complete (an LLM that cannot stream, a fake): its reasoning,
+    its text, then each tool call, each in ``parts`` pieces."""
+    for piece in pieces(response.reasoning or "", parts):
+        await on_delta(LLMDelta(reasoning=piece))
+    for piece in pieces(response.content or "", parts):
+        await on_delta(LLMDelta(content=piece))
+    for index, call in enumerate(response.tool_calls):
+        await on_delta(LLMDelta(tool_index=index, tool_call_id=call.id, tool_name=call.name))
+        for piece in pieces(call.arguments, parts):
+            await on_delta(LLMDelta(tool_index=index, arguments=piece))
+
+
+def delta_kwargs(on_delta: DeltaSink | None) -> dict[str, Any]:
+    """``on_delta`` as a keyword for ``LLM.complete`` only when streaming: an LLM written
+    before streaming existed (no ``on_delta`` parameter) still serves every other call."""
+    return {"on_delta": on_delta} if on_delta is not None else {}
+
+
 @runtime_checkable
 class LLM(Protocol):
-    """Chat completion with tools, and a token counter for the same model."""
+    """Chat completion with tools, and a token counter for the same model.
+
+    With ``on_delta`` the answer is streamed there piece by piece as it is generated, and
+    still returned whole. The step passes it only when a caller asked for tokens."""
 
     async def complete(
         self,
@@ -41,6 +88,7 @@ class LLM(Protocol):
         config: LLMConfig,
         *,
         tool_choice: str | dict[str, Any] | None = None,
+        on_delta: DeltaSink | None = None,
     ) -> LLMResponse: ...
 
     def count_tokens(

@@ -40,7 +40,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from letta_ray._urls import is_loopback_url
-from letta_ray.deps import LLMResponse
+from letta_ray.deps import DeltaSink, LLMDelta, LLMResponse
 from letta_ray.errors import LLMError
 from letta_ray.messages import ToolCall
 from letta_ray.schemas import LLMConfig, new_id
@@ -559,6 +559,49 @@ def _parse(response: Any, model: str) -> LLMResponse:
     )
 
 
+def _deltas(chunk: Any) -> list[LLMDelta]:
+    """The pieces of one streamed chunk (OpenAI's shape, as litellm gives it for every provider)."""
+    choices = getattr(chunk, "choices", None) or []
+    if not choices:
+        return []
+    delta = getattr(choices[0], "delta", None)
+    if delta is None:
+        return []
+    out = []
+    if reasoning := getattr(delta, "reasoning_content", None):
+        out.append(LLMDelta(reasoning=reasoning))
+    if content := getattr(delta, "content", None):
+        out.append(LLMDelta(content=content))
+    for call in getattr(delta, "tool_calls", None) or []:
+        function = getattr(call, "function", None)
+        out.append(LLMDelta(tool_index=getattr(call, "index", None) or 0, tool_call_id=getattr(call, "id", None),
+                            tool_name=getattr(function, "name", None) if function is not None else None,
+                            arguments=(getattr(function, "arguments", None) or "") if function is not None else ""))
+    return out
+
+
+async def _streamed(lib: ModuleType, kwargs: dict[str, Any], on_delta: DeltaSink, what: str) -> Any:
+    """One streamed call: each piece to ``on_delta`` as it arrives, then the whole response
+    (litellm's ``stream_chunk_builder``). A failure before the first piece may be retried
+    like any call; after it, the pieces are out, so it is an LLMError that is not."""
+    stream = await lib.acompletion(**kwargs)
+    chunks: list[Any] = []
+    sent = False
+    try:
+        async for chunk in stream:
+            chunks.append(chunk)
+            for delta in _deltas(chunk):
+                sent = True
+                await on_delta(delta)
+    except Exception as exc:
+        if sent and not isinstance(exc, LLMError) and _is_provider_error(exc):
+            raise _to_llm_error(exc, f"{what} (streamed, cut off)", 1) from exc
+        raise
+    if not chunks:
+        raise LLMError(f"{what} streamed nothing", retryable=True)
+    return lib.stream_chunk_builder(chunks, messages=kwargs.get("messages"))
+
+
 class LiteLLM:
     """The production ``LLM``: any provider litellm knows, by model string.
 
@@ -620,15 +663,22 @@ class LiteLLM:
         config: LLMConfig,
         *,
         tool_choice: str | dict[str, Any] | None = None,
+        on_delta: DeltaSink | None = None,
     ) -> LLMResponse:
         kwargs = self.request_kwargs(messages, tools, config, tool_choice)
         _refuse_remote_when_offline(kwargs.get("api_base"), config.model)
         lib = _lib()
         if "custom_llm_provider" in kwargs:
             _describe_served_model(config)
+        what = f"LLM call to {config.model!r}"
+        if on_delta is not None:
+            kwargs.update(stream=True, stream_options={"include_usage": True})
+            call: Callable[[], Awaitable[Any]] = lambda: unlogged(_streamed(lib, kwargs, on_delta, what))  # noqa: E731
+        else:
+            call = lambda: unlogged(lib.acompletion(**kwargs))  # noqa: E731
         response = await _with_retries(
-            lambda: unlogged(lib.acompletion(**kwargs)),
-            f"LLM call to {config.model!r}",
+            call,
+            what,
             max_retries=self.max_retries,
             base_delay=self.base_delay,
             max_delay=self.max_delay,

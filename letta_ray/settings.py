@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     store_batch_ms: float = Field(default=0.0, ge=0, description="extra wait for writes to join a group "
                                   "commit; 0 batches whatever arrives while the previous commit runs")
     call_timeout_s: float = Field(default=300.0, gt=0, description="timeout of one agent call")
+    stream_ping_interval_s: float = Field(default=30.0, gt=0, description="a streamed response asked for pings "
+                                          "(include_pings) sends one after this many seconds without an event")
     agent_call_timeout_s: float = Field(default=120.0, gt=0, description="timeout of agent-to-agent waits")
     llm_max_concurrent: int | None = Field(default=None, ge=1, description="cluster-wide cap on LLM requests "
                                            "in flight, per model (default: none)")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from letta_ray._urls import is_loopback_url
-from letta_ray.deps import LLMResponse
+from letta_ray.deps import DeltaSink, LLMResponse, stream_whole
 from letta_ray.messages import ToolCall
 from letta_ray.schemas import LLMConfig
 
@@ -234,6 +234,7 @@ class _FakeLLM:
         config: LLMConfig,
         *,
         tool_choice: str | dict[str, Any] | None = None,
+        on_delta: DeltaSink | None = None,
     ) -> LLMResponse:
         # History keeps a snapshot of what it was given; a fake keeping none needs no copy.
         given = [dict(m) for m in messages] if self._keeps_history else messages
@@ -246,6 +247,8 @@ class _FakeLLM:
         except BaseException as exc:
             call.error = exc
             raise
+        if on_delta is not None:  # in a few pieces each, as a provider streams
+            await stream_whole(call.response, on_delta, parts=4)
         return call.response
 
     async def _next(self, messages: list[dict[str, Any]], info: CallInfo) -> Response:

@@ -363,10 +363,10 @@ class LocalLLM:
         self.model = model
 
     async def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], config: Any, *,
-                       tool_choice: str | dict[str, Any] | None = None) -> Any:
+                       tool_choice: str | dict[str, Any] | None = None, on_delta: Any = None) -> Any:
         import asyncio
 
-        from letta_ray.deps import LLMResponse
+        from letta_ray.deps import LLMResponse, stream_whole
         from letta_ray.messages import ToolCall
 
         body: dict[str, Any] = {"messages": messages, "tools": tools, "temperature": config.temperature,
@@ -377,10 +377,13 @@ class LocalLLM:
         choice = response["choices"][0]
         calls = [ToolCall(id=c["id"], name=c["function"]["name"], arguments=c["function"]["arguments"])
                  for c in choice["message"].get("tool_calls") or []]
-        return LLMResponse(content=choice["message"].get("content"), tool_calls=calls,
-                           prompt_tokens=response["usage"]["prompt_tokens"],
-                           completion_tokens=response["usage"]["completion_tokens"],
-                           finish_reason=choice["finish_reason"], model=LOCAL_LLM_MODEL)
+        answer = LLMResponse(content=choice["message"].get("content"), tool_calls=calls,
+                             prompt_tokens=response["usage"]["prompt_tokens"],
+                             completion_tokens=response["usage"]["completion_tokens"],
+                             finish_reason=choice["finish_reason"], model=LOCAL_LLM_MODEL)
+        if on_delta is not None:  # generated whole here: streamed once done
+            await stream_whole(answer, on_delta)
+        return answer
 
     def count_tokens(self, messages: list[dict[str, Any]], config: Any,
                      tools: list[dict[str, Any]] | None = None) -> int:

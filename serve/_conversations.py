@@ -14,7 +14,7 @@ from letta_ray.errors import InvalidInputError, NotFoundError
 from letta_ray.schemas import Conversation, Order, time_cursors
 
 from ._common import ClientDep, json_response, message_response, page_limit
-from ._messages import CompactionView, override_model, shown, sse_of
+from ._messages import CompactionView, override_model, pings_of, shown, sse_of
 from ._run_streams import RunStreams
 from ._runs import RunStreamRequest, event_page, replay
 from .schemas import SendMessageRequest
@@ -124,8 +124,9 @@ async def send_conversation_message(conversation_id: str, body: ConversationMess
     llm_config = await override_model(client, conversation.agent_id, body)
     if body.streaming:
         events = client.conversations.stream_async(conversation.id, body.to_core(), max_steps=body.max_steps,
-                                                   client_tools=body.core_client_tools(), llm_config=llm_config)
-        return await sse_of(events, body.include_return_message_types)
+                                                   client_tools=body.core_client_tools(), llm_config=llm_config,
+                                                   stream_tokens=body.stream_tokens)
+        return await sse_of(events, body.include_return_message_types, pings_of(client, body))
     response = await client.conversations.send_async(conversation.id, body.to_core(), max_steps=body.max_steps,
                                                      client_tools=body.core_client_tools(), llm_config=llm_config)
     return json_response(shown(response, body.include_return_message_types))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ from letta_ray.actors.client import Client
 from letta_ray.agent_file import litellm_model
 from letta_ray.errors import InvalidInputError
 from letta_ray.messages import LettaMessage, LettaResponse
-from letta_ray.schemas import LLMConfig, Order, utcnow
+from letta_ray.schemas import LLMConfig, Order, new_id, utcnow
 
 from ._common import ClientDep, error_frame, json_response, page_limit
 from ._run_streams import RunStream
@@ -78,12 +79,24 @@ async def _stream(client: Client, agent_id: str, body: SendMessageRequest, reque
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     events = client.agent(agent_id).stream_async(body.to_core(), max_steps=body.max_steps,
                                                 client_tools=body.core_client_tools(),
-                                                llm_config=await override_model(client, agent_id, body))
-    return await sse_of(events, body.include_return_message_types)
+                                                llm_config=await override_model(client, agent_id, body),
+                                                stream_tokens=body.stream_tokens)
+    return await sse_of(events, body.include_return_message_types, pings_of(client, body))
 
 
-async def sse_of(events: AsyncIterator[Any], types: list[str] | None) -> Response:
-    """A turn's events as server-sent events (those of ``types`` only, when given)."""
+def pings_of(client: Client, body: SendMessageRequest) -> float | None:
+    """Seconds of silence after which a stream sends a ping (``include_pings``), or None."""
+    return client.settings.stream_ping_interval_s if body.include_pings else None
+
+
+def _ping() -> str:
+    return f"data: {json.dumps({'message_type': 'ping', 'id': new_id('ping'), 'date': utcnow().isoformat()})}\n\n"
+
+
+async def sse_of(events: AsyncIterator[Any], types: list[str] | None, ping_s: float | None = None) -> Response:
+    """A turn's events as server-sent events (those of ``types`` only, when given); with
+    ``ping_s``, a ``ping`` event after each ``ping_s`` seconds without one (Letta's
+    keep-alive for proxies that cut off a quiet stream)."""
     # Errors before the turn starts (an unknown agent, say) are ordinary 4xx responses.
     first = await anext(events, None)
 
@@ -95,17 +108,25 @@ async def sse_of(events: AsyncIterator[Any], types: list[str] | None) -> Respons
 
     async def sse() -> AsyncIterator[str]:
         item = first
+        waiting: asyncio.Future[Any] | None = None
         try:
             while item is not None:
                 if (text := frame(item)) is not None:
                     yield text
-                item = await anext(events)
+                waiting = asyncio.ensure_future(anext(events))
+                # not wait_for: cancelling the anext on a timeout would end the turn's stream
+                while ping_s is not None and not (await asyncio.wait({waiting}, timeout=ping_s))[0]:
+                    yield _ping()
+                item, waiting = await waiting, None
             yield "data: [DONE]\n\n"
         except StopAsyncIteration:
             yield "data: [DONE]\n\n"
         except Exception as exc:  # the turn failed after the stream began: say so in the stream
             yield error_frame(exc, "a streamed message")
         finally:
+            if waiting is not None:  # the client left while the turn ran: its anext first
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
             await events.aclose()
 
     return StreamingResponse(sse(), media_type="text/event-stream",
@@ -166,7 +187,7 @@ async def _run_turn(client: Client, run: RunView, body: SendMessageRequest, stre
         override = await override_model(client, run.agent_id, body)
         async for item in client.agent(run.agent_id).stream_async(
                 body.to_core(), max_steps=body.max_steps, run_id=run.id, client_tools=body.core_client_tools(),
-                llm_config=override):
+                llm_config=override, stream_tokens=body.stream_tokens):
             kind = getattr(item, "message_type", None)
             if kind != "user_message" and (types is None or kind not in _EVENT_KINDS or kind in types):
                 stream.add(item)

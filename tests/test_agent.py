@@ -249,6 +249,73 @@ async def test_events_are_streamed_as_they_happen() -> None:
     assert seen[-1] == "assistant_message"
 
 
+async def test_stream_tokens_sends_text_and_arguments_in_pieces_under_the_message_id() -> None:
+    seen: list[Any] = []
+
+    async def sink(event: Any) -> None:
+        seen.append(event)
+
+    text = "Hello there, Ada! How are you today?"
+    insert = tool_call("memory_insert", label="human", new_str="likes tea", request_heartbeat=True)
+    llm = ScriptedLLM([insert, send_message(text)])
+    result = await run(make_agent(), llm, on_event=sink, stream_tokens=True)
+
+    assert result.stop_reason.stop_reason == "end_turn"
+    calls = [e for e in seen if e.message_type == "tool_call_message"]
+    replies = [e for e in seen if e.message_type == "assistant_message"]
+    assert len(calls) > 1 and len(replies) > 1  # pieces, not one whole event each
+    # a tool call's pieces: its name and id on each, its arguments concatenated, once
+    assert {(e.tool_call.name, e.tool_call.tool_call_id) for e in calls} == {("memory_insert", insert.id)}
+    assert "".join(e.tool_call.arguments for e in calls) == insert.arguments
+    # send_message's message argument is the reply, read out of the streaming JSON
+    assert "".join(e.content for e in replies) == text
+    # the pieces of one message carry the id of the message it became
+    by_call = {m.tool_calls[0].name: m for m in result.new_messages if m.role == "assistant"}
+    assert {e.id for e in calls} == {by_call["memory_insert"].id}
+    assert {e.id for e in replies} == {by_call["send_message"].id}
+    # what was not streamed came whole, once; the turn's own events are whole
+    assert [e.message_type for e in seen if e.message_type not in ("tool_call_message", "assistant_message")] == [
+        "user_message", "tool_return_message"]
+    assert [e.content for e in result.events if isinstance(e, AssistantMessage)] == [text]
+
+
+async def test_stream_tokens_of_a_letta_v1_agent_stream_its_reasoning_and_reply() -> None:
+    seen: list[Any] = []
+
+    async def sink(event: Any) -> None:
+        seen.append(event)
+
+    llm = ScriptedLLM([reply("Noted: you like green tea.", reasoning="the user states a preference")])
+    result = await run(make_agent("letta_v1_agent"), llm, "I like green tea", on_event=sink, stream_tokens=True)
+
+    thoughts = [e for e in seen if e.message_type == "reasoning_message"]
+    replies = [e for e in seen if e.message_type == "assistant_message"]
+    assert len(thoughts) > 1 and len(replies) > 1
+    assert "".join(e.reasoning for e in thoughts) == "the user states a preference"
+    assert "".join(e.content for e in replies) == "Noted: you like green tea."
+    assert seen.index(thoughts[-1]) < seen.index(replies[0])
+    assert result.response().assistant_text() == "Noted: you like green tea."
+    # without stream_tokens the same turn sends each message whole
+    whole: list[Any] = []
+
+    async def whole_sink(event: Any) -> None:
+        whole.append(event)
+
+    await run(make_agent("letta_v1_agent"), ScriptedLLM([reply("Noted.", reasoning="ok")]), on_event=whole_sink)
+    assert [e.message_type for e in whole] == ["user_message", "reasoning_message", "assistant_message"]
+
+
+def test_partial_send_message_arguments_are_read_as_they_arrive() -> None:
+    from letta_ray.agent import _partial_message
+
+    assert _partial_message("") == ""
+    assert _partial_message('{"mess') == ""
+    assert _partial_message('{"message": "Hel') == "Hel"
+    assert _partial_message('{"message": "a \\"quoted\\" wo') == 'a "quoted" wo'
+    assert _partial_message('{"message": "done"}') == "done"
+    assert _partial_message('{"message": 3}') == ""
+
+
 async def test_tool_rules_init_child_and_terminal() -> None:
     def lookup(topic: str) -> str:
         """Look a topic up.

@@ -94,6 +94,30 @@ def test_stream_yields_typed_events_in_order(sdk: Any, fake_llm_server: Any) -> 
     assert sdk.agents.blocks.retrieve("human", agent_id=agent.id).value == "Name: Ada\nlikes jazz"
 
 
+def test_stream_tokens_streams_the_reply_and_tool_arguments_in_pieces(sdk: Any, fake_llm_server: Any) -> None:
+    agent, twin = new_agent(sdk, fake_llm_server), new_agent(sdk, fake_llm_server)
+    say = [{"role": "user", "content": "remember likes jazz"}]
+    whole = list(sdk.agents.messages.create(twin.id, messages=say, streaming=True))
+    events = list(sdk.agents.messages.create(agent.id, messages=say, streaming=True, stream_tokens=True))
+    # the LLM streamed for the tokens, and only then
+    assert [bool(r["body"].get("stream")) for r in list(fake_llm_server.requests)[-4:]] == [False, False, True, True]
+
+    kinds = [e.message_type for e in events]
+    assert kinds[-2:] == ["stop_reason", "usage_statistics"] and kinds.count("tool_return_message") == 1
+    calls = [e for e in events if e.message_type == "tool_call_message"]
+    replies = [e for e in events if e.message_type == "assistant_message"]
+    assert len(calls) > 1 and len(replies) > 1
+    [whole_call] = [e for e in whole if e.message_type == "tool_call_message"]
+    [whole_reply] = [e for e in whole if e.message_type == "assistant_message"]
+    assert {e.tool_call.name for e in calls} == {"memory_insert"}
+    assert json.loads("".join(e.tool_call.arguments for e in calls)) == json.loads(whole_call.tool_call.arguments)
+    assert "".join(e.content for e in replies) == whole_reply.content
+    # the pieces of a message share its id, the one the stored message has
+    assert len({e.id for e in calls}) == 1 and len({e.id for e in replies}) == 1
+    stored = {m.id: m.message_type for m in sdk.agents.messages.list(agent.id, limit=50)}
+    assert stored[replies[0].id] == "assistant_message" and stored[calls[0].id] == "tool_call_message"
+
+
 def test_stream_route_frames_server_sent_events(http: Any, sdk: Any, fake_llm_server: Any) -> None:
     agent = new_agent(sdk, fake_llm_server)
     with http.stream("POST", f"/v1/agents/{agent.id}/messages/stream",

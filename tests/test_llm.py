@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from letta_ray.deps import LLM, LLMResponse
+from letta_ray.deps import LLM, LLMDelta, LLMResponse
 from letta_ray.errors import LLMError
 from letta_ray.fake_llm_server import FakeOpenAIServer
 from letta_ray.llm import ContextWindowExceededError, LiteLLM, TokenCounter, aembed, count_tokens
@@ -84,6 +84,83 @@ async def test_tool_arguments_come_back_exactly_as_the_model_wrote_them(llm: Lit
     with FakeOpenAIServer([LLMResponse(tool_calls=[call])]) as server:
         response = await llm.complete(HELLO, [SEND_MESSAGE_TOOL], server.llm_config())
     assert response.tool_calls == [call]
+
+
+async def test_a_streamed_call_gives_its_pieces_as_they_come_and_the_same_whole_answer(
+        server: FakeOpenAIServer, llm: LiteLLM):
+    whole = await llm.complete(HELLO, [SEND_MESSAGE_TOOL], server.llm_config())
+    deltas: list[LLMDelta] = []
+
+    async def sink(delta: LLMDelta) -> None:
+        deltas.append(delta)
+
+    streamed = await llm.complete(HELLO, [SEND_MESSAGE_TOOL], server.llm_config(), on_delta=sink)
+    body = server.requests[-1]["body"]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert [c.name for c in streamed.tool_calls] == ["send_message"]
+    assert streamed.tool_calls[0].arguments == whole.tool_calls[0].arguments
+    assert streamed.prompt_tokens == whole.prompt_tokens and streamed.completion_tokens > 0
+    assert streamed.finish_reason == "tool_calls"
+    # the first piece of the call names it; the arguments come in several pieces
+    first = deltas[0]
+    assert (first.tool_index, first.tool_call_id, first.tool_name) == (0, streamed.tool_calls[0].id, "send_message")
+    arguments = [d.arguments for d in deltas if d.arguments]
+    assert len(arguments) > 1 and "".join(arguments) == whole.tool_calls[0].arguments
+
+
+async def test_a_streamed_answer_with_reasoning_streams_both_in_order(llm: LiteLLM):
+    deltas: list[LLMDelta] = []
+
+    async def sink(delta: LLMDelta) -> None:
+        deltas.append(delta)
+
+    with FakeOpenAIServer([reply("Hi there, how are you?", reasoning="The user greeted me.")]) as server:
+        response = await llm.complete(HELLO, [], server.llm_config(), on_delta=sink)
+    assert (response.content, response.reasoning) == ("Hi there, how are you?", "The user greeted me.")
+    assert "".join(d.reasoning for d in deltas) == "The user greeted me."
+    assert "".join(d.content for d in deltas) == "Hi there, how are you?"
+    kinds = ["reasoning" if d.reasoning else "content" for d in deltas]
+    assert kinds == sorted(kinds, key=lambda k: k != "reasoning") and len(kinds) > 2
+
+
+async def test_a_stream_cut_off_after_its_first_piece_is_an_llm_error_not_retried(
+        server: FakeOpenAIServer, llm: LiteLLM):
+    deltas: list[LLMDelta] = []
+
+    async def sink(delta: LLMDelta) -> None:
+        deltas.append(delta)
+
+    server.inject("reset", 1)
+    with pytest.raises(LLMError, match="cut off"):
+        await llm.complete(HELLO, [], server.llm_config(), on_delta=sink)
+    assert server.request_count == 1  # the piece was out: a retry would send it twice
+    assert [d.content for d in deltas] == ["I was ab"]
+    # a failure before any piece is retried as any call is
+    server.fail_next(1, status=503)
+    response = await llm.complete(HELLO, [SEND_MESSAGE_TOOL], server.llm_config(), on_delta=sink)
+    assert response.tool_calls[0].name == "send_message" and server.request_count == 3
+
+
+async def test_the_fake_can_stream_a_word_at_a_time_at_a_fixed_rate(llm: LiteLLM):
+    import itertools
+    import time
+
+    arrived: list[tuple[float, str]] = []
+
+    async def sink(delta: LLMDelta) -> None:
+        arrived.append((time.perf_counter(), delta.content))
+
+    with FakeOpenAIServer([reply("one two three four five")] * 2, token_interval_s=0.05) as server:
+        response = await llm.complete(HELLO, [], server.llm_config(), on_delta=sink)
+        [first_out] = server.first_pieces
+        began = time.perf_counter()  # not streamed: whole, when its last word would have been
+        assert (await llm.complete(HELLO, [], server.llm_config())).content == "one two three four five"
+        assert time.perf_counter() - began > 0.18
+    assert response.content == "one two three four five"
+    assert [text for _, text in arrived] == ["one ", "two ", "three ", "four ", "five"]
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(arrived)]
+    assert min(gaps) > 0.03 and 0.15 < arrived[-1][0] - arrived[0][0] < 1.0
+    assert first_out <= arrived[0][0]  # the fake's own clock of its first word, before it arrived
 
 
 async def test_config_reaches_the_provider(server: FakeOpenAIServer, llm: LiteLLM, monkeypatch: pytest.MonkeyPatch):
