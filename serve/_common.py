@@ -50,6 +50,13 @@ def page_limit(minimum: int = 0) -> Any:
     return Query(ge=minimum, le=MAX_PAGE_SIZE, description=f"at most this many items (up to {MAX_PAGE_SIZE:,})")
 
 
+SSE = {200: {"content": {"text/event-stream": {"schema": {
+    "type": "string", "description": "server-sent events: each `data:` line one Letta message (a "
+    "`message_type` of the LettaMessage union, `stop_reason`, `usage_statistics` or `ping`), then "
+    "`data: [DONE]`"}}}}}
+"""``responses=`` of a route that answers with server-sent events (always, or when asked)."""
+
+
 def json_response(model: Any) -> Response:
     """A pydantic model as JSON, serialised once by pydantic (the fast path)."""
     return Response(content=model.model_dump_json(), media_type="application/json")

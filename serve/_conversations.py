@@ -13,7 +13,7 @@ from letta_ray.actors.client import Client
 from letta_ray.errors import InvalidInputError, NotFoundError
 from letta_ray.schemas import Conversation, Order, time_cursors
 
-from ._common import ClientDep, json_response, message_response, page_limit
+from ._common import SSE, ClientDep, json_response, message_response, page_limit
 from ._messages import CompactionView, override_model, pings_of, shown, sse_of
 from ._run_streams import RunStreams
 from ._runs import RunStreamRequest, event_page, replay
@@ -114,7 +114,7 @@ async def fork_conversation(conversation_id: str, client: ClientDep) -> Conversa
     return ConversationView.of(await client.conversations.fork_async(conversation_id))
 
 
-@conversations.post("/{conversation_id}/messages", summary="Send messages in a conversation (SSE unless "
+@conversations.post("/{conversation_id}/messages", responses=SSE, summary="Send messages in a conversation (SSE unless "
                     "streaming=false)")
 async def send_conversation_message(conversation_id: str, body: ConversationMessageRequest,
                                     client: ClientDep) -> Response:
@@ -144,7 +144,7 @@ async def list_conversation_messages(conversation_id: str, client: ClientDep, af
         order, after, before, limit, include_return_message_types)
 
 
-@conversations.post("/{conversation_id}/stream", summary="Re-attach to the conversation's latest run")
+@conversations.post("/{conversation_id}/stream", responses=SSE, summary="Re-attach to the conversation's latest run")
 async def stream_conversation(conversation_id: str, request: Request, client: ClientDep,
                               body: Annotated[RunStreamRequest | None, Body()] = None) -> Response:
     conversation = await _conversation_of(client, conversation_id, None)

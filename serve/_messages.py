@@ -19,7 +19,7 @@ from letta_ray.errors import InvalidInputError
 from letta_ray.messages import LettaMessage, LettaResponse
 from letta_ray.schemas import LLMConfig, Order, new_id, utcnow
 
-from ._common import ClientDep, error_frame, json_response, page_limit
+from ._common import SSE, ClientDep, error_frame, json_response, page_limit
 from ._run_streams import RunStream
 from ._runs import event_page
 from .schemas import RunView, SendMessageRequest
@@ -42,7 +42,7 @@ def shown(response: LettaResponse, types: list[str] | None) -> LettaResponse:
     return _shown(response, types)
 
 
-@messages.post("/{agent_id}/messages", response_model=LettaResponse,
+@messages.post("/{agent_id}/messages", response_model=LettaResponse, responses=SSE,
                summary="Send messages and run a turn (SSE when streaming=true)",
                description="Concurrent sends to one agent wait their turn: an agent runs one turn at a time.")
 async def send_message(agent_id: str, body: SendMessageRequest, client: ClientDep, request: Request) -> Response:
@@ -54,7 +54,8 @@ async def send_message(agent_id: str, body: SendMessageRequest, client: ClientDe
     return json_response(_shown(response, body.include_return_message_types))
 
 
-@messages.post("/{agent_id}/messages/stream", summary="Send messages; the turn's events as server-sent events")
+@messages.post("/{agent_id}/messages/stream", responses=SSE,
+               summary="Send messages; the turn's events as server-sent events")
 async def send_message_stream(agent_id: str, body: SendMessageRequest, client: ClientDep,
                               request: Request) -> Response:
     return await _stream(client, agent_id, body, request)

@@ -15,7 +15,7 @@ from letta_ray.actors.client import Client
 from letta_ray.messages import LettaMessage, Message, StepRecord, StopReason, UsageStatistics, to_events
 from letta_ray.schemas import Order, time_cursors
 
-from ._common import ClientDep, page_limit
+from ._common import SSE, ClientDep, page_limit
 from ._run_streams import RunStreams
 from .schemas import DateTime, RunView
 
@@ -137,7 +137,8 @@ class RunStreamRequest(BaseModel):
     batch_size: int | None = None
 
 
-@runs.post("/{run_id}/stream", summary="Re-attach to a run: its events from a seq_id on, live while it runs")
+@runs.post("/{run_id}/stream", responses=SSE,
+           summary="Re-attach to a run: its events from a seq_id on, live while it runs")
 async def stream_run(run_id: str, request: Request, client: ClientDep,
                      body: Annotated[RunStreamRequest | None, Body()] = None) -> Response:
     body = body or RunStreamRequest()

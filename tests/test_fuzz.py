@@ -13,9 +13,10 @@ Where a well-formed request can still be refused for what it says, not how, the
 operation may also answer 400 (``ACCEPTED_400``, written to the run's schemathesis.toml):
 a built-in tool is not edited or deleted, a tool's source must define a plain typed
 function with a docstring, an agent needs a model the deployment has, an agent file or an
-upload must be one we read, ``requires_approval`` and a conversation's ``agent_id`` come in
-the query or the body (a one-of across the two a schema cannot state). A 422 there is
-still a failure. ``UNCHECKED_POSITIVE`` may answer 422 too, not yet clean (issue 18):
+upload must be one we read, a built-in tool runs inside a turn only (not through
+``/tools/{tool_name}/run``), a cancel needs a running turn, ``requires_approval`` and a
+conversation's ``agent_id`` come in the query or the body (a one-of across the two a schema
+cannot state). A 422 there is still a failure. ``UNCHECKED_POSITIVE`` may answer 422 too, not yet clean (issue 18):
 their request models live in the core (``letta_ray/group_policies.py``,
 ``letta_ray/mcp.py``), whose schema says less than their validators (a group's
 ``manager_type`` is not required though the union needs it, agent ids are not marked
@@ -53,7 +54,10 @@ CHECKS = ["not_a_server_error", "status_code_conformance", "response_schema_conf
 ACCEPTED_400 = [("DELETE", "/v1/tools/{tool_id}"), ("PATCH", "/v1/tools/{tool_id}"), ("POST", "/v1/tools/"),
                 ("PUT", "/v1/tools/"), ("POST", "/v1/tools/run"), ("POST", "/v1/agents/"),
                 ("POST", "/v1/agents/import"), ("PATCH", "/v1/agents/{agent_id}/tools/approval/{tool_name}"),
-                ("POST", "/v1/conversations/"), ("POST", "/v1/folders/{folder_id}/upload")]
+                ("POST", "/v1/conversations/"), ("POST", "/v1/folders/{folder_id}/upload"),
+                ("POST", "/v1/agents/{agent_id}/tools/{tool_name}/run"),
+                ("POST", "/v1/agents/{agent_id}/messages/cancel"),
+                ("POST", "/v1/conversations/{conversation_id}/cancel")]
 UNCHECKED_POSITIVE = [("POST", "/v1/groups/"), ("POST", "/v1/mcp-servers/"), ("PATCH", "/v1/agents/{agent_id}"),
                       *(("POST", path) for path in (
                           "/v1/agents/", "/v1/agents/{agent_id}/messages", "/v1/agents/{agent_id}/messages/async",
