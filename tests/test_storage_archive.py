@@ -177,6 +177,57 @@ def test_the_store_optimizes_itself_after_enough_writes(tmp_path):
     assert texts(store.search("a", query_text="two", mode="fts")) == ["two"]
 
 
+def test_inserts_go_on_while_the_store_optimizes(tmp_path, monkeypatch):
+    store = ArchivalStore(tmp_path / "archive", DIM, optimize_every=None)
+    store.insert([passage("a", f"note {i}") for i in range(20)])
+    table = store._table()
+    real_optimize, started, release = table.optimize, threading.Event(), threading.Event()
+
+    def slow_optimize(**kwargs):  # an optimize of a large table: seconds
+        started.set()
+        assert release.wait(10)
+        return real_optimize(**kwargs)
+
+    monkeypatch.setattr(table, "optimize", slow_optimize)
+    optimizing = threading.Thread(target=store.optimize)
+    optimizing.start()
+    assert started.wait(10)
+    wrote = threading.Thread(target=lambda: store.insert([passage("a", "written during the optimize")]))
+    wrote.start()
+    wrote.join(5)
+    assert not wrote.is_alive()  # the append did not wait for the optimize
+    release.set()
+    optimizing.join(10)
+    assert store.count("a") == 21 and store.unindexed_rows() <= 1
+    assert texts(store.search("a", query_text="during", mode="fts")) == ["written during the optimize"]
+
+
+def test_real_optimizes_beside_appends_lose_nothing(tmp_path):
+    store = ArchivalStore(tmp_path / "archive", DIM, optimize_every=None)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def optimizer() -> None:
+        while not done.is_set():
+            try:
+                store.optimize()
+            except BaseException as exc:  # a commit conflict would land here
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=optimizer)
+    thread.start()
+    for i in range(30):
+        store.insert([passage("a", f"batch {i} row {j}") for j in range(5)])
+    store.delete_agent("b")  # a delete takes both locks: waits for the optimize under way
+    done.set()
+    thread.join(30)
+    assert errors == []
+    store.optimize()
+    assert store.count("a") == 150 and store.unindexed_rows() == 0
+    assert texts(store.search("a", query_text="batch 29 row 4", mode="fts", top_k=1)) == ["batch 29 row 4"]
+
+
 def test_search_argument_errors(filled):
     with pytest.raises(InvalidInputError):
         filled.search("agent-a", query_text="x", mode="vector")

@@ -183,6 +183,11 @@ class ArchivalStore:
         self._db = lancedb.connect(self.path, read_consistency_interval=read_consistency_interval,
                                    storage_options=storage_options or None)
         self._write_lock = threading.RLock()
+        # optimize() (seconds at a million rows) holds only this one, so appends go on beside
+        # it: Lance commits an append concurrently with a compaction or an index update (the
+        # new fragments are simply not in the index yet). Deletes take both: a delete and a
+        # compaction of the same fragments conflict.
+        self._optimize_lock = threading.RLock()
         self._table_obj: Any = None
         self.optimize_every = optimize_every
         self._writes_since_optimize = 0
@@ -263,7 +268,9 @@ class ArchivalStore:
                 table.add(data)
             except Exception as exc:  # lancedb raises OSError/RuntimeError with the object store's reason
                 raise StorageError(f"cannot write to the archive at {self.path}: {exc}") from exc
-            self._wrote()
+            due = self._wrote()
+        if due:  # after the write lock: optimize takes its own lock first (deletes take both, in that order)
+            self.optimize()
 
     def delete(self, passage_id: str, *, agent_id: str | None = None) -> None:
         """Delete one passage (of ``agent_id``, when given); NotFoundError if there is none."""
@@ -271,21 +278,26 @@ class ArchivalStore:
         if agent_id is not None:
             where += f" AND agent_id = {sql_string(agent_id)}"
         table = self._table()
-        with self._write_lock:
+        with self._optimize_lock, self._write_lock:
             if table.count_rows(where) == 0:
                 raise NotFoundError("passage", passage_id)
             table.delete(where)
-            self._wrote()
+            due = self._wrote()
+        if due:
+            self.optimize()
 
     def delete_agent(self, agent_id: str) -> int:
         """Delete every passage of an agent; returns how many there were."""
         where = f"agent_id = {sql_string(agent_id)}"
         table = self._table()
-        with self._write_lock:
+        with self._optimize_lock, self._write_lock:
             count = table.count_rows(where)
+            due = False
             if count:
                 table.delete(where)
-                self._wrote()
+                due = self._wrote()
+        if due:
+            self.optimize()
         return count
 
     def optimize(self, *, cleanup_older_than: timedelta | None = None) -> None:
@@ -297,15 +309,15 @@ class ArchivalStore:
         when no other process reads the directory.
         """
         table = self._table()
-        with self._write_lock:
+        with self._optimize_lock:
             table.optimize(cleanup_older_than=cleanup_older_than)
+        with self._write_lock:
             self._writes_since_optimize = 0
 
-    def _wrote(self) -> None:
-        """Count a write (under the write lock); optimize when enough have piled up."""
+    def _wrote(self) -> bool:
+        """Count a write (under the write lock); whether enough have piled up to optimize."""
         self._writes_since_optimize += 1
-        if self.optimize_every is not None and self._writes_since_optimize >= self.optimize_every:
-            self.optimize()
+        return self.optimize_every is not None and self._writes_since_optimize >= self.optimize_every
 
     def unindexed_rows(self) -> int:
         """Rows written since the last ``optimize()``, which searches scan flat."""
