@@ -75,8 +75,12 @@ def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
 
 
-PROFILED = ("ray::AgentHost", "ray::ServeReplica", "ray::MetadataStoreActor", "fake LLM server",
-            "this process (HTTP client)")
+THIS_PROCESS = "this process (HTTP client)"
+PROFILED = ("ray::AgentHost", "ray::ServeReplica", "ray::MetadataStoreActor", "fake LLM server", THIS_PROCESS)
+
+
+def _who(pid: int) -> str:
+    return THIS_PROCESS if pid == os.getpid() else process_name(pid)
 
 
 def _frame_package(frame: str) -> str:
@@ -107,8 +111,7 @@ async def profiled(call: Callable[[int], Awaitable[Any]], seconds: float, folder
     per message and where its Python time goes (samples of the thread holding the GIL, by
     the package of the function running; litellm inclusive). Native threads that never
     hold the GIL (Ray's core worker, the raylet) show in the CPU figure only."""
-    pids = [p for p in session_pids() if (name := process_name(p) if p != os.getpid() else PROFILED[-1])
-            and name.startswith(PROFILED)]
+    pids = [p for p in session_pids() if _who(p).startswith(PROFILED)]
     spy = str(Path(sys.executable).with_name("py-spy"))
     recorders = {pid: await asyncio.create_subprocess_exec(
         spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "250", "-f", "raw", "--nonblocking", "--gil",
@@ -122,7 +125,7 @@ async def profiled(call: Callable[[int], Awaitable[Any]], seconds: float, folder
     messages = done["per_s"] * seconds
     lines = []
     for pid in sorted(pids, key=lambda p: -used[p]):
-        name = PROFILED[-1] if pid == os.getpid() else process_name(pid)
+        name = _who(pid)
         raw = folder / f"{pid}.txt"
         if not raw.exists():
             lines.append(f"{name}: {used[pid] * 1000 / messages:.2f} ms CPU/message (py-spy recorded nothing)")
@@ -204,7 +207,7 @@ async def bench(client: Any, base: str, fake_url: str, seconds: float, repeats: 
                     rounds.append(await senders(call, seconds, concurrency))
                     if label == "message" and concurrency == 8:
                         for p in pids:
-                            name = "this process (HTTP client)" if p == os.getpid() else process_name(p)
+                            name = _who(p)
                             cpu[name] = cpu.get(name, 0.0) + cpu_seconds(p) - before[p]
                         messages += rounds[-1]["per_s"] * seconds
                 results[label][concurrency] = median_of(rounds)

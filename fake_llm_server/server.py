@@ -370,9 +370,8 @@ class FakeOpenAIServer:
         paced = self.token_interval_s > 0
         first = True
         for text, is_piece in self._sse_frames(response, model, include_usage, words=paced):
-            if is_piece and paced:
-                if not first:
-                    await asyncio.sleep(self.token_interval_s)
+            if paced and is_piece and not first:
+                await asyncio.sleep(self.token_interval_s)
             yield text
             if is_piece and first:
                 first = False

@@ -151,8 +151,9 @@ def _filter(
 class ArchivalStore:
     """Passages of every agent in one LanceDB table, searchable by vector and text.
 
-    Thread-safe: writes (insert, delete, optimize, table creation) are serialised by a
-    lock; reads run concurrently. One process should own writes to a directory (the
+    Thread-safe: writes (insert, delete, table creation) are serialised by a lock, and
+    optimize by one of its own that deletes also take (appends go on beside an optimize);
+    reads run concurrently. One process should own writes to a directory (the
     runtime's archive actor); other readers see new rows after
     ``read_consistency_interval``.
 
