@@ -1,8 +1,8 @@
 """The directory: which host runs which agent, hosts made on demand, re-placement on death.
 
 Placement is a policy. ``packed`` spreads agents over up to ``max_hosts`` hosts (the
-CPU count by default), each holding at most ``agents_per_host``; ``dedicated`` gives
-every agent a host of its own. A host that dies loses only what it had not yet
+CPU count by default), each holding at most ``agents_per_host`` before another host is
+opened beside them; ``dedicated`` gives every agent a host of its own. A host that dies loses only what it had not yet
 acknowledged: its agents are placed again on live hosts and reload from the stores.
 """
 
@@ -52,11 +52,18 @@ def _unless_known(where: tuple[str, Any], known: Collection[str]) -> tuple[str, 
     return (where[0], None) if where[0] in known else where
 
 
+DEFAULT_AGENTS_PER_HOST = 50_000
+"""A host past one per CPU adds no parallelism, only a process (~0.3 GiB with litellm
+loaded) and its timers: 100,000 agents on 2 CPUs are 2 hosts of 50,000, not 20 of 5,000.
+Agents load lazily, so a restarted host of 50,000 costs no more than one of 5,000."""
+
+
 class Directory:
     """Maps agent ids to hosts, each host a ``HostHandle`` made by ``make_host``."""
 
-    def __init__(self, make_host: HostFactory, *, placement: str = "packed", agents_per_host: int = 5_000,
-                 max_hosts: int | None = None, exists: Callable[[list[str]], Awaitable[set[str]]] | None = None,
+    def __init__(self, make_host: HostFactory, *, placement: str = "packed",
+                 agents_per_host: int = DEFAULT_AGENTS_PER_HOST, max_hosts: int | None = None,
+                 exists: Callable[[list[str]], Awaitable[set[str]]] | None = None,
                  timers: Any = None, llm_limits: dict[str, LLMLimit] | None = None,
                  host_timeout_s: float = 30.0, slots: Callable[[], list[str]] | None = None) -> None:
         """``exists`` says which agent ids the store knows; ``timers`` persists schedules

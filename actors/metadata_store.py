@@ -690,9 +690,12 @@ class MetadataStoreActor:
 
     async def status(self) -> dict[str, Any]:
         """How far DuckDB is behind the journals (the apply lag: journaled bytes not yet
-        applied, and when turns were last applied), and the snapshots' state."""
+        applied, the seconds of ``_apply_lag``, and when turns were last applied), and the
+        snapshots' state."""
         files, backlog = self._journal_backlog()
-        return {"journal_files": files, "journal_backlog_bytes": backlog, "turns_applied": self.turns_applied,
+        lag_s, _ = self._apply_lag()
+        return {"journal_files": files, "journal_backlog_bytes": backlog, "apply_lag_s": lag_s,
+                "turns_applied": self.turns_applied,
                 "last_applied_at": self.last_applied_at, "snapshots": dict(self.snapshot_status),
                 "snapshots_to": self._snapshots.location.uri if self._snapshots is not None else None}
 

@@ -548,6 +548,7 @@ class ShardedStore(MetadataStoreHandle):
         applied = [p["last_applied_at"] for p in parts if p["last_applied_at"] is not None]
         return {"journal_files": sum(p["journal_files"] for p in parts),
                 "journal_backlog_bytes": sum(p["journal_backlog_bytes"] for p in parts),
+                "apply_lag_s": max(p["apply_lag_s"] for p in parts),
                 "turns_applied": sum(p["turns_applied"] for p in parts),
                 "last_applied_at": max(applied) if applied else None,
                 "snapshots": parts[0]["snapshots"], "snapshots_to": parts[0]["snapshots_to"],

@@ -29,6 +29,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,7 +205,11 @@ def measure(args: argparse.Namespace, url: str, *, nodes: int, s3: Any,
         raw_before = asyncio.run(measure_raw_litellm(url, args.raw_calls, args.raw_concurrency))
         cpu_before = {p: cpu_seconds(p) for p in [*cluster_pids(fake), os.getpid(), *fake]}
         s3_before_rounds = s3_requests(s3)
-        reports = client.run_sync(sim.run())
+        with StoreLag(client) as lag:
+            reports = client.run_sync(sim.run())
+            rounds_done = time.perf_counter()
+            client.run_sync(client.runtime.store.count_agents())  # a read: every acknowledged turn applied
+            caught_up_s = time.perf_counter() - rounds_done
         s3_rounds = s3_requests(s3) - s3_before_rounds
         cpu_used: dict[str, float] = {}
         for p, before in cpu_before.items():
@@ -220,7 +225,6 @@ def measure(args: argparse.Namespace, url: str, *, nodes: int, s3: Any,
                                                     messages=messages, tools=tools or None))
         pss_after, rss_after, _ = memory(fake)
         load = os.getloadavg()
-        client.run_sync(client.runtime.store.count_agents())  # every acknowledged turn applied
         journal_bytes = sum(f.stat().st_size for f in (Path(home) / "journal").glob("**/*.log"))
         duckdb_bytes = sum(f.stat().st_size for f in Path(home).glob("meta*.duckdb*"))
         breakdown = sorted(((pss_bytes(p), process_name(p)) for p in cluster_pids(fake)), reverse=True)
@@ -267,6 +271,8 @@ def measure(args: argparse.Namespace, url: str, *, nodes: int, s3: Any,
         f"to the like-for-like ceiling {rate / raw_alike['calls_per_s']:.2f}",
         "  where the memory is (PSS after the rounds): " + ", ".join(
             f"{name} {size / 2**20:.0f} MiB" for size, name in breakdown[:8]),
+        f"  the store's apply lag during the rounds (sampled every {lag.every_s:.0f} s): {lag.summary()}; "
+        f"DuckDB held every turn {caught_up_s:.2f} s after the last round",
         f"  what the store keeps: meta.duckdb {duckdb_bytes / 2**20:.0f} MiB, host journals "
         f"{journal_bytes / 2**20:.0f} MiB still on disk; {journal_bytes / max(1, turns) / 1024:.1f} KiB of journal "
         f"per turn",
@@ -291,6 +297,38 @@ def measure(args: argparse.Namespace, url: str, *, nodes: int, s3: Any,
                      f"of the metadata: {snapshot['seconds']:.2f} s, {snapshot['bytes'] / 2**20:.1f} MiB, "
                      f"{snapshot['requests']} requests")
     return lines, {"rate": rate, "create_s": create_s, "pss": pss, "idle": idle}
+
+
+class StoreLag:
+    """Samples the metadata store's apply lag (journaled turns not yet in DuckDB) from a
+    thread while the rounds run."""
+
+    def __init__(self, client: Any, every_s: float = 1.0) -> None:
+        self.client, self.every_s = client, every_s
+        self.seconds: list[float] = []
+        self.bytes: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="store-lag", daemon=True)
+
+    def __enter__(self) -> StoreLag:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every_s):
+            status = self.client.run_sync(self.client.runtime.store.status())
+            self.seconds.append(status["apply_lag_s"])
+            self.bytes.append(status["journal_backlog_bytes"])
+
+    def summary(self) -> str:
+        if not self.seconds:
+            return "no sample"
+        return (f"median {statistics.median(self.seconds):.2f} s / {statistics.median(self.bytes) / 2**20:.1f} MiB, "
+                f"worst {max(self.seconds):.2f} s / {max(self.bytes) / 2**20:.1f} MiB")
 
 
 async def keeper_stats(keepers: list[Any]) -> list[dict[str, int]]:

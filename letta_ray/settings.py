@@ -84,7 +84,8 @@ class Settings(BaseSettings):
     embedding_model: str = Field(default="hash", description="'hash', 'local' or a litellm embedding model")
     embedding_dim: int = 384
     placement: Literal["packed", "dedicated"] = "packed"
-    agents_per_host: int = Field(default=5_000, ge=1)
+    agents_per_host: int = Field(default=50_000, ge=1, description="agents a packed host holds before "
+                                 "another is opened beside the one per CPU")
     max_hosts: int | None = Field(default=None, description="hosts for packed placement; "
                                   "default: the cluster's CPU count")
     num_cpus: int | None = Field(default=None, description="CPUs for an embedded Ray (default: all)")

@@ -149,7 +149,10 @@ class Simulation:
         existing = set(await self.client.existing_agents_async(self.agent_ids))
         missing = [p for p in self.profiles if self.agent_ids[p.index] not in existing]
         for start in range(0, len(missing), chunk):
-            await self.client.create_agents_async([self._state(p) for p in missing[start:start + chunk]])
+            # every block is the population's own, new (none shared with a stored agent): the
+            # hosts journal the agents (one fsync) rather than wait for DuckDB's transaction
+            await self.client.create_agents_async([self._state(p) for p in missing[start:start + chunk]],
+                                                  new_blocks=True)
         table = pa.table({"index": [p.index for p in self.profiles], "name": [p.name for p in self.profiles],
                           "agent_id": self.agent_ids})
         write_parquet(self.run_dir / "agents.parquet", table)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import lance
 import pyarrow as pa
 import pytest
 
+import letta_ray.storage.archive as archive_module
 from letta_ray.deps import Archive
 from letta_ray.embeddings import HashEmbedder
 from letta_ray.errors import InvalidInputError, NotFoundError, StorageError
@@ -180,15 +183,14 @@ def test_the_store_optimizes_itself_after_enough_writes(tmp_path):
 def test_inserts_go_on_while_the_store_optimizes(tmp_path, monkeypatch):
     store = ArchivalStore(tmp_path / "archive", DIM, optimize_every=None)
     store.insert([passage("a", f"note {i}") for i in range(20)])
-    table = store._table()
-    real_optimize, started, release = table.optimize, threading.Event(), threading.Event()
+    real_dataset, started, release = archive_module.lance.dataset, threading.Event(), threading.Event()
 
-    def slow_optimize(**kwargs):  # an optimize of a large table: seconds
+    def slow_dataset(*args, **kwargs):  # an optimize of a large table: seconds
         started.set()
         assert release.wait(10)
-        return real_optimize(**kwargs)
+        return real_dataset(*args, **kwargs)
 
-    monkeypatch.setattr(table, "optimize", slow_optimize)
+    monkeypatch.setattr(archive_module.lance, "dataset", slow_dataset)
     optimizing = threading.Thread(target=store.optimize)
     optimizing.start()
     assert started.wait(10)
@@ -200,6 +202,57 @@ def test_inserts_go_on_while_the_store_optimizes(tmp_path, monkeypatch):
     optimizing.join(10)
     assert store.count("a") == 21 and store.unindexed_rows() <= 1
     assert texts(store.search("a", query_text="during", mode="fts")) == ["written during the optimize"]
+
+
+def test_an_optimize_touches_only_what_was_written_since_the_last(tmp_path, monkeypatch):
+    monkeypatch.setattr(archive_module, "FRAGMENT_ROWS", 50)
+    monkeypatch.setattr(archive_module, "COMPACT_AT", 4)
+    monkeypatch.setattr(archive_module, "MERGE_DELTAS_AT", 3)
+    store = ArchivalStore(tmp_path / "archive", DIM, optimize_every=None)
+    store.insert([passage("a", f"old fact {i}") for i in range(60)])  # one fragment of 60 rows: a full one
+    store.optimize()
+    full_files: set[str] = set()  # the data files of every full fragment seen so far
+    deltas_seen = []
+    for round_no in range(12):
+        for i in range(4):  # four small fragments: the compaction's threshold
+            store.insert([passage("b", f"round {round_no} note {i} row {j}") for j in range(3)])
+        store.optimize()
+        fragments = lance.dataset(store._table().uri).get_fragments()
+        files = {f.path for fragment in fragments for f in fragment.data_files()}
+        assert full_files <= files  # a full fragment is never rewritten
+        full_files |= {f.path for fragment in fragments if fragment.physical_rows >= 50 for f in fragment.data_files()}
+        # the small ones are compacted after a merge of the deltas covering them: they stay few
+        assert sum(1 for f in fragments if f.physical_rows < 50) <= 4 * 3 + 4
+        deltas_seen.append(max(Counter(ix["name"] for ix in lance.dataset(store._table().uri).list_indices()).values()))
+        assert store.unindexed_rows() == 0
+    assert len(full_files) >= 2  # the old one, and a new full one made of the small
+    assert 1 < max(deltas_seen) <= 3 + 2  # deltas made, and merged at the threshold (tiers of a few)
+    assert store.count("a") == 60 and store.count("b") == 144
+    assert texts(store.search("b", query_text="round 11 note 3 row 2", mode="fts", top_k=1)) == [
+        "round 11 note 3 row 2"]
+    assert texts(store.search("a", query_vector=vec("old fact 7"), mode="vector", top_k=1)) == ["old fact 7"]
+
+
+def test_deltas_merge_in_size_tiers():
+    assert archive_module.deltas_to_merge([1_000_000] + [2_000] * 6) == 0  # fewer than MERGE_DELTAS_AT
+    assert archive_module.deltas_to_merge([1_000_000] + [2_000] * 7) == 7  # the big first one left alone
+    assert archive_module.deltas_to_merge([1_000_000, 14_000] + [2_000] * 7) == 8  # a tier as big as the new
+    assert archive_module.deltas_to_merge([1_000_000, 50_000] + [2_000] * 7) == 7
+    assert archive_module.deltas_to_merge([9, 8, 7, 6, 5, 4, 3, 2]) == 0  # each older delta bigger than the newer
+
+
+def test_an_optimize_failing_is_a_storage_error(tmp_path, monkeypatch):
+    store = ArchivalStore(tmp_path / "archive", DIM, optimize_every=None)
+    store.insert([passage("a", "kept")])
+
+    def broken(*args, **kwargs):
+        raise OSError("the object store is unreachable")
+
+    monkeypatch.setattr(archive_module.lance, "dataset", broken)
+    with pytest.raises(StorageError, match="cannot optimize the archive"):
+        store.optimize()
+    monkeypatch.undo()
+    assert texts(store.search("a", query_text="kept", mode="fts")) == ["kept"]
 
 
 def test_real_optimizes_beside_appends_lose_nothing(tmp_path):

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import lance
 import lancedb
 import numpy as np
 import pyarrow as pa
@@ -40,6 +41,34 @@ TABLE_NAME = "passages"
 VECTOR_COLUMN = "vector"
 RRF_K = 60
 """The k of reciprocal rank fusion, score = sum of 1 / (k + rank); 60 as in the paper."""
+
+FRAGMENT_ROWS = 1024 * 1024
+"""Compaction merges fragments smaller than this into ones of up to this many rows (Lance's
+default); a fragment this big is not rewritten again. Fewer, bigger fragments search
+faster: a million rows in 10 fragments of 100,000 took 24 ms per hybrid search, in one
+fragment 15 ms. (LanceDB's ``optimize()`` compacts on every call, so it rewrote a table
+of a million rows whole each time, 9 s; here compaction follows the deltas' merges.)"""
+COMPACT_AT = 32
+"""Small fragments (one per insert) that make a merging ``optimize`` compact them too."""
+MERGE_DELTAS_AT = 8
+"""Delta segments of the indices that make ``optimize`` merge the newest of them."""
+
+
+def deltas_to_merge(rows_per_delta: Sequence[int]) -> int:
+    """How many of the newest index deltas to merge (0: none), from each delta's rows,
+    oldest first. Size-tiered, as an LSM tree: once ``MERGE_DELTAS_AT`` deltas pile up,
+    the newest are merged together with each older one no bigger than them all, so a
+    delta is rewritten about log2(table / delta) times in all, and the big first one
+    (a million rows: 2 s to merge) only when the newer ones add up to its size."""
+    if len(rows_per_delta) < MERGE_DELTAS_AT:
+        return 0
+    newest = list(reversed(rows_per_delta))
+    count, total = 1, newest[0]
+    for rows in newest[1:]:
+        if rows > total:
+            break
+        count, total = count + 1, total + rows
+    return count if count > 1 else 0
 
 _NOT_STORED = {"embedding", "score"}  # embedding is stored as `vector`; score is per query
 
@@ -181,8 +210,9 @@ class ArchivalStore:
         self._schema = passage_schema(dim)
         # ``path`` may be an object-store URI (s3://...): LanceDB does that I/O itself, with
         # ``storage_options`` (see ``object_store.StorageLocation.lance_options``).
+        self._storage_options = storage_options or None
         self._db = lancedb.connect(self.path, read_consistency_interval=read_consistency_interval,
-                                   storage_options=storage_options or None)
+                                   storage_options=self._storage_options)
         self._write_lock = threading.RLock()
         # optimize() (seconds at a million rows) holds only this one, so appends go on beside
         # it: Lance commits an append concurrently with a compaction or an index update (the
@@ -302,16 +332,40 @@ class ArchivalStore:
         return count
 
     def optimize(self, *, cleanup_older_than: timedelta | None = None) -> None:
-        """Compact small fragments and bring new rows into the indices.
+        """Bring new rows into the indices and keep the fragments few, at a cost that follows
+        the rows written since the last call, not the table's size.
 
         Each ``insert`` is one fragment and unindexed rows are scanned flat, so a busy
-        archive should be optimized every few hundred writes. ``cleanup_older_than``
-        drops old table versions (LanceDB keeps 7 days by default); only shorten it
-        when no other process reads the directory.
+        archive should be optimized every few thousand rows. New rows go into a delta of
+        each index (0.1 s for 15,000 new rows in a table of a million, where LanceDB's
+        ``optimize()`` took 9 s: it rewrote the whole table and merged every index).
+        Once ``MERGE_DELTAS_AT`` deltas pile up the newest are merged (``deltas_to_merge``),
+        and then, if ``COMPACT_AT`` small fragments have piled up too, they are compacted
+        into fragments of up to ``FRAGMENT_ROWS`` (Lance compacts together only
+        fragments that the same index deltas cover, which the merge has just made). A
+        load of ``COMPACT_AT`` fragments or more is compacted before it is indexed.
+        ``cleanup_older_than`` drops table versions older than that (Lance keeps them
+        all otherwise); only make it short when no other process reads the directory.
         """
         table = self._table()
         with self._optimize_lock:
-            table.optimize(cleanup_older_than=cleanup_older_than)
+            try:
+                dataset = lance.dataset(table.uri, storage_options=self._storage_options)
+                merge, unindexed = 0, 0
+                if dataset.list_indices():  # each index has the same deltas: all are optimized at once
+                    stats = dataset.stats.index_stats(dataset.list_indices()[0]["name"])
+                    merge = deltas_to_merge(stats["num_indexed_rows_per_delta"])
+                    unindexed = stats["num_unindexed_fragments"]
+                if unindexed >= COMPACT_AT:  # a load: its fragments together first (no index to remap)
+                    dataset.optimize.compact_files(target_rows_per_fragment=FRAGMENT_ROWS)
+                dataset.optimize.optimize_indices(num_indices_to_merge=merge)  # no new rows: nothing
+                if merge and sum(1 for f in dataset.get_fragments() if f.physical_rows < FRAGMENT_ROWS) >= COMPACT_AT:
+                    dataset.optimize.compact_files(target_rows_per_fragment=FRAGMENT_ROWS)
+                if cleanup_older_than is not None:
+                    dataset.cleanup_old_versions(older_than=cleanup_older_than)
+            except Exception as exc:  # lance raises OSError/RuntimeError with the object store's reason
+                raise StorageError(f"cannot optimize the archive at {self.path}: {exc}") from exc
+            table.checkout_latest()  # this handle reads the optimized version from now on
         with self._write_lock:
             self._writes_since_optimize = 0
 
