@@ -2,8 +2,9 @@
 
 Placement is a policy. ``packed`` spreads agents over up to ``max_hosts`` hosts (the
 CPU count by default), each holding at most ``agents_per_host`` before another host is
-opened beside them; ``dedicated`` gives every agent a host of its own. A host that dies loses only what it had not yet
-acknowledged: its agents are placed again on live hosts and reload from the stores.
+opened beside them; ``dedicated`` gives every agent a host of its own. A host that dies
+loses only what it had not yet acknowledged: its agents are placed again on live hosts
+and reload from the stores.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 
 from letta_ray.errors import NotFoundError
 from letta_ray.messages import MessageCreate
+from letta_ray.settings import DEFAULT_AGENTS_PER_HOST
 
 from ._facade import ActorFacade, remote_method
 from .limits import LLMLimit, LLMLimiter
@@ -50,12 +52,6 @@ HostFactory = Callable[[str], Any]
 
 def _unless_known(where: tuple[str, Any], known: Collection[str]) -> tuple[str, Any]:
     return (where[0], None) if where[0] in known else where
-
-
-DEFAULT_AGENTS_PER_HOST = 50_000
-"""A host past one per CPU adds no parallelism, only a process (~0.3 GiB with litellm
-loaded) and its timers: 100,000 agents on 2 CPUs are 2 hosts of 50,000, not 20 of 5,000.
-Agents load lazily, so a restarted host of 50,000 costs no more than one of 5,000."""
 
 
 class Directory:

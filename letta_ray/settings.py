@@ -54,6 +54,12 @@ class ModelResolution:
     why: str
 
 
+DEFAULT_AGENTS_PER_HOST = 50_000
+"""A packed host past one per CPU adds no parallelism, only a process (~0.3 GiB with
+litellm loaded) and its timers: 100,000 agents on 2 CPUs are 2 hosts of 50,000, not 20 of
+5,000. Agents load lazily, so a restarted host of 50,000 costs no more than one of 5,000."""
+
+
 class Settings(BaseSettings):
     """letta_ray configuration. Every field can be set as ``LETTA_RAY_<FIELD>`` in the environment."""
 
@@ -84,8 +90,8 @@ class Settings(BaseSettings):
     embedding_model: str = Field(default="hash", description="'hash', 'local' or a litellm embedding model")
     embedding_dim: int = 384
     placement: Literal["packed", "dedicated"] = "packed"
-    agents_per_host: int = Field(default=50_000, ge=1, description="agents a packed host holds before "
-                                 "another is opened beside the one per CPU")
+    agents_per_host: int = Field(default=DEFAULT_AGENTS_PER_HOST, ge=1, description="agents a packed host "
+                                 "holds before another is opened beside the one per CPU")
     max_hosts: int | None = Field(default=None, description="hosts for packed placement; "
                                   "default: the cluster's CPU count")
     num_cpus: int | None = Field(default=None, description="CPUs for an embedded Ray (default: all)")
