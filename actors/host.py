@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from letta_ray import _collector
 from letta_ray.agent import EventSink, StepResult, compact, default_initial_messages, preview_request, step
 from letta_ray.base_tools import BASE_TOOLS
 from letta_ray.context import MessageCache, transcript
@@ -155,6 +156,7 @@ class AgentHost:
         the MCP servers' actors, which MCP tools' calls go to. ``keeper`` is a journal keeper on
         the store's node (``store_node``): a host on another node ships its journal there
         (see ``journal_keeper``), since its own disk may go with its node."""
+        _collector.tune()
         self.tools = tools
         self.mcp = mcp
         self.host_id = host_id
@@ -708,7 +710,8 @@ class AgentHost:
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         return {"host_id": self.host_id, "pid": os.getpid(), "node_id": node, "agents": len(self.agents),
                 "busy": sum(1 for h in self.agents.values() if h.lock.locked()),
-                "llm_http_handler": "litellm" if self._llm_http_handler else "openai-sdk"}
+                "llm_http_handler": "litellm" if self._llm_http_handler else "openai-sdk",
+                "gc": _collector.stats()}
 
     async def set_llm_limits(self, version: int, limits: dict[str, LLMLimit]) -> None:
         """The directory's push of the cluster's new LLM limits."""

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from letta_ray import _collector
 from letta_ray.errors import NotFoundError, StorageError
 from letta_ray.mcp import MCPServer
 from letta_ray.messages import Message, Role, StepRecord
@@ -73,6 +74,7 @@ class MetadataStoreActor:
         from letta_ray.storage.metadata import MetadataStore
         from letta_ray.storage.snapshots import Snapshots, restore_latest
 
+        _collector.tune()
         self._snapshots = Snapshots(snapshots) if snapshots is not None else None
         self._snapshot_interval_s = snapshot_interval_s
         self._snapshotting: asyncio.Task[None] | None = None

@@ -85,18 +85,36 @@ def settle_until_quiet(exclude: set[int], limit_s: float = 30.0) -> None:
         pass
 
 
-def hosts_by_node(client: Any) -> dict[str, list[str]]:
-    """Which node each agent host runs on, with its agent count."""
+def host_infos(client: Any) -> list[dict[str, Any]]:
+    """Every agent host's ``info()``."""
 
     async def infos() -> list[dict[str, Any]]:
         hosts = await client.runtime.directory.all_hosts()
         return await asyncio.gather(*(h.info() for h in hosts.values()))
 
-    infos = client.run_sync(infos())
+    return client.run_sync(infos())
+
+
+def hosts_by_node(infos: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Which node each agent host runs on, with its agent count."""
     nodes: dict[str, list[str]] = {}
     for info in infos:
         nodes.setdefault(info["node_id"] or "?", []).append(f"{info['host_id']} ({info['agents']:,} agents)")
     return nodes
+
+
+def collector_during(before: list[dict[str, Any]], after: list[dict[str, Any]], turns: int) -> str:
+    """The hosts' garbage collections between two ``host_infos``: per generation, how many
+    and the milliseconds they took per turn."""
+    was = {i["host_id"]: i["gc"] for i in before}
+    counts, seconds = [0, 0, 0], [0.0, 0.0, 0.0]
+    for info in after:
+        old = was.get(info["host_id"], {"collections": [0, 0, 0], "seconds": [0.0, 0.0, 0.0]})
+        for g in range(3):
+            counts[g] += info["gc"]["collections"][g] - old["collections"][g]
+            seconds[g] += info["gc"]["seconds"][g] - old["seconds"][g]
+    return ", ".join(f"generation {g}: {counts[g]:,} ({seconds[g] * 1000 / max(1, turns):.3f} ms/turn)"
+                     for g in range(3))
 
 
 def main() -> None:
@@ -197,6 +215,8 @@ def measure(args: argparse.Namespace, url: str, *, nodes: int, s3: Any,
         started = time.perf_counter()
         client.run_sync(sim._create_agents())
         create_s = time.perf_counter() - started
+        client.run_sync(client.runtime.store.count_agents())  # a read: the store applied every agent
+        applied_s = time.perf_counter() - started - create_s
         settle_until_quiet(fake)  # hosts import litellm in the background after they start
         pss, rss, nprocs = memory(fake)
         idle_by_process: dict[str, float] = {}
@@ -205,6 +225,7 @@ def measure(args: argparse.Namespace, url: str, *, nodes: int, s3: Any,
         raw_before = asyncio.run(measure_raw_litellm(url, args.raw_calls, args.raw_concurrency))
         cpu_before = {p: cpu_seconds(p) for p in [*cluster_pids(fake), os.getpid(), *fake]}
         s3_before_rounds = s3_requests(s3)
+        hosts_before = host_infos(client)
         with StoreLag(client) as lag:
             reports = client.run_sync(sim.run())
             rounds_done = time.perf_counter()
@@ -228,7 +249,8 @@ def measure(args: argparse.Namespace, url: str, *, nodes: int, s3: Any,
         journal_bytes = sum(f.stat().st_size for f in (Path(home) / "journal").glob("**/*.log"))
         duckdb_bytes = sum(f.stat().st_size for f in Path(home).glob("meta*.duckdb*"))
         breakdown = sorted(((pss_bytes(p), process_name(p)) for p in cluster_pids(fake)), reverse=True)
-        placement = hosts_by_node(client)
+        hosts_after = host_infos(client)
+        placement = hosts_by_node(hosts_after)
         keepers = client.run_sync(keeper_stats(client.runtime.keepers))
         snapshot = None
         if s3 is not None:
@@ -249,7 +271,8 @@ def measure(args: argparse.Namespace, url: str, *, nodes: int, s3: Any,
         f"{cpus} CPUs over {nodes} node{'s' * (nodes > 1)}, load average {load[0]:.1f} at the end",
         f"  Ray started in                               {ray_start_s:8.1f} s",
         f"  population + topology built in               {build_s:8.2f} s",
-        f"  agents created in                            {create_s:8.2f} s   ({args.agents / create_s:,.0f} agents/s)",
+        f"  agents created in                            {create_s:8.2f} s   ({args.agents / create_s:,.0f} agents/s); "
+        f"DuckDB held every agent {applied_s:.2f} s later",
         f"  Ray cluster memory, idle, before agents      {base_pss:8.2f} GiB PSS ({base_rss:.2f} GiB RSS sum)",
         f"  Ray cluster memory, {args.agents:,} agents created   {pss:8.2f} GiB PSS ({rss:.2f} GiB RSS sum, "
         f"{nprocs} processes)",
@@ -283,6 +306,7 @@ def measure(args: argparse.Namespace, url: str, *, nodes: int, s3: Any,
             f"{name} {seconds * 1000 / turns:.2f} ms" for name, seconds in sorted(cpu_used.items(),
                                                                                 key=lambda kv: -kv[1])
             if seconds * 1000 / turns >= 0.01),
+        "  the hosts' garbage collections during the rounds: " + collector_during(hosts_before, hosts_after, turns),
     ]
     if nodes > 1:
         lines.append("  hosts per node: " + "; ".join(f"node {node[:8]}: {', '.join(hosts)}"

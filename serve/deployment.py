@@ -18,6 +18,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 from fastapi import FastAPI
 from ray import serve
 
+from letta_ray import _collector
 from letta_ray.actors.client import Client
 from letta_ray.actors.runtime import start_runtime
 from letta_ray.settings import Settings
@@ -51,6 +52,7 @@ class LettaHTTP:
     """One replica: a ``Client`` on the deployment actors and the FastAPI app over it."""
 
     async def __init__(self, settings: Settings, loopback: bool = True) -> None:
+        _collector.tune()
         if loopback:
             keep_replica_grpc_on_loopback()
         if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1":
