@@ -177,6 +177,17 @@ def test_hosts_send_llm_calls_through_litellms_own_http_client(client: Any, fake
     assert client.run_sync(host.info())["llm_http_handler"] == "litellm"
 
 
+def test_hosts_run_with_the_collector_tuned_for_turns_in_flight(client: Any, fake_llm_server: Any) -> None:
+    from letta_ray import _collector
+
+    agent = new_agent(client, fake_llm_server)
+    agent.send("hi")
+    _, host = client.run_sync(client.hosts.locate(agent.id))
+    collector = client.run_sync(host.info())["gc"]
+    assert collector["thresholds"] == list(_collector.THRESHOLDS)
+    assert len(collector["collections"]) == 3 and all(n >= 0 for n in collector["collections"])
+
+
 def test_kill_9_of_a_host_then_the_agent_answers_with_memory_intact(client: Any, fake_llm_server: Any) -> None:
     agent = new_agent(client, fake_llm_server)
     agent.send("remember has a cat named Miso")
