@@ -9,8 +9,10 @@ full collection, and a full collection walks every object of every hosted agent.
 Measured with the in-process host and an instant LLM (5,000 and 50,000 agents, 256 turns
 in flight): the collector took 0.6-1.2 ms of a 1.6-2.4 ms turn, nearly all of it in
 full collections of 0.3-1.2 s each (a stall of every turn on the host). With these
-thresholds it takes 0.06-0.2 ms, full collections stop, and a young collection pauses
-for ~5 ms. Cycles are still collected; they just wait for ~50,000 allocations.
+thresholds it takes 0.06-0.2 ms and full collections stop. A young collection then
+pauses the host for ~50 ms there, and ~100 ms about once a second in a simulation round
+(bench/sim.py, 5,000-50,000 agents per host). Cycles are still collected; they just wait
+for ~50,000 allocations.
 """
 
 from __future__ import annotations

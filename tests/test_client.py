@@ -185,7 +185,7 @@ def test_hosts_run_with_the_collector_tuned_for_turns_in_flight(client: Any, fak
     _, host = client.run_sync(client.hosts.locate(agent.id))
     collector = client.run_sync(host.info())["gc"]
     assert collector["thresholds"] == list(_collector.THRESHOLDS)
-    assert len(collector["collections"]) == 3 and all(n >= 0 for n in collector["collections"])
+    assert len(collector["collections"]) == len(collector["seconds"]) == 3  # per generation, as bench/sim.py reads it
 
 
 def test_kill_9_of_a_host_then_the_agent_answers_with_memory_intact(client: Any, fake_llm_server: Any) -> None:
