@@ -15,6 +15,9 @@ renamed actor method fails when the facade's module is imported, not at run time
 
 ``Facade.local(instance)`` makes the same facade over a plain instance in this process
 (unit tests of one actor against another, without Ray).
+
+A hot call made from sync code can also be declared with ``blocking_method``: it waits for
+the actor in the caller's thread (``ray.get``) instead of on an event loop.
 """
 
 from __future__ import annotations
@@ -102,6 +105,15 @@ class ActorFacade:
             return await bound(*args, **kwargs)
         return await await_ref(bound.remote(*args, **kwargs), self._timeout)
 
+    def _invoke_blocking(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        bound = getattr(self.actor, method)
+        if self._local:
+            return run_blocking(lambda: bound(*args, **kwargs), self._timeout)
+        try:
+            return ray.get(bound.remote(*args, **kwargs), timeout=self._timeout)
+        except RayTaskError as exc:
+            raise unwrap(exc) from None
+
     async def _stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
         bound = getattr(self.actor, method)
         if self._local:
@@ -129,6 +141,21 @@ def remote_method(fn: Callable[Concatenate[Any, P], Awaitable[R]]
     @functools.wraps(fn)
     async def call(self: ActorFacade, *args: P.args, **kwargs: P.kwargs) -> R:
         return await self._invoke(name, args, kwargs)
+
+    return call
+
+
+def blocking_method(fn: Callable[Concatenate[Any, P], Awaitable[R]]) -> Callable[Concatenate[Any, P], R]:
+    """A sync facade method that runs the actor class's method ``fn`` and waits for it in the
+    calling thread. For sync callers on a hot path: a coroutine run on a client's loop thread
+    costs two thread hops and an asyncio future per call (~0.25 ms of CPU), this one neither.
+    A call that outlives the facade's timeout raises ``ray.exceptions.GetTimeoutError`` (a
+    ``TimeoutError``)."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def call(self: ActorFacade, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._invoke_blocking(name, args, kwargs)  # type: ignore[no-any-return]
 
     return call
 

@@ -252,8 +252,16 @@ class Directory:
         this directory's epoch, which the caller passes to the host (``AgentHost.create_agents``).
 
         Saves a creation its call here. An id never used stays placed (counted in its host's
-        load) until ``forget``: callers reserve a few at a time."""
+        load) until ``release``d: a client releases the ones it has left when it closes."""
         return self.epoch, await self.place(agent_ids, known)
+
+    async def release(self, agent_ids: list[str]) -> None:
+        """Reserved ids that will not be used: their hosts no longer count them."""
+        async with self._lock:
+            for agent_id in agent_ids:
+                host_id = self.where.pop(agent_id, None)
+                if host_id in self.load:
+                    self.load[host_id] -= 1
 
     async def locate(self, agent_id: str, known: Collection[str] = ()) -> tuple[str, Any]:
         """The host of an existing agent, placing it if no live host has it yet."""
@@ -386,6 +394,7 @@ class DirectoryHandle(ActorFacade):
 
     place = remote_method(Directory.place)
     reserve = remote_method(Directory.reserve)
+    release = remote_method(Directory.release)
     locate = remote_method(Directory.locate)
     locate_many = remote_method(Directory.locate_many)
     host_failed = remote_method(Directory.host_failed)

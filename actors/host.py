@@ -57,7 +57,7 @@ from letta_ray.schemas import (
 )
 from letta_ray.tools import ToolContext, ToolFunction, ToolOutcome, Toolset, clip, sandboxed_tool
 
-from ._facade import ActorFacade, remote_method, streaming_method
+from ._facade import ActorFacade, blocking_method, remote_method, streaming_method
 from ._journal import Journal, JournalWriter, TurnRecord
 from .archive import ArchiveHandle
 from .journal_keeper import KeeperHandle, ShippedJournal
@@ -797,6 +797,7 @@ class HostHandle(ActorFacade):
     """An agent host's methods, awaited (see ``AgentHost``)."""
 
     create_agents = remote_method(AgentHost.create_agents)
+    create_agents_blocking = blocking_method(AgentHost.create_agents)  # Client.create_agent's fast path
     drop = remote_method(AgentHost.drop)
     cancel = remote_method(AgentHost.cancel)
     send = remote_method(AgentHost.send)

@@ -11,6 +11,7 @@ these hosts and the loop sync calls run on.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -29,7 +30,7 @@ from .runtime import Runtime
 T = TypeVar("T")
 Item = TypeVar("Item")
 _ATTEMPTS = 3
-RESERVE_MAX = 32
+RESERVE_MAX = 256
 
 
 class Hosts:
@@ -45,25 +46,46 @@ class Hosts:
         self._epoch = ""  # the directory incarnation that placed them
         self._reserve_next = 2
         self._reserving = asyncio.Lock()
+        self._stock = threading.Lock()  # reserved ids are taken from sync callers' threads too
+
+    def reserved_now(self) -> tuple[str, str, tuple[str, HostHandle]] | None:
+        """An agent id placed ahead, with its directory epoch and host, if one is left; no call.
+        Safe from any thread (``Client.create_agent`` takes one in its caller's thread)."""
+        with self._stock:
+            if not self._reserved:
+                return None
+            agent_id, where = self._reserved.pop()
+            epoch = self._epoch
+        self._where[agent_id] = where
+        return agent_id, epoch, where
 
     async def reserved(self) -> tuple[str, str, tuple[str, HostHandle]]:
         """An agent id placed ahead, the directory epoch that placed it and its host: agents
         created one at a time need no call to the directory each (``Directory.reserve``).
         Reserves twice as many each time it runs out, up to RESERVE_MAX."""
         async with self._reserving:
-            if not self._reserved:
+            while (taken := self.reserved_now()) is None:  # other threads may take the new ones first
                 ids = [new_id("agent") for _ in range(self._reserve_next)]
-                self._epoch, where = await self.directory.reserve(ids, list(self._handles))
-                self._reserved = [(a, self._known(w)) for a, w in zip(ids, where, strict=True)]
+                epoch, where = await self.directory.reserve(ids, list(self._handles))
+                stock = [(a, self._known(w)) for a, w in zip(ids, where, strict=True)]
+                with self._stock:
+                    self._epoch, self._reserved = epoch, stock
                 self._reserve_next = min(RESERVE_MAX, self._reserve_next * 2)
-            agent_id, where = self._reserved.pop()
-        self._where[agent_id] = where
-        return agent_id, self._epoch, where
+        return taken
 
     def drop_reserved(self) -> None:
         """Forget the ids reserved (their directory was replaced)."""
-        self._reserved.clear()
+        with self._stock:
+            self._reserved.clear()
         self._reserve_next = 2
+
+    async def release_reserved(self) -> None:
+        """Give the ids reserved and not used back to the directory (the client is closing)."""
+        with self._stock:  # a directory restarted since never knew them: releasing them does nothing
+            ids = [a for a, _ in self._reserved]
+            self._reserved.clear()
+        if ids:
+            await self.directory.release(ids)
 
     def _known(self, where: tuple[str, HostHandle | None]) -> tuple[str, HostHandle]:
         """A directory's answer with the handle filled in (it leaves out the ones we hold)."""

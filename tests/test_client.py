@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import letta_ray
-from letta_ray.errors import BlockLimitError, ConflictError, InvalidInputError, NotFoundError
+from letta_ray.errors import BlockLimitError, ConflictError, InputTooLargeError, InvalidInputError, NotFoundError
 from letta_ray.local_cluster import process_gone
 from letta_ray.messages import AssistantMessage, ToolCallMessage
 from letta_ray.schemas import Block
@@ -602,6 +602,63 @@ def test_status_shows_where_agents_are_and_that_the_store_keeps_up(client: Any, 
     assert store["turns_applied"] >= before + 1 and store["last_applied_at"] is not None
     assert store["journal_backlog_bytes"] == 0  # nothing journaled is waiting after the read
     assert store["snapshots_to"] is None and status["keepers"] == []  # embedded: no object store, no keepers
+
+
+def test_create_agent_waits_on_its_host_in_the_callers_thread_not_on_the_clients_loop(
+        ray_session: Any, fake_llm_server: Any, tmp_path: Path) -> None:
+    """A loop of create_agent calls is the obvious way to make agents: each call goes straight
+    to its host from the caller's thread (an id reserved ahead, built-in tools only), so it
+    still completes while the client's own event loop is busy."""
+    c = letta_ray.connect(home=str(tmp_path / "home"))
+    try:
+        first = c.create_agent("first", model="fake-model", model_endpoint=fake_llm_server.url)
+        assert c.hosts._reserved, "the first create reserves ids for the next ones"
+        released, loop_free = threading.Event(), threading.Event()
+
+        def occupy() -> None:  # holds the client's loop thread until the create below returns
+            released.wait(60)
+            loop_free.set()
+        c.connection.loop.loop.call_soon_threadsafe(occupy)
+        try:
+            second = c.create_agent("second", model="fake-model", model_endpoint=fake_llm_server.url,
+                                    memory_blocks=[{"label": "human", "value": "Ada"}])
+            assert not loop_free.is_set(), "create_agent waited for the client's loop"
+        finally:
+            released.set()
+        assert loop_free.wait(10)
+        assert second.send("hi").assistant_text() == "You said: hi"
+        assert {a.name for a in c.list_agents()} == {"first", "second"}
+        assert [b.value for b in second.state().blocks if b.label == "human"] == ["Ada"]
+        stock = len(c.hosts._reserved)
+        with pytest.raises(InputTooLargeError, match="LETTA_RAY_MAX_BLOCK_CHARS"):  # the server's limits
+            c.create_agent("too big", model="fake-model", model_endpoint=fake_llm_server.url,
+                           memory_blocks=[{"label": "human", "value": "x" * 200_001, "limit": 300_000}])
+        assert len(c.hosts._reserved) == stock, "a refused agent takes no reserved id"
+        assert "too big" not in {a.name for a in c.list_agents()}
+    finally:
+        c.close()
+
+
+def test_a_closing_client_gives_its_unused_reserved_ids_back(
+        ray_session: Any, fake_llm_server: Any, tmp_path: Path) -> None:
+    """Ids reserved ahead count in their host's load; a client that closes while its runtime
+    lives on (a driver connected to a cluster) releases the ones it did not use."""
+    home = str(tmp_path / "home")
+    owner = letta_ray.connect(home=home)
+    try:
+        def load() -> int:
+            return sum(owner.run_sync(owner.runtime.directory.describe())["hosts"].values())
+        visitor = letta_ray.connect(home=home)
+        for i in range(3):  # reserves 2, then 4: three used, three left in stock
+            visitor.create_agent(f"v{i}", model="fake-model", model_endpoint=fake_llm_server.url)
+        left = len(visitor.hosts._reserved)
+        assert left > 0
+        before = load()
+        visitor.close(shutdown=False)
+        assert load() == before - left
+        assert owner.get_agent("v2").send("hi").assistant_text() == "You said: hi"  # the runtime lives on
+    finally:
+        owner.close()
 
 
 def test_agents_created_one_by_one_outlive_a_restarted_directory_and_a_killed_host(

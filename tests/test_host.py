@@ -190,6 +190,27 @@ async def test_directory_packs_agents_and_replaces_a_dead_host() -> None:
     assert len(hosts) == 3
 
 
+async def test_reserved_ids_count_in_their_hosts_load_until_released() -> None:
+    class FakeHost:
+        async def ping(self) -> str:
+            return "up"
+
+    def directory() -> Directory:
+        return Directory(lambda host_id: FakeHost(), placement="packed", agents_per_host=4, max_hosts=1)
+    kept = directory()
+    epoch, placed = await kept.reserve(["r0", "r1", "r2", "r3"])
+    assert epoch == kept.epoch and [h for h, _ in placed] == ["host-0"] * 4
+    [(host_id, _)] = await kept.place(["a"])
+    assert host_id == "host-1"  # host-0 is full of reserved ids
+
+    released = directory()
+    await released.reserve(["r0", "r1", "r2", "r3"])
+    await released.release(["r1", "r2", "r3", "never-reserved"])
+    assert (await released.describe())["hosts"] == {"host-0": 1}
+    [(host_id, _)] = await released.place(["a"])
+    assert host_id == "host-0"  # room again on the first host
+
+
 async def test_a_restarted_directory_takes_over_the_live_hosts_and_their_agents() -> None:
     """A directory restarted after a crash starts empty; the hosts of its predecessor still
     hold their agents. It takes them over: an agent stays on its host (never on two), a dead
