@@ -57,7 +57,7 @@ from letta_ray.schemas import (
 )
 from letta_ray.tools import ToolContext, ToolFunction, ToolOutcome, Toolset, clip, sandboxed_tool
 
-from ._facade import ActorFacade, blocking_method, remote_method, streaming_method
+from ._facade import ActorFacade, blocking_method, one_pickle, remote_method, streaming_method
 from ._journal import Journal, JournalWriter, TurnRecord
 from .archive import ArchiveHandle
 from .journal_keeper import KeeperHandle, ShippedJournal
@@ -199,6 +199,7 @@ class AgentHost:
 
     # ---------------------------------------------------------------- lifecycle of agents
 
+    @one_pickle
     async def create_agents(self, states: list[AgentState], initial: list[list[Message]] | None = None,
                             history: list[list[Message]] | None = None,
                             new_blocks_shared: list[str] | None = None, epoch: str | None = None) -> list[str]:
@@ -292,6 +293,7 @@ class AgentHost:
         return await self._send(agent_id, messages, max_steps=max_steps, run_id=run_id, client_tools=client_tools,
                                 llm_config=llm_config, conversation_id=conversation_id)
 
+    @one_pickle
     async def send_many(self, turns: list[tuple[str, list[MessageCreate | Message], str | None]], *,
                         max_steps: int | None = None, concurrency: int = 256) -> list[TurnResult]:
         """One turn for each ``(agent_id, messages, run_id)``, run concurrently (at most
