@@ -314,17 +314,24 @@ class Client:
         state.message_ids = [m.id for m in context[0]]
         return context
 
+    @staticmethod
+    def _checked_messages(initial_messages: list[MessageCreate | dict[str, Any]] | None
+                          ) -> list[MessageCreate | dict[str, Any]] | None:
+        """Initial messages validated before an id is taken (InvalidInputError)."""
+        return [_message_create(m) for m in initial_messages] if initial_messages else None
+
     async def _create_one(self, state: AgentState, new_blocks: bool,
                           initial_messages: list[MessageCreate | dict[str, Any]] | None,
                           enable_sleeptime: bool, sleeptime_agent_frequency: int) -> AgentHandle:
         if not enable_sleeptime and self.settings.placement == "packed":
             await self._check([state])  # before an id is taken: a refused agent leaves none unused
+            initial_messages = self._checked_messages(initial_messages)
             state.id, epoch, (host_id, host) = await self.hosts.reserved()  # placed ahead: no directory call now
             context = self._first_context(state, initial_messages)
             try:
                 await self._create_placed([(host, [state])], [state], context, None, new_blocks, epoch, checked=True)
             except (StalePlacement, *ACTOR_GONE) as exc:
-                return await self._reservation_failed(state, context, new_blocks, host_id, exc)
+                return await self._reservation_failed(state, context, new_blocks, epoch, host_id, exc)
             return self.agent(state.id, state.name)
         context = self._first_context(state, initial_messages)
         if not enable_sleeptime:
@@ -335,14 +342,15 @@ class Client:
         return await self._create_with_sleeptime(state, sleeptime_agent_frequency, new_blocks)
 
     async def _reservation_failed(self, state: AgentState, context: list[list[Message]] | None, new_blocks: bool,
-                                  host_id: str, exc: BaseException) -> AgentHandle:
+                                  epoch: str, host_id: str, exc: BaseException) -> AgentHandle:
         """Create the agent after its host refused (StalePlacement) or lost (ACTOR_GONE) its
         reserved placement; nothing of it was created there."""
-        self.hosts.drop_reserved()
         if isinstance(exc, StalePlacement):  # a restarted directory: it places the agent anew
+            self.hosts.drop_reserved(epoch=epoch)
             self.hosts.forget(state.id)
             [handle] = await self.create_agents_async([state], context=context, new_blocks=new_blocks)
             return handle
+        await self.hosts.release_reserved_on(host_id)
         _, host = await self.hosts.replace(state.id, host_id)  # the host died: placed elsewhere
         await self._create_placed([(host, [state])], [state], context, None, new_blocks, checked=True)
         return self.agent(state.id, state.name)
@@ -357,6 +365,7 @@ class Client:
                 or not all(t in BASE_TOOLS for t in state.tools)):
             return None
         self.connection.limits.check_blocks(state.blocks)
+        initial_messages = self._checked_messages(initial_messages)  # before an id is taken
         reservation = self.hosts.reserved_now()
         if reservation is None:  # out of stock: the loop's path reserves more
             return None
@@ -365,7 +374,7 @@ class Client:
         try:
             host.create_agents_blocking([state], context, None, _shared_among([state]), epoch)
         except (StalePlacement, *ACTOR_GONE) as exc:
-            return self.run_sync(self._reservation_failed(state, context, new_blocks, host_id, exc))
+            return self.run_sync(self._reservation_failed(state, context, new_blocks, epoch, host_id, exc))
         return self.agent(state.id, state.name)
 
     async def _create_with_sleeptime(self, main: AgentState, frequency: int, new_blocks: bool) -> AgentHandle:
@@ -393,7 +402,7 @@ class Client:
         ``initial_messages`` (``{"role": "user" | "assistant" | "system", "content": ...}``)
         start its context window (Letta's ``initial_message_sequence``).
         """
-        state, new_blocks = self._new_agent(name, None, kwargs)
+        state, new_blocks = self._new_agent(name, kwargs.pop("new_blocks", None), kwargs)
         if not enable_sleeptime and (handle := self._create_here(state, new_blocks, initial_messages)) is not None:
             return handle
         return self.run_sync(self._create_one(state, new_blocks, initial_messages, enable_sleeptime,
@@ -733,11 +742,15 @@ class Client:
             ray.shutdown()
 
     def _atexit(self) -> None:
-        if not self._closed and self._owns_ray:
-            try:
+        if self._closed:
+            return
+        try:
+            if self._owns_ray:
                 self.close()
-            except Exception:
-                pass
+            else:  # a driver of a cluster that exits without close(): its unused agent ids go back
+                self.run_sync(asyncio.wait_for(self.hosts.release_reserved(), 5))
+        except Exception:
+            pass
 
     def __enter__(self) -> Client:
         return self
@@ -752,10 +765,14 @@ def _shared_among(states: list[AgentState]) -> list[str]:
     return sorted(b for b, n in uses.items() if n > 1)
 
 
-def _initial_message(state: AgentState, message: MessageCreate | dict[str, Any]) -> Message:
-    """One message of a new agent's starting context, as stored."""
+def _message_create(message: MessageCreate | dict[str, Any]) -> MessageCreate:
     try:
-        create = message if isinstance(message, MessageCreate) else MessageCreate.model_validate(message)
+        return message if isinstance(message, MessageCreate) else MessageCreate.model_validate(message)
     except ValueError as exc:
         raise InvalidInputError(f"invalid initial message {message!r}: {exc}") from exc
+
+
+def _initial_message(state: AgentState, message: MessageCreate | dict[str, Any]) -> Message:
+    """One message of a new agent's starting context, as stored."""
+    create = _message_create(message)
     return Message(agent_id=state.id, role=create.role, content=create.text(), name=create.name)

@@ -73,11 +73,22 @@ class Hosts:
                 self._reserve_next = min(RESERVE_MAX, self._reserve_next * 2)
         return taken
 
-    def drop_reserved(self) -> None:
-        """Forget the ids reserved (their directory was replaced)."""
+    def drop_reserved(self, *, epoch: str) -> None:
+        """Forget the ids reserved by the directory incarnation ``epoch`` (it was replaced;
+        its successor never knew them). Ids a newer one reserved since stay."""
         with self._stock:
-            self._reserved.clear()
-        self._reserve_next = 2
+            if self._epoch == epoch:
+                self._reserved.clear()
+                self._reserve_next = 2
+
+    async def release_reserved_on(self, host_id: str) -> None:
+        """Give back the ids reserved on ``host_id``: a call to it failed as if it died (if it
+        did, the directory has dropped its load already and this changes nothing)."""
+        with self._stock:
+            ids = [a for a, (h, _) in self._reserved if h == host_id]
+            self._reserved = [r for r in self._reserved if r[1][0] != host_id]
+        if ids:
+            await self.directory.release(ids)
 
     async def release_reserved(self) -> None:
         """Give the ids reserved and not used back to the directory (the client is closing)."""

@@ -142,6 +142,9 @@ class ShardedStore(MetadataStoreHandle):
             raise NotImplementedError(f"ShardedStore does not route {method!r}")
         return await getattr(self.shards[0], method)(*args, **kwargs)
 
+    def _invoke_blocking(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], packed: bool) -> Any:
+        raise NotImplementedError(f"ShardedStore does not route a blocking {method!r}")  # none is declared yet
+
     # ------------------------------------------------------------------ routing
 
     def of(self, agent_id: str) -> MetadataStoreHandle:

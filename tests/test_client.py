@@ -611,7 +611,7 @@ def test_create_agent_waits_on_its_host_in_the_callers_thread_not_on_the_clients
     still completes while the client's own event loop is busy."""
     c = letta_ray.connect(home=str(tmp_path / "home"))
     try:
-        first = c.create_agent("first", model="fake-model", model_endpoint=fake_llm_server.url)
+        c.create_agent("first", model="fake-model", model_endpoint=fake_llm_server.url)
         assert c.hosts._reserved, "the first create reserves ids for the next ones"
         released, loop_free = threading.Event(), threading.Event()
 
@@ -627,14 +627,18 @@ def test_create_agent_waits_on_its_host_in_the_callers_thread_not_on_the_clients
             released.set()
         assert loop_free.wait(10)
         assert second.send("hi").assistant_text() == "You said: hi"
-        assert {a.name for a in c.list_agents()} == {"first", "second"}
         assert [b.value for b in second.state().blocks if b.label == "human"] == ["Ada"]
+        c.create_agent("third", model="fake-model", model_endpoint=fake_llm_server.url, new_blocks=True)
         stock = len(c.hosts._reserved)
+        assert stock > 0, "the third create reserved more ids"
         with pytest.raises(InputTooLargeError, match="LETTA_RAY_MAX_BLOCK_CHARS"):  # the server's limits
             c.create_agent("too big", model="fake-model", model_endpoint=fake_llm_server.url,
                            memory_blocks=[{"label": "human", "value": "x" * 200_001, "limit": 300_000}])
+        with pytest.raises(InvalidInputError, match="invalid initial message"):
+            c.create_agent("bad start", model="fake-model", model_endpoint=fake_llm_server.url,
+                           initial_messages=[{"role": "nobody", "content": "hi"}])
         assert len(c.hosts._reserved) == stock, "a refused agent takes no reserved id"
-        assert "too big" not in {a.name for a in c.list_agents()}
+        assert {a.name for a in c.list_agents()} == {"first", "second", "third"}
     finally:
         c.close()
 
@@ -649,12 +653,14 @@ def test_a_closing_client_gives_its_unused_reserved_ids_back(
         def load() -> int:
             return sum(owner.run_sync(owner.runtime.directory.describe())["hosts"].values())
         visitor = letta_ray.connect(home=home)
-        for i in range(3):  # reserves 2, then 4: three used, three left in stock
-            visitor.create_agent(f"v{i}", model="fake-model", model_endpoint=fake_llm_server.url)
-        left = len(visitor.hosts._reserved)
-        assert left > 0
-        before = load()
-        visitor.close(shutdown=False)
+        try:
+            for i in range(3):  # reserves 2, then 4: three used, three left in stock
+                visitor.create_agent(f"v{i}", model="fake-model", model_endpoint=fake_llm_server.url)
+            left = len(visitor.hosts._reserved)
+            assert left > 0
+            before = load()
+        finally:
+            visitor.close(shutdown=False)
         assert load() == before - left
         assert owner.get_agent("v2").send("hi").assistant_text() == "You said: hi"  # the runtime lives on
     finally:

@@ -37,13 +37,23 @@ def _facade_class() -> tuple[type, type]:
         async def labels(self) -> list[str]:
             return sorted(self.blocks)
 
+    class RecordingShelf(Shelf):
+        """What Ray hands the actor: one bytes for a marked method's facade calls."""
+
+        async def put(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            self.received.append(tuple(type(a).__name__ for a in args) + tuple(sorted(kwargs)))
+            return await super().put(*args, **kwargs)
+
+        async def arrived(self) -> list[tuple[str, ...]]:
+            return self.received
+
     class ShelfHandle(ActorFacade):
         put = remote_method(Shelf.put)
         take = remote_method(Shelf.take)
         take_blocking = blocking_method(Shelf.take)
         labels = remote_method(Shelf.labels)
 
-    return Shelf, ShelfHandle
+    return RecordingShelf, ShelfHandle
 
 
 def test_one_pickle_calls_carry_models_kwargs_and_errors_through_ray(ray_session: Any) -> None:
@@ -58,6 +68,7 @@ def test_one_pickle_calls_carry_models_kwargs_and_errors_through_ray(ray_session
         assert isinstance(put[0], Block)
         assert (await shelf.take("human")).value == "Ada"
         assert await shelf.labels() == ["human", "persona"]  # an unmarked method: Ray's own arguments
+        assert await shelf.actor.arrived.remote() == [("bytes",)]  # the blocks and the note: one pickle
         with pytest.raises(NotFoundError, match="nothing"):  # the actor's exception, as itself
             await shelf.take("nothing")
     asyncio.run(scenario())
@@ -83,6 +94,7 @@ def test_a_plain_instance_and_a_local_facade_take_arguments_as_usual() -> None:
     plain = shelf_cls()
     [put] = asyncio.run(plain.put([Block(label="human", value="Ada")], note="plain"))
     assert put.description == "plain"  # a result, not a pickle: only facade calls over Ray pack
+    assert plain.received == [("list", "note")]
     local = handle_cls.local(plain)
     assert local.take_blocking("human").value == "Ada"
     assert asyncio.run(local.take("human")).value == "Ada"
