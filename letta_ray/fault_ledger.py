@@ -277,6 +277,19 @@ class Traffic:
             time.sleep(0.5)
         return None
 
+    def _read(self, request: Callable[[], httpx.Response]) -> httpx.Response | None:
+        """A read, asked until the server answers it (200), for up to ``retry_for_s``. While
+        the server recovers, no answer does not mean "not there": taken so, a write that
+        landed would be sent again."""
+        deadline = time.monotonic() + self.retry_for_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                response = request()
+                if response.status_code == 200:
+                    return response
+            time.sleep(0.5)
+        return None
+
     def _guard(self, what: str, call: Callable[[], None]) -> None:
         try:
             call()
@@ -289,10 +302,8 @@ class Traffic:
                                                 {"label": "human", "value": "Name: Ada"}]}
 
         def landed() -> bool:
-            with contextlib.suppress(httpx.HTTPError):
-                found = http.get("/v1/agents/", params={"name": name})
-                return found.status_code == 200 and bool(found.json())
-            return False
+            found = self._read(lambda: http.get("/v1/agents/", params={"name": name}))
+            return found is not None and bool(found.json())
 
         created: list[str] = []
 
@@ -346,11 +357,8 @@ class Traffic:
         token = f"tok{uuid.uuid4().hex[:12]}"
 
         def landed() -> bool:
-            with contextlib.suppress(httpx.HTTPError):
-                listed = http.get(f"/v1/agents/{agent_id}/archival-memory", params={"limit": 10_000})
-                if listed.status_code == 200:
-                    return any(token in p["text"] for p in listed.json())
-            return False
+            listed = self._read(lambda: http.get(f"/v1/agents/{agent_id}/archival-memory", params={"limit": 10_000}))
+            return listed is not None and any(token in p["text"] for p in listed.json())
 
         def run() -> None:
             response = self._attempts(lambda: http.post(f"/v1/agents/{agent_id}/archival-memory",
