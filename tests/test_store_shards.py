@@ -341,9 +341,9 @@ async def test_the_hosts_journal_each_turn_to_its_agents_shard(tmp_path: Path, s
     await asyncio.gather(*(host.send(s.id, [MessageCreate(content="hi")]) for s in states))  # batched
     used = {shard_of(s.id, SHARDS) for s in states}
     assert len(used) > 1
-    for k in range(SHARDS):
+    for k in range(SHARDS):  # a shard no agent here belongs to may have an (empty) file: the host opens them
         files = list(journal_folder(tmp_path / "journal", k).glob("h-*.log"))
-        assert len(files) == (1 if k in used else 0), (k, files)
+        assert len(files) <= 1 and (sum(f.stat().st_size for f in files) > 0) == (k in used), (k, used, files)
     await many.ingest_host_journals()
     per_turn = await many.count_messages(states[1].id)  # the user's, the call, its result
     assert per_turn >= 2
