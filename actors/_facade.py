@@ -107,18 +107,14 @@ class ActorFacade:
         bound = getattr(self.actor, method)
         if self._local:
             return await bound(*args, **kwargs)
-        if packed:
-            return pickle.loads(await await_ref(bound.remote(_pack(args, kwargs)), self._timeout))
-        return await await_ref(bound.remote(*args, **kwargs), self._timeout)
+        return _unpack(await await_ref(_submit(bound, args, kwargs, packed), self._timeout), packed)
 
     def _invoke_blocking(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], packed: bool) -> Any:
         bound = getattr(self.actor, method)
         if self._local:
             return run_blocking(lambda: bound(*args, **kwargs), self._timeout)
         try:
-            if packed:
-                return pickle.loads(ray.get(bound.remote(_pack(args, kwargs)), timeout=self._timeout))
-            return ray.get(bound.remote(*args, **kwargs), timeout=self._timeout)
+            return _unpack(ray.get(_submit(bound, args, kwargs, packed), timeout=self._timeout), packed)
         except RayTaskError as exc:
             raise unwrap(exc) from None
 
@@ -164,7 +160,7 @@ def one_pickle(fn: Callable[Concatenate[Any, P], Awaitable[R]]) -> Callable[Conc
 
     @functools.wraps(fn)
     async def method(self: Any, *args: P.args, **kwargs: P.kwargs) -> Any:
-        if len(args) == 1 and not kwargs and type(args[0]) is bytes:  # from a facade: _pack's
+        if len(args) == 1 and not kwargs and type(args[0]) is bytes:  # from a facade: _submit's
             args, kwargs = pickle.loads(args[0])  # type: ignore[assignment]
             return pickle.dumps(await fn(self, *args, **kwargs), protocol=pickle.HIGHEST_PROTOCOL)
         return await fn(self, *args, **kwargs)
@@ -173,8 +169,15 @@ def one_pickle(fn: Callable[Concatenate[Any, P], Awaitable[R]]) -> Callable[Conc
     return method  # type: ignore[return-value]
 
 
-def _pack(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    return pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+def _submit(bound: Any, args: tuple[Any, ...], kwargs: dict[str, Any], packed: bool) -> Any:
+    """The ObjectRef of a call of the actor method ``bound``, its arguments one pickle if ``packed``."""
+    if packed:
+        return bound.remote(pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
+    return bound.remote(*args, **kwargs)
+
+
+def _unpack(value: Any, packed: bool) -> Any:
+    return pickle.loads(value) if packed else value
 
 
 def remote_method(fn: Callable[Concatenate[Any, P], Awaitable[R]]

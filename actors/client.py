@@ -350,7 +350,7 @@ class Client:
             self.hosts.forget(state.id)
             [handle] = await self.create_agents_async([state], context=context, new_blocks=new_blocks)
             return handle
-        await self.hosts.release_reserved_on(host_id)
+        await self.hosts.release_reserved(host_id)
         _, host = await self.hosts.replace(state.id, host_id)  # the host died: placed elsewhere
         await self._create_placed([(host, [state])], [state], context, None, new_blocks, checked=True)
         return self.agent(state.id, state.name)
@@ -732,10 +732,7 @@ class Client:
         if stop:
             stop_runtime(self.runtime)
         else:  # the runtime lives on: its directory stops counting our unused agent ids
-            try:
-                self.run_sync(asyncio.wait_for(self.hosts.release_reserved(), 10))
-            except Exception:
-                log.debug("reserved agent ids were not released", exc_info=True)
+            self._release_reserved(10)
         self._closed = True
         self.connection.loop.stop()
         if self._owns_ray and stop:
@@ -744,13 +741,20 @@ class Client:
     def _atexit(self) -> None:
         if self._closed:
             return
+        if not self._owns_ray:  # a driver of a cluster that exits without close(): its unused agent ids go back
+            self._release_reserved(5)
+            return
         try:
-            if self._owns_ray:
-                self.close()
-            else:  # a driver of a cluster that exits without close(): its unused agent ids go back
-                self.run_sync(asyncio.wait_for(self.hosts.release_reserved(), 5))
+            self.close()
         except Exception:
             pass
+
+    def _release_reserved(self, timeout_s: float) -> None:
+        """Give the directory back the agent ids reserved and not used (best effort)."""
+        try:
+            self.run_sync(asyncio.wait_for(self.hosts.release_reserved(), timeout_s))
+        except Exception:
+            log.debug("reserved agent ids were not released", exc_info=True)
 
     def __enter__(self) -> Client:
         return self

@@ -81,20 +81,14 @@ class Hosts:
                 self._reserved.clear()
                 self._reserve_next = 2
 
-    async def release_reserved_on(self, host_id: str) -> None:
-        """Give back the ids reserved on ``host_id``: a call to it failed as if it died (if it
-        did, the directory has dropped its load already and this changes nothing)."""
+    async def release_reserved(self, host_id: str | None = None) -> None:
+        """Give the ids reserved and not used back to the directory: all of them (the client
+        is closing), or those on ``host_id`` (a call to it failed as if it died; if it did, the
+        directory has dropped its load already). A directory restarted since never knew them:
+        releasing them then does nothing."""
         with self._stock:
-            ids = [a for a, (h, _) in self._reserved if h == host_id]
-            self._reserved = [r for r in self._reserved if r[1][0] != host_id]
-        if ids:
-            await self.directory.release(ids)
-
-    async def release_reserved(self) -> None:
-        """Give the ids reserved and not used back to the directory (the client is closing)."""
-        with self._stock:  # a directory restarted since never knew them: releasing them does nothing
-            ids = [a for a, _ in self._reserved]
-            self._reserved.clear()
+            ids = [a for a, (h, _) in self._reserved if host_id in (None, h)]
+            self._reserved = [r for r in self._reserved if host_id not in (None, r[1][0])]
         if ids:
             await self.directory.release(ids)
 

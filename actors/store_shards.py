@@ -136,7 +136,7 @@ class ShardedStore(MetadataStoreHandle):
     def actor(self) -> Any:
         return self.shards[0].actor
 
-    async def _invoke(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], packed: bool = False) -> Any:
+    async def _invoke(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], packed: bool) -> Any:
         # ``packed``: the shard's own facade method packs the call as the store method says
         if method not in self._ON_FIRST:  # a new store method must say how it is routed
             raise NotImplementedError(f"ShardedStore does not route {method!r}")
