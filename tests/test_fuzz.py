@@ -41,6 +41,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -51,6 +52,7 @@ SECONDS = int(os.environ.get("LETTA_RAY_FUZZ_SECONDS", "75"))
 CHECKS = ["not_a_server_error", "status_code_conformance", "response_schema_conformance",
           "content_type_conformance", "response_headers_conformance", "allow_header_conformance",
           "positive_data_acceptance", "negative_data_rejection"]
+HOOKS = Path(__file__).with_name("fuzz_hooks.py")
 ACCEPTED_400 = [("DELETE", "/v1/tools/{tool_id}"), ("PATCH", "/v1/tools/{tool_id}"), ("POST", "/v1/tools/"),
                 ("PUT", "/v1/tools/"), ("POST", "/v1/tools/run"), ("POST", "/v1/agents/"),
                 ("POST", "/v1/agents/import"), ("PATCH", "/v1/agents/{agent_id}/tools/approval/{tool_name}"),
@@ -76,7 +78,8 @@ def _config() -> str:
     entries = {(method, path): f"expected-statuses = [{_ACCEPTED}]" for method, path in ACCEPTED_400}
     # `enabled = false` would lose to --checks naming the check: these may also answer 422
     entries |= {(method, path): f"expected-statuses = [{_ACCEPTED}, 422]" for method, path in UNCHECKED_POSITIVE}
-    return f"[checks.positive_data_acceptance]\nexpected-statuses = [{_ACCEPTED_ANYWHERE}]\n\n" + "".join(
+    head = f'hooks = "{HOOKS}"\n\n[checks.positive_data_acceptance]\nexpected-statuses = [{_ACCEPTED_ANYWHERE}]\n\n'
+    return head + "".join(
         f'[[operations]]\ninclude-name = "{method} {path}"\nchecks.positive_data_acceptance.{setting}\n\n'
         for (method, path), setting in entries.items())
 
@@ -102,6 +105,32 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_the_hook_drops_only_values_a_list_of_strings_reads_the_same_as() -> None:
+    import schemathesis
+    from fuzz_hooks import wire_distinct
+
+    from letta_ray.serve.app import create_app
+    from letta_ray.settings import Settings
+
+    # the spec needs no runtime: only the client's settings are read while the app is built
+    spec = schemathesis.openapi.from_dict(create_app(SimpleNamespace(settings=Settings())).openapi())
+    runs = spec["/v1/runs/"]["GET"]
+    assert wire_distinct(runs, {"agent_ids": ["agent-1", "agent-2"], "statuses": ["completed"], "limit": 5})
+    assert wire_distinct(runs, {"agent_ids": None, "limit": "x"})  # other parameters are the fuzzer's
+    assert wire_distinct(runs, {})
+    for negative in ("agent-1", 5, {"agent-1": 1}, [1, True], [["agent-1"]]):  # all sent as strings
+        assert not wire_distinct(runs, {"agent_ids": negative}), negative
+    assert not wire_distinct(runs, {"agent_ids": ["a"], "statuses": "completed"})
+    # a list of constrained strings, or one string, keeps its negatives: they read differently
+    parameters = [{"name": "kinds", "in": "query", "schema": {"type": "array", "items": {"type": "string",
+                                                                                        "enum": ["a"]}}},
+                  {"name": "name", "in": "query", "schema": {"type": "string"}}]
+    other = schemathesis.openapi.from_dict({
+        "openapi": "3.1.0", "info": {"title": "t", "version": "1"},
+        "paths": {"/x": {"get": {"parameters": parameters, "responses": {"200": {"description": "ok"}}}}}})
+    assert wire_distinct(other["/x"]["GET"], {"kinds": 5, "name": 5})
 
 
 def test_every_operation_answers_as_its_schema_says(server: tuple[str, Path], tmp_path: Path) -> None:
