@@ -31,6 +31,10 @@ discriminated union by ``type`` would). And PATCH /v1/agents/{agent_id} refuses
 ``block_ids`` (blocks are attached and detached one at a time), which its schema offers
 for Letta's SDK.
 
+A generated query whose list-of-strings parameter holds anything but a list of strings is
+dropped (tests/fuzz_hooks.py): on the wire it reads as a valid list (``?agent_ids=x``), so a
+server that accepts it is right, though schemathesis would count it as accepted negative data.
+
 ``LETTA_RAY_FUZZ_EXAMPLES`` and ``LETTA_RAY_FUZZ_SECONDS`` make it longer.
 """
 
