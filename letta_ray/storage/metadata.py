@@ -225,7 +225,7 @@ class MetadataStore:
             stored = {r[0] for r in conn.execute(
                 "SELECT id FROM agents WHERE id IN (SELECT unnest(?::VARCHAR[]))", [list(latest)]).fetchall()}
             gone = sorted(set(latest) - stored)
-            _AGENTS.update_many(conn, [_AGENTS.row(state) for agent_id, state in latest.items() if agent_id in stored])
+            _AGENTS.replace_many(conn, [_AGENTS.row(state) for agent_id, state in latest.items() if agent_id in stored])
             self.messages.append_messages([m for state, messages, _ in turns if state.id in stored for m in messages])
             self.runs.record_turns(conn, [r for r in runs if r.get("agent_id") in stored],
                                    [s for s in steps if s.agent_id in stored])
