@@ -309,7 +309,7 @@ def test_commit_turns_applies_a_batch_like_commit_turn_one_by_one(store: Metadat
     assert store.get_agent(agents[3].id).block("persona").value == "edited 3"
     assert store.get_agent(agents[4].id).block("persona").value == "p4"
     assert store.messages.count_messages(ghost.id) == 0
-    # a batch small enough to be updated row by row finds its ghost the same way
+    # a batch small enough for the VALUES insert (not Arrow) finds its ghost the same way
     small = expected[agents[1].id].model_copy(update={"summary": "small"})
     assert store.commit_turns([(small, make_messages(agents[1].id, ["small"]), []),
                                (ghost, make_messages(ghost.id, ["boo"]), [])]) == [ghost.id]

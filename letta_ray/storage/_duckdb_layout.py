@@ -124,25 +124,24 @@ class _Table:
         values = dict(zip(self.columns, row, strict=True))
         return [*(v for c, v in values.items() if c not in self.key), *(values[k] for k in self.key)]
 
-    def replace_many(self, conn: duckdb.DuckDBPyConnection, rows: Sequence[Sequence[Any]]) -> int:
-        """Write stored rows anew (in column order, each key once, every key stored): their old
-        versions deleted, the new ones inserted, in the caller's transaction; returns how many
-        were deleted, which is ``len(rows)`` when every key was stored.
+    def replace_many(self, conn: duckdb.DuckDBPyConnection, rows: Sequence[Sequence[Any]]) -> None:
+        """Write stored rows anew (in column order, each key once, every key stored; a table
+        with one text key): their old versions deleted, the new ones inserted, in the
+        caller's transaction. A row whose key is not stored would be inserted: the caller
+        passes only stored ones.
 
         The same as an UPDATE of every column, which DuckDB carries out as a delete and an
-        insert anyway (a list column, ``tags``, is never updated in place), at half its cost
-        on a large table: the UPDATE's join probes the whole table and its key index is
-        updated row by row (bench/store_ceiling.py, 100,000 agents: ~15 ms against ~30 ms a
-        pass of 450 turns)."""
+        insert anyway (a list column, ``tags``, is never updated in place), at under half its
+        cost on a large table: the UPDATE's join probes the whole table and its key index is
+        updated row by row (100,000 agents, passes of 450 turns: ~38 ms against ≤ 16 ms;
+        bench/store_ceiling.py's mean CPU per turn applied, 0.481 -> 0.436 ms; docs/scaling.md)."""
         if not rows:
-            return 0
+            return
         (key,) = self.key
         at = list(self.columns).index(key)
-        keys = [row[at] for row in rows]
-        deleted = conn.execute(f"DELETE FROM {self.name} WHERE {key} IN (SELECT unnest(?::VARCHAR[]))",
-                               [keys]).fetchone()
+        conn.execute(f"DELETE FROM {self.name} WHERE {key} IN (SELECT unnest(?::VARCHAR[]))",
+                     [[row[at] for row in rows]])
         self.insert(conn, rows)
-        return int(deleted[0]) if deleted else 0
 
     def _arrow(self, rows: Sequence[Sequence[Any]]) -> pa.Table:
         return pa.table(
